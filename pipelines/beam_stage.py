@@ -1,0 +1,240 @@
+"""Running a shard-in/shard-out stage as an Apache Beam pipeline.
+
+The pipeline is ``Create(input files) | Reshuffle | ParDo(ProcessShard)``: Beam
+spreads shards over workers (two local processes here, Dataflow/Flink/Spark
+workers elsewhere), each worker streams its shard through the stage's
+``DocumentProcessor`` and writes the output shard itself (see ``shards.py`` for
+why: per-shard commits make every stage resumable). Beam ``Metrics`` counters
+count what each stage keeps and drops, and why.
+
+Runners: by default the portable ``FnApiRunner`` in multi-process mode, which
+never downloads anything (Beam's default DirectRunner first tries to fetch the
+Prism binary). Any other runner is chosen with ordinary Beam flags, e.g.
+``--runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp
+--setup_file=./setup.py`` or ``--runner=FlinkRunner --flink_master=host:8081``
+or ``--runner=SparkRunner``; the pipeline code does not change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+
+from pipelines.readers import DEFAULT_MAX_DOC_BYTES, read_documents
+from pipelines.schema import excluded_row
+from pipelines.shards import (
+    SUCCESS_FILE,
+    ShardStats,
+    done_marker,
+    expand_inputs,
+    join,
+    merge_stats,
+    prepare_stage_dir,
+    read_json,
+    remove_stale_shards,
+    shard_key,
+    shard_writers,
+    write_json_atomic,
+)
+
+log = logging.getLogger(__name__)
+BATCH_SIZE = 256
+
+
+class DocumentProcessor:
+    """The per-document logic of a stage; Beam-free so it can be tested and benchmarked alone."""
+
+    stage = "identity"
+
+    def setup(self) -> None:
+        """Load models and build filters (called once per worker process)."""
+
+    def config(self) -> dict:
+        """Everything that changes the output; a folder made with another config is not resumed."""
+        return {}
+
+    def process_batch(self, docs: list[dict]) -> Iterator[tuple[dict, str | None]]:
+        """Yields ``(doc, None)`` to keep a (possibly annotated) document, ``(doc, reason)`` to drop it."""
+        for doc in docs:
+            yield doc, None
+
+
+def default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, int(os.environ.get("QWEN2_BEAM_WORKERS", os.cpu_count() or 1))))
+
+
+def pipeline_options(beam_args: Sequence[str] | None = None, workers: int | None = None):
+    """Beam options: the caller's flags, or a local multi-process FnApiRunner that never downloads."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    args = list(beam_args or [])
+    if not any(a.startswith("--runner") for a in args):
+        workers = workers or default_workers()
+        mode = "multi_processing" if workers > 1 else "in_memory"
+        args += ["--runner=FnApiRunner", f"--direct_running_mode={mode}", f"--direct_num_workers={workers}"]
+    return PipelineOptions(args)
+
+
+def counters(result) -> dict[str, int]:
+    """Beam counters of a finished pipeline as ``{"namespace/name": value}``."""
+    out: dict[str, int] = {}
+    for c in result.metrics().query()["counters"]:
+        key = f"{c.key.metric.namespace}/{c.key.metric.name}"
+        value = c.committed if c.committed is not None else c.attempted
+        out[key] = out.get(key, 0) + int(value or 0)
+    return dict(sorted(out.items()))
+
+
+def run_pipeline(build, beam_args: Sequence[str] | None = None, workers: int | None = None) -> dict[str, int]:
+    """Build a pipeline with ``build(pipeline)``, run it to the end and return its counters."""
+    import apache_beam as beam
+
+    pipeline = beam.Pipeline(options=pipeline_options(beam_args, workers))
+    build(pipeline)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return counters(result)
+
+
+def process_shard(
+    path: str, processor: DocumentProcessor, stage_dir: str, max_doc_bytes: int, count=None
+) -> dict:
+    """Stream one input shard through ``processor`` into its output shards; returns its counters.
+
+    ``count(name, n)`` reports to Beam metrics when run inside a pipeline.
+    """
+    count = count or (lambda name, n=1: None)
+    key = shard_key(path)
+    done = read_json(done_marker(stage_dir, key))
+    if done is not None:
+        count("shards_resumed")
+        return done["stats"]
+    stats = ShardStats()
+    with shard_writers(stage_dir, key) as writers:
+
+        def flush(batch: list[dict]) -> None:
+            for doc, reason in processor.process_batch(batch):
+                if reason is None:
+                    writers["data"].write(doc)
+                    stats.keep(doc)
+                else:
+                    writers["excluded"].write(excluded_row(doc, processor.stage, reason))
+                    stats.drop(reason)
+                    count(f"dropped_{reason}")
+
+        batch: list[dict] = []
+        for kind, row in read_documents(path, max_doc_bytes):
+            if kind == "error":
+                writers["errors"].write(row)
+                stats.error(row["reason"])
+                count(f"error_{row['reason']}")
+                continue
+            stats.docs_in += 1
+            batch.append(row)
+            if len(batch) >= BATCH_SIZE:
+                flush(batch)
+                batch = []
+        flush(batch)
+    count("docs_in", stats.docs_in)
+    count("docs_out", stats.docs_out)
+    count("shards_processed")
+    write_json_atomic(done_marker(stage_dir, key), {"input": path, "key": key, "stats": stats.to_dict()})
+    return stats.to_dict()
+
+
+def _shard_dofn(processor: DocumentProcessor, stage_dir: str, max_doc_bytes: int):
+    import apache_beam as beam
+    from apache_beam.metrics import Metrics
+
+    class ProcessShard(beam.DoFn):
+        def setup(self):
+            processor.setup()
+            self._counters = {}
+
+        def _count(self, name: str, n: int = 1) -> None:
+            if name not in self._counters:
+                self._counters[name] = Metrics.counter(processor.stage, name)
+            self._counters[name].inc(n)
+
+        def process(self, path: str):
+            started = time.time()
+            stats = process_shard(path, processor, stage_dir, max_doc_bytes, self._count)
+            log.info("%s: %s -> %d/%d docs in %.1fs", processor.stage, path, stats["docs_out"], stats["docs_in"],
+                     time.time() - started)
+            yield stats
+
+    return ProcessShard()
+
+
+def run_shard_stage(
+    processor: DocumentProcessor,
+    inputs: str | Sequence[str],
+    output_dir: str,
+    beam_args: Sequence[str] | None = None,
+    workers: int | None = None,
+    max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
+) -> dict:
+    """Run one stage over ``inputs`` into ``output_dir`` (resuming committed shards); returns the summary."""
+    import apache_beam as beam
+
+    files = expand_inputs(inputs)
+    config = {"stage": processor.stage, "inputs": files, "processor": processor.config(), "max_doc_bytes": max_doc_bytes}
+    resumed = prepare_stage_dir(output_dir, config)
+    keys = {shard_key(f) for f in files}
+    if resumed:
+        remove_stale_shards(output_dir, keys)
+    started = time.time()
+    beam_counters = run_pipeline(
+        lambda p: (
+            p
+            | "Shards" >> beam.Create(files)
+            | "Spread" >> beam.Reshuffle()
+            | "Process" >> beam.ParDo(_shard_dofn(processor, output_dir, max_doc_bytes))
+        ),
+        beam_args,
+        workers,
+    )
+    return finish_stage(output_dir, processor.stage, sorted(keys), beam_counters, time.time() - started, resumed)
+
+
+def finish_stage(output_dir: str, stage: str, keys: list[str], beam_counters: dict, seconds: float,
+                 resumed: bool) -> dict:
+    """Sum the shards' committed counters and commit the stage with ``_SUCCESS.json``."""
+    shard_stats = []
+    for key in keys:
+        marker = read_json(done_marker(output_dir, key))
+        if marker is None:
+            raise RuntimeError(f"{stage}: shard {key} has no commit marker after the pipeline finished")
+        shard_stats.append(marker["stats"])
+    summary = merge_stats(shard_stats)
+    summary.update(
+        stage=stage,
+        output=output_dir,
+        shards=len(keys),
+        resumed=resumed,
+        seconds=round(seconds, 2),
+        beam_counters=beam_counters,
+    )
+    write_json_atomic(join(output_dir, SUCCESS_FILE), summary)
+    return summary
+
+
+def stage_arg_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--input", required=True, help="glob(s), comma-separated, of .parquet/.jsonl[.gz]/.warc[.gz] "
+                        "files, or a stage output folder")
+    parser.add_argument("--output", required=True, help="output folder or fsspec URI (s3://..., gs://...)")
+    parser.add_argument("--workers", type=int, default=None, help="local worker processes (default: all cores)")
+    parser.add_argument("--max-doc-bytes", type=int, default=DEFAULT_MAX_DOC_BYTES,
+                        help="documents larger than this are quarantined")
+    return parser
+
+
+def print_summary(summary: dict) -> None:
+    import json
+
+    shown = {k: v for k, v in summary.items() if k != "beam_counters"}
+    print(json.dumps(shown, indent=1, ensure_ascii=False))

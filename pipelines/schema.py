@@ -1,0 +1,83 @@
+"""Parquet schemas: the contract between stages.
+
+Every curated shard holds rows of ``DOCUMENT_SCHEMA``. Columns a stage has not
+filled yet are null (``lang`` before language ID, ``dup_cluster_size`` before
+dedup). Dropped documents go to ``excluded/`` shards with the same columns plus
+``drop_stage`` and ``drop_reason``; records that could not be read at all go to
+``errors/`` shards of ``ERROR_SCHEMA``.
+
+| column            | type    | meaning                                                       |
+|-------------------|---------|---------------------------------------------------------------|
+| id                | string  | stable document id (given, or derived from source + offset)  |
+| text              | string  | UTF-8 plain text                                              |
+| url               | string  | where the document came from (WARC target URI), may be null  |
+| source            | string  | input file (basename) or dataset the document was read from  |
+| domain            | string  | ``web`` or ``code`` (drives which filters apply)              |
+| lang              | string  | ISO 639-1 code from language ID (``code`` for source code)    |
+| lang_score        | float32 | fastText lid.176 probability of ``lang``                      |
+| date              | string  | crawl/record date if known                                    |
+| metadata          | string  | JSON object with any other input fields                       |
+| dup_cluster       | string  | id of the duplicate cluster's kept document (after dedup)    |
+| dup_cluster_size  | int32   | documents in that cluster (1 = unique)                        |
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+DOCUMENT_FIELDS: list[pa.Field] = [
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("text", pa.string(), nullable=False),
+    pa.field("url", pa.string()),
+    pa.field("source", pa.string()),
+    pa.field("domain", pa.string()),
+    pa.field("lang", pa.string()),
+    pa.field("lang_score", pa.float32()),
+    pa.field("date", pa.string()),
+    pa.field("metadata", pa.string()),
+    pa.field("dup_cluster", pa.string()),
+    pa.field("dup_cluster_size", pa.int32()),
+]
+DOCUMENT_SCHEMA = pa.schema(DOCUMENT_FIELDS)
+
+EXCLUDED_SCHEMA = pa.schema(
+    DOCUMENT_FIELDS + [pa.field("drop_stage", pa.string()), pa.field("drop_reason", pa.string())]
+)
+
+ERROR_SCHEMA = pa.schema(
+    [
+        pa.field("source_file", pa.string()),
+        pa.field("record", pa.string()),  # offset / row / record id inside the file
+        pa.field("reason", pa.string()),
+        pa.field("detail", pa.string()),
+        pa.field("preview", pa.string()),  # first bytes of the bad record, for a person to look at
+    ]
+)
+
+DOCUMENT_COLUMNS = [f.name for f in DOCUMENT_FIELDS]
+
+
+def empty_document(**values) -> dict:
+    """A row of DOCUMENT_SCHEMA with every column present (unset ones None)."""
+    row = dict.fromkeys(DOCUMENT_COLUMNS)
+    row.update(values)
+    return row
+
+
+def excluded_row(doc: dict, stage: str, reason: str) -> dict:
+    row = {k: doc.get(k) for k in DOCUMENT_COLUMNS}
+    row["drop_stage"] = stage
+    row["drop_reason"] = reason
+    return row
+
+
+def error_row(source_file: str, record: str, reason: str, detail: str = "", preview: bytes | str = b"") -> dict:
+    if isinstance(preview, bytes):
+        preview = preview[:200].decode("utf-8", errors="replace")
+    return {
+        "source_file": source_file,
+        "record": str(record),
+        "reason": reason,
+        "detail": detail[:1000],
+        "preview": preview[:200],
+    }
