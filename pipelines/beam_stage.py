@@ -201,7 +201,7 @@ def run_shard_stage(
 
 
 def finish_stage(output_dir: str, stage: str, keys: list[str], beam_counters: dict, seconds: float,
-                 resumed: bool) -> dict:
+                 resumed: bool, extra: dict | None = None) -> dict:
     """Sum the shards' committed counters and commit the stage with ``_SUCCESS.json``."""
     shard_stats = []
     for key in keys:
@@ -217,6 +217,7 @@ def finish_stage(output_dir: str, stage: str, keys: list[str], beam_counters: di
         resumed=resumed,
         seconds=round(seconds, 2),
         beam_counters=beam_counters,
+        **(extra or {}),
     )
     write_json_atomic(join(output_dir, SUCCESS_FILE), summary)
     return summary

