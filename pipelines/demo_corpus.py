@@ -195,7 +195,7 @@ def package_documents(package: str, root: Path) -> list[Document]:
 
 def select_stdlib_files(stdlib_dir: Path, limit: int = 300) -> list[Path]:
     """First ``limit`` .py files of a sorted walk of ``stdlib_dir`` (each folder's files before
-    its subfolders), skipping test folders, site-packages and files over 200 KB."""
+    its subfolders), skipping test folders, site-packages, and empty files or files over 200 KB."""
     selected: list[Path] = []
     for folder, dirnames, filenames in os.walk(stdlib_dir):
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIPPED_STDLIB_DIRS)
@@ -203,7 +203,7 @@ def select_stdlib_files(stdlib_dir: Path, limit: int = 300) -> list[Path]:
             path = Path(folder, name)
             if len(selected) >= limit:
                 return selected
-            if name.endswith(".py") and not path.is_symlink() and path.stat().st_size <= MAX_STDLIB_FILE_BYTES:
+            if name.endswith(".py") and not path.is_symlink() and 0 < path.stat().st_size <= MAX_STDLIB_FILE_BYTES:
                 selected.append(path)
     return selected
 

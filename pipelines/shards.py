@@ -77,6 +77,17 @@ def read_json(uri: str) -> dict | None:
         return json.load(f)
 
 
+DOCUMENT_SUFFIXES = (".warc", ".wet", ".arc", ".jsonl", ".ndjson", ".parquet")
+
+
+def _is_document_file(path: str) -> bool:
+    """Files a folder input contributes: known document formats, not hidden/marker files."""
+    name = posixpath.basename(path)
+    for suffix in (".gz", ".zst"):
+        name = name.removesuffix(suffix)
+    return not name.startswith((".", "_")) and ".tmp-" not in name and name.endswith(DOCUMENT_SUFFIXES)
+
+
 def expand_inputs(patterns: str | Iterable[str]) -> list[str]:
     """Resolve globs, folders and stage folders to a sorted list of input files (as URIs).
 
@@ -95,7 +106,7 @@ def expand_inputs(patterns: str | Iterable[str]) -> list[str]:
         if fs.isdir(path):
             if fs.exists(posixpath.join(path, SUCCESS_FILE)) or fs.isdir(posixpath.join(path, "data")):
                 path = posixpath.join(path, "data")
-            matches = [p for p in fs.find(path) if not posixpath.basename(p).startswith((".", "_"))]
+            matches = [p for p in fs.find(path) if _is_document_file(p)]
         else:
             matches = fs.glob(path) if any(c in path for c in "*?[") else ([path] if fs.exists(path) else [])
         if not matches:

@@ -150,6 +150,7 @@ def test_stdlib_slice(tmp_path):
     for rel in kept + skipped:
         _write(lib / rel, "x = 1\n")
     _write(lib / "big.py", "#" * 200_001)
+    _write(lib / "empty.py", "")
     _write(lib / "latin.py", "# -*- coding: latin-1 -*-\ns = 'é'\n".encode("latin-1"))
 
     rels = [p.relative_to(lib).as_posix() for p in select_stdlib_files(lib, limit=10)]

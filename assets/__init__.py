@@ -1,0 +1,1 @@
+"""Dagster asset definitions (thin: the work lives in pipelines/, synth/, training/)."""

@@ -1,0 +1,192 @@
+"""Curation assets: ingest -> language ID -> quality filters -> dedup, each a Beam pipeline.
+
+The assets only describe, configure and launch: the work is in ``pipelines/`` (imported inside the
+functions so the code location loads fast), big data stays in Parquet shards under the data root,
+and each asset returns the shard folder with the counts a person wants to see.
+"""
+
+
+import dagster as dg
+from pydantic import Field
+
+from dagster_project.resources import CurationResource
+
+GROUP = "curation"
+KINDS = {"beam", "parquet"}
+
+
+class IngestConfig(dg.Config):
+    inputs: list[str] = Field(
+        default_factory=list,
+        description="Globs or fsspec URIs of .warc[.gz], .wet[.gz], .jsonl[.gz] or .parquet files, or "
+        "hf:<dataset>:<split>. Empty: every file under <data_root>/crawl.",
+    )
+    max_doc_bytes: int = Field(default=10_000_000, description="Larger documents are quarantined to errors/.")
+
+
+class LanguageIdConfig(dg.Config):
+    languages: list[str] = Field(
+        default_factory=list, description="ISO 639-1 codes to keep. Empty: the ~30 languages of Qwen2."
+    )
+    keep_all_languages: bool = Field(default=False, description="Keep every language that passes its threshold.")
+    default_threshold: float | None = Field(
+        default=None, description="One minimum lid.176 score for every language (default: FineWeb-2's per language)."
+    )
+    thresholds: dict[str, float] = Field(default_factory=dict, description="Per-language minimum scores.")
+
+
+class QualityConfig(dg.Config):
+    code_filter: bool = Field(default=True, description="Apply the StarCoder rules to source files.")
+
+
+class DedupAssetConfig(dg.Config):
+    bands: int = Field(default=14, description="LSH bands.")
+    rows: int = Field(default=8, description="MinHash values per band (bands x rows permutations).")
+    ngram: int = Field(default=5, description="Words per shingle.")
+    seed: int = Field(default=1, description="MinHash seed.")
+    exact: bool = Field(default=True, description="Also remove exact duplicates of the normalized text.")
+    max_duplicate_rate: float = Field(default=0.001, description="Asset check: most exact duplicates left after.")
+
+
+def _table(counts: dict, header: tuple[str, str], limit: int = 40) -> dg.MetadataValue:
+    rows = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
+    total = sum(counts.values()) or 1
+    lines = [f"| {header[0]} | {header[1]} | share |", "|---|---:|---:|"]
+    lines += [f"| {k} | {v:,} | {v / total:.1%} |" for k, v in rows]
+    return dg.MetadataValue.md("\n".join(lines) if rows else "_none_")
+
+
+def stage_metadata(summary: dict) -> dict:
+    docs_in, docs_out = summary.get("docs_in", 0), summary.get("docs_out", 0)
+    return {
+        "dagster/row_count": docs_out,
+        "documents_in": docs_in,
+        "documents_out": docs_out,
+        "kept_share": round(docs_out / docs_in, 4) if docs_in else 0.0,
+        "bytes_out": summary.get("bytes_out", 0),
+        "quarantined_records": summary.get("errors", 0),
+        "drops_by_reason": _table(summary.get("dropped", {}), ("reason", "documents")),
+        "quarantined_by_reason": _table(summary.get("errors_by_reason", {}), ("reason", "records")),
+        "languages": _table(summary.get("languages", {}), ("language", "documents")),
+        "shards": summary.get("shards", 0),
+        "resumed_from_earlier_run": bool(summary.get("resumed")),
+        "seconds": summary.get("seconds", 0.0),
+        "path": dg.MetadataValue.path(summary["output"]),
+        "beam_counters": dg.MetadataValue.json(summary.get("beam_counters", {})),
+    }
+
+
+def _schema_and_size_checks(stage_dir: str, summary: dict) -> list[dg.AssetCheckResult]:
+    from pipelines.checks import schema_problems
+
+    problems = schema_problems(stage_dir)
+    return [
+        dg.AssetCheckResult(check_name="schema", passed=not problems,
+                            metadata={"problems": dg.MetadataValue.json(problems[:20])}),
+        dg.AssetCheckResult(check_name="non_empty", passed=summary.get("docs_out", 0) > 0,
+                            metadata={"documents_out": summary.get("docs_out", 0)}),
+    ]
+
+
+def _specs(asset: str, *extra: dg.AssetCheckSpec) -> list[dg.AssetCheckSpec]:
+    return [
+        dg.AssetCheckSpec("schema", asset=asset, description="Every data shard has the documented Parquet schema."),
+        dg.AssetCheckSpec("non_empty", asset=asset, description="The stage kept at least one document."),
+        *extra,
+    ]
+
+
+@dg.asset(group_name=GROUP, kinds=KINDS, check_specs=_specs("raw_documents"))
+def raw_documents(config: IngestConfig, curation: CurationResource) -> dg.MaterializeResult:
+    """Raw crawl files (WARC/WET/JSONL/Parquet/HF datasets) as Parquet shards of plain-text documents.
+
+    HTML is turned into text with datatrove's Trafilatura extractor; unreadable records are quarantined to
+    ``errors/`` with a reason and the run goes on. One shard per input file; a killed run resumes.
+    """
+    from pipelines import ingest
+
+    out = curation.stage_dir("ingested")
+    summary = ingest.run(config.inputs or [curation.crawl_dir()], out, max_doc_bytes=config.max_doc_bytes,
+                         **curation.run_kwargs())
+    return dg.MaterializeResult(metadata=stage_metadata(summary), check_results=_schema_and_size_checks(out, summary))
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds=KINDS | {"fasttext"},
+    deps=[raw_documents],
+    check_specs=_specs(
+        "language_filtered_documents",
+        dg.AssetCheckSpec("below_threshold_share", asset="language_filtered_documents",
+                          description="Warn when over half the documents score under their language threshold."),
+    ),
+)
+def language_filtered_documents(config: LanguageIdConfig, curation: CurationResource) -> dg.MaterializeResult:
+    """Documents labelled with fastText lid.176 (``lang``, ``lang_score``), kept when the language is wanted
+    and its score passes that language's threshold (FineWeb-2's values by default)."""
+    from pipelines import langid
+    from pipelines.lang_config import QWEN2_LANGUAGES
+
+    out = curation.stage_dir("langid")
+    languages = None if config.keep_all_languages else (config.languages or list(QWEN2_LANGUAGES))
+    summary = langid.run(curation.stage_dir("ingested"), out, languages=languages, thresholds=config.thresholds,
+                         default_threshold=config.default_threshold, **curation.run_kwargs())
+    below = summary.get("dropped", {}).get("lang_below_threshold", 0)
+    share = below / summary["docs_in"] if summary.get("docs_in") else 0.0
+    checks = _schema_and_size_checks(out, summary) + [
+        dg.AssetCheckResult(check_name="below_threshold_share", passed=share <= 0.5,
+                            severity=dg.AssetCheckSeverity.WARN,
+                            metadata={"share": round(share, 4), "documents": below})
+    ]
+    metadata = stage_metadata(summary) | {"below_threshold_share": round(share, 4)}
+    return dg.MaterializeResult(metadata=metadata, check_results=checks)
+
+
+@dg.asset(group_name=GROUP, kinds=KINDS | {"datatrove"}, deps=[language_filtered_documents],
+          check_specs=_specs("quality_filtered_documents"))
+def quality_filtered_documents(config: QualityConfig, curation: CurationResource) -> dg.MaterializeResult:
+    """Documents that pass datatrove's Gopher repetition, Gopher quality, C4 and FineWeb filters, tuned per
+    language (source code: StarCoder's rules). Dropped documents are kept in ``excluded/`` for audit."""
+    from pipelines import quality
+
+    out = curation.stage_dir("quality")
+    summary = quality.run(curation.stage_dir("langid"), out, code_filter=config.code_filter, **curation.run_kwargs())
+    return dg.MaterializeResult(metadata=stage_metadata(summary), check_results=_schema_and_size_checks(out, summary))
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds=KINDS | {"datasketch"},
+    deps=[quality_filtered_documents],
+    check_specs=_specs(
+        "deduplicated_documents",
+        dg.AssetCheckSpec("duplicate_rate", asset="deduplicated_documents",
+                          description="Exact duplicates (normalized text) left after dedup stay under the limit."),
+    ),
+)
+def deduplicated_documents(config: DedupAssetConfig, curation: CurationResource) -> dg.MaterializeResult:
+    """One document per duplicate cluster (exact hash + MinHash-LSH, banding as a Beam GroupByKey, clusters by
+    union-find). Kept documents carry ``dup_cluster`` and ``dup_cluster_size``."""
+    from pipelines import dedup
+    from pipelines.checks import remaining_duplicate_rate
+
+    out = curation.stage_dir("dedup")
+    params = dedup.DedupConfig(bands=config.bands, rows=config.rows, ngram=config.ngram, seed=config.seed,
+                               exact=config.exact)
+    summary = dedup.run(curation.stage_dir("quality"), out, config=params, **curation.run_kwargs())
+    rate, remaining = remaining_duplicate_rate(out)
+    clusters = summary.get("clusters", {})
+    metadata = stage_metadata(summary) | {
+        "duplicate_clusters": clusters.get("clusters", 0),
+        "documents_in_clusters": clusters.get("documents_in_clusters", 0),
+        "largest_cluster": clusters.get("largest_cluster", 0),
+        "cluster_sizes": _table(clusters.get("cluster_size_histogram", {}), ("cluster size", "clusters")),
+    }
+    checks = _schema_and_size_checks(out, summary) + [
+        dg.AssetCheckResult(check_name="duplicate_rate", passed=rate <= config.max_duplicate_rate,
+                            metadata={"rate": round(rate, 6), "exact_duplicates_left": remaining})
+    ]
+    return dg.MaterializeResult(metadata=metadata, check_results=checks)
+
+
+curation_assets = [raw_documents, language_filtered_documents, quality_filtered_documents, deduplicated_documents]

@@ -1,0 +1,55 @@
+"""The code location: `dagster dev -m dagster_project.definitions` (or `dagster dev` in the project root)."""
+
+
+import os
+
+import dagster as dg
+
+from assets.curation import curation_assets
+from dagster_project.resources import CurationResource
+
+curation_job = dg.define_asset_job(
+    "curation_job",
+    selection=dg.AssetSelection.groups("curation"),
+    description="Ingest -> language ID -> quality filters -> dedup over everything under <data_root>/crawl.",
+)
+
+data_refresh_schedule = dg.ScheduleDefinition(
+    name="data_refresh_schedule",
+    job=curation_job,
+    cron_schedule=os.environ.get("QWEN2_REFRESH_CRON", "0 3 * * *"),
+    execution_timezone="UTC",
+    description="Re-runs curation daily. Unchanged shards are resumed, not redone. Turn it on in the UI "
+    "(Automation) or set QWEN2_REFRESH_SCHEDULE=on.",
+    default_status=(
+        dg.DefaultScheduleStatus.RUNNING
+        if os.environ.get("QWEN2_REFRESH_SCHEDULE") == "on"
+        else dg.DefaultScheduleStatus.STOPPED
+    ),
+)
+
+
+@dg.sensor(job=curation_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.STOPPED)
+def new_crawl_files_sensor(context: dg.SensorEvaluationContext, curation: CurationResource):
+    """Starts curation when files are added to, or change in, <data_root>/crawl."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(curation.crawl_dir())
+    if not fs.exists(path):
+        return dg.SkipReason(f"{curation.crawl_dir()} does not exist yet")
+    listing = sorted((p, str(info.get("size")), str(info.get("mtime") or info.get("LastModified")))
+                     for p, info in fs.find(path, detail=True).items())
+    fingerprint = str(hash(tuple(listing)))
+    if fingerprint == context.cursor:
+        return dg.SkipReason("no new crawl files")
+    context.update_cursor(fingerprint)
+    return dg.RunRequest(run_key=fingerprint)
+
+
+defs = dg.Definitions(
+    assets=curation_assets,
+    jobs=[curation_job],
+    schedules=[data_refresh_schedule],
+    sensors=[new_crawl_files_sensor],
+    resources={"curation": CurationResource()},
+)
