@@ -74,19 +74,109 @@ class ScriptAwareTokenizer(_word_tokenizer_base()):
         return [s for s in (text[a:b].strip() for a, b in self.span_tokenize(text)) if s]
 
 
+class FastSpacyTokenizer(_word_tokenizer_base()):
+    """datatrove's ``SpaCyTokenizer`` with the same tokens and sentences, several times faster.
+
+    datatrove runs the whole spaCy pipeline (sentencizer included) for every word split and opens a
+    memory zone per call, so every call rebuilds the lexemes of its words. Here words come from the
+    tokenizer alone, sentences from tokenizer + sentencizer, lexical attributes (unused by the filters)
+    are not computed, and spaCy's string cache is kept between documents, rebuilt past ``max_lexemes``
+    so memory stays bounded.
+    """
+
+    def __init__(self, inner, max_lexemes: int = 300_000):
+        super().__init__(inner.language)
+        self.inner = inner
+        self.max_lexemes = max_lexemes
+        self._nlp = None
+
+    @property
+    def nlp(self):
+        if self._nlp is None or len(self._nlp.vocab) > self.max_lexemes:
+            self.inner._tokenizer = None  # a fresh pipeline, exactly as datatrove builds it
+            self._nlp = self.inner.tokenizer
+            self._nlp.vocab.lex_attr_getters = {}
+        return self._nlp
+
+    def _doc(self, text: str, sentences: bool = False):
+        nlp = self.nlp
+        nlp.max_length = len(text) + 10
+        if "IS_ALPHA" in text:  # the string that breaks spaCy's tokenizer; datatrove drops it too
+            text = text.replace("IS_ALPHA", "")
+        doc = nlp.tokenizer(text)
+        return nlp.get_pipe("sentencizer")(doc) if sentences else doc
+
+    def word_tokenize(self, text: str) -> list[str]:
+        return [t for t in (token.text.strip() for token in self._doc(text)) if t]
+
+    def sent_tokenize(self, text: str) -> list[str]:
+        return [s for s in (sent.text.strip() for sent in self._doc(text, sentences=True).sents) if s]
+
+    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+        return [(sent.start_char, sent.end_char) for sent in self._doc(text, sentences=True).sents]
+
+
 def word_tokenizer_for(lang: str):
-    """datatrove's tokenizer for the language when it loads here (spaCy for most), else ScriptAwareTokenizer."""
+    """datatrove's tokenizer for the language when it loads here (spaCy for most, made faster by
+    FastSpacyTokenizer), else ScriptAwareTokenizer. Scripts without spaces always get ScriptAwareTokenizer."""
     if lang in CHARACTER_SCRIPT_LANGUAGES:
         return ScriptAwareTokenizer(lang)
     try:
-        from datatrove.utils.word_tokenizers import load_word_tokenizer
+        from datatrove.utils.word_tokenizers import SpaCyTokenizer, load_word_tokenizer
 
         tokenizer = load_word_tokenizer(lang)
+        if isinstance(tokenizer, SpaCyTokenizer) and lang != "ja":
+            tokenizer = FastSpacyTokenizer(tokenizer)
         tokenizer.word_tokenize("Probe text. Second sentence.")  # imports the backend now, not per document
         tokenizer.span_tokenize("Probe text. Second sentence.")
         return tokenizer
     except Exception:  # no tokenizer assigned, or its backend (spaCy model deps, kiwi, pyvi ...) is missing
         return ScriptAwareTokenizer(lang)
+
+
+def _fast_c4_filter_class():
+    from datatrove.pipeline.filters import C4QualityFilter
+    from datatrove.pipeline.filters.c4_filters import CITATION_REGEX, END_PUNCTUATION, ELLIPSIS, POLICY_SUBSTRINGS
+    from datatrove.utils.text import split_into_sentences
+
+    class FastC4QualityFilter(C4QualityFilter):
+        """datatrove's C4QualityFilter with identical decisions and output text; it stops splitting lines
+        into sentences once ``min_num_sentences`` is reached (the count is only compared to it), which was
+        a third of the filter chain's time."""
+
+        def filter(self, doc) -> bool | tuple[bool, str]:
+            lines = doc.text.splitlines() if self.split_paragraph else split_into_sentences(doc.text, self.language)
+            num_sentences = 0
+            kept_lines = []
+            for line in lines:
+                line = line.strip()
+                words = line.split()
+                if self.max_word_length != -1 and any(len(word) > self.max_word_length for word in words):
+                    continue
+                if self.remove_citations:
+                    line = CITATION_REGEX.sub("", line)
+                if self.filter_no_terminal_punct and (not line.endswith(END_PUNCTUATION) or line.endswith(ELLIPSIS)):
+                    continue
+                if len(words) < self.min_words_per_line:
+                    continue
+                line_l = line.lower()
+                if self.filter_lorem_ipsum and "lorem ipsum" in line_l:
+                    return False, "lorem_ipsum"
+                if self.filter_javascript and "javascript" in line_l:
+                    continue
+                if self.filter_curly_bracket and "{" in line:
+                    return False, "curly_bracket"
+                if self.filter_policy and any(p in line_l for p in POLICY_SUBSTRINGS):
+                    continue
+                if self.min_num_sentences != -1 and num_sentences < self.min_num_sentences:
+                    num_sentences += len(split_into_sentences(line, self.language)) if self.split_paragraph else 1
+                kept_lines.append(line)
+            if num_sentences < self.min_num_sentences:
+                return False, "too_few_sentences"
+            doc.text = ("\n" if self.split_paragraph else " ").join(kept_lines).strip()
+            return True
+
+    return FastC4QualityFilter
 
 
 class CodeQualityFilter:
@@ -118,12 +208,9 @@ class CodeQualityFilter:
 
 def build_filter_chain(lang: str) -> list[tuple[str, object]]:
     """The four datatrove filters configured for one language, in FineWeb's order."""
-    from datatrove.pipeline.filters import (
-        C4QualityFilter,
-        FineWebQualityFilter,
-        GopherQualityFilter,
-        GopherRepetitionFilter,
-    )
+    from datatrove.pipeline.filters import FineWebQualityFilter, GopherQualityFilter, GopherRepetitionFilter
+
+    C4QualityFilter = _fast_c4_filter_class()
 
     cfg = config_for(lang)
     tokenizer = word_tokenizer_for(lang)
