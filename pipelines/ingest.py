@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 
 from pipelines.beam_stage import DocumentProcessor, print_summary, run_shard_stage, stage_arg_parser
+from pipelines.readers import _Extractor
 
 
 class IngestProcessor(DocumentProcessor):
@@ -20,7 +21,7 @@ class IngestProcessor(DocumentProcessor):
     stage = "ingest"
 
     def config(self) -> dict:
-        return {"extractor": "datatrove.Trafilatura(favour_precision=True)"}
+        return {"extractor": _Extractor.CONFIG}
 
 
 def run(inputs, output_dir: str, beam_args=None, workers: int | None = None, **kwargs) -> dict:

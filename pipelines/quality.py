@@ -17,7 +17,7 @@ The chain and its order are FineWeb's (Penedo et al. 2024):
 Thresholds are the papers' (datatrove's defaults) for English and FineWeb-2's per-language values elsewhere
 (``pipelines.lang_config``). Language awareness: each language gets its own filter chain, with the words of
 scripts written without spaces (Chinese, Japanese, Thai, Lao, Khmer, Burmese) split into characters, and the
-whitespace-based C4 words-per-line rule switched off for them. Source code (``domain == code``) gets a code
+whitespace-based C4 words-per-line rule switched off and FineWeb's "short line" scaled to 10 characters for them. Source code (``domain == code``) gets a code
 filter instead (StarCoder / The Stack rules), since prose heuristics would drop every file.
 
 Every drop is counted by ``<filter>/<reason>`` and the document is kept in ``excluded/`` for audit.
@@ -34,6 +34,8 @@ from pipelines.beam_stage import DocumentProcessor, print_summary, run_shard_sta
 from pipelines.lang_config import config_for
 
 CHARACTER_SCRIPT_LANGUAGES = {"zh", "ja", "th", "lo", "km", "my", "bo", "yue", "wuu"}
+# FineWeb calls a line of <= 30 characters short (about 5 English words); 10 characters say as much in these scripts.
+CJK_SHORT_LINE_CHARS = 10
 
 # One token per ideograph/kana/Thai-script character; runs of letters, marks and digits elsewhere;
 # every other non-space character (punctuation, symbols) on its own.
@@ -227,7 +229,8 @@ def build_filter_chain(lang: str) -> list[tuple[str, object]]:
         ("c4", C4QualityFilter(filter_no_terminal_punct=False, min_words_per_line=-1 if char_words else 3,
                                language=tokenizer)),
         ("fineweb", FineWebQualityFilter(
-            line_punct_thr=cfg.line_punct_thr, new_line_ratio=cfg.new_line_ratio, language=tokenizer)),
+            line_punct_thr=cfg.line_punct_thr, new_line_ratio=cfg.new_line_ratio,
+            short_line_length=CJK_SHORT_LINE_CHARS if char_words else 30, language=tokenizer)),
     ]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import itertools
 import json
 import posixpath
@@ -193,6 +194,8 @@ def _decode_payload(payload: bytes, content_type: str) -> str | None:
 class _Extractor:
     """datatrove's Trafilatura extractor, built once per process (it is the slow part of ingest)."""
 
+    CONFIG = "datatrove.Trafilatura(favour_precision=True, deduplicate=False)"
+
     _instance = None
 
     @classmethod
@@ -200,7 +203,9 @@ class _Extractor:
         if cls._instance is None:
             from datatrove.pipeline.extractors import Trafilatura
 
-            cls._instance = Trafilatura(favour_precision=True, timeout=1.0)
+            # deduplicate=False: Trafilatura's dedup is a per-process cache of seen paragraphs, so it would make a
+            # page's text depend on what the same worker extracted before (and hide near-duplicates from dedup).
+            cls._instance = Trafilatura(favour_precision=True, deduplicate=False, timeout=1.0)
         return cls._instance.extract(html) or ""
 
 
@@ -211,9 +216,11 @@ def read_warc(path: str, max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES) -> Iterator
     source = posixpath.basename(path)
     fs, fpath = filesystem(path)
     record_no = 0
+    cut_reported = False
     try:
         with fs.open(fpath, "rb") as f:
-            for record in ArchiveIterator(f):
+            gz = _TruncationAwareGzip(f) if fpath.endswith(".gz") else None
+            for record in ArchiveIterator(io.BufferedReader(gz, 1 << 20) if gz else f):
                 if record.rec_type not in ("response", "conversion", "resource"):
                     continue
                 record_no += 1
@@ -226,6 +233,11 @@ def read_warc(path: str, max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES) -> Iterator
                 payload = record.content_stream().read(max_doc_bytes + 1)
                 if len(payload) > max_doc_bytes:
                     yield "error", error_row(source, rec_id, "document_too_large", f"> {max_doc_bytes} bytes", payload)
+                    continue
+                if getattr(record.raw_stream, "limit", 0) > 0:  # the file ended inside this record
+                    cut_reported = True
+                    yield "error", error_row(source, rec_id, "truncated_warc",
+                                             f"record cut short: {record.raw_stream.limit} bytes missing", payload)
                     continue
                 text = _decode_payload(payload, content_type)
                 if text is None:
@@ -247,8 +259,49 @@ def read_warc(path: str, max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES) -> Iterator
                     domain=_domain(url, content_type),
                     date=record.rec_headers.get_header("WARC-Date"),
                 )
+            if gz is not None and gz.truncated and not cut_reported:
+                yield "error", error_row(source, f"after record {record_no}", "truncated_warc",
+                                         "the gzip stream ends inside a member")
     except (ArchiveLoadFailed, EOFError, zlib.error, gzip.BadGzipFile) as e:
         yield "error", error_row(source, f"after record {record_no}", "truncated_warc", f"{type(e).__name__}: {e}")
+
+
+class _TruncationAwareGzip(io.RawIOBase):
+    """Multi-member gzip decompression that notes a truncated last member instead of hiding it.
+
+    warcio's own decompressor stops quietly at a cut, and Python's gzip raises on the first read, before
+    the complete records; this one returns everything that is there and sets ``truncated``.
+    """
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self.pending = b""
+        self.consumed = False
+        self.finished = False
+        self.truncated = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self.pending and not self.finished:
+            chunk = self.raw.read(1 << 16)
+            if not chunk:
+                self.finished = True
+                self.truncated = self.consumed and not self.decompressor.eof
+                break
+            self.consumed = True
+            data = self.decompressor.decompress(chunk)
+            while self.decompressor.eof and self.decompressor.unused_data:  # the next gzip member
+                rest = self.decompressor.unused_data
+                self.decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                data += self.decompressor.decompress(rest)
+            self.pending = data
+        n = min(len(buffer), len(self.pending))
+        buffer[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        return n
 
 
 # --- Hugging Face datasets ---------------------------------------------------------------------
