@@ -1,0 +1,65 @@
+"""Dedup: signatures, banding, union-find and the whole Beam pipeline."""
+
+import json
+
+import pyarrow.parquet as pq
+
+from pipelines import dedup
+from pipelines.dedup import DedupConfig, Signer, UnionFind, resolve_clusters, shingles
+from pipelines.shards import list_shards
+from tests.conftest import EN, ZH, paragraph_doc
+
+
+def test_shingles_are_word_ngrams_and_cjk_characters():
+    assert shingles("One two three four five six", 5) == {b"one two three four five", b"two three four five six"}
+    assert shingles("Tiny doc", 5) == {b"tiny doc"}
+    assert b"\xe8\xbd\xaf \xe4\xbb\xb6 \xe5\x8c\x85 \xe7\xae\xa1 \xe7\x90\x86" in shingles("软件包管理器", 5)
+
+
+def test_band_keys_collide_for_near_duplicates_only():
+    signer = Signer(DedupConfig())
+    a = paragraph_doc(EN, 1)
+    near = a.replace(" the ", " a ", 1)
+    other = paragraph_doc(EN[12:], 2, n=12)
+    exact_a, bands_a = signer.bucket_keys(a)
+    exact_near, bands_near = signer.bucket_keys(near)
+    _, bands_other = signer.bucket_keys(other)
+    assert exact_a == signer.bucket_keys(a.upper() + "  ")[0]  # normalization: case and spacing
+    assert exact_a != exact_near
+    assert set(bands_a) & set(bands_near)
+    assert not set(bands_a) & set(bands_other)
+    assert len(set(bands_a)) == 14
+
+
+def test_union_find_keeps_smallest_member_and_counts_clusters():
+    uf = UnionFind()
+    uf.union((1, 0), (0, 5))
+    uf.union((2, 2), (1, 0))
+    assert uf.find((2, 2)) == (0, 5)
+    edges = [((0, 0, "a", 7), (0, 1, "b", 7)), ((0, 1, "b", 7), (1, 0, "c", 8))]
+    decisions, stats = resolve_clusters(edges)
+    assert stats["clusters"] == 1 and stats["largest_cluster"] == 3
+    kinds = {d[1]: d[4] for group in decisions.values() for d in group}
+    assert kinds == {"a": "kept", "b": "exact_duplicate", "c": "near_duplicate"}
+
+
+def test_pipeline_removes_duplicates_and_records_clusters(tmp_path):
+    base = [paragraph_doc(EN, s) for s in range(5)] + [paragraph_doc(ZH, 9)]
+    rows = [{"id": f"a{i}", "text": t} for i, t in enumerate(base)]
+    rows.append({"id": "near0", "text": base[0].replace(" the ", " a ", 1)})
+    rows.append({"id": "copy1", "text": base[1].upper()})
+    rows.append({"id": "a0", "text": base[2]})  # same id as another document, different shard below
+    (tmp_path / "in").mkdir()
+    for shard, chunk in enumerate([rows[:4], rows[4:]]):
+        with open(tmp_path / "in" / f"s{shard}.jsonl", "w") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in chunk)
+    out = str(tmp_path / "out")
+    summary = dedup.run(str(tmp_path / "in"), out, workers=2)
+    kept = [r for uri in list_shards(out) for r in pq.read_table(uri).to_pylist()]
+    excluded = [r for uri in list_shards(out, "excluded") for r in pq.read_table(uri).to_pylist()]
+    assert len(kept) == 6 and summary["docs_out"] == 6
+    assert sorted(r["drop_reason"] for r in excluded) == ["exact_duplicate", "exact_duplicate", "near_duplicate"]
+    sizes = {r["id"]: r["dup_cluster_size"] for r in kept}
+    assert sizes == {"a0": 2, "a1": 2, "a2": 2, "a3": 1, "a4": 1, "a5": 1}
+    assert {r["id"]: r["dup_cluster"] for r in excluded} == {"near0": "a0", "copy1": "a1", "a0": "a2"}
+    assert summary["clusters"]["clusters"] == 3 and summary["clusters"]["documents_in_clusters"] == 6

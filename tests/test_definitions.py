@@ -1,0 +1,46 @@
+"""The code location loads fast (no heavy imports) and wires the curation graph as documented."""
+
+import subprocess
+import sys
+
+import dagster as dg
+
+from dagster_project.definitions import defs
+
+CURATION = ["raw_documents", "language_filtered_documents", "quality_filtered_documents", "deduplicated_documents"]
+
+
+def test_asset_graph_is_a_chain_in_one_group():
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert set(CURATION) <= keys
+    for upstream, downstream in zip(CURATION, CURATION[1:]):
+        parents = {p.to_user_string() for p in graph.get(dg.AssetKey(downstream)).parent_keys}
+        assert parents == {upstream}
+    for name in CURATION:
+        node = graph.get(dg.AssetKey(name))
+        assert node.group_name == "curation"
+        assert "beam" in node.kinds and "parquet" in node.kinds
+        assert node.description
+
+
+def test_checks_job_schedule_and_sensor_exist():
+    graph = defs.resolve_asset_graph()
+    checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
+    for name in CURATION:
+        assert (name, "schema") in checks and (name, "non_empty") in checks
+    assert ("deduplicated_documents", "duplicate_rate") in checks
+    assert ("language_filtered_documents", "below_threshold_share") in checks
+    assert defs.resolve_job_def("curation_job")
+    assert defs.resolve_schedule_def("data_refresh_schedule").cron_schedule == "0 3 * * *"
+    assert defs.resolve_sensor_def("new_crawl_files_sensor")
+
+
+def test_code_location_imports_no_heavy_modules():
+    code = (
+        "import sys, dagster_project.definitions; "
+        "print(sorted(m for m in ('apache_beam', 'torch', 'vllm', 'pyarrow', 'datatrove', 'fasttext', 'spacy') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
