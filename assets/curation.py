@@ -5,7 +5,6 @@ functions so the code location loads fast), big data stays in Parquet shards und
 and each asset returns the shard folder with the counts a person wants to see.
 """
 
-
 import dagster as dg
 from pydantic import Field
 
@@ -81,10 +80,14 @@ def _schema_and_size_checks(stage_dir: str, summary: dict) -> list[dg.AssetCheck
 
     problems = schema_problems(stage_dir)
     return [
-        dg.AssetCheckResult(check_name="schema", passed=not problems,
-                            metadata={"problems": dg.MetadataValue.json(problems[:20])}),
-        dg.AssetCheckResult(check_name="non_empty", passed=summary.get("docs_out", 0) > 0,
-                            metadata={"documents_out": summary.get("docs_out", 0)}),
+        dg.AssetCheckResult(
+            check_name="schema", passed=not problems, metadata={"problems": dg.MetadataValue.json(problems[:20])}
+        ),
+        dg.AssetCheckResult(
+            check_name="non_empty",
+            passed=summary.get("docs_out", 0) > 0,
+            metadata={"documents_out": summary.get("docs_out", 0)},
+        ),
     ]
 
 
@@ -106,8 +109,9 @@ def raw_documents(config: IngestConfig, curation: CurationResource) -> dg.Materi
     from pipelines import ingest
 
     out = curation.stage_dir("ingested")
-    summary = ingest.run(config.inputs or [curation.crawl_dir()], out, max_doc_bytes=config.max_doc_bytes,
-                         **curation.run_kwargs())
+    summary = ingest.run(
+        config.inputs or [curation.crawl_dir()], out, max_doc_bytes=config.max_doc_bytes, **curation.run_kwargs()
+    )
     return dg.MaterializeResult(metadata=stage_metadata(summary), check_results=_schema_and_size_checks(out, summary))
 
 
@@ -117,8 +121,11 @@ def raw_documents(config: IngestConfig, curation: CurationResource) -> dg.Materi
     deps=[raw_documents],
     check_specs=_specs(
         "language_filtered_documents",
-        dg.AssetCheckSpec("below_threshold_share", asset="language_filtered_documents",
-                          description="Warn when over half the documents score under their language threshold."),
+        dg.AssetCheckSpec(
+            "below_threshold_share",
+            asset="language_filtered_documents",
+            description="Warn when over half the documents score under their language threshold.",
+        ),
     ),
 )
 def language_filtered_documents(config: LanguageIdConfig, curation: CurationResource) -> dg.MaterializeResult:
@@ -129,21 +136,34 @@ def language_filtered_documents(config: LanguageIdConfig, curation: CurationReso
 
     out = curation.stage_dir("langid")
     languages = None if config.keep_all_languages else (config.languages or list(QWEN2_LANGUAGES))
-    summary = langid.run(curation.stage_dir("ingested"), out, languages=languages, thresholds=config.thresholds,
-                         default_threshold=config.default_threshold, **curation.run_kwargs())
+    summary = langid.run(
+        curation.stage_dir("ingested"),
+        out,
+        languages=languages,
+        thresholds=config.thresholds,
+        default_threshold=config.default_threshold,
+        **curation.run_kwargs(),
+    )
     below = summary.get("dropped", {}).get("lang_below_threshold", 0)
     share = below / summary["docs_in"] if summary.get("docs_in") else 0.0
     checks = _schema_and_size_checks(out, summary) + [
-        dg.AssetCheckResult(check_name="below_threshold_share", passed=share <= 0.5,
-                            severity=dg.AssetCheckSeverity.WARN,
-                            metadata={"share": round(share, 4), "documents": below})
+        dg.AssetCheckResult(
+            check_name="below_threshold_share",
+            passed=share <= 0.5,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"share": round(share, 4), "documents": below},
+        )
     ]
     metadata = stage_metadata(summary) | {"below_threshold_share": round(share, 4)}
     return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
 
-@dg.asset(group_name=GROUP, kinds=KINDS | {"datatrove"}, deps=[language_filtered_documents],
-          check_specs=_specs("quality_filtered_documents"))
+@dg.asset(
+    group_name=GROUP,
+    kinds=KINDS | {"datatrove"},
+    deps=[language_filtered_documents],
+    check_specs=_specs("quality_filtered_documents"),
+)
 def quality_filtered_documents(config: QualityConfig, curation: CurationResource) -> dg.MaterializeResult:
     """Documents that pass datatrove's Gopher repetition, Gopher quality, C4 and FineWeb filters, tuned per
     language (source code: StarCoder's rules). Dropped documents are kept in ``excluded/`` for audit."""
@@ -160,8 +180,11 @@ def quality_filtered_documents(config: QualityConfig, curation: CurationResource
     deps=[quality_filtered_documents],
     check_specs=_specs(
         "deduplicated_documents",
-        dg.AssetCheckSpec("duplicate_rate", asset="deduplicated_documents",
-                          description="Exact duplicates (normalized text) left after dedup stay under the limit."),
+        dg.AssetCheckSpec(
+            "duplicate_rate",
+            asset="deduplicated_documents",
+            description="Exact duplicates (normalized text) left after dedup stay under the limit.",
+        ),
     ),
 )
 def deduplicated_documents(config: DedupAssetConfig, curation: CurationResource) -> dg.MaterializeResult:
@@ -171,8 +194,9 @@ def deduplicated_documents(config: DedupAssetConfig, curation: CurationResource)
     from pipelines.checks import remaining_duplicate_rate
 
     out = curation.stage_dir("dedup")
-    params = dedup.DedupConfig(bands=config.bands, rows=config.rows, ngram=config.ngram, seed=config.seed,
-                               exact=config.exact)
+    params = dedup.DedupConfig(
+        bands=config.bands, rows=config.rows, ngram=config.ngram, seed=config.seed, exact=config.exact
+    )
     summary = dedup.run(curation.stage_dir("quality"), out, config=params, **curation.run_kwargs())
     rate, remaining = remaining_duplicate_rate(out)
     clusters = summary.get("clusters", {})
@@ -183,8 +207,11 @@ def deduplicated_documents(config: DedupAssetConfig, curation: CurationResource)
         "cluster_sizes": _table(clusters.get("cluster_size_histogram", {}), ("cluster size", "clusters")),
     }
     checks = _schema_and_size_checks(out, summary) + [
-        dg.AssetCheckResult(check_name="duplicate_rate", passed=rate <= config.max_duplicate_rate,
-                            metadata={"rate": round(rate, 6), "exact_duplicates_left": remaining})
+        dg.AssetCheckResult(
+            check_name="duplicate_rate",
+            passed=rate <= config.max_duplicate_rate,
+            metadata={"rate": round(rate, 6), "exact_duplicates_left": remaining},
+        )
     ]
     return dg.MaterializeResult(metadata=metadata, check_results=checks)
 

@@ -46,9 +46,10 @@ def build_sets(args, sizes: list[int]) -> None:
     total = sum(map(len, corpora.values()))
     for size in sizes:
         rng, docs = random.Random(args.seed), []
-        for corpus in corpora.values():
-            want = round(size * len(corpus) / total)
-            copies, rest = divmod(want, len(corpus))
+        wants = {name: round(size * len(corpus) / total) for name, corpus in corpora.items()}
+        wants["fortunes"] += size - sum(wants.values())  # rounding: make the set exactly `size` documents
+        for name, corpus in corpora.items():
+            copies, rest = divmod(wants[name], len(corpus))
             picked = [(k, doc) for k in range(copies) for doc in corpus] + [(copies, d) for d in rng.sample(corpus, rest)]
             docs += [{**doc, "id": f"{doc['id']}#copy{k}"} if k else doc for k, doc in picked]
         write_shards(docs, os.path.join(args.workdir, str(size), "input"), max(1, len(docs) // args.shard_docs))
@@ -95,6 +96,10 @@ def main() -> None:
     small, large = sizes[0], sizes[-1]
     ratio = rate[large] / rate[small]
     print(f"ratio docs/s at {large:,} / at {small:,}: {ratio:.2f}x")
+    seconds = {size: sum(results[size]["seconds"].values()) for size in (small, large)}
+    per_doc = (seconds[large] - seconds[small]) / (large - small)
+    print(f"linear fit through both: {seconds[small] - per_doc * small:.1f} s fixed (Beam start-ups, models, "
+          f"tokenizers) + {per_doc * 1000:.2f} ms/doc, i.e. {1 / per_doc:.1f} docs/s at the margin")
     print(f"\nRESULT scaling: {', '.join(f'{s:,} docs {rate[s]:.1f} docs/s' for s in sizes)}, "
           f"ratio {ratio:.2f}x (largest / smallest)")
 

@@ -1,6 +1,5 @@
 """The code location: `dagster dev -m dagster_project.definitions` (or `dagster dev` in the project root)."""
 
-
 import os
 
 import dagster as dg
@@ -37,8 +36,10 @@ def new_crawl_files_sensor(context: dg.SensorEvaluationContext, curation: Curati
     fs, path = fsspec.core.url_to_fs(curation.crawl_dir())
     if not fs.exists(path):
         return dg.SkipReason(f"{curation.crawl_dir()} does not exist yet")
-    listing = sorted((p, str(info.get("size")), str(info.get("mtime") or info.get("LastModified")))
-                     for p, info in fs.find(path, detail=True).items())
+    listing = sorted(
+        (p, str(info.get("size")), str(info.get("mtime") or info.get("LastModified")))
+        for p, info in fs.find(path, detail=True).items()
+    )
     fingerprint = str(hash(tuple(listing)))
     if fingerprint == context.cursor:
         return dg.SkipReason("no new crawl files")

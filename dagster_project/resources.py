@@ -1,6 +1,5 @@
 """Resources shared by the assets. Kept light: nothing here imports Beam, torch or pyarrow."""
 
-
 import os
 from pathlib import Path
 

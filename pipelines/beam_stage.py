@@ -101,9 +101,7 @@ def run_pipeline(build, beam_args: Sequence[str] | None = None, workers: int | N
     return counters(result)
 
 
-def process_shard(
-    path: str, processor: DocumentProcessor, stage_dir: str, max_doc_bytes: int, count=None
-) -> dict:
+def process_shard(path: str, processor: DocumentProcessor, stage_dir: str, max_doc_bytes: int, count=None) -> dict:
     """Stream one input shard through ``processor`` into its output shards; returns its counters.
 
     ``count(name, n)`` reports to Beam metrics when run inside a pipeline.
@@ -164,8 +162,14 @@ def _shard_dofn(processor: DocumentProcessor, stage_dir: str, max_doc_bytes: int
         def process(self, path: str):
             started = time.time()
             stats = process_shard(path, processor, stage_dir, max_doc_bytes, self._count)
-            log.info("%s: %s -> %d/%d docs in %.1fs", processor.stage, path, stats["docs_out"], stats["docs_in"],
-                     time.time() - started)
+            log.info(
+                "%s: %s -> %d/%d docs in %.1fs",
+                processor.stage,
+                path,
+                stats["docs_out"],
+                stats["docs_in"],
+                time.time() - started,
+            )
             yield stats
 
     return ProcessShard()
@@ -183,7 +187,12 @@ def run_shard_stage(
     import apache_beam as beam
 
     files = expand_inputs(inputs)
-    config = {"stage": processor.stage, "inputs": files, "processor": processor.config(), "max_doc_bytes": max_doc_bytes}
+    config = {
+        "stage": processor.stage,
+        "inputs": files,
+        "processor": processor.config(),
+        "max_doc_bytes": max_doc_bytes,
+    }
     resumed = prepare_stage_dir(output_dir, config)
     keys = {shard_key(f) for f in files}
     if resumed:
@@ -202,8 +211,15 @@ def run_shard_stage(
     return finish_stage(output_dir, processor.stage, sorted(keys), beam_counters, time.time() - started, resumed)
 
 
-def finish_stage(output_dir: str, stage: str, keys: list[str], beam_counters: dict, seconds: float,
-                 resumed: bool, extra: dict | None = None) -> dict:
+def finish_stage(
+    output_dir: str,
+    stage: str,
+    keys: list[str],
+    beam_counters: dict,
+    seconds: float,
+    resumed: bool,
+    extra: dict | None = None,
+) -> dict:
     """Sum the shards' committed counters and commit the stage with ``_SUCCESS.json``."""
     shard_stats = []
     for key in keys:
@@ -227,13 +243,27 @@ def finish_stage(output_dir: str, stage: str, keys: list[str], beam_counters: di
 
 def stage_arg_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--input", required=True, help="glob(s), comma-separated, of .parquet/.jsonl[.gz]/.warc[.gz] "
-                        "files, or a stage output folder")
+    parser.add_argument(
+        "--input",
+        required=True,
+        help="glob(s), comma-separated, of .parquet/.jsonl[.gz]/.warc[.gz] files, or a stage output folder",
+    )
     parser.add_argument("--output", required=True, help="output folder or fsspec URI (s3://..., gs://...)")
     parser.add_argument("--workers", type=int, default=None, help="local worker processes (default: all cores)")
-    parser.add_argument("--max-doc-bytes", type=int, default=DEFAULT_MAX_DOC_BYTES,
-                        help="documents larger than this are quarantined")
+    parser.add_argument(
+        "--max-doc-bytes", type=int, default=DEFAULT_MAX_DOC_BYTES, help="documents larger than this are quarantined"
+    )
     return parser
+
+
+def cli(main) -> None:
+    """Run a stage's ``main`` and turn a user mistake (bad path, format, config, offline source) into one line."""
+    import sys
+
+    try:
+        main(sys.argv[1:])
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        sys.exit(f"error: {e}")
 
 
 def print_summary(summary: dict) -> None:

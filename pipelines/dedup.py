@@ -20,7 +20,6 @@ Collision probability of a pair with Jaccard similarity s: ``1 - (1 - s**rows) *
 
 from __future__ import annotations
 
-import sys
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -30,7 +29,7 @@ import numpy as np
 import regex
 import xxhash
 
-from pipelines.beam_stage import print_summary, run_pipeline, stage_arg_parser
+from pipelines.beam_stage import cli, print_summary, run_pipeline, stage_arg_parser
 from pipelines.readers import DEFAULT_MAX_DOC_BYTES, read_documents
 from pipelines.schema import excluded_row
 from pipelines.shards import (
@@ -90,9 +89,13 @@ class Signer:
         self._template = MinHash(num_perm=config.bands * config.rows, seed=config.seed, hashfunc=xxhash.xxh32_intdigest)
 
     def minhash(self, text: str):
-        m = self._minhash(num_perm=self.config.bands * self.config.rows, seed=self.config.seed,
-                          hashfunc=xxhash.xxh32_intdigest, permutations=self._template.permutations,
-                          scheme=self._template.scheme)
+        m = self._minhash(
+            num_perm=self.config.bands * self.config.rows,
+            seed=self.config.seed,
+            hashfunc=xxhash.xxh32_intdigest,
+            permutations=self._template.permutations,
+            scheme=self._template.scheme,
+        )
         m.update_batch(shingles(text, self.config.ngram))
         return m
 
@@ -101,7 +104,9 @@ class Signer:
         exact = xxhash.xxh64_intdigest(normalize(text).encode(), seed=0xE)
         values = np.ascontiguousarray(self.minhash(text).hashvalues)
         r = self.config.rows
-        bands = [xxhash.xxh64_intdigest(values[b * r : (b + 1) * r].tobytes(), seed=b) for b in range(self.config.bands)]
+        bands = [
+            xxhash.xxh64_intdigest(values[b * r : (b + 1) * r].tobytes(), seed=b) for b in range(self.config.bands)
+        ]
         return exact, bands
 
 
@@ -225,8 +230,14 @@ def _apply_dofn(files: list[str], stage_dir: str, max_doc_bytes: int):
     return ApplyDecisions()
 
 
-def run(inputs, output_dir: str, beam_args=None, workers: int | None = None,
-        config: DedupConfig | None = None, max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES) -> dict:
+def run(
+    inputs,
+    output_dir: str,
+    beam_args=None,
+    workers: int | None = None,
+    config: DedupConfig | None = None,
+    max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
+) -> dict:
     import time
 
     import apache_beam as beam
@@ -285,4 +296,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    cli(main)

@@ -9,10 +9,8 @@ files whose shard is committed are skipped.
 
 from __future__ import annotations
 
-import sys
-
-from pipelines.beam_stage import DocumentProcessor, print_summary, run_shard_stage, stage_arg_parser
-from pipelines.readers import _Extractor
+from pipelines.beam_stage import DocumentProcessor, cli, print_summary, run_shard_stage, stage_arg_parser
+from pipelines.readers import _Extractor, read_hf
 
 
 class IngestProcessor(DocumentProcessor):
@@ -25,6 +23,10 @@ class IngestProcessor(DocumentProcessor):
 
 
 def run(inputs, output_dir: str, beam_args=None, workers: int | None = None, **kwargs) -> dict:
+    for spec in [inputs] if isinstance(inputs, str) else inputs:
+        for part in spec.split(","):
+            if part.startswith("hf:"):
+                next(read_hf(part), None)  # fail here, with the readable error, before Beam starts
     return run_shard_stage(IngestProcessor(), inputs, output_dir, beam_args, workers, **kwargs)
 
 
@@ -34,4 +36,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    cli(main)

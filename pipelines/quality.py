@@ -17,20 +17,20 @@ The chain and its order are FineWeb's (Penedo et al. 2024):
 Thresholds are the papers' (datatrove's defaults) for English and FineWeb-2's per-language values elsewhere
 (``pipelines.lang_config``). Language awareness: each language gets its own filter chain, with the words of
 scripts written without spaces (Chinese, Japanese, Thai, Lao, Khmer, Burmese) split into characters, and the
-whitespace-based C4 words-per-line rule switched off and FineWeb's "short line" scaled to 10 characters for them. Source code (``domain == code``) gets a code
-filter instead (StarCoder / The Stack rules), since prose heuristics would drop every file.
+whitespace-based C4 words-per-line rule switched off and FineWeb's "short line" scaled to 10 characters for
+them. Source code (``domain == code``) gets a code filter instead (StarCoder / The Stack rules), since prose
+heuristics would drop every file.
 
 Every drop is counted by ``<filter>/<reason>`` and the document is kept in ``excluded/`` for audit.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 
 import regex
 
-from pipelines.beam_stage import DocumentProcessor, print_summary, run_shard_stage, stage_arg_parser
+from pipelines.beam_stage import DocumentProcessor, cli, print_summary, run_shard_stage, stage_arg_parser
 from pipelines.lang_config import config_for
 
 CHARACTER_SCRIPT_LANGUAGES = {"zh", "ja", "th", "lo", "km", "my", "bo", "yue", "wuu"}
@@ -138,7 +138,7 @@ def word_tokenizer_for(lang: str):
 
 def _fast_c4_filter_class():
     from datatrove.pipeline.filters import C4QualityFilter
-    from datatrove.pipeline.filters.c4_filters import CITATION_REGEX, END_PUNCTUATION, ELLIPSIS, POLICY_SUBSTRINGS
+    from datatrove.pipeline.filters.c4_filters import CITATION_REGEX, ELLIPSIS, END_PUNCTUATION, POLICY_SUBSTRINGS
     from datatrove.utils.text import split_into_sentences
 
     class FastC4QualityFilter(C4QualityFilter):
@@ -185,8 +185,13 @@ class CodeQualityFilter:
     """Rules for source files from StarCoder (Li et al. 2023) / The Stack: drop minified, generated
     or data-like files. Returns ``(keep, reason)``."""
 
-    def __init__(self, max_line_length: int = 1000, max_avg_line_length: float = 100,
-                 min_alphanum_fraction: float = 0.25, min_lines: int = 3):
+    def __init__(
+        self,
+        max_line_length: int = 1000,
+        max_avg_line_length: float = 100,
+        min_alphanum_fraction: float = 0.25,
+        min_lines: int = 3,
+    ):
         self.max_line_length = max_line_length
         self.max_avg_line_length = max_avg_line_length
         self.min_alphanum_fraction = min_alphanum_fraction
@@ -218,19 +223,40 @@ def build_filter_chain(lang: str) -> list[tuple[str, object]]:
     tokenizer = word_tokenizer_for(lang)
     char_words = lang in CHARACTER_SCRIPT_LANGUAGES
     return [
-        ("gopher_repetition", GopherRepetitionFilter(
-            dup_line_frac=cfg.dup_line_frac, top_n_grams=cfg.top_n_grams, dup_n_grams=cfg.dup_n_grams,
-            language=tokenizer)),
-        ("gopher_quality", GopherQualityFilter(
-            min_avg_word_length=min(cfg.min_avg_word_length, 1) if char_words else cfg.min_avg_word_length,
-            max_avg_word_length=cfg.max_avg_word_length,
-            max_non_alpha_words_ratio=cfg.max_non_alpha_words_ratio,
-            stop_words=list(cfg.stopwords), language=tokenizer)),
-        ("c4", C4QualityFilter(filter_no_terminal_punct=False, min_words_per_line=-1 if char_words else 3,
-                               language=tokenizer)),
-        ("fineweb", FineWebQualityFilter(
-            line_punct_thr=cfg.line_punct_thr, new_line_ratio=cfg.new_line_ratio,
-            short_line_length=CJK_SHORT_LINE_CHARS if char_words else 30, language=tokenizer)),
+        (
+            "gopher_repetition",
+            GopherRepetitionFilter(
+                dup_line_frac=cfg.dup_line_frac,
+                top_n_grams=cfg.top_n_grams,
+                dup_n_grams=cfg.dup_n_grams,
+                language=tokenizer,
+            ),
+        ),
+        (
+            "gopher_quality",
+            GopherQualityFilter(
+                min_avg_word_length=min(cfg.min_avg_word_length, 1) if char_words else cfg.min_avg_word_length,
+                max_avg_word_length=cfg.max_avg_word_length,
+                max_non_alpha_words_ratio=cfg.max_non_alpha_words_ratio,
+                stop_words=list(cfg.stopwords),
+                language=tokenizer,
+            ),
+        ),
+        (
+            "c4",
+            C4QualityFilter(
+                filter_no_terminal_punct=False, min_words_per_line=-1 if char_words else 3, language=tokenizer
+            ),
+        ),
+        (
+            "fineweb",
+            FineWebQualityFilter(
+                line_punct_thr=cfg.line_punct_thr,
+                new_line_ratio=cfg.new_line_ratio,
+                short_line_length=CJK_SHORT_LINE_CHARS if char_words else 30,
+                language=tokenizer,
+            ),
+        ),
     ]
 
 
@@ -243,8 +269,11 @@ class QualityFilter(DocumentProcessor):
         self._code = CodeQualityFilter()
 
     def config(self) -> dict:
-        return {"chain": ["gopher_repetition", "gopher_quality", "c4", "fineweb"], "code_filter": self.code_filter,
-                "thresholds": "datatrove defaults (en) / FineWeb-2 per language"}
+        return {
+            "chain": ["gopher_repetition", "gopher_quality", "c4", "fineweb"],
+            "code_filter": self.code_filter,
+            "thresholds": "datatrove defaults (en) / FineWeb-2 per language",
+        }
 
     def chain(self, lang: str) -> list[tuple[str, object]]:
         if lang not in self._chains:
@@ -283,9 +312,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = stage_arg_parser(__doc__.splitlines()[0])
     parser.add_argument("--no-code-filter", action="store_true", help="keep every source file")
     args, beam_args = parser.parse_known_args(argv)
-    print_summary(run(args.input, args.output, beam_args, args.workers, max_doc_bytes=args.max_doc_bytes,
-                      code_filter=not args.no_code_filter))
+    print_summary(
+        run(
+            args.input,
+            args.output,
+            beam_args,
+            args.workers,
+            max_doc_bytes=args.max_doc_bytes,
+            code_filter=not args.no_code_filter,
+        )
+    )
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    cli(main)

@@ -29,8 +29,30 @@ from pipelines.shards import filesystem
 
 DEFAULT_MAX_DOC_BYTES = 10_000_000
 CODE_EXTENSIONS = {
-    ".py", ".c", ".h", ".cc", ".cpp", ".hpp", ".java", ".js", ".ts", ".go", ".rs", ".rb", ".php",
-    ".cs", ".swift", ".kt", ".scala", ".sh", ".sql", ".lua", ".r", ".jl", ".m", ".pl",
+    ".py",
+    ".c",
+    ".h",
+    ".cc",
+    ".cpp",
+    ".hpp",
+    ".java",
+    ".js",
+    ".ts",
+    ".go",
+    ".rs",
+    ".rb",
+    ".php",
+    ".cs",
+    ".swift",
+    ".kt",
+    ".scala",
+    ".sh",
+    ".sql",
+    ".lua",
+    ".r",
+    ".jl",
+    ".m",
+    ".pl",
 }
 CODE_MIME_HINTS = ("x-python", "x-c", "x-java", "javascript", "x-sh", "x-rust", "x-go", "x-script")
 
@@ -53,7 +75,8 @@ def detect_format(path: str) -> str:
     if name.endswith(".parquet"):
         return "parquet"
     raise ValueError(
-        f"cannot tell the format of {path!r}: expected .warc[.gz], .wet[.gz], .jsonl[.gz], .parquet or hf:<dataset>:<split>"
+        f"cannot tell the format of {path!r}: expected .warc[.gz], .wet[.gz], .jsonl[.gz], .parquet "
+        "or hf:<dataset>:<split>"
     )
 
 
@@ -83,7 +106,9 @@ def _checked_text(text: object, source: str, record: object, max_doc_bytes: int)
     except UnicodeEncodeError as e:  # lone surrogates from a JSON \ud800 escape
         return None, error_row(source, record, "bad_unicode", str(e), text[:200].encode("utf-8", "replace"))
     if size > max_doc_bytes:
-        return None, error_row(source, record, "document_too_large", f"{size} bytes > limit {max_doc_bytes}", text[:200])
+        return None, error_row(
+            source, record, "document_too_large", f"{size} bytes > limit {max_doc_bytes}", text[:200]
+        )
     return text.replace("\x00", ""), None
 
 
@@ -158,7 +183,10 @@ def read_parquet(path: str, max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES) -> Itera
         with fs.open(fpath, "rb") as f:
             pf = pq.ParquetFile(f)
             if "text" not in pf.schema_arrow.names:
-                yield "error", error_row(source, "schema", "missing_text", f"no 'text' column in {pf.schema_arrow.names}")
+                yield (
+                    "error",
+                    error_row(source, "schema", "missing_text", f"no 'text' column in {pf.schema_arrow.names}"),
+                )
                 return
             for batch in pf.iter_batches(batch_size=1000):
                 for row in batch.to_pylist():
@@ -236,8 +264,16 @@ def read_warc(path: str, max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES) -> Iterator
                     continue
                 if getattr(record.raw_stream, "limit", 0) > 0:  # the file ended inside this record
                     cut_reported = True
-                    yield "error", error_row(source, rec_id, "truncated_warc",
-                                             f"record cut short: {record.raw_stream.limit} bytes missing", payload)
+                    yield (
+                        "error",
+                        error_row(
+                            source,
+                            rec_id,
+                            "truncated_warc",
+                            f"record cut short: {record.raw_stream.limit} bytes missing",
+                            payload,
+                        ),
+                    )
                     continue
                 text = _decode_payload(payload, content_type)
                 if text is None:
@@ -248,20 +284,29 @@ def read_warc(path: str, max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES) -> Iterator
                     text = _Extractor.extract(text)
                 text, err = _checked_text(text, source, rec_id, max_doc_bytes)
                 if err:
-                    err["reason"] = "no_text_extracted" if is_html and err["reason"] == "missing_text" else err["reason"]
+                    err["reason"] = (
+                        "no_text_extracted" if is_html and err["reason"] == "missing_text" else err["reason"]
+                    )
                     yield "error", err
                     continue
-                yield "doc", empty_document(
-                    id=rec_id.strip("<>").removeprefix("urn:uuid:"),
-                    text=text,
-                    url=url,
-                    source=source,
-                    domain=_domain(url, content_type),
-                    date=record.rec_headers.get_header("WARC-Date"),
+                yield (
+                    "doc",
+                    empty_document(
+                        id=rec_id.strip("<>").removeprefix("urn:uuid:"),
+                        text=text,
+                        url=url,
+                        source=source,
+                        domain=_domain(url, content_type),
+                        date=record.rec_headers.get_header("WARC-Date"),
+                    ),
                 )
             if gz is not None and gz.truncated and not cut_reported:
-                yield "error", error_row(source, f"after record {record_no}", "truncated_warc",
-                                         "the gzip stream ends inside a member")
+                yield (
+                    "error",
+                    error_row(
+                        source, f"after record {record_no}", "truncated_warc", "the gzip stream ends inside a member"
+                    ),
+                )
     except (ArchiveLoadFailed, EOFError, zlib.error, gzip.BadGzipFile) as e:
         yield "error", error_row(source, f"after record {record_no}", "truncated_warc", f"{type(e).__name__}: {e}")
 

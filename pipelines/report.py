@@ -1,6 +1,6 @@
 """Print what the curation stages did: documents per stage, drops by reason, languages, where outputs are.
 
-    python -m pipelines.report [--data-root data]
+python -m pipelines.report [--data-root data]
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ def report(data_root: str) -> str:
             continue
         summaries.append((label, summary))
         kept = summary["docs_out"] / summary["docs_in"] if summary["docs_in"] else 0
-        lines.append(f"{label:<16}{summary['docs_in']:>9,}{summary['docs_out']:>9,}{kept:>8.1%}"
-                     f"{summary.get('errors', 0):>13,}{summary.get('seconds', 0):>9.1f}")
+        lines.append(
+            f"{label:<16}{summary['docs_in']:>9,}{summary['docs_out']:>9,}{kept:>8.1%}"
+            f"{summary.get('errors', 0):>13,}{summary.get('seconds', 0):>9.1f}"
+        )
     for label, summary in summaries:
         lines.append("")
         lines.append(f"[{label}] output: {summary['output']}")
@@ -41,8 +43,10 @@ def report(data_root: str) -> str:
             lines.append(f"  dropped:     {_top(summary['dropped'])}")
         if summary.get("clusters"):
             c = summary["clusters"]
-            lines.append(f"  clusters:    {c['clusters']:,} duplicate clusters, {c['documents_in_clusters']:,} documents"
-                         f" in them, largest {c['largest_cluster']}")
+            lines.append(
+                f"  clusters:    {c['clusters']:,} duplicate clusters, {c['documents_in_clusters']:,} documents"
+                f" in them, largest {c['largest_cluster']}"
+            )
     if summaries:
         lines += ["", f"languages kept: {_top(summaries[-1][1].get('languages', {}), 40)}"]
     return "\n".join(lines)

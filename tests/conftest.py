@@ -118,13 +118,20 @@ def make_crawl(root: Path) -> dict:
     """A small crawl: returns what a correct pipeline must find in it."""
     root.mkdir(parents=True, exist_ok=True)
     en_docs = [paragraph_doc(EN, seed) for seed in range(6)]
-    pages = [(f"https://docs.example/en/page{i}.html", "text/html; charset=utf-8", html_page(f"Guide {i}", d))
-             for i, d in enumerate(en_docs)]
+    pages = [
+        (f"https://docs.example/en/page{i}.html", "text/html; charset=utf-8", html_page(f"Guide {i}", d))
+        for i, d in enumerate(en_docs)
+    ]
     near_dup = en_docs[0].replace(" the ", " a ", 1)  # one word differs: a near duplicate
     pages.append(("https://mirror.example/en/page0.html", "text/html; charset=utf-8", html_page("Guide 0", near_dup)))
     pages.append(("https://copy.example/en/page1.html", "text/html; charset=utf-8", html_page("Guide 1", en_docs[1])))
-    pages.append(("https://junk.example/x.html", "text/html; charset=utf-8",
-                  html_page("Buy", "buy now buy now\nbuy now buy now\nbuy now buy now")))
+    pages.append(
+        (
+            "https://junk.example/x.html",
+            "text/html; charset=utf-8",
+            html_page("Buy", "buy now buy now\nbuy now buy now\nbuy now buy now"),
+        )
+    )
     pages.append(("https://code.example/lib/config.py", "text/x-python; charset=utf-8", PYTHON_CODE.encode()))
     write_warc(root / "site.warc.gz", pages)
 
@@ -137,11 +144,18 @@ def make_crawl(root: Path) -> dict:
     docs += [{"id": f"jl-de{i}", "text": paragraph_doc(DE[i * 6 : i * 6 + 6], i, n=6, per_line=1)} for i in range(2)]
     docs += [{"id": f"jl-zh{i}", "text": paragraph_doc(ZH[i * 6 : i * 6 + 6], i, n=6)} for i in range(2)]
     lines = [json.dumps(d, ensure_ascii=False).encode() for d in docs] + [
-        b'{"id": "jl-bad-utf8", "text": "caf\xe9 au lait"}', b'{"id": "jl-no-text"}', b"{not json"]
+        b'{"id": "jl-bad-utf8", "text": "caf\xe9 au lait"}',
+        b'{"id": "jl-no-text"}',
+        b"{not json",
+    ]
     with gzip.open(root / "extra.jsonl.gz", "wb") as f:
         f.write(b"\n".join(lines) + b"\n")
-    return {"en_docs": en_docs, "near_dup_url": "https://mirror.example/en/page0.html",
-            "exact_dup_url": "https://copy.example/en/page1.html", "junk_url": "https://junk.example/x.html"}
+    return {
+        "en_docs": en_docs,
+        "near_dup_url": "https://mirror.example/en/page0.html",
+        "exact_dup_url": "https://copy.example/en/page1.html",
+        "junk_url": "https://junk.example/x.html",
+    }
 
 
 @pytest.fixture(scope="session")

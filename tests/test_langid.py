@@ -22,8 +22,13 @@ def test_real_model_labels_languages():
 
 def test_keep_route_and_thresholds():
     lid = LanguageIdentifier(languages=["en", "zh"], thresholds={"zh": 0.5})
-    docs = [_doc(" ".join(EN[:3]), i=1), _doc(" ".join(DE[:3]), i=2), _doc("".join(ZH[:3]), i=3),
-            _doc("ok ok 123 :) ???", i=4), _doc("def f(x):\n    return x\n", domain="code", i=5)]
+    docs = [
+        _doc(" ".join(EN[:3]), i=1),
+        _doc(" ".join(DE[:3]), i=2),
+        _doc("".join(ZH[:3]), i=3),
+        _doc("ok ok 123 :) ???", i=4),
+        _doc("def f(x):\n    return x\n", domain="code", i=5),
+    ]
     verdicts = {d["id"]: (d["lang"], reason) for d, reason in lid.process_batch(docs)}
     assert verdicts["1"] == ("en", None)
     assert verdicts["2"] == ("de", "lang_not_selected")

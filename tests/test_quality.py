@@ -18,7 +18,7 @@ SAMPLES = [
     paragraph_doc(EN, 1),
     paragraph_doc(EN, 2, per_line=1),
     "Short line.\nAnother one!\nE-mail me at someone@example.com, or visit https://example.com/a?b=c.\n" * 3,
-    "Don't split U.S.A. or 3.14; but do split (parentheses) and \"quotes\"... okay?",
+    'Don\'t split U.S.A. or 3.14; but do split (parentheses) and "quotes"... okay?',
     "JavaScript must be enabled.\nThis line is fine and has enough words in it.\n{curly} braces here.",
     "lorem ipsum dolor sit amet " * 5,
     "\n".join(EN[:6]) + "\nPrivacy policy and cookie policy apply.\nOne two",
@@ -47,8 +47,10 @@ def test_fast_spacy_tokenizer_rebuilds_its_cache():
 
 def test_fast_c4_filter_decides_and_rewrites_like_datatrove():
     tokenizer = word_tokenizer_for("en")
-    fast, reference = _fast_c4_filter_class()(filter_no_terminal_punct=False, language=tokenizer), C4QualityFilter(
-        filter_no_terminal_punct=False, language=tokenizer)
+    fast, reference = (
+        _fast_c4_filter_class()(filter_no_terminal_punct=False, language=tokenizer),
+        C4QualityFilter(filter_no_terminal_punct=False, language=tokenizer),
+    )
     for text in SAMPLES:
         a, b = Document(text=text, id="a"), Document(text=text, id="b")
         assert fast.filter(a) == reference.filter(b)

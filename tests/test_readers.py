@@ -45,8 +45,7 @@ def test_jsonl_bad_records_are_quarantined_with_reasons(crawl_dir):
 
 def test_truncated_gzip_keeps_lines_before_the_cut(tmp_path):
     path = tmp_path / "cut.jsonl.gz"
-    payload = b"".join(json.dumps({"id": i, "text": f"document number {i} " * 30}).encode() + b"\n"
-                       for i in range(200))
+    payload = b"".join(json.dumps({"id": i, "text": f"document number {i} " * 30}).encode() + b"\n" for i in range(200))
     data = gzip.compress(payload)
     path.write_bytes(data[: len(data) // 2])
     docs, errors = _split(read_documents(str(path)))

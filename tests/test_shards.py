@@ -92,8 +92,12 @@ def test_killed_run_resumes_without_duplicates_or_losses(tmp_path):
     out = tmp_path / "out"
     script = tmp_path / "slow.py"
     script.write_text(SLOW_RUN)
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "in"), str(out)], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "in"), str(out)],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and len(list((out / "_done").glob("*.json")) if (out / "_done").exists() else []) < 2:
         time.sleep(0.05)
@@ -102,12 +106,19 @@ def test_killed_run_resumes_without_duplicates_or_losses(tmp_path):
     done_before = len(list((out / "_done").glob("*.json")))
     assert 2 <= done_before < 8, "the kill must land in the middle of the run"
 
-    code = SLOW_RUN.replace("run_shard_stage(Slow(), sys.argv[1], sys.argv[2], workers=1)",
-                            "s = run_shard_stage(Slow(), sys.argv[1], sys.argv[2], workers=1)\n"
-                            "print(s['beam_counters'].get('slow/shards_resumed', 0))")
+    code = SLOW_RUN.replace(
+        "run_shard_stage(Slow(), sys.argv[1], sys.argv[2], workers=1)",
+        "s = run_shard_stage(Slow(), sys.argv[1], sys.argv[2], workers=1)\n"
+        "print(s['beam_counters'].get('slow/shards_resumed', 0))",
+    )
     script.write_text(code)
-    resumed = subprocess.run([sys.executable, str(script), str(tmp_path / "in"), str(out)], capture_output=True,
-                             text=True, check=True).stdout.strip().splitlines()[-1]
+    resumed = (
+        subprocess.run(
+            [sys.executable, str(script), str(tmp_path / "in"), str(out)], capture_output=True, text=True, check=True
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     assert int(resumed) == done_before
     ids = _ids(str(out))
     assert len(ids) == len(set(ids)) == total
