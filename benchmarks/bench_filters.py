@@ -91,7 +91,7 @@ def datatrove_chain(lang: str) -> list[tuple[str, object]]:
         step.__class__ = next(c for c in type(ours).__mro__ if c.__module__.startswith("datatrove."))
         tokenizer = ours.language
         if not (isinstance(tokenizer, ScriptAwareTokenizer) or type(tokenizer).__module__.startswith("datatrove.")):
-            step.language = load_word_tokenizer(tokenizer.language)
+            step.language = load_word_tokenizer(lang)
         chain.append((name, step))
     return chain
 

@@ -1,5 +1,7 @@
 """The code location: `dagster dev -m dagster_project.definitions` (or `dagster dev` in the project root)."""
 
+import hashlib
+import json
 import os
 
 import dagster as dg
@@ -40,7 +42,7 @@ def new_crawl_files_sensor(context: dg.SensorEvaluationContext, curation: Curati
         (p, str(info.get("size")), str(info.get("mtime") or info.get("LastModified")))
         for p, info in fs.find(path, detail=True).items()
     )
-    fingerprint = str(hash(tuple(listing)))
+    fingerprint = hashlib.sha1(json.dumps(listing).encode()).hexdigest()
     if fingerprint == context.cursor:
         return dg.SkipReason("no new crawl files")
     context.update_cursor(fingerprint)

@@ -28,8 +28,11 @@ from pipelines.schema import excluded_row
 from pipelines.shards import (
     SUCCESS_FILE,
     ShardStats,
+    commit_shard,
+    committed_stats,
     done_marker,
     expand_inputs,
+    input_fingerprint,
     join,
     merge_stats,
     prepare_stage_dir,
@@ -108,10 +111,11 @@ def process_shard(path: str, processor: DocumentProcessor, stage_dir: str, max_d
     """
     count = count or (lambda name, n=1: None)
     key = shard_key(path)
-    done = read_json(done_marker(stage_dir, key))
+    fingerprint = input_fingerprint(path)
+    done = committed_stats(stage_dir, key, fingerprint)
     if done is not None:
         count("shards_resumed")
-        return done["stats"]
+        return done
     stats = ShardStats()
     with shard_writers(stage_dir, key) as writers:
 
@@ -141,7 +145,7 @@ def process_shard(path: str, processor: DocumentProcessor, stage_dir: str, max_d
     count("docs_in", stats.docs_in)
     count("docs_out", stats.docs_out)
     count("shards_processed")
-    write_json_atomic(done_marker(stage_dir, key), {"input": path, "key": key, "stats": stats.to_dict()})
+    commit_shard(stage_dir, key, path, fingerprint, stats.to_dict())
     return stats.to_dict()
 
 
@@ -187,12 +191,8 @@ def run_shard_stage(
     import apache_beam as beam
 
     files = expand_inputs(inputs)
-    config = {
-        "stage": processor.stage,
-        "inputs": files,
-        "processor": processor.config(),
-        "max_doc_bytes": max_doc_bytes,
-    }
+    # Inputs are not part of the identity: shards of unchanged inputs are reused when inputs are added.
+    config = {"stage": processor.stage, "processor": processor.config(), "max_doc_bytes": max_doc_bytes}
     resumed = prepare_stage_dir(output_dir, config)
     keys = {shard_key(f) for f in files}
     if resumed:

@@ -34,8 +34,10 @@ from pipelines.readers import DEFAULT_MAX_DOC_BYTES, read_documents
 from pipelines.schema import excluded_row
 from pipelines.shards import (
     ShardStats,
-    done_marker,
+    commit_shard,
+    committed_stats,
     expand_inputs,
+    input_fingerprint,
     join,
     prepare_stage_dir,
     read_json,
@@ -203,7 +205,8 @@ def _apply_dofn(files: list[str], stage_dir: str, max_doc_bytes: int):
             shard_index, (_, decision_lists) = element
             path = files[shard_index]
             key = shard_key(path)
-            if read_json(done_marker(stage_dir, key)) is not None:
+            fingerprint = input_fingerprint(path)
+            if committed_stats(stage_dir, key, fingerprint) is not None:
                 Metrics.counter(STAGE, "shards_resumed").inc()
                 return
             decisions = {d[0]: d for group in decision_lists for d in group}
@@ -225,7 +228,7 @@ def _apply_dofn(files: list[str], stage_dir: str, max_doc_bytes: int):
                         Metrics.counter(STAGE, f"dropped_{verdict}").inc()
                     position += 1
             Metrics.counter(STAGE, "docs_out").inc(stats.docs_out)
-            write_json_atomic(done_marker(stage_dir, key), {"input": path, "key": key, "stats": stats.to_dict()})
+            commit_shard(stage_dir, key, path, fingerprint, stats.to_dict())
 
     return ApplyDecisions()
 
@@ -246,7 +249,9 @@ def run(
 
     config = config or DedupConfig()
     files = expand_inputs(inputs)
-    stage_config = {"stage": STAGE, "inputs": files, "processor": asdict(config), "max_doc_bytes": max_doc_bytes}
+    # Which document of a cluster is kept depends on every input, so any input change starts afresh.
+    fingerprints = {f: input_fingerprint(f) for f in files}
+    stage_config = {"stage": STAGE, "inputs": fingerprints, "processor": asdict(config), "max_doc_bytes": max_doc_bytes}
     resumed = prepare_stage_dir(output_dir, stage_config)
     keys = [shard_key(f) for f in files]
     if resumed:

@@ -239,11 +239,32 @@ def done_marker(stage_dir: str, key: str) -> str:
     return join(stage_dir, "_done", f"{key}.json")
 
 
+def input_fingerprint(path: str) -> str:
+    """Size and modification time (or ETag) of an input: a committed shard is reused only for the same input."""
+    if path.startswith("hf:"):
+        return path
+    fs, fpath = filesystem(path)
+    info = fs.info(fpath)
+    return f"{info.get('size')}:{info.get('mtime') or info.get('LastModified') or info.get('ETag') or ''}"
+
+
+def committed_stats(stage_dir: str, key: str, fingerprint: str) -> dict | None:
+    """The counters of a shard committed from this very input, else None (never done, or the input changed)."""
+    marker = read_json(done_marker(stage_dir, key))
+    if marker is None or marker.get("fingerprint") != fingerprint:
+        return None
+    return marker["stats"]
+
+
+def commit_shard(stage_dir: str, key: str, path: str, fingerprint: str, stats: dict) -> None:
+    write_json_atomic(done_marker(stage_dir, key), {"input": path, "fingerprint": fingerprint, "stats": stats})
+
+
 def prepare_stage_dir(stage_dir: str, config: dict) -> bool:
     """Make ``stage_dir`` ready for a run of ``config``; returns True when resuming earlier work.
 
-    A folder produced by another config (or never finished with this one) is not
-    trusted: its committed shards are reused only if the config matches exactly.
+    A folder produced by another config is emptied; with the same config its committed shards are kept
+    (each is reused only if its input is unchanged, see ``committed_stats``).
     """
     fs, path = filesystem(stage_dir)
     previous = read_json(join(stage_dir, CONFIG_FILE))

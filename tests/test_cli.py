@@ -10,14 +10,24 @@ def _run(*args):
 
 
 def test_ingest_then_langid_from_the_command_line(crawl_dir, tmp_path):
-    ingest = _run("pipelines.ingest", "--input", f"{crawl_dir}/*.jsonl.gz", "--output", str(tmp_path / "ing"),
-                  "--workers", "2")
+    ingest = _run(
+        "pipelines.ingest", "--input", f"{crawl_dir}/*.jsonl.gz", "--output", str(tmp_path / "ing"), "--workers", "2"
+    )
     assert ingest.returncode == 0, ingest.stderr[-2000:]
     summary = json.loads(ingest.stdout)
     assert summary["docs_out"] == 5 and summary["errors"] == 3
-    langid = _run("pipelines.langid", "--input", str(tmp_path / "ing"), "--output", str(tmp_path / "lid"),
-                  "--languages", "en,zh", "--direct_num_workers=1", "--direct_running_mode=in_memory",
-                  "--runner=FnApiRunner")
+    langid = _run(
+        "pipelines.langid",
+        "--input",
+        str(tmp_path / "ing"),
+        "--output",
+        str(tmp_path / "lid"),
+        "--languages",
+        "en,zh",
+        "--direct_num_workers=1",
+        "--direct_running_mode=in_memory",
+        "--runner=FnApiRunner",
+    )
     assert langid.returncode == 0, langid.stderr[-2000:]
     summary = json.loads(langid.stdout)
     assert summary["dropped"] == {"lang_not_selected": 2} and set(summary["languages"]) == {"en", "zh"}

@@ -24,7 +24,10 @@ def test_dagster_dev_serves_the_asset_graph(tmp_path):
     # Its own process group: `dagster dev` started from a script otherwise ignores SIGTERM/SIGINT.
     proc = subprocess.Popen(
         [str(dagster), "dev", "-m", "dagster_project.definitions", "-h", "127.0.0.1", "-p", str(port)],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     query = json.dumps({"query": "{ assetNodes { assetKey { path } groupName } }"}).encode()
     nodes = None
@@ -32,8 +35,9 @@ def test_dagster_dev_serves_the_asset_graph(tmp_path):
         deadline = time.time() + 180
         while time.time() < deadline and nodes is None:
             try:
-                request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=query,
-                                                 headers={"Content-Type": "application/json"})
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/graphql", data=query, headers={"Content-Type": "application/json"}
+                )
                 with urllib.request.urlopen(request, timeout=5) as response:
                     nodes = json.load(response)["data"]["assetNodes"] or None
             except OSError:

@@ -101,7 +101,9 @@ def test_wet_conversion_records_are_read_as_text(tmp_path):
         writer = WARCWriter(out, gzip=True)
         for i, text in enumerate(["First extracted page text.", "Second one."]):
             record = writer.create_warc_record(
-                f"https://site.example/{i}", "conversion", payload=io.BytesIO(text.encode()),
+                f"https://site.example/{i}",
+                "conversion",
+                payload=io.BytesIO(text.encode()),
                 warc_content_type="text/plain",
             )
             writer.write_record(record)

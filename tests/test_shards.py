@@ -15,12 +15,12 @@ from pipelines.beam_stage import DocumentProcessor, run_shard_stage
 from pipelines.shards import list_shards, shard_key
 
 
-def _write_inputs(folder, shards=6, docs=40):
+def _write_inputs(folder, shards=6, docs=40, prefix=""):
     folder.mkdir(parents=True, exist_ok=True)
     for s in range(shards):
         with open(folder / f"in{s}.jsonl", "w") as f:
             for d in range(docs):
-                f.write(json.dumps({"id": f"s{s}-d{d}", "text": f"text of document {d} in shard {s}"}) + "\n")
+                f.write(json.dumps({"id": f"{prefix}s{s}-d{d}", "text": f"text of document {d} in shard {s}"}) + "\n")
     return shards * docs
 
 
@@ -62,13 +62,30 @@ def test_failed_shard_leaves_no_partial_files_and_rerun_completes(tmp_path):
     assert len(ids) == len(set(ids)) == total
 
 
-def test_changed_config_starts_afresh(tmp_path):
-    _write_inputs(tmp_path / "in", shards=2)
+def test_added_removed_and_changed_inputs(tmp_path):
+    _write_inputs(tmp_path / "in", shards=3)
     out = str(tmp_path / "out")
     run_shard_stage(DocumentProcessor(), str(tmp_path / "in"), out, workers=1)
-    summary = run_shard_stage(DocumentProcessor(), str(tmp_path / "in" / "in0.jsonl"), out, workers=1)
-    assert summary["resumed"] is False and summary["shards"] == 1
-    assert len(list_shards(out)) == 1
+    (tmp_path / "in" / "in2.jsonl").unlink()  # removed input: its shard goes
+    with open(tmp_path / "in" / "in1.jsonl", "a") as f:  # changed input: redone
+        f.write(json.dumps({"id": "s1-new", "text": "an added line"}) + "\n")
+    _write_inputs(tmp_path / "more", shards=1, prefix="more-")  # added input: processed
+    summary = run_shard_stage(DocumentProcessor(), [str(tmp_path / "in"), str(tmp_path / "more")], out, workers=1)
+    assert summary["resumed"] is True and summary["shards"] == 3
+    assert summary["beam_counters"]["identity/shards_resumed"] == 1  # only in0 is unchanged
+    ids = _ids(out)
+    assert len(ids) == len(set(ids)) == 40 + 41 + 40
+    assert "s1-new" in ids and not any(i.startswith("s2-") for i in ids)
+
+
+def test_changed_processor_config_starts_afresh(tmp_path):
+    from pipelines.langid import LanguageIdentifier
+
+    _write_inputs(tmp_path / "in", shards=1)
+    out = str(tmp_path / "out")
+    run_shard_stage(LanguageIdentifier(languages=["en"]), str(tmp_path / "in"), out, workers=1)
+    summary = run_shard_stage(LanguageIdentifier(languages=None), str(tmp_path / "in"), out, workers=1)
+    assert summary["resumed"] is False and summary["docs_out"] + sum(summary["dropped"].values()) == 40
 
 
 SLOW_RUN = textwrap.dedent(
