@@ -104,7 +104,9 @@ def expand_inputs(patterns: str | Iterable[str]) -> list[str]:
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         prefix = "" if protocol in ("file", "local") else f"{protocol}://"
         if fs.isdir(path):
-            if fs.exists(posixpath.join(path, SUCCESS_FILE)) or fs.isdir(posixpath.join(path, "data")):
+            if fs.exists(posixpath.join(path, CONFIG_FILE)):  # a stage folder: only a finished one is an input
+                if not fs.exists(posixpath.join(path, SUCCESS_FILE)):
+                    raise ValueError(f"{pattern} is a stage folder whose run has not finished: run that stage first")
                 path = posixpath.join(path, "data")
             matches = [p for p in fs.find(path) if _is_document_file(p)]
         else:

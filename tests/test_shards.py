@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.beam_stage import DocumentProcessor, run_shard_stage
-from pipelines.shards import list_shards, shard_key
+from pipelines.shards import expand_inputs, list_shards, shard_key
 
 
 def _write_inputs(folder, shards=6, docs=40, prefix=""):
@@ -53,6 +53,9 @@ def test_failed_shard_leaves_no_partial_files_and_rerun_completes(tmp_path):
     committed = {os.path.basename(p) for p in list_shards(out)}
     assert f"{shard_key(str(tmp_path / 'in' / 'in1.jsonl'))}.parquet" not in committed
     assert not [p for p in os.listdir(os.path.join(out, "data")) if ".tmp-" in p]
+
+    with pytest.raises(ValueError, match="has not finished"):
+        expand_inputs(out)  # a later stage refuses a half-done folder
 
     flag.unlink()
     summary = run_shard_stage(FlakyProcessor(flag), str(tmp_path / "in"), out, workers=1)
