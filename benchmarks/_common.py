@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import psutil
@@ -27,11 +26,15 @@ DEFAULT_CORPORA = REPO.parent / "shared" / "corpora"
 sys.path.insert(0, str(REPO))  # `python benchmarks/x.py` puts benchmarks/, not the repo, on sys.path
 
 
-def arg_parser(doc: str, limit: int, shards: int | None, limit_help: str = "documents to benchmark") -> argparse.ArgumentParser:
+def arg_parser(
+    doc: str, limit: int, shards: int | None, limit_help: str = "documents to benchmark"
+) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=limit, help=f"{limit_help} (default {limit})")
     if shards is not None:
-        parser.add_argument("--shards", type=int, default=shards, help=f"input shards = datatrove tasks (default {shards})")
+        parser.add_argument(
+            "--shards", type=int, default=shards, help=f"input shards = datatrove tasks (default {shards})"
+        )
     parser.add_argument("--workers", type=int, default=2, help="worker processes on each side (default 2)")
     parser.add_argument("--workdir", default=None, help="where inputs and outputs go (default: a new temp dir)")
     parser.add_argument("--corpora", default=str(DEFAULT_CORPORA), help="folder of the prepared JSONL.gz corpora")
@@ -52,19 +55,17 @@ def read_corpus(corpora: str, name: str) -> list[dict]:
         return [json.loads(line) for line in f]
 
 
-def write_shards(docs: list[dict], folder: str, shards: int, seed: int = 0) -> list[str]:
-    """Shuffle ``docs`` and deal them into ``shards`` JSONL.gz files; returns their paths."""
+def write_shards(docs: list[dict], folder: str, shards: int, seed: int = 0) -> None:
+    """Shuffle ``docs`` and deal them into ``shards`` JSONL.gz files."""
     ids = [d["id"] for d in docs]
     assert len(set(ids)) == len(ids), "document ids must be unique"
     docs = docs[:]
     random.Random(seed).shuffle(docs)
     os.makedirs(folder, exist_ok=True)
-    paths = [os.path.join(folder, f"part-{i:05d}.jsonl.gz") for i in range(shards)]
-    for i, path in enumerate(paths):
-        with gzip.open(path, "wt", encoding="utf-8", compresslevel=1) as f:
+    for i in range(shards):
+        with gzip.open(os.path.join(folder, f"part-{i:05d}.jsonl.gz"), "wt", encoding="utf-8", compresslevel=1) as f:
             for doc in docs[i::shards]:
                 f.write(json.dumps(doc, ensure_ascii=False) + "\n")
-    return paths
 
 
 def parquet_rows(folder: str, columns: list[str]) -> list[dict]:
@@ -119,13 +120,13 @@ class TreeRSS:
 def run_side(script: str, side: str, argv: list[str], workdir: str) -> dict:
     """Run ``script ARGV --side SIDE`` as a child process (output in ``WORKDIR/SIDE.log``).
 
-    Returns the dict the child saved with ``save_result``, plus ``peak_rss_mb`` and ``wall_s`` (process start to end).
+    Returns the dict the child saved with ``save_result``, plus ``peak_rss_mb``.
     """
     log_path, result_path = (os.path.join(workdir, f"{side}.{ext}") for ext in ("log", "json"))
-    started = time.time()
     with open(log_path, "w") as log:
-        child = subprocess.Popen([sys.executable, script, *argv, "--side", side, "--workdir", workdir],
-                                 stdout=log, stderr=subprocess.STDOUT)
+        child = subprocess.Popen(
+            [sys.executable, script, *argv, "--side", side, "--workdir", workdir], stdout=log, stderr=subprocess.STDOUT
+        )
         with TreeRSS(child.pid) as rss:
             child.wait()
     if child.returncode != 0:
@@ -134,7 +135,7 @@ def run_side(script: str, side: str, argv: list[str], workdir: str) -> dict:
         sys.exit(f"{side} failed (exit {child.returncode}); end of {log_path}:\n{tail}")
     with open(result_path) as f:
         result = json.load(f)
-    result.update(peak_rss_mb=rss.peak / 2**20, wall_s=time.time() - started)
+    result["peak_rss_mb"] = rss.peak / 2**20
     return result
 
 
@@ -151,10 +152,14 @@ def warn_if_busy() -> None:
 
 
 def print_table(header: list[str], rows: list[list]) -> None:
-    cells = [header] + [[f"{v:,.1f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
-                         for v in row] for row in rows]
+    """Columns of numbers right-aligned (floats with one decimal), text left-aligned."""
+    numeric = [all(isinstance(row[i], int | float) for row in rows) for i in range(len(header))]
+    cells = [header] + [
+        [f"{v:,.1f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v) for v in row]
+        for row in rows
+    ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     for n, row in enumerate(cells):
-        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        print("  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric)).rstrip())
         if n == 0:
             print("  ".join("-" * w for w in widths))

@@ -51,9 +51,15 @@ from pipelines.langid import load_lid_model
 from pipelines.quality import ScriptAwareTokenizer, build_filter_chain
 
 # Documents per corpus in the default 6,000-document mix (scaled by --limit).
-MIX = {"debian_reference": 1000, "debian_faq": 1000, "debian_handbook": 1500, "instguide_amd64": 1000,
-       "bofh": 453, "fortunes": 1047}
-# Our per-document decision: None (kept) or "<filter>/<reason>", the document's language and its lid.176 score.
+MIX = {
+    "debian_reference": 1000,
+    "debian_faq": 1000,
+    "debian_handbook": 1500,
+    "instguide_amd64": 1000,
+    "bofh": 453,
+    "fortunes": 1047,
+}
+# A side's decision on one document: None (kept) or "<filter>/<reason>", the document's language and its lid.176 score.
 Decision = tuple[str | None, str | None, float | None]
 
 
@@ -150,10 +156,15 @@ def run_ours(args) -> tuple[float, dict[str, Decision]]:
     langid.run(os.path.join(args.workdir, "input", "*.jsonl.gz"), f"{out}/langid", workers=args.workers)
     quality.run(f"{out}/langid", f"{out}/quality", workers=args.workers)
     seconds = time.time() - started
-    langs = {r["id"]: (r["lang"], r["lang_score"])
-             for kind in ("data", "excluded") for r in parquet_rows(f"{out}/langid/{kind}", ["id", "lang", "lang_score"])}
+    langs = {
+        r["id"]: (r["lang"], r["lang_score"])
+        for kind in ("data", "excluded")
+        for r in parquet_rows(f"{out}/langid/{kind}", ["id", "lang", "lang_score"])
+    }
     reasons = {r["id"]: None for r in parquet_rows(f"{out}/quality/data", ["id"])}
-    reasons |= {r["id"]: f"langid/{r['drop_reason']}" for r in parquet_rows(f"{out}/langid/excluded", ["id", "drop_reason"])}
+    reasons |= {
+        r["id"]: f"langid/{r['drop_reason']}" for r in parquet_rows(f"{out}/langid/excluded", ["id", "drop_reason"])
+    }
     reasons |= {r["id"]: r["drop_reason"] for r in parquet_rows(f"{out}/quality/excluded", ["id", "drop_reason"])}
     return seconds, {i: (reason, *langs[i]) for i, reason in reasons.items()}
 
@@ -207,9 +218,13 @@ def main() -> None:
 
     print(f"\nfilters: {n:,} docs in {args.shards} shards, {args.workers} workers, workdir {args.workdir}\n")
     rate = {side: n / r["seconds"] for side, r in results.items()}
-    print_table(["side", "docs", "kept", "seconds", "docs/s", "peak RSS MB"], [
-        [side, n, sum(d[0] is None for d in r["decisions"].values()), r["seconds"], rate[side], r["peak_rss_mb"]]
-        for side, r in results.items()])
+    print_table(
+        ["side", "docs", "kept", "seconds", "docs/s", "peak RSS MB"],
+        [
+            [side, n, sum(d[0] is None for d in r["decisions"].values()), r["seconds"], rate[side], r["peak_rss_mb"]]
+            for side, r in results.items()
+        ],
+    )
     print(f"ratio ours / datatrove (docs/s): {rate['ours'] / rate['datatrove']:.2f}x\n")
 
     counts = {side: Counter(d[0] or "kept" for d in r["decisions"].values()) for side, r in results.items()}
@@ -221,10 +236,14 @@ def main() -> None:
     print(f"\nagreement: {agreement:.2%} ({n - len(differ):,}/{n:,} documents with the same keep/drop decision)")
     if differ:
         print(f"first {min(10, len(differ))} of {len(differ)} disagreements:")
-        print_table(["id", "ours", "datatrove"], [
-            [i, *(f"{d[0] or 'kept'} ({d[1]} {d[2]:.3f})" for d in (ours[i], peer[i]))] for i in differ[:10]])
-    print(f"\nRESULT filters: ours {rate['ours']:.1f} docs/s, datatrove {rate['datatrove']:.1f} docs/s, "
-          f"ratio {rate['ours'] / rate['datatrove']:.2f}x, agreement {agreement:.2%}")
+        print_table(
+            ["id", "ours", "datatrove"],
+            [[i, *(f"{d[0] or 'kept'} ({d[1]} {d[2]:.3f})" for d in (ours[i], peer[i]))] for i in differ[:10]],
+        )
+    print(
+        f"\nRESULT filters: ours {rate['ours']:.1f} docs/s, datatrove {rate['datatrove']:.1f} docs/s, "
+        f"ratio {rate['ours'] / rate['datatrove']:.2f}x, agreement {agreement:.2%}"
+    )
 
 
 if __name__ == "__main__":

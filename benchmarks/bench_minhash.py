@@ -62,8 +62,12 @@ def run_ours(args) -> tuple[float, dict[str, str]]:
 
     out = os.path.join(args.workdir, "ours")
     started = time.time()
-    run(os.path.join(args.workdir, "input", "*.jsonl.gz"), out, workers=args.workers,
-        config=DedupConfig(bands=BANDS, rows=ROWS, ngram=NGRAM))
+    run(
+        os.path.join(args.workdir, "input", "*.jsonl.gz"),
+        out,
+        workers=args.workers,
+        config=DedupConfig(bands=BANDS, rows=ROWS, ngram=NGRAM),
+    )
     seconds = time.time() - started
     rows = parquet_rows(f"{out}/data", ["id", "dup_cluster"]) + parquet_rows(f"{out}/excluded", ["id", "dup_cluster"])
     return seconds, {r["id"]: r["dup_cluster"] for r in rows}
@@ -87,14 +91,22 @@ def run_datatrove(args) -> tuple[float, dict[str, str]]:
         ([JsonlReader(inputs), MinhashDedupSignature(f"{out}/signatures", config=config)], args.shards),
         ([MinhashDedupBuckets(f"{out}/signatures", f"{out}/buckets", config=config)], config.num_buckets),
         ([MinhashDedupCluster(f"{out}/buckets", f"{out}/remove_ids", config=config, save_cluster_id=True)], 1),
-        ([JsonlReader(inputs),
-          MinhashDedupFilter(f"{out}/remove_ids", exclusion_writer=JsonlWriter(f"{out}/removed"), load_cluster_ids=True),
-          JsonlWriter(f"{out}/deduped")], args.shards),
+        (
+            [
+                JsonlReader(inputs),
+                MinhashDedupFilter(
+                    f"{out}/remove_ids", exclusion_writer=JsonlWriter(f"{out}/removed"), load_cluster_ids=True
+                ),
+                JsonlWriter(f"{out}/deduped"),
+            ],
+            args.shards,
+        ),
     ]
     started = time.time()
     for i, (pipeline, tasks) in enumerate(stages):
-        LocalPipelineExecutor(pipeline, tasks=tasks, workers=min(tasks, args.workers),
-                              logging_dir=f"{out}/logs/stage{i + 1}").run()
+        LocalPipelineExecutor(
+            pipeline, tasks=tasks, workers=min(tasks, args.workers), logging_dir=f"{out}/logs/stage{i + 1}"
+        ).run()
     seconds = time.time() - started
     rows = jsonl_rows(f"{out}/deduped") + jsonl_rows(f"{out}/removed")
     clusters = {r["id"]: r["metadata"]["minhash_cluster_id"] for r in rows}  # -1: in no cluster
@@ -127,8 +139,14 @@ def score_clusters(docs: list[dict], clusterings: dict[str, dict[str, str]]) -> 
         return {p: same_lang[p] if p in same_lang else jaccard(sets[p[0]], sets[p[1]]) for p in pairs}
 
     merged_pairs = {side: merged(c) for side, c in clusterings.items()}
-    rows = [[label, sum(lo <= j < hi for j in same_lang.values()),
-             *(sum(lo <= j < hi for j in m.values()) for m in merged_pairs.values())] for lo, hi, label in BINS]
+    rows = [
+        [
+            label,
+            sum(lo <= j < hi for j in same_lang.values()),
+            *(sum(lo <= j < hi for j in m.values()) for m in merged_pairs.values()),
+        ]
+        for lo, hi, label in BINS
+    ]
     recall = {}
     similar = [p for p, j in same_lang.items() if j >= 0.8]
     for side, clusters in clusterings.items():
@@ -138,7 +156,9 @@ def score_clusters(docs: list[dict], clusterings: dict[str, dict[str, str]]) -> 
 
 def main() -> None:
     parser = arg_parser(__doc__.splitlines()[0], limit=1465, shards=8, limit_help="documents from each corpus")
-    parser.add_argument("--faq", action=argparse.BooleanOptionalAction, default=True, help="add debian_faq as non-duplicates")
+    parser.add_argument(
+        "--faq", action=argparse.BooleanOptionalAction, default=True, help="add debian_faq as non-duplicates"
+    )
     args = parser.parse_args()
     args.workdir = make_workdir(args.workdir, "bench_minhash")
     if args.side:
@@ -157,11 +177,24 @@ def main() -> None:
     clusterings = {side: r["clusters"] for side, r in results.items()}
     assert all(set(c) == {d["id"] for d in docs} for c in clusterings.values()), "a side lost documents"
 
-    print(f"\nminhash: {len(docs):,} docs ({' + '.join(corpora(args))}) in {args.shards} shards, "
-          f"{args.workers} workers, {NGRAM}-grams, {BANDS} bands x {ROWS} rows, workdir {args.workdir}\n")
-    print_table(["side", "docs", "kept", "seconds", "docs/s", "peak RSS MB"], [
-        [side, len(docs), len(set(r["clusters"].values())), r["seconds"], len(docs) / r["seconds"], r["peak_rss_mb"]]
-        for side, r in results.items()])
+    print(
+        f"\nminhash: {len(docs):,} docs ({' + '.join(corpora(args))}) in {args.shards} shards, "
+        f"{args.workers} workers, {NGRAM}-grams, {BANDS} bands x {ROWS} rows, workdir {args.workdir}\n"
+    )
+    print_table(
+        ["side", "docs", "kept", "seconds", "docs/s", "peak RSS MB"],
+        [
+            [
+                side,
+                len(docs),
+                len(set(r["clusters"].values())),
+                r["seconds"],
+                len(docs) / r["seconds"],
+                r["peak_rss_mb"],
+            ]
+            for side, r in results.items()
+        ],
+    )
     ours, peer = results["ours"], results["datatrove"]
     time_ratio, mem_ratio = ours["seconds"] / peer["seconds"], ours["peak_rss_mb"] / peer["peak_rss_mb"]
     print(f"ratio ours / datatrove: time {time_ratio:.2f}x, peak memory {mem_ratio:.2f}x\n")
@@ -172,10 +205,12 @@ def main() -> None:
     for side in results:
         print(f"recall {side}: {recall[side]:.2%} of same-language pairs with Jaccard >= 0.8 in one cluster")
     false_merges = {side: rows[-1][2 + i] for i, side in enumerate(results)}
-    print(f"\nRESULT minhash: ours {ours['seconds']:.1f} s / {ours['peak_rss_mb']:.0f} MB, datatrove "
-          f"{peer['seconds']:.1f} s / {peer['peak_rss_mb']:.0f} MB, ratio time {time_ratio:.2f}x memory "
-          f"{mem_ratio:.2f}x; recall ours {recall['ours']:.2%} (datatrove {recall['datatrove']:.2%}), "
-          f"false merges (J < 0.5) ours {false_merges['ours']} (datatrove {false_merges['datatrove']})")
+    print(
+        f"\nRESULT minhash: ours {ours['seconds']:.1f} s / {ours['peak_rss_mb']:.0f} MB, datatrove "
+        f"{peer['seconds']:.1f} s / {peer['peak_rss_mb']:.0f} MB, ratio time {time_ratio:.2f}x memory "
+        f"{mem_ratio:.2f}x; recall ours {recall['ours']:.2%} (datatrove {recall['datatrove']:.2%}), "
+        f"false merges (J < 0.5) ours {false_merges['ours']} (datatrove {false_merges['datatrove']})"
+    )
 
 
 if __name__ == "__main__":

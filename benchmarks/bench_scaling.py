@@ -36,8 +36,7 @@ from _common import (
     write_shards,
 )
 
-CORPORA = ["debian_reference", "debian_faq", "debian_handbook", "fortunes", "bofh", "instguide_amd64",
-           "instguide_i386"]
+CORPORA = ["debian_reference", "debian_faq", "debian_handbook", "fortunes", "bofh", "instguide_amd64", "instguide_i386"]
 STAGES = ("langid", "quality", "dedup")
 
 
@@ -50,8 +49,8 @@ def build_sets(args, sizes: list[int]) -> None:
         wants["fortunes"] += size - sum(wants.values())  # rounding: make the set exactly `size` documents
         for name, corpus in corpora.items():
             copies, rest = divmod(wants[name], len(corpus))
-            picked = [(k, doc) for k in range(copies) for doc in corpus] + [(copies, d) for d in rng.sample(corpus, rest)]
-            docs += [{**doc, "id": f"{doc['id']}#copy{k}"} if k else doc for k, doc in picked]
+            for k, part in enumerate([corpus] * copies + [rng.sample(corpus, rest)]):
+                docs += [{**doc, "id": f"{doc['id']}#copy{k}"} if k else doc for doc in part]
         write_shards(docs, os.path.join(args.workdir, str(size), "input"), max(1, len(docs) // args.shard_docs))
 
 
@@ -59,14 +58,22 @@ def run_chain(args, size: int) -> dict:
     from pipelines import dedup, langid, quality
 
     base = os.path.join(args.workdir, str(size))
-    inputs = {"langid": os.path.join(base, "input", "*.jsonl.gz"), "quality": f"{base}/langid", "dedup": f"{base}/quality"}
+    inputs = {
+        "langid": os.path.join(base, "input", "*.jsonl.gz"),
+        "quality": f"{base}/langid",
+        "dedup": f"{base}/quality",
+    }
     seconds, summaries = {}, {}
     for stage, module in zip(STAGES, (langid, quality, dedup)):
         started = time.time()
         summaries[stage] = module.run(inputs[stage], f"{base}/{stage}", workers=args.workers)
         seconds[stage] = time.time() - started
-    return {"docs": summaries["langid"]["docs_in"], "kept": summaries["dedup"]["docs_out"],
-            "shards": summaries["langid"]["shards"], "seconds": seconds}
+    return {
+        "docs": summaries["langid"]["docs_in"],
+        "kept": summaries["dedup"]["docs_out"],
+        "shards": summaries["langid"]["shards"],
+        "seconds": seconds,
+    }
 
 
 def main() -> None:
@@ -87,21 +94,39 @@ def main() -> None:
     warn_if_busy()
     results = {size: run_side(__file__, str(size), argv, args.workdir) for size in sizes}
 
-    print(f"\nscaling: langid -> quality -> dedup, {args.workers} workers, {args.shard_docs} docs/shard, "
-          f"workdir {args.workdir}\n")
+    print(
+        f"\nscaling: langid -> quality -> dedup, {args.workers} workers, {args.shard_docs} docs/shard, "
+        f"workdir {args.workdir}\n"
+    )
     rate = {size: r["docs"] / sum(r["seconds"].values()) for size, r in results.items()}
-    print_table(["docs", "shards", "kept", *(f"{s} s" for s in STAGES), "total s", "docs/s", "peak RSS MB"], [
-        [r["docs"], r["shards"], r["kept"], *(r["seconds"][s] for s in STAGES), sum(r["seconds"].values()),
-         rate[size], r["peak_rss_mb"]] for size, r in results.items()])
+    print_table(
+        ["docs", "shards", "kept", *(f"{s} s" for s in STAGES), "total s", "docs/s", "peak RSS MB"],
+        [
+            [
+                r["docs"],
+                r["shards"],
+                r["kept"],
+                *(r["seconds"][s] for s in STAGES),
+                sum(r["seconds"].values()),
+                rate[size],
+                r["peak_rss_mb"],
+            ]
+            for size, r in results.items()
+        ],
+    )
     small, large = sizes[0], sizes[-1]
     ratio = rate[large] / rate[small]
     print(f"ratio docs/s at {large:,} / at {small:,}: {ratio:.2f}x")
     seconds = {size: sum(results[size]["seconds"].values()) for size in (small, large)}
     per_doc = (seconds[large] - seconds[small]) / (large - small)
-    print(f"linear fit through both: {seconds[small] - per_doc * small:.1f} s fixed (Beam start-ups, models, "
-          f"tokenizers) + {per_doc * 1000:.2f} ms/doc, i.e. {1 / per_doc:.1f} docs/s at the margin")
-    print(f"\nRESULT scaling: {', '.join(f'{s:,} docs {rate[s]:.1f} docs/s' for s in sizes)}, "
-          f"ratio {ratio:.2f}x (largest / smallest)")
+    print(
+        f"linear fit through both: {seconds[small] - per_doc * small:.1f} s fixed (Beam start-ups, models, "
+        f"tokenizers) + {per_doc * 1000:.2f} ms/doc, i.e. {1 / per_doc:.1f} docs/s at the margin"
+    )
+    print(
+        f"\nRESULT scaling: {', '.join(f'{s:,} docs {rate[s]:.1f} docs/s' for s in sizes)}, "
+        f"ratio {ratio:.2f}x (largest / smallest)"
+    )
 
 
 if __name__ == "__main__":
