@@ -188,7 +188,7 @@ def read_parquet(path: str, max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES) -> Itera
                     error_row(source, "schema", "missing_text", f"no 'text' column in {pf.schema_arrow.names}"),
                 )
                 return
-            for batch in pf.iter_batches(batch_size=1000):
+            for batch in pf.iter_batches(batch_size=256):
                 for row in batch.to_pylist():
                     yield _row_to_document(row, source, row_no, max_doc_bytes)
                     row_no += 1

@@ -173,20 +173,23 @@ def merge_stats(stats: Iterable[dict]) -> dict:
 class ShardWriter:
     """Streams rows of one kind (data/excluded/errors) to a temporary Parquet file; commit() renames it."""
 
-    def __init__(self, stage_dir: str, kind: str, key: str, batch_rows: int = 2000):
+    def __init__(self, stage_dir: str, kind: str, key: str, batch_rows: int = 1000, batch_bytes: int = 4_000_000):
         self.schema = KINDS[kind]
         self.final_uri = join(stage_dir, kind, f"{key}.parquet")
         self.fs, self.final_path = filesystem(self.final_uri)
         self.tmp_path = f"{self.final_path}.tmp-{uuid.uuid4().hex}"
         self.batch_rows = batch_rows
+        self.batch_bytes = batch_bytes  # a row group is flushed at whichever limit comes first
         self.rows: list[dict] = []
+        self.buffered_bytes = 0
         self.count = 0
         self._writer: pq.ParquetWriter | None = None
         self._file = None
 
     def write(self, row: dict) -> None:
         self.rows.append(row)
-        if len(self.rows) >= self.batch_rows:
+        self.buffered_bytes += len(row.get("text") or "")
+        if len(self.rows) >= self.batch_rows or self.buffered_bytes >= self.batch_bytes:
             self._flush()
 
     def _flush(self) -> None:
@@ -198,6 +201,7 @@ class ShardWriter:
             self._writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
             self.count += len(self.rows)
             self.rows = []
+            self.buffered_bytes = 0
 
     def commit(self, always: bool = False) -> str | None:
         """Rename the finished file into place. Empty shards are not written unless ``always``."""
