@@ -214,7 +214,9 @@ def _apply_dofn(files: list[str], stage_dir: str, max_doc_bytes: int):
             with shard_writers(stage_dir, key) as writers:
                 position = 0
                 for kind, doc in read_documents(path, max_doc_bytes):
-                    if kind != "doc":
+                    if kind != "doc":  # unreadable input records are quarantined here, once (not in Signatures)
+                        writers["errors"].write(doc)
+                        stats.error(doc["reason"])
                         continue
                     stats.docs_in += 1
                     _, _, kept_id, size, verdict = decisions.get(position, (position, doc["id"], doc["id"], 1, "kept"))

@@ -52,6 +52,7 @@ def test_pipeline_removes_duplicates_and_records_clusters(tmp_path):
     (tmp_path / "in").mkdir()
     for shard, chunk in enumerate([rows[:4], rows[4:]]):
         with open(tmp_path / "in" / f"s{shard}.jsonl", "w") as f:
+            f.write("{broken\n")  # quarantined; the documents after it must still match their decisions
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in chunk)
     out = str(tmp_path / "out")
     summary = dedup.run(str(tmp_path / "in"), out, workers=2)
@@ -63,3 +64,4 @@ def test_pipeline_removes_duplicates_and_records_clusters(tmp_path):
     assert sizes == {"a0": 2, "a1": 2, "a2": 2, "a3": 1, "a4": 1, "a5": 1}
     assert {r["id"]: r["dup_cluster"] for r in excluded} == {"near0": "a0", "copy1": "a1", "a0": "a2"}
     assert summary["clusters"]["clusters"] == 3 and summary["clusters"]["documents_in_clusters"] == 6
+    assert summary["errors_by_reason"] == {"bad_json": 2}
