@@ -18,8 +18,10 @@ or ``--runner=SparkRunner``; the pipeline code does not change.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator, Sequence
 
@@ -65,17 +67,13 @@ class DocumentProcessor:
             yield doc, None
 
 
-def default_workers() -> int:
-    return max(1, min(os.cpu_count() or 1, int(os.environ.get("QWEN2_BEAM_WORKERS", os.cpu_count() or 1))))
-
-
 def pipeline_options(beam_args: Sequence[str] | None = None, workers: int | None = None):
     """Beam options: the caller's flags, or a local multi-process FnApiRunner that never downloads."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
     args = list(beam_args or [])
     if not any(a.startswith("--runner") for a in args):
-        workers = workers or default_workers()
+        workers = workers or os.cpu_count() or 1
         mode = "multi_processing" if workers > 1 else "in_memory"
         args += ["--runner=FnApiRunner", f"--direct_running_mode={mode}", f"--direct_num_workers={workers}"]
     if not any(a.startswith("--default_sdk_harness_log_level") for a in args):
@@ -258,8 +256,6 @@ def stage_arg_parser(description: str) -> argparse.ArgumentParser:
 
 def cli(main) -> None:
     """Run a stage's ``main`` and turn a user mistake (bad path, format, config, offline source) into one line."""
-    import sys
-
     try:
         main(sys.argv[1:])
     except (FileNotFoundError, ValueError, RuntimeError) as e:
@@ -267,7 +263,5 @@ def cli(main) -> None:
 
 
 def print_summary(summary: dict) -> None:
-    import json
-
     shown = {k: v for k, v in summary.items() if k != "beam_counters"}
     print(json.dumps(shown, indent=1, ensure_ascii=False))

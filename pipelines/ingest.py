@@ -10,7 +10,7 @@ files whose shard is committed are skipped.
 from __future__ import annotations
 
 from pipelines.beam_stage import DocumentProcessor, cli, print_summary, run_shard_stage, stage_arg_parser
-from pipelines.readers import _Extractor, read_hf
+from pipelines.readers import EXTRACTOR, read_hf
 
 
 class IngestProcessor(DocumentProcessor):
@@ -19,7 +19,7 @@ class IngestProcessor(DocumentProcessor):
     stage = "ingest"
 
     def config(self) -> dict:
-        return {"extractor": _Extractor.CONFIG}
+        return {"extractor": EXTRACTOR}
 
 
 def run(inputs, output_dir: str, beam_args=None, workers: int | None = None, **kwargs) -> dict:

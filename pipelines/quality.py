@@ -29,6 +29,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import regex
+from datatrove.data import Document
+from datatrove.pipeline.filters import (
+    C4QualityFilter,
+    FineWebQualityFilter,
+    GopherQualityFilter,
+    GopherRepetitionFilter,
+)
+from datatrove.pipeline.filters.c4_filters import CITATION_REGEX, ELLIPSIS, END_PUNCTUATION, POLICY_SUBSTRINGS
+from datatrove.utils.text import split_into_sentences
+from datatrove.utils.word_tokenizers import SpaCyTokenizer, WordTokenizer, load_word_tokenizer
 
 from pipelines.beam_stage import DocumentProcessor, cli, print_summary, run_shard_stage, stage_arg_parser
 from pipelines.lang_config import config_for
@@ -47,17 +57,8 @@ _TOKEN = regex.compile(
 _SENTENCE_END = regex.compile(r"[.!?。！？…]+[\"'”’)\]]*\s*|\n+")
 
 
-def _word_tokenizer_base():
-    from datatrove.utils.word_tokenizers import WordTokenizer
-
-    return WordTokenizer
-
-
-class ScriptAwareTokenizer(_word_tokenizer_base()):
+class ScriptAwareTokenizer(WordTokenizer):
     """A dependency-free datatrove WordTokenizer that splits CJK/Thai-script text into characters."""
-
-    def __init__(self, language: str | None = None):
-        super().__init__(language)
 
     def word_tokenize(self, text: str) -> list[str]:
         return _TOKEN.findall(text)
@@ -76,7 +77,7 @@ class ScriptAwareTokenizer(_word_tokenizer_base()):
         return [s for s in (text[a:b].strip() for a, b in self.span_tokenize(text)) if s]
 
 
-class FastSpacyTokenizer(_word_tokenizer_base()):
+class FastSpacyTokenizer(WordTokenizer):
     """datatrove's ``SpaCyTokenizer`` with the same tokens and sentences, several times faster.
 
     datatrove runs the whole spaCy pipeline (sentencizer included) for every word split and opens a
@@ -124,10 +125,8 @@ def word_tokenizer_for(lang: str):
     if lang in CHARACTER_SCRIPT_LANGUAGES:
         return ScriptAwareTokenizer(lang)
     try:
-        from datatrove.utils.word_tokenizers import SpaCyTokenizer, load_word_tokenizer
-
         tokenizer = load_word_tokenizer(lang)
-        if isinstance(tokenizer, SpaCyTokenizer) and lang != "ja":
+        if isinstance(tokenizer, SpaCyTokenizer):
             tokenizer = FastSpacyTokenizer(tokenizer)
         tokenizer.word_tokenize("Probe text. Second sentence.")  # imports the backend now, not per document
         tokenizer.span_tokenize("Probe text. Second sentence.")
@@ -136,49 +135,42 @@ def word_tokenizer_for(lang: str):
         return ScriptAwareTokenizer(lang)
 
 
-def _fast_c4_filter_class():
-    from datatrove.pipeline.filters import C4QualityFilter
-    from datatrove.pipeline.filters.c4_filters import CITATION_REGEX, ELLIPSIS, END_PUNCTUATION, POLICY_SUBSTRINGS
-    from datatrove.utils.text import split_into_sentences
+class FastC4QualityFilter(C4QualityFilter):
+    """datatrove's C4QualityFilter with identical decisions and output text; it stops splitting lines
+    into sentences once ``min_num_sentences`` is reached (the count is only compared to it), which was
+    a third of the filter chain's time."""
 
-    class FastC4QualityFilter(C4QualityFilter):
-        """datatrove's C4QualityFilter with identical decisions and output text; it stops splitting lines
-        into sentences once ``min_num_sentences`` is reached (the count is only compared to it), which was
-        a third of the filter chain's time."""
-
-        def filter(self, doc) -> bool | tuple[bool, str]:
-            lines = doc.text.splitlines() if self.split_paragraph else split_into_sentences(doc.text, self.language)
-            num_sentences = 0
-            kept_lines = []
-            for line in lines:
-                line = line.strip()
-                words = line.split()
-                if self.max_word_length != -1 and any(len(word) > self.max_word_length for word in words):
-                    continue
-                if self.remove_citations:
-                    line = CITATION_REGEX.sub("", line)
-                if self.filter_no_terminal_punct and (not line.endswith(END_PUNCTUATION) or line.endswith(ELLIPSIS)):
-                    continue
-                if len(words) < self.min_words_per_line:
-                    continue
-                line_l = line.lower()
-                if self.filter_lorem_ipsum and "lorem ipsum" in line_l:
-                    return False, "lorem_ipsum"
-                if self.filter_javascript and "javascript" in line_l:
-                    continue
-                if self.filter_curly_bracket and "{" in line:
-                    return False, "curly_bracket"
-                if self.filter_policy and any(p in line_l for p in POLICY_SUBSTRINGS):
-                    continue
-                if self.min_num_sentences != -1 and num_sentences < self.min_num_sentences:
-                    num_sentences += len(split_into_sentences(line, self.language)) if self.split_paragraph else 1
-                kept_lines.append(line)
-            if num_sentences < self.min_num_sentences:
-                return False, "too_few_sentences"
-            doc.text = ("\n" if self.split_paragraph else " ").join(kept_lines).strip()
-            return True
-
-    return FastC4QualityFilter
+    def filter(self, doc) -> bool | tuple[bool, str]:
+        lines = doc.text.splitlines() if self.split_paragraph else split_into_sentences(doc.text, self.language)
+        num_sentences = 0
+        kept_lines = []
+        for line in lines:
+            line = line.strip()
+            words = line.split()
+            if self.max_word_length != -1 and any(len(word) > self.max_word_length for word in words):
+                continue
+            if self.remove_citations:
+                line = CITATION_REGEX.sub("", line)
+            if self.filter_no_terminal_punct and (not line.endswith(END_PUNCTUATION) or line.endswith(ELLIPSIS)):
+                continue
+            if len(words) < self.min_words_per_line:
+                continue
+            line_l = line.lower()
+            if self.filter_lorem_ipsum and "lorem ipsum" in line_l:
+                return False, "lorem_ipsum"
+            if self.filter_javascript and "javascript" in line_l:
+                continue
+            if self.filter_curly_bracket and "{" in line:
+                return False, "curly_bracket"
+            if self.filter_policy and any(p in line_l for p in POLICY_SUBSTRINGS):
+                continue
+            if self.min_num_sentences != -1 and num_sentences < self.min_num_sentences:
+                num_sentences += len(split_into_sentences(line, self.language)) if self.split_paragraph else 1
+            kept_lines.append(line)
+        if num_sentences < self.min_num_sentences:
+            return False, "too_few_sentences"
+        doc.text = ("\n" if self.split_paragraph else " ").join(kept_lines).strip()
+        return True
 
 
 class CodeQualityFilter:
@@ -215,9 +207,6 @@ class CodeQualityFilter:
 
 def build_filter_chain(lang: str) -> list[tuple[str, object]]:
     """The four datatrove filters configured for one language, in FineWeb's order."""
-    from datatrove.pipeline.filters import FineWebQualityFilter, GopherQualityFilter, GopherRepetitionFilter
-
-    C4QualityFilter = _fast_c4_filter_class()
 
     cfg = config_for(lang)
     tokenizer = word_tokenizer_for(lang)
@@ -244,7 +233,7 @@ def build_filter_chain(lang: str) -> list[tuple[str, object]]:
         ),
         (
             "c4",
-            C4QualityFilter(
+            FastC4QualityFilter(
                 filter_no_terminal_punct=False, min_words_per_line=-1 if char_words else 3, language=tokenizer
             ),
         ),
@@ -282,8 +271,6 @@ class QualityFilter(DocumentProcessor):
 
     def check(self, doc: dict) -> str | None:
         """None if the document passes, else ``<filter>/<reason>``. May rewrite ``doc["text"]`` (C4)."""
-        from datatrove.data import Document
-
         if doc.get("domain") == "code":
             if not self.code_filter:
                 return None

@@ -219,10 +219,11 @@ def _decode_payload(payload: bytes, content_type: str) -> str | None:
     return None
 
 
-class _Extractor:
-    """datatrove's Trafilatura extractor, built once per process (it is the slow part of ingest)."""
+EXTRACTOR = "datatrove.Trafilatura(favour_precision=True, deduplicate=False)"
 
-    CONFIG = "datatrove.Trafilatura(favour_precision=True, deduplicate=False)"
+
+class _Extractor:
+    """datatrove's Trafilatura extractor (``EXTRACTOR``), built once per process: it is the slow part of ingest."""
 
     _instance = None
 

@@ -44,6 +44,12 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, path
 
 
+def _with_protocol(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """A path from ``fs`` back as a URI (plain path for local files)."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return path if protocol in ("file", "local") else f"{protocol}://{path}"
+
+
 def join(uri: str, *parts: str) -> str:
     if "://" in uri:
         return posixpath.join(uri, *parts)
@@ -101,8 +107,6 @@ def expand_inputs(patterns: str | Iterable[str]) -> list[str]:
             files.append(pattern)
             continue
         fs, path = filesystem(pattern)
-        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-        prefix = "" if protocol in ("file", "local") else f"{protocol}://"
         if fs.isdir(path):
             if fs.exists(posixpath.join(path, CONFIG_FILE)):  # a stage folder: only a finished one is an input
                 if not fs.exists(posixpath.join(path, SUCCESS_FILE)):
@@ -113,7 +117,7 @@ def expand_inputs(patterns: str | Iterable[str]) -> list[str]:
             matches = fs.glob(path) if any(c in path for c in "*?[") else ([path] if fs.exists(path) else [])
         if not matches:
             raise FileNotFoundError(f"no input files match {pattern!r}")
-        files.extend(prefix + m for m in matches if ".tmp-" not in m)
+        files.extend(_with_protocol(fs, m) for m in matches if ".tmp-" not in m)
     return sorted(set(files))
 
 
@@ -128,10 +132,9 @@ class ShardStats:
     dropped: dict[str, int] = field(default_factory=dict)
     errors_by_reason: dict[str, int] = field(default_factory=dict)
     languages: dict[str, int] = field(default_factory=dict)
-    extra: dict[str, float] = field(default_factory=dict)
 
-    def drop(self, reason: str, n: int = 1) -> None:
-        self.dropped[reason] = self.dropped.get(reason, 0) + n
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
 
     def error(self, reason: str) -> None:
         self.errors += 1
@@ -152,7 +155,6 @@ class ShardStats:
             "dropped": dict(sorted(self.dropped.items())),
             "errors_by_reason": dict(sorted(self.errors_by_reason.items())),
             "languages": dict(sorted(self.languages.items())),
-            "extra": self.extra,
         }
 
 
@@ -167,7 +169,7 @@ def merge_stats(stats: Iterable[dict]) -> dict:
                     bucket[kk] = bucket.get(kk, 0) + vv
             else:
                 total[k] = total.get(k, 0) + v
-    return total
+    return {k: dict(sorted(v.items())) if isinstance(v, dict) else v for k, v in total.items()}
 
 
 class ShardWriter:
@@ -304,6 +306,6 @@ def list_shards(stage_dir: str, kind: str = "data") -> list[str]:
     folder = posixpath.join(path, kind)
     if not fs.exists(folder):
         return []
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    prefix = "" if protocol in ("file", "local") else f"{protocol}://"
-    return sorted(prefix + p for p in fs.ls(folder, detail=False) if p.endswith(".parquet") and ".tmp-" not in p)
+    return sorted(
+        _with_protocol(fs, p) for p in fs.ls(folder, detail=False) if p.endswith(".parquet") and ".tmp-" not in p
+    )

@@ -65,3 +65,7 @@ def test_pipeline_removes_duplicates_and_records_clusters(tmp_path):
     assert {r["id"]: r["dup_cluster"] for r in excluded} == {"near0": "a0", "copy1": "a1", "a0": "a2"}
     assert summary["clusters"]["clusters"] == 3 and summary["clusters"]["documents_in_clusters"] == 6
     assert summary["errors_by_reason"] == {"bad_json": 2}
+
+    again = dedup.run(str(tmp_path / "in"), out, workers=2)  # nothing changed: no pass over the corpus
+    assert again["beam_counters"] == {"dedup/shards_resumed": 2}
+    assert again["docs_out"] == 6 and again["clusters"] == summary["clusters"]

@@ -6,10 +6,10 @@ from datatrove.pipeline.filters import C4QualityFilter
 from datatrove.utils.word_tokenizers import SpaCyTokenizer
 
 from pipelines.quality import (
+    FastC4QualityFilter,
     FastSpacyTokenizer,
     QualityFilter,
     ScriptAwareTokenizer,
-    _fast_c4_filter_class,
     word_tokenizer_for,
 )
 from tests.conftest import DE, EN, PYTHON_CODE, ZH, paragraph_doc
@@ -48,7 +48,7 @@ def test_fast_spacy_tokenizer_rebuilds_its_cache():
 def test_fast_c4_filter_decides_and_rewrites_like_datatrove():
     tokenizer = word_tokenizer_for("en")
     fast, reference = (
-        _fast_c4_filter_class()(filter_no_terminal_punct=False, language=tokenizer),
+        FastC4QualityFilter(filter_no_terminal_punct=False, language=tokenizer),
         C4QualityFilter(filter_no_terminal_punct=False, language=tokenizer),
     )
     for text in SAMPLES:
