@@ -81,3 +81,38 @@ def error_row(source_file: str, record: str, reason: str, detail: str = "", prev
         "detail": detail[:1000],
         "preview": preview[:200],
     }
+
+
+# Mixture shards (``pipelines.mixing``): curated documents chosen for a pretraining mix,
+# one row per *copy* (a bucket sampled above its natural size repeats documents).
+#
+# | column   | type   | meaning                                                                   |
+# |----------|--------|---------------------------------------------------------------------------|
+# | bucket   | string | mixture bucket: ``<domain>/<lang>`` (``web/de``, ``code/code``, ...)      |
+# | n_tokens | int32  | Qwen2 tokens of ``text`` (without the ``<|endoftext|>`` separator)        |
+# | copy     | int16  | 0 for the first copy of a document in this mix, 1.. for repeats          |
+MIXED_FIELDS: list[pa.Field] = DOCUMENT_FIELDS + [
+    pa.field("bucket", pa.string()),
+    pa.field("n_tokens", pa.int32()),
+    pa.field("copy", pa.int16()),
+]
+MIXED_SCHEMA = pa.schema(MIXED_FIELDS)
+
+# Packed training shards (``pipelines.tokenize_shards``): fixed-length token sequences.
+# Documents are tokenized with the Qwen2 tokenizer, each followed by ``<|endoftext|>``
+# (151643), and concatenated; a document may continue from one sequence into the next.
+# ``doc_lengths`` splits a row into its document segments (sum == seq_len), so a trainer
+# can restart ``position_ids`` at every segment and mask attention per document.
+#
+# | column      | type         | meaning                                                          |
+# |-------------|--------------|------------------------------------------------------------------|
+# | input_ids   | list<int32>  | exactly ``seq_len`` token ids (seq_len is in the stage _config)  |
+# | doc_lengths | list<int32>  | lengths of the document segments in order; they sum to seq_len  |
+# | seq_index   | int64        | row number inside the shard after the seeded shuffle             |
+PACKED_SCHEMA = pa.schema(
+    [
+        pa.field("input_ids", pa.list_(pa.int32()), nullable=False),
+        pa.field("doc_lengths", pa.list_(pa.int32()), nullable=False),
+        pa.field("seq_index", pa.int64(), nullable=False),
+    ]
+)
