@@ -53,6 +53,7 @@ class DocumentProcessor:
     """The per-document logic of a stage; Beam-free so it can be tested and benchmarked alone."""
 
     stage = "identity"
+    data_schema = None  # None: DOCUMENT_SCHEMA; a stage that adds columns names its own schema
 
     def setup(self) -> None:
         """Load models and build filters (called once per worker process)."""
@@ -65,6 +66,13 @@ class DocumentProcessor:
         """Yields ``(doc, None)`` to keep a (possibly annotated) document, ``(doc, reason)`` to drop it."""
         for doc in docs:
             yield doc, None
+
+    def new_summary(self) -> dict | None:
+        """A per-shard accumulator for stage-specific counters (merged over shards by ``merge_stats``)."""
+        return None
+
+    def summarize(self, doc: dict, summary: dict) -> None:
+        """Adds a kept document to the shard's accumulator."""
 
 
 def pipeline_options(beam_args: Sequence[str] | None = None, workers: int | None = None):
@@ -115,13 +123,16 @@ def process_shard(path: str, processor: DocumentProcessor, stage_dir: str, max_d
         count("shards_resumed")
         return done
     stats = ShardStats()
-    with shard_writers(stage_dir, key) as writers:
+    summary = processor.new_summary()
+    with shard_writers(stage_dir, key, processor.data_schema) as writers:
 
         def flush(batch: list[dict]) -> None:
             for doc, reason in processor.process_batch(batch):
                 if reason is None:
                     writers["data"].write(doc)
                     stats.keep(doc)
+                    if summary is not None:
+                        processor.summarize(doc, summary)
                 else:
                     writers["excluded"].write(excluded_row(doc, processor.stage, reason))
                     stats.drop(reason)
@@ -143,8 +154,9 @@ def process_shard(path: str, processor: DocumentProcessor, stage_dir: str, max_d
     count("docs_in", stats.docs_in)
     count("docs_out", stats.docs_out)
     count("shards_processed")
-    commit_shard(stage_dir, key, path, fingerprint, stats.to_dict())
-    return stats.to_dict()
+    result = {**stats.to_dict(), **(summary or {})}
+    commit_shard(stage_dir, key, path, fingerprint, result)
+    return result
 
 
 def _shard_dofn(processor: DocumentProcessor, stage_dir: str, max_doc_bytes: int):

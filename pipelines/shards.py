@@ -159,24 +159,42 @@ class ShardStats:
 
 
 def merge_stats(stats: Iterable[dict]) -> dict:
-    """Sum per-shard counters (nested dicts are summed key by key)."""
+    """Sum per-shard counters: numbers add, nested dicts merge key by key, lists add element-wise,
+    and keys starting with ``max_`` keep the largest value."""
     total: dict = {}
     for s in stats:
-        for k, v in s.items():
-            if isinstance(v, dict):
-                bucket = total.setdefault(k, {})
-                for kk, vv in v.items():
-                    bucket[kk] = bucket.get(kk, 0) + vv
-            else:
-                total[k] = total.get(k, 0) + v
-    return {k: dict(sorted(v.items())) if isinstance(v, dict) else v for k, v in total.items()}
+        _merge_into(total, s)
+    return total
+
+
+def _merge_into(total: dict, part: dict) -> None:
+    for k, v in part.items():
+        if isinstance(v, dict):
+            _merge_into(total.setdefault(k, {}), v)
+        elif isinstance(v, list):
+            have = total.setdefault(k, [0] * len(v))
+            total[k] = [a + b for a, b in zip(have, v, strict=True)]
+        elif k.startswith("max_"):
+            total[k] = max(total.get(k, v), v)
+        else:
+            total[k] = total.get(k, 0) + v
+    for k in sorted(total):  # sorted keys, so summaries read the same whatever the shard order
+        total[k] = total.pop(k)
 
 
 class ShardWriter:
     """Streams rows of one kind (data/excluded/errors) to a temporary Parquet file; commit() renames it."""
 
-    def __init__(self, stage_dir: str, kind: str, key: str, batch_rows: int = 1000, batch_bytes: int = 4_000_000):
-        self.schema = KINDS[kind]
+    def __init__(
+        self,
+        stage_dir: str,
+        kind: str,
+        key: str,
+        batch_rows: int = 1000,
+        batch_bytes: int = 4_000_000,
+        schema: pa.Schema | None = None,
+    ):
+        self.schema = schema or KINDS[kind]
         self.final_uri = join(stage_dir, kind, f"{key}.parquet")
         self.fs, self.final_path = filesystem(self.final_uri)
         self.tmp_path = f"{self.final_path}.tmp-{uuid.uuid4().hex}"
@@ -229,9 +247,14 @@ class ShardWriter:
 
 
 @contextmanager
-def shard_writers(stage_dir: str, key: str):
-    """data/excluded/errors writers for one shard, committed together on success, removed on failure."""
-    writers = {kind: ShardWriter(stage_dir, kind, key) for kind in KINDS}
+def shard_writers(stage_dir: str, key: str, data_schema: pa.Schema | None = None):
+    """data/excluded/errors writers for one shard, committed together on success, removed on failure.
+
+    ``data_schema`` replaces DOCUMENT_SCHEMA for stages whose output rows are not plain documents.
+    """
+    writers = {
+        kind: ShardWriter(stage_dir, kind, key, schema=data_schema if kind == "data" else None) for kind in KINDS
+    }
     try:
         yield writers
     except BaseException:
@@ -245,6 +268,15 @@ def shard_writers(stage_dir: str, key: str):
 
 def done_marker(stage_dir: str, key: str) -> str:
     return join(stage_dir, "_done", f"{key}.json")
+
+
+def committed_keys(stage_dir: str) -> list[str]:
+    """Keys of the shards with a commit marker (for stages whose outputs are not one per input)."""
+    fs, path = filesystem(join(stage_dir, "_done"))
+    if not fs.exists(path):
+        return []
+    names = (posixpath.basename(p) for p in fs.ls(path, detail=False))
+    return sorted(n[: -len(".json")] for n in names if n.endswith(".json") and ".tmp" not in n)
 
 
 def input_fingerprint(path: str) -> str:

@@ -104,6 +104,12 @@ def tokenizer_dir() -> Path:
 
 
 @lru_cache(maxsize=4)
+def tokenizer_identity(path: str | None = None) -> str:
+    """sha256 of tokenizer.json: part of every tokenizing stage's config, so another tokenizer redoes the stage."""
+    return _sha256(Path(path or tokenizer_dir()) / "tokenizer.json")
+
+
+@lru_cache(maxsize=4)
 def load_tokenizer(path: str | None = None):
     """A ``tokenizers.Tokenizer`` (the fast Rust BPE) for Qwen2; no special tokens added on encode."""
     from tokenizers import Tokenizer

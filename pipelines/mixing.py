@@ -1,0 +1,554 @@
+"""Multilingual mixing: buckets, a versioned mixture config, a token budget in Qwen2 tokens.
+
+Qwen2 mixed web text in ~30 languages with more code and math, synthetic data from
+earlier Qwen models and multi-task instruction data, and tuned the per-source weights
+on scaled-down proxy models (report, section 3.1; the search is
+``training.mixture_search``). Here that is two Beam stages:
+
+1. ``index``: every curated document gets its bucket (``<domain>/<lang>``: ``web/de``,
+   ``code``, ``math/en``, ``synthetic/zh``, ``instruction/en`` ...; ``domain`` comes from
+   the document, so a quality tier or synthetic folder given as another input lands in
+   its own bucket) and its Qwen2 token count. A fixed slice of documents, chosen by a hash
+   of the id, is held out for validation. One output shard per input shard, resumable
+   like every stage. Each shard also records, per bucket, how many tokens fall in each of
+   ``HIST_BINS`` hash bins: that histogram lets the planner hit a token target without
+   reading a single document.
+
+       python -m pipelines.mixing index --input data/curated/deduplicated --output data/mix/index \\
+           --long-doc-tokens 4096
+
+2. ``select``: plans per-bucket token targets from the index's totals and a
+   ``MixtureConfig`` (domain weights, temperature sampling over languages, a cap on
+   repeats, the budget), gives every document its number of copies, spreads the copies
+   over output shards by a seeded hash (a ``GroupByKey``: the global shuffle) and
+   shuffles each shard. The realised mix (tokens and repeats per bucket) is reported
+   against the target and checked.
+
+       python -m pipelines.mixing select --index data/mix/index --output data/mix/stage1 --config mix.json
+       python -m pipelines.mixing select --index data/mix/index --output data/mix/long --config mix.json \\
+           --long-documents-only       # stage-2 mix: documents longer than the stage-1 context
+       python -m pipelines.mixing select --index data/mix/index --output data/mix/validation --split validation
+
+Nothing holds the corpus in memory: the planner sees only per-bucket histograms, and the
+shuffle holds one output shard per worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from pipelines.beam_stage import (
+    DocumentProcessor,
+    cli,
+    finish_stage,
+    print_summary,
+    run_pipeline,
+    run_shard_stage,
+)
+from pipelines.schema import MIXED_SCHEMA
+from pipelines.shards import (
+    SUCCESS_FILE,
+    ShardWriter,
+    commit_shard,
+    committed_keys,
+    committed_stats,
+    filesystem,
+    join,
+    list_shards,
+    prepare_stage_dir,
+    read_json,
+    write_json_atomic,
+)
+
+HIST_BINS = 512
+DEFAULT_DOMAIN_WEIGHTS = {"web": 0.6, "code": 0.2, "math": 0.08, "synthetic": 0.07, "instruction": 0.05}
+SPLITS = ("train", "validation")
+
+
+def _hash64(*parts: object) -> int:
+    return int.from_bytes(hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest(), "big")
+
+
+def _unit(*parts: object) -> float:
+    return _hash64(*parts) / 2**64
+
+
+def doc_bin(doc_id: str) -> int:
+    """The document's hash bin; selection order inside a bucket follows it (rotated by the mixture seed)."""
+    return _hash64("order", doc_id) % HIST_BINS
+
+
+def is_heldout(doc_id: str, fraction: float) -> bool:
+    return _unit("heldout", doc_id) < fraction
+
+
+def bucket_of(doc: dict) -> str:
+    domain = doc.get("domain") or "web"
+    lang = doc.get("lang")
+    return domain if not lang or lang in (domain, "code") else f"{domain}/{lang}"
+
+
+def _domain_lang(bucket: str) -> tuple[str, str]:
+    domain, _, lang = bucket.partition("/")
+    return domain, lang or domain
+
+
+# --------------------------------------------------------------------------- index
+
+
+class MixIndexer(DocumentProcessor):
+    """Adds ``bucket`` and ``n_tokens`` (Qwen2 tokens) to every document and histograms the buckets."""
+
+    stage = "mix_index"
+    data_schema = MIXED_SCHEMA
+
+    def __init__(self, heldout_fraction: float = 0.01, long_doc_tokens: int = 4096, tokenizer_path: str | None = None):
+        if not 0 <= heldout_fraction < 0.5:
+            raise ValueError(f"heldout_fraction must be in [0, 0.5), got {heldout_fraction}")
+        if long_doc_tokens < 1:
+            raise ValueError(f"long_doc_tokens must be positive, got {long_doc_tokens}")
+        self.heldout_fraction = heldout_fraction
+        self.long_doc_tokens = long_doc_tokens
+        self.tokenizer_path = tokenizer_path
+        self._tokenizer = None
+
+    def config(self) -> dict:
+        from pipelines.tokenizer import tokenizer_identity
+
+        return {
+            "heldout_fraction": self.heldout_fraction,
+            "long_doc_tokens": self.long_doc_tokens,
+            "hist_bins": HIST_BINS,
+            "tokenizer": tokenizer_identity(self.tokenizer_path),
+        }
+
+    def setup(self) -> None:
+        from pipelines.tokenizer import load_tokenizer
+
+        self._tokenizer = load_tokenizer(self.tokenizer_path)
+
+    def process_batch(self, docs: list[dict]) -> Iterator[tuple[dict, str | None]]:
+        if self._tokenizer is None:
+            self.setup()
+        encodings = self._tokenizer.encode_batch([d["text"] for d in docs], add_special_tokens=False)
+        for doc, enc in zip(docs, encodings, strict=True):
+            n = len(enc.ids)
+            if n == 0:
+                yield doc, "no_tokens"
+                continue
+            doc.update(bucket=bucket_of(doc), n_tokens=n, copy=0)
+            yield doc, None
+
+    def new_summary(self) -> dict:
+        return {"buckets": {}}
+
+    def summarize(self, doc: dict, summary: dict) -> None:
+        n = doc["n_tokens"]
+        b = summary["buckets"].setdefault(
+            doc["bucket"],
+            {
+                "docs": 0,
+                "tokens": 0,
+                "max_doc_tokens": 0,
+                "heldout_docs": 0,
+                "heldout_tokens": 0,
+                "long_docs": 0,
+                "long_tokens": 0,
+                "hist": [0] * HIST_BINS,
+                "long_hist": [0] * HIST_BINS,
+            },
+        )
+        if is_heldout(doc["id"], self.heldout_fraction):
+            b["heldout_docs"] += 1
+            b["heldout_tokens"] += n
+            return
+        bin_ = doc_bin(doc["id"])
+        b["docs"] += 1
+        b["tokens"] += n
+        b["max_doc_tokens"] = max(b["max_doc_tokens"], n)
+        b["hist"][bin_] += n
+        if n >= self.long_doc_tokens:
+            b["long_docs"] += 1
+            b["long_tokens"] += n
+            b["long_hist"][bin_] += n
+
+
+def run_index(
+    inputs: str | Sequence[str],
+    output_dir: str,
+    heldout_fraction: float = 0.01,
+    long_doc_tokens: int = 4096,
+    beam_args: Sequence[str] | None = None,
+    workers: int | None = None,
+) -> dict:
+    return run_shard_stage(MixIndexer(heldout_fraction, long_doc_tokens), inputs, output_dir, beam_args, workers)
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass
+class MixtureConfig:
+    """A pretraining mixture. Versioned: every realised mix records the config (and its hash) that made it."""
+
+    name: str = "default"
+    """Shown in reports and the proxy-model search."""
+    version: int = 1
+    """Bump when the weights change, so runs can be traced to the mixture they trained on."""
+    token_budget: int = 2_000_000
+    """Qwen2 tokens in the mix (documents only, without separators)."""
+    domain_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_DOMAIN_WEIGHTS))
+    """Share of the budget per domain. Domains without data are reported and their weight is spread over the rest."""
+    language_temperature: float = 3.0
+    """Within a domain, language l gets a share proportional to tokens_l ** (1 / T): 1 keeps the natural
+    mix, larger values flatten it towards uniform (up-sampling low-resource languages)."""
+    language_boost: dict[str, float] = field(default_factory=dict)
+    """Extra multiplier on a language's share, e.g. {"zh": 1.5}."""
+    max_repeats: float = 4.0
+    """A bucket's documents are used at most this many times; a capped bucket's excess goes to the others."""
+    long_documents_only: bool = False
+    """Stage-2 mix: only documents of at least the index's long_doc_tokens."""
+    seed: int = 0
+    """Chooses which documents fill fractional repeats, and the shuffle."""
+    output_shards: int = 4
+    """Output Parquet shards (the tokenizer stage makes one packed shard from each)."""
+    tolerance: float = 0.05
+    """Mix check: each bucket's realised tokens must be within this fraction of its target (or one document)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.token_budget <= 0:
+            problems.append(f"token_budget must be positive, got {self.token_budget}")
+        if not self.domain_weights or any(w < 0 for w in self.domain_weights.values()):
+            problems.append(f"domain_weights must be non-empty and non-negative, got {self.domain_weights}")
+        elif sum(self.domain_weights.values()) <= 0:
+            problems.append("domain_weights sum to 0")
+        if self.language_temperature <= 0:
+            problems.append(f"language_temperature must be > 0, got {self.language_temperature}")
+        if any(w < 0 for w in self.language_boost.values()):
+            problems.append(f"language_boost values must be >= 0, got {self.language_boost}")
+        if self.max_repeats < 1:
+            problems.append(f"max_repeats must be >= 1 (1 = no repeats), got {self.max_repeats}")
+        if self.output_shards < 1:
+            problems.append(f"output_shards must be >= 1, got {self.output_shards}")
+        if not 0 < self.tolerance < 1:
+            problems.append(f"tolerance must be in (0, 1), got {self.tolerance}")
+        if problems:
+            raise ValueError("bad mixture config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MixtureConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown mixture config keys {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _rotated(hist: list[int], offset: int) -> list[int]:
+    return hist[offset:] + hist[:offset]
+
+
+def _cut_bin(hist: list[int], target: float) -> int:
+    """Smallest number of leading bins whose tokens come closest to ``target``."""
+    best, best_err, total = 0, target, 0
+    for k, tokens in enumerate(hist, start=1):
+        total += tokens
+        if abs(total - target) < best_err:
+            best, best_err = k, abs(total - target)
+        if total >= target:
+            break
+    return best
+
+
+def plan_mixture(config: MixtureConfig, index_summary: dict, split: str = "train") -> dict:
+    """Per-bucket targets and the copy rule for ``select``; pure, so it is tested and shown before any run."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    buckets = index_summary.get("buckets") or {}
+    if not buckets:
+        raise ValueError("the mixture index has no documents")
+    offset = config.seed % HIST_BINS
+    plan: dict = {
+        "mixture": config.to_dict(),
+        "mixture_fingerprint": config.fingerprint(),
+        "split": split,
+        "offset": offset,
+        "heldout_fraction": index_summary["heldout_fraction"],
+        "long_doc_tokens": index_summary["long_doc_tokens"] if config.long_documents_only else 0,
+        "buckets": {},
+    }
+    if split == "validation":  # the held-out slice once, in its natural mix, whatever the weights
+        for name, b in sorted(buckets.items()):
+            if b["heldout_docs"]:
+                plan["buckets"][name] = {"target_tokens": b["heldout_tokens"], "full_copies": 1, "cut_bin": 0}
+        plan["planned_tokens"] = sum(b["target_tokens"] for b in plan["buckets"].values())
+        return plan
+
+    key = "long_tokens" if config.long_documents_only else "tokens"
+    hist_key = "long_hist" if config.long_documents_only else "hist"
+    available = {name: b[key] for name, b in buckets.items() if b[key] > 0}
+    if not available:
+        what = f"documents of >= {index_summary['long_doc_tokens']} tokens" if config.long_documents_only else "data"
+        raise ValueError(f"no training {what} in the mixture index")
+
+    by_domain: dict[str, dict[str, int]] = {}
+    for name, tokens in available.items():
+        domain, lang = _domain_lang(name)
+        by_domain.setdefault(domain, {})[name] = tokens
+    weighted = {d: w for d, w in config.domain_weights.items() if w > 0 and d in by_domain}
+    plan["missing_domains"] = sorted(d for d, w in config.domain_weights.items() if w > 0 and d not in by_domain)
+    plan["unweighted_domains"] = sorted(d for d in by_domain if d not in weighted)
+    if not weighted:
+        raise ValueError(
+            f"no domain with data has a weight: data in {sorted(by_domain)}, weights {config.domain_weights}"
+        )
+    domain_total = sum(weighted.values())
+
+    weights: dict[str, float] = {}
+    for domain, w_domain in weighted.items():
+        members = by_domain[domain]
+        raw = {
+            name: tokens ** (1 / config.language_temperature) * config.language_boost.get(_domain_lang(name)[1], 1.0)
+            for name, tokens in members.items()
+        }
+        norm = sum(raw.values()) or 1.0
+        for name, r in raw.items():
+            weights[name] = w_domain / domain_total * r / norm
+
+    # Targets, then the repeat cap: a capped bucket's excess goes to the uncapped ones by weight.
+    targets = {name: config.token_budget * w for name, w in weights.items() if w > 0}
+    caps = {name: config.max_repeats * available[name] for name in targets}
+    capped: set[str] = set()
+    for _ in range(len(targets)):
+        over = {n for n in targets if n not in capped and targets[n] > caps[n]}
+        if not over:
+            break
+        excess = sum(targets[n] - caps[n] for n in over)
+        for n in over:
+            targets[n] = caps[n]
+        capped |= over
+        free = [n for n in targets if n not in capped]
+        free_weight = sum(weights[n] for n in free)
+        if not free or free_weight <= 0:
+            break
+        for n in free:
+            targets[n] += excess * weights[n] / free_weight
+
+    for name in sorted(available):
+        avail = available[name]
+        target = targets.get(name, 0.0)
+        rate = target / avail
+        full = int(math.floor(rate + 1e-12))
+        hist = _rotated(buckets[name][hist_key], offset)
+        cut = _cut_bin(hist, target - full * avail) if target > full * avail else 0
+        planned = full * avail + sum(hist[:cut])
+        plan["buckets"][name] = {
+            "weight": round(weights.get(name, 0.0), 6),
+            "available_tokens": avail,
+            "target_tokens": round(target),
+            "planned_tokens": planned,
+            "full_copies": full,
+            "cut_bin": cut,
+            "max_copies": full + (1 if cut else 0),
+            "capped": name in capped,
+            "max_doc_tokens": buckets[name]["max_doc_tokens"],
+        }
+    plan["planned_tokens"] = sum(b["planned_tokens"] for b in plan["buckets"].values())
+    plan["budget_reachable"] = plan["planned_tokens"] >= config.token_budget * (1 - config.tolerance)
+    return plan
+
+
+def copies_for(plan: dict, doc_id: str, bucket: str, n_tokens: int) -> int:
+    """How many times the document enters the mix (0 = not at all)."""
+    heldout = is_heldout(doc_id, plan["heldout_fraction"])
+    if heldout != (plan["split"] == "validation"):
+        return 0
+    rule = plan["buckets"].get(bucket)
+    if rule is None or n_tokens < plan["long_doc_tokens"]:
+        return 0
+    rotated_bin = (doc_bin(doc_id) - plan["offset"]) % HIST_BINS
+    return rule["full_copies"] + (1 if rotated_bin < rule["cut_bin"] else 0)
+
+
+# --------------------------------------------------------------------------- select
+
+
+def _emit_copies(path: str, plan: dict) -> Iterator[tuple[int, tuple[int, dict]]]:
+    """(output shard, (position key, row)) for every copy of every selected document of one index shard."""
+    import pyarrow.parquet as pq
+
+    fs, fpath = filesystem(path)
+    seed, shards = plan["mixture"]["seed"], plan["mixture"]["output_shards"]
+    with fs.open(fpath, "rb") as f:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                for c in range(copies_for(plan, row["id"], row["bucket"], row["n_tokens"])):
+                    row_copy = {**row, "copy": c}
+                    yield _hash64(seed, "shard", row["id"], c) % shards, (_hash64(seed, "pos", row["id"], c), row_copy)
+
+
+def _write_part(item: tuple[int, list], stage_dir: str, fingerprint: str) -> dict:
+    part, rows = item
+    key = f"part-{part:05d}"
+    done = committed_stats(stage_dir, key, fingerprint)
+    if done is not None:
+        return done
+    rows = sorted(rows, key=lambda kv: kv[0])  # the seeded shuffle inside the shard
+    writer = ShardWriter(stage_dir, "data", key, schema=MIXED_SCHEMA)
+    stats: dict = {"docs_out": 0, "tokens": 0, "buckets": {}, "languages": {}, "copies": {}}
+    try:
+        for _, row in rows:
+            writer.write(row)
+            n = row["n_tokens"]
+            stats["docs_out"] += 1
+            stats["tokens"] += n
+            stats["buckets"][row["bucket"]] = stats["buckets"].get(row["bucket"], 0) + n
+            lang = _domain_lang(row["bucket"])[1]
+            stats["languages"][lang] = stats["languages"].get(lang, 0) + n
+            stats["copies"][str(row["copy"])] = stats["copies"].get(str(row["copy"]), 0) + 1
+            stats["bytes_out"] = stats.get("bytes_out", 0) + len(row["text"].encode("utf-8"))
+    except BaseException:
+        writer.abort()
+        raise
+    writer.commit(always=True)
+    commit_shard(stage_dir, key, "select", fingerprint, stats)
+    return stats
+
+
+def realised_report(plan: dict, summary: dict, tolerance: float) -> dict:
+    """Realised tokens per bucket against the target, and whether the mix passes."""
+    rows, failures = [], []
+    realised = summary.get("buckets", {})
+    for name, rule in sorted(plan["buckets"].items()):
+        target = rule["target_tokens"]
+        got = realised.get(name, 0)
+        slack = max(tolerance * target, rule.get("max_doc_tokens", 0))
+        ok = abs(got - target) <= slack
+        available = rule.get("available_tokens") or target or 1
+        rows.append(
+            {
+                "bucket": name,
+                "weight": rule.get("weight"),
+                "available_tokens": rule.get("available_tokens"),
+                "target_tokens": target,
+                "realised_tokens": got,
+                "deviation": round(got / target - 1, 4) if target else None,
+                "epochs": round(got / available, 3),
+                "max_copies": rule["max_copies"] if "max_copies" in rule else rule["full_copies"],
+                "capped": rule.get("capped", False),
+                "ok": ok,
+            }
+        )
+        if not ok:
+            failures.append(name)
+    total_target = plan["planned_tokens"]
+    total = summary.get("tokens", 0)
+    total_ok = abs(total - total_target) <= tolerance * max(total_target, 1)
+    return {
+        "buckets": rows,
+        "target_tokens": total_target,
+        "realised_tokens": total,
+        "passed": not failures and total_ok,
+        "failed_buckets": failures,
+    }
+
+
+def run_select(
+    index_dir: str,
+    output_dir: str,
+    config: MixtureConfig | None = None,
+    split: str = "train",
+    beam_args: Sequence[str] | None = None,
+    workers: int | None = None,
+) -> dict:
+    """Realise ``config`` from the index into ``output_dir``; returns the summary with the plan and the mix check."""
+    import apache_beam as beam
+
+    config = config or MixtureConfig()
+    index_summary = read_json(join(index_dir, SUCCESS_FILE))
+    index_config = read_json(join(index_dir, "_config.json"))
+    if index_summary is None or index_config is None:
+        raise ValueError(f"{index_dir} is not a finished mixture index (run `python -m pipelines.mixing index` first)")
+    index_summary = {**index_summary, **index_config["processor"]}
+    plan = plan_mixture(config, index_summary, split)
+    index_identity = hashlib.sha256(json.dumps(index_summary, sort_keys=True).encode()).hexdigest()[:16]
+    fingerprint = hashlib.sha256(json.dumps([plan, index_identity], sort_keys=True).encode()).hexdigest()[:16]
+    prepare_stage_dir(output_dir, {"stage": "mix_select", "plan_fingerprint": fingerprint, "index": index_dir})
+    files = list_shards(index_dir)
+    started = time.time()
+    beam_counters = run_pipeline(
+        lambda p: (
+            p
+            | "IndexShards" >> beam.Create(files)
+            | "Spread" >> beam.Reshuffle()
+            | "Copies" >> beam.FlatMap(_emit_copies, plan)
+            | "Shuffle" >> beam.GroupByKey()
+            | "WriteParts" >> beam.Map(_write_part, output_dir, fingerprint)
+        ),
+        beam_args,
+        workers,
+    )
+    summary = finish_stage(
+        output_dir, "mix_select", committed_keys(output_dir), beam_counters, time.time() - started, False
+    )
+    summary.update(plan=plan, mix_check=realised_report(plan, summary, config.tolerance))
+    write_json_atomic(join(output_dir, SUCCESS_FILE), summary)
+    return summary
+
+
+def load_mixture_config(path: str | None, **overrides) -> MixtureConfig:
+    data = {}
+    if path:
+        with open(path) as f:
+            data = json.load(f)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return MixtureConfig.from_dict(data)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    idx = sub.add_parser("index", help="bucket and count the tokens of curated documents")
+    idx.add_argument("--input", required=True, help="curated stage folder(s) or globs, comma-separated")
+    idx.add_argument("--output", required=True)
+    idx.add_argument("--heldout-fraction", type=float, default=0.01)
+    idx.add_argument("--long-doc-tokens", type=int, default=4096, help="stage-1 context: longer documents are long")
+    idx.add_argument("--workers", type=int, default=None)
+    sel = sub.add_parser("select", help="realise a mixture from the index")
+    sel.add_argument("--index", required=True)
+    sel.add_argument("--output", required=True)
+    sel.add_argument("--config", default=None, help="JSON file of MixtureConfig fields")
+    sel.add_argument("--token-budget", type=int, default=None)
+    sel.add_argument("--seed", type=int, default=None)
+    sel.add_argument("--long-documents-only", action="store_true", default=None)
+    sel.add_argument("--split", choices=SPLITS, default="train")
+    sel.add_argument("--workers", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.command == "index":
+        inputs = args.input.split(",")
+        summary = run_index(inputs, args.output, args.heldout_fraction, args.long_doc_tokens, workers=args.workers)
+    else:
+        config = load_mixture_config(
+            args.config, token_budget=args.token_budget, seed=args.seed, long_documents_only=args.long_documents_only
+        )
+        summary = run_select(args.index, args.output, config, args.split, workers=args.workers)
+        summary.pop("plan", None)
+    print_summary(summary)
+
+
+if __name__ == "__main__":
+    cli(main)
