@@ -7,7 +7,8 @@ import os
 import dagster as dg
 
 from assets.curation import curation_assets
-from dagster_project.resources import CurationResource
+from assets.pretraining import pretraining_assets
+from dagster_project.resources import CurationResource, TrainingResource
 
 curation_job = dg.define_asset_job(
     "curation_job",
@@ -49,10 +50,21 @@ def new_crawl_files_sensor(context: dg.SensorEvaluationContext, curation: Curati
     return dg.RunRequest(run_key=fingerprint)
 
 
+pretraining_job = dg.define_asset_job(
+    "pretraining_job",
+    selection=dg.AssetSelection.groups("pretraining"),
+    description="Mixture index -> proxy mixture search -> mixes -> packed shards -> stage-1 and stage-2 models.",
+)
+
 defs = dg.Definitions(
-    assets=curation_assets,
-    jobs=[curation_job],
+    assets=[*curation_assets, *pretraining_assets],
+    jobs=[curation_job, pretraining_job],
     schedules=[data_refresh_schedule],
     sensors=[new_crawl_files_sensor],
-    resources={"curation": CurationResource()},
+    resources={
+        "curation": CurationResource(),
+        "training": TrainingResource(),
+        # SIGINT to the trainer when a run is cancelled; it stops within one step and keeps its last checkpoint.
+        "pipes_subprocess_client": dg.PipesSubprocessClient(forward_termination=True, termination_timeout_seconds=60),
+    },
 )

