@@ -17,6 +17,7 @@ from assets.curation import _table, deduplicated_documents
 from dagster_project.resources import CurationResource, TrainingResource
 
 GROUP = "pretraining"
+_MIX_CHECK = "Realised tokens per bucket are within the tolerance of the target (or one document)."
 
 
 class MixtureIndexConfig(dg.Config):
@@ -141,17 +142,34 @@ def _mix_metadata(summary: dict) -> dict:
     }
 
 
-def _mix_check(summary: dict) -> dg.AssetCheckResult:
+def _mix_checks(summary: dict) -> list[dg.AssetCheckResult]:
+    from pipelines.checks import schema_problems
+    from pipelines.schema import MIXED_SCHEMA
+
+    problems = schema_problems(summary["output"], MIXED_SCHEMA)
     check = summary["mix_check"]
-    return dg.AssetCheckResult(
-        check_name="realised_mix_matches_target",
-        passed=check["passed"],
-        metadata={
-            "failed_buckets": ", ".join(check["failed_buckets"]) or "none",
-            "target_tokens": check["target_tokens"],
-            "realised_tokens": check["realised_tokens"],
-        },
+    schema = dg.AssetCheckResult(
+        check_name="schema", passed=not problems, metadata={"problems": dg.MetadataValue.json(problems[:20])}
     )
+    return [
+        schema,
+        dg.AssetCheckResult(
+            check_name="realised_mix_matches_target",
+            passed=check["passed"],
+            metadata={
+                "failed_buckets": ", ".join(check["failed_buckets"]) or "none",
+                "target_tokens": check["target_tokens"],
+                "realised_tokens": check["realised_tokens"],
+            },
+        ),
+    ]
+
+
+def _mix_specs(asset: str) -> list[dg.AssetCheckSpec]:
+    return [
+        dg.AssetCheckSpec("schema", asset=asset, description="Every shard has the mixture Parquet schema."),
+        dg.AssetCheckSpec("realised_mix_matches_target", asset=asset, description=_MIX_CHECK),
+    ]
 
 
 def _shards_metadata(summary: dict) -> dict:
@@ -161,15 +179,15 @@ def _shards_metadata(summary: dict) -> dict:
         "seq_len": summary.get("seq_len", 0),
         "tokens": summary.get("tokens", 0),
         "tokens_dropped_tail": summary.get("tokens_dropped_tail", 0),
-        "tokens_per_language": _table(summary.get("lang_tokens", {}), ("language", "tokens")),
-        "tokens_per_bucket": _table(summary.get("bucket_tokens", {}), ("bucket", "tokens")),
+        "tokens_per_language": _table(summary.get("tokens_by_lang", {}), ("language", "tokens")),
+        "tokens_per_bucket": _table(summary.get("tokens_by_bucket", {}), ("bucket", "tokens")),
         "path": dg.MetadataValue.path(summary["output"]),
         "seconds": summary.get("seconds", 0.0),
     }
 
 
 def _shards_checks(stage_dir: str, summary: dict, seq_len: int) -> list[dg.AssetCheckResult]:
-    from pipelines.tokenize_shards import packed_problems
+    from pipelines.checks import packed_problems
 
     problems = packed_problems(stage_dir, seq_len)
     return [
@@ -391,14 +409,11 @@ def _search_result(curation: CurationResource) -> dict | None:
     return read_json(f"{curation.mix_dir('search')}/search.json")
 
 
-_MIX_CHECK = "Realised tokens per bucket are within the tolerance of the target (or one document)."
-
-
 @dg.asset(
     group_name=GROUP,
     kinds=KINDS,
     deps=[mixture_index, mixture_search],
-    check_specs=[dg.AssetCheckSpec("realised_mix_matches_target", asset="pretraining_mixture", description=_MIX_CHECK)],
+    check_specs=_mix_specs("pretraining_mixture"),
 )
 def pretraining_mixture(config: MixtureAssetConfig, curation: CurationResource):
     """The stage-1 mix: a token budget split over domains and languages (temperature sampling), with a cap on
@@ -407,16 +422,14 @@ def pretraining_mixture(config: MixtureAssetConfig, curation: CurationResource):
 
     mixture = _mixture_from(config, "stage1", False, _search_result(curation))
     summary = run_select(curation.mix_dir("index"), curation.mix_dir("stage1"), mixture, **curation.run_kwargs())
-    return dg.MaterializeResult(metadata=_mix_metadata(summary), check_results=[_mix_check(summary)])
+    return dg.MaterializeResult(metadata=_mix_metadata(summary), check_results=_mix_checks(summary))
 
 
 @dg.asset(
     group_name=GROUP,
     kinds=KINDS,
     deps=[mixture_index, mixture_search],
-    check_specs=[
-        dg.AssetCheckSpec("realised_mix_matches_target", asset="long_context_mixture", description=_MIX_CHECK)
-    ],
+    check_specs=_mix_specs("long_context_mixture"),
 )
 def long_context_mixture(config: LongMixtureAssetConfig, curation: CurationResource):
     """The stage-2 mix: only documents longer than the stage-1 context, mixed with the same weights."""
@@ -424,7 +437,7 @@ def long_context_mixture(config: LongMixtureAssetConfig, curation: CurationResou
 
     mixture = _mixture_from(config, "long", True, _search_result(curation))
     summary = run_select(curation.mix_dir("index"), curation.mix_dir("long"), mixture, **curation.run_kwargs())
-    return dg.MaterializeResult(metadata=_mix_metadata(summary), check_results=[_mix_check(summary)])
+    return dg.MaterializeResult(metadata=_mix_metadata(summary), check_results=_mix_checks(summary))
 
 
 _PACKED_CHECK = "Every row has exactly seq_len tokens and its document segments add up to it."

