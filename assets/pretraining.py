@@ -92,25 +92,24 @@ class LongPretrainAssetConfig(PretrainAssetConfig):
 def _mixture_from(config: MixtureAssetConfig, name: str, long_only: bool, search_result: dict | None):
     from pipelines.mixing import MixtureConfig
 
-    fields = {
+    weights = {
         "domain_weights": dict(config.domain_weights),
         "language_temperature": config.language_temperature,
+        "language_boost": dict(config.language_boost),
     }
     if config.use_search_winner and search_result:
-        winner = search_result["winner_mixture"]
-        fields = {k: winner[k] for k in ("domain_weights", "language_temperature", "language_boost")}
+        weights = {k: search_result["winner_mixture"][k] for k in weights}
         name = f"{name}:{search_result['winner']}"
     return MixtureConfig(
         name=name,
         version=config.version,
         token_budget=config.token_budget,
-        language_boost=dict(config.language_boost),
         max_repeats=config.max_repeats,
         long_documents_only=long_only,
         seed=config.seed,
         output_shards=config.output_shards,
         tolerance=config.tolerance,
-        **fields,
+        **weights,
     )
 
 
@@ -257,6 +256,14 @@ def _verify(final_dir: str) -> dict:
     if proc.returncode != 0:
         return {"error": (proc.stderr or proc.stdout).strip()[-2000:]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _saved_rope_theta(final_dir: str) -> float:
+    from types import SimpleNamespace
+
+    from training.model_configs import rope_theta_of
+
+    return rope_theta_of(SimpleNamespace(**json.loads((Path(final_dir) / "config.json").read_text())))
 
 
 def _loads_check(report: dict) -> dg.AssetCheckResult:
@@ -549,17 +556,17 @@ def long_context_model(
     }
     summary = _train(context, pipes_subprocess_client, training, out, run_config)
     report = _verify(f"{out}/final")
-    base = _verify(f"{curation.model_dir('base')}/final")
+    base_theta = _saved_rope_theta(f"{curation.model_dir('base')}/final")
     raised = (
         report.get("rope_theta") == training.long_context_rope_theta
-        and (base.get("rope_theta") or 0) < training.long_context_rope_theta
+        and base_theta < training.long_context_rope_theta
         and report.get("max_position_embeddings") == training.long_seq_len
     )
     rope_check = dg.AssetCheckResult(
         check_name="rope_base_raised",
         passed=bool(raised),
         metadata={
-            "stage1_rope_theta": base.get("rope_theta"),
+            "stage1_rope_theta": base_theta,
             "stage2_rope_theta": report.get("rope_theta"),
             "stage2_max_position_embeddings": report.get("max_position_embeddings"),
             "expected_context": training.long_seq_len,

@@ -163,3 +163,27 @@ def crawl_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("crawl")
     make_crawl(root)
     return root
+
+
+CODE = "def add(a, b):\n    '''Add two numbers.'''\n    return a + b\n\n\nclass Counter:\n    pass\n"
+
+
+def make_mix_corpus(root: Path) -> Path:
+    """JSONL documents in five mixture buckets (web/en, web/de, web/zh, code, math/en), every fifth one long,
+    with ``domain`` and ``lang`` set as a curated stage has them. Returns ``root``."""
+    pools = {("web", "en"): EN, ("web", "de"): DE, ("web", "zh"): ZH}
+    rows = []
+    for (domain, lang), pool in pools.items():
+        for i in range(40):
+            n = 4 if i % 5 else 40
+            rows.append({"id": f"{lang}-{i}", "text": paragraph_doc(pool, seed=i, n=n), "domain": domain, "lang": lang})
+    for i in range(15):
+        rows.append({"id": f"code-{i}", "text": CODE * (1 + i % 3) + f"# file {i}\n", "domain": "code", "lang": "code"})
+    for i in range(10):
+        text = f"Problem {i}: compute {i} + {i * 3}. Solution: {i} + {i * 3} = {i * 4}. The answer is {i * 4}."
+        rows.append({"id": f"math-{i}", "text": text, "domain": "math", "lang": "en"})
+    for part in range(3):
+        with open(root / f"part{part}.jsonl", "w") as f:
+            for row in rows[part::3]:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return root

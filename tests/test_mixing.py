@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import DE, EN, ZH, paragraph_doc
+from conftest import make_mix_corpus
 
 from pipelines.mixing import (
     HIST_BINS,
@@ -22,8 +21,6 @@ from pipelines.mixing import (
 )
 from pipelines.shards import list_shards, read_json
 from pipelines.tokenizer import count_tokens
-
-CODE = "def add(a, b):\n    '''Add two numbers.'''\n    return a + b\n\n\nclass Counter:\n    pass\n"
 
 
 def _bucket(tokens: int, docs: int = 10) -> dict:
@@ -103,24 +100,7 @@ def test_bad_configs_say_what_to_fix():
 
 @pytest.fixture(scope="module")
 def mix_inputs(tmp_path_factory) -> Path:
-    """JSONL documents in five buckets, some long, with explicit domain and lang as a curated stage has them."""
-    root = tmp_path_factory.mktemp("mix_inputs")
-    pools = {("web", "en"): EN, ("web", "de"): DE, ("web", "zh"): ZH}
-    rows = []
-    for (domain, lang), pool in pools.items():
-        for i in range(40):
-            n = 4 if i % 5 else 40  # every fifth document is long
-            rows.append({"id": f"{lang}-{i}", "text": paragraph_doc(pool, seed=i, n=n), "domain": domain, "lang": lang})
-    for i in range(15):
-        rows.append({"id": f"code-{i}", "text": CODE * (1 + i % 3) + f"# file {i}\n", "domain": "code", "lang": "code"})
-    for i in range(10):
-        text = f"Problem {i}: compute {i} + {i * 3}. Solution: {i} + {i * 3} = {i * 4}. The answer is {i * 4}."
-        rows.append({"id": f"math-{i}", "text": text, "domain": "math", "lang": "en"})
-    for part in range(3):
-        with open(root / f"part{part}.jsonl", "w") as f:
-            for row in rows[part::3]:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return root
+    return make_mix_corpus(tmp_path_factory.mktemp("mix_inputs"))
 
 
 @pytest.fixture(scope="module")

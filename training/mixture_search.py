@@ -14,6 +14,7 @@ candidate side by side. A finished candidate is not trained again when the searc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -117,15 +118,26 @@ def evaluate_candidate(candidate: MixtureConfig, search: SearchConfig) -> dict:
     return result
 
 
+def _pipes_session():
+    """One Dagster Pipes session for the whole search when Dagster launched it (the proxy runs log into it)."""
+    from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
+
+    if PipesEnvVarParamsLoader().is_dagster_pipes_process():
+        return open_dagster_pipes()
+    return contextlib.nullcontext()
+
+
 def run_search(search: SearchConfig, candidates: list[MixtureConfig]) -> dict:
     names = [c.name for c in candidates]
     if not candidates or len(set(names)) != len(names):
         raise ValueError(f"candidates need distinct names, got {names}")
     rows = []
-    for candidate in candidates:
-        print(f"[mixture search] candidate {candidate.name}: mixing, packing, training a proxy", flush=True)
-        rows.append(evaluate_candidate(candidate, search))
-        print(f"[mixture search] {candidate.name}: validation loss {rows[-1]['val_loss']:.4f}", flush=True)
+    with _pipes_session() as pipes:
+        say = pipes.log.info if pipes is not None else (lambda message: print(message, flush=True))
+        for candidate in candidates:
+            say(f"[mixture search] {candidate.name}: mixing, packing, training a proxy")
+            rows.append(evaluate_candidate(candidate, search))
+            say(f"[mixture search] {candidate.name}: validation loss {rows[-1]['val_loss']:.4f}")
     winner = min(rows, key=lambda r: r["val_loss"])
     summary = {
         "search": dataclasses.asdict(search),
