@@ -36,13 +36,13 @@ class MixtureSearchConfig(dg.Config):
         description="Candidate mixtures (MixtureConfig fields: name, domain_weights, language_temperature, ...). "
         "Empty: balanced, web-natural and code-heavy.",
     )
-    proxy_steps: int = Field(default=30, description="Optimizer steps per proxy model.")
-    proxy_batch: int = Field(default=8, description="Sequences per proxy step.")
+    proxy_steps: int = Field(default=8, description="Optimizer steps per proxy model.")
+    proxy_batch: int = Field(default=4, description="Sequences per proxy step.")
     proxy_model_size: str = Field(default="proxy", description="Proxy model shape.")
 
 
 class MixtureAssetConfig(dg.Config):
-    token_budget: int = Field(default=600_000, description="Qwen2 tokens in the mix.")
+    token_budget: int = Field(default=60_000, description="Qwen2 tokens in the mix (the demo trains about one pass).")
     use_search_winner: bool = Field(
         default=True,
         description="Take the domain weights and temperature the proxy search chose; off: the fields below.",
@@ -61,29 +61,31 @@ class MixtureAssetConfig(dg.Config):
 
 
 class LongMixtureAssetConfig(MixtureAssetConfig):
-    token_budget: int = Field(default=400_000, description="Qwen2 tokens of long documents in the stage-2 mix.")
+    token_budget: int = Field(default=20_000, description="Qwen2 tokens of long documents in the stage-2 mix.")
 
 
 class PretrainAssetConfig(dg.Config):
-    max_steps: int = Field(default=60, description="Optimizer steps.")
-    micro_batch_size: int = Field(default=8, description="Sequences per process per micro-step.")
+    max_steps: int = Field(default=50, description="Optimizer steps.")
+    micro_batch_size: int = Field(default=4, description="Sequences per process per micro-step.")
     grad_accum_steps: int = Field(default=1, description="Micro-steps per optimizer step.")
     lr: float = Field(default=3e-3, description="Peak learning rate (cosine decay after warmup).")
     min_lr: float = Field(default=3e-4, description="Learning rate at the end of the cosine.")
-    warmup_steps: int = Field(default=6, description="Linear warmup steps.")
-    checkpoint_every: int = Field(default=20, description="Steps between resumable checkpoints.")
-    eval_every: int = Field(default=20, description="Steps between validation losses.")
+    warmup_steps: int = Field(default=5, description="Linear warmup steps.")
+    checkpoint_every: int = Field(default=25, description="Steps between resumable checkpoints.")
+    eval_every: int = Field(default=25, description="Steps between validation losses.")
     seed: int = Field(default=0, description="Initialisation and data order.")
 
 
 class LongPretrainAssetConfig(PretrainAssetConfig):
-    max_steps: int = Field(default=12, description="Optimizer steps at the long context.")
+    max_steps: int = Field(default=8, description="Optimizer steps at the long context.")
     micro_batch_size: int = Field(default=1, description="Sequences per process per micro-step.")
     lr: float = Field(default=1e-3, description="Peak learning rate.")
     min_lr: float = Field(default=1e-4, description="Final learning rate.")
     warmup_steps: int = Field(default=2, description="Linear warmup steps.")
-    checkpoint_every: int = Field(default=6, description="Steps between checkpoints.")
-    eval_every: int = Field(default=12, description="Steps between validation losses.")
+    checkpoint_every: int = Field(default=4, description="Steps between checkpoints.")
+    eval_every: int = Field(
+        default=0, description="Unused at stage 2: the validation slice is packed at the stage-1 context."
+    )
 
 
 # ----------------------------------------------------------------------------- helpers
