@@ -36,9 +36,10 @@ class MixtureSearchConfig(dg.Config):
         description="Candidate mixtures (MixtureConfig fields: name, domain_weights, language_temperature, ...). "
         "Empty: balanced, web-natural and code-heavy.",
     )
-    proxy_steps: int = Field(default=8, description="Optimizer steps per proxy model.")
+    proxy_steps: int = Field(default=12, description="Optimizer steps per proxy model.")
     proxy_batch: int = Field(default=4, description="Sequences per proxy step.")
     proxy_model_size: str = Field(default="proxy", description="Proxy model shape.")
+    proxy_lr: float = Field(default=5e-2, description="Peak learning rate of the proxies (short runs of tiny models).")
 
 
 class MixtureAssetConfig(dg.Config):
@@ -68,8 +69,8 @@ class PretrainAssetConfig(dg.Config):
     max_steps: int = Field(default=50, description="Optimizer steps.")
     micro_batch_size: int = Field(default=4, description="Sequences per process per micro-step.")
     grad_accum_steps: int = Field(default=1, description="Micro-steps per optimizer step.")
-    lr: float = Field(default=3e-3, description="Peak learning rate (cosine decay after warmup).")
-    min_lr: float = Field(default=3e-4, description="Learning rate at the end of the cosine.")
+    lr: float = Field(default=1e-2, description="Peak learning rate (cosine decay after warmup).")
+    min_lr: float = Field(default=1e-3, description="Learning rate at the end of the cosine.")
     warmup_steps: int = Field(default=5, description="Linear warmup steps.")
     checkpoint_every: int = Field(default=25, description="Steps between resumable checkpoints.")
     eval_every: int = Field(default=25, description="Steps between validation losses.")
@@ -79,8 +80,8 @@ class PretrainAssetConfig(dg.Config):
 class LongPretrainAssetConfig(PretrainAssetConfig):
     max_steps: int = Field(default=8, description="Optimizer steps at the long context.")
     micro_batch_size: int = Field(default=1, description="Sequences per process per micro-step.")
-    lr: float = Field(default=1e-3, description="Peak learning rate.")
-    min_lr: float = Field(default=1e-4, description="Final learning rate.")
+    lr: float = Field(default=3e-3, description="Peak learning rate.")
+    min_lr: float = Field(default=3e-4, description="Final learning rate.")
     warmup_steps: int = Field(default=2, description="Linear warmup steps.")
     checkpoint_every: int = Field(default=4, description="Steps between checkpoints.")
     eval_every: int = Field(
@@ -286,7 +287,8 @@ KINDS = {"beam", "parquet"}
 def mixture_index(config: MixtureIndexConfig, curation: CurationResource, training: TrainingResource):
     """Every curated document with its bucket (``<domain>/<lang>``) and Qwen2 token count, a held-out slice
     for validation, and per-bucket token histograms the mixture planner works from. Documents of at least the
-    stage-1 context are counted as long (the stage-2 set)."""
+    stage-1 context are counted as long (the stage-2 set); documents beyond the stage-2 context are cut into
+    pieces of that size."""
     from pipelines.mixing import run_index
     from pipelines.shards import read_json
 
@@ -295,7 +297,12 @@ def mixture_index(config: MixtureIndexConfig, curation: CurationResource, traini
     if not config.inputs and read_json(f"{synthetic}/_SUCCESS.json") is not None:
         inputs.append(synthetic)
     summary = run_index(
-        inputs, curation.mix_dir("index"), config.heldout_fraction, training.stage1_seq_len, **curation.run_kwargs()
+        inputs,
+        curation.mix_dir("index"),
+        config.heldout_fraction,
+        long_doc_tokens=training.stage1_seq_len,
+        max_doc_tokens=training.long_seq_len,
+        **curation.run_kwargs(),
     )
     buckets = summary["buckets"]
     lines = [
@@ -384,6 +391,8 @@ def mixture_search(
         str(config.proxy_batch),
         "--model-size",
         config.proxy_model_size,
+        "--lr",
+        str(config.proxy_lr),
     ]
     if curation.workers:
         args += ["--workers", str(curation.workers)]

@@ -91,10 +91,15 @@ def error_row(source_file: str, record: str, reason: str, detail: str = "", prev
 # | bucket   | string | mixture bucket: ``<domain>/<lang>`` (``web/de``, ``code/code``, ...)      |
 # | n_tokens | int32  | Qwen2 tokens of ``text`` (without the ``<|endoftext|>`` separator)        |
 # | copy     | int16  | 0 for the first copy of a document in this mix, 1.. for repeats          |
+# | heldout  | bool   | in the validation slice (chosen by a hash of the source document's id)   |
+#
+# A document longer than the index's ``max_doc_tokens`` (the stage-2 context) is cut into
+# pieces of at most that many tokens, ids ``<id>#<k>``; the pieces share the source's split.
 MIXED_FIELDS: list[pa.Field] = DOCUMENT_FIELDS + [
     pa.field("bucket", pa.string()),
     pa.field("n_tokens", pa.int32()),
     pa.field("copy", pa.int16()),
+    pa.field("heldout", pa.bool_()),
 ]
 MIXED_SCHEMA = pa.schema(MIXED_FIELDS)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -106,7 +107,9 @@ def mix_inputs(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def index_dir(mix_inputs, tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("mix") / "index")
-    run_index([str(mix_inputs / "*.jsonl")], out, heldout_fraction=0.1, long_doc_tokens=300, workers=2)
+    run_index(
+        [str(mix_inputs / "*.jsonl")], out, heldout_fraction=0.1, long_doc_tokens=250, max_doc_tokens=350, workers=2
+    )
     return out
 
 
@@ -123,9 +126,26 @@ def test_index_counts_qwen2_tokens_per_bucket(index_dir):
     en_rows = [r for r in rows if r["bucket"] == "web/en"]
     assert en["tokens"] + en["heldout_tokens"] == sum(r["n_tokens"] for r in en_rows)
     assert sum(en["hist"]) == en["tokens"]
-    assert en["long_tokens"] == sum(
-        r["n_tokens"] for r in en_rows if r["n_tokens"] >= 300 and not is_heldout(r["id"], 0.1)
-    )
+    assert en["long_tokens"] == sum(r["n_tokens"] for r in en_rows if r["n_tokens"] >= 250 and not r["heldout"])
+
+
+def test_documents_longer_than_the_stage_two_context_are_cut_into_pieces(index_dir, mix_inputs):
+    rows = _rows(index_dir)
+    pieces: dict[str, list[dict]] = {}
+    for r in rows:
+        if "#" in r["id"]:
+            pieces.setdefault(r["id"].split("#")[0], []).append(r)
+    assert pieces, "the long fixture documents should exceed 350 tokens"
+    originals = {}
+    for path in mix_inputs.glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            doc = json.loads(line)
+            originals[doc["id"]] = doc["text"]
+    for source, parts in pieces.items():
+        parts.sort(key=lambda r: int(r["id"].split("#")[1]))
+        assert "".join(p["text"] for p in parts) == originals[source]  # nothing lost, nothing repeated
+        assert all(p["n_tokens"] <= 351 for p in parts)
+        assert len({p["heldout"] for p in parts}) == 1 and parts[0]["heldout"] == is_heldout(source, 0.1)
 
 
 def test_select_realises_the_target_mix(index_dir, tmp_path):
@@ -138,14 +158,14 @@ def test_select_realises_the_target_mix(index_dir, tmp_path):
     assert sum(r["n_tokens"] for r in rows) == summary["tokens"]
     assert summary["tokens"] == pytest.approx(40_000, rel=0.05)
     # Only training documents, each copy once, copies numbered from 0.
-    assert not any(is_heldout(r["id"], 0.1) for r in rows)
+    assert not any(r["heldout"] for r in rows)
     pairs = [(r["id"], r["copy"]) for r in rows]
     assert len(pairs) == len(set(pairs))
     by_bucket = {b["bucket"]: b for b in check["buckets"]}
     assert by_bucket["code"]["epochs"] > 1  # code is small and up-sampled, within the cap
     assert max(b["epochs"] for b in check["buckets"]) <= 3.0 + 1e-9
     for row in rows:
-        assert row["copy"] < copies_for(summary["plan"], row["id"], row["bucket"], row["n_tokens"])
+        assert row["copy"] < copies_for(summary["plan"], row["id"], row["bucket"], row["n_tokens"], False)
 
 
 def test_select_is_deterministic_and_seeded(index_dir, tmp_path):
@@ -161,14 +181,13 @@ def test_select_is_deterministic_and_seeded(index_dir, tmp_path):
 def test_validation_and_long_document_mixes(index_dir, tmp_path):
     val = run_select(index_dir, str(tmp_path / "val"), MixtureConfig(), split="validation", workers=2)
     val_ids = {r["id"] for r in _rows(str(tmp_path / "val"))}
-    every = {r["id"] for r in _rows(index_dir)}
-    assert val_ids == {i for i in every if is_heldout(i, 0.1)} and val_ids
+    assert val_ids == {r["id"] for r in _rows(index_dir) if r["heldout"]} and val_ids
     assert val["mix_check"]["passed"]
 
     config = MixtureConfig(token_budget=10_000, long_documents_only=True, max_repeats=4.0)
     long_mix = run_select(index_dir, str(tmp_path / "long"), config, workers=2)
     rows = _rows(str(tmp_path / "long"))
-    assert rows and all(r["n_tokens"] >= 300 for r in rows)
+    assert rows and all(r["n_tokens"] >= 250 for r in rows)
     assert long_mix["mix_check"]["passed"]
 
 

@@ -1,7 +1,7 @@
 """Mixture search on proxy models: Qwen2 tuned its data mix on scaled-down models (report, section 3.1).
 
     python -m training.mixture_search --index data/mix/index --validation data/mix/validation_tokens \\
-        --work-dir data/mix/search --seq-len 256 --steps 40 [--candidates candidates.json]
+        --work-dir data/mix/search --seq-len 256 --steps 12 [--candidates candidates.json]
 
 Every candidate is a ``pipelines.mixing.MixtureConfig`` (the JSON file holds a list of their
 fields; without it, ``DEFAULT_CANDIDATES``). For each one, with the same token budget: realise
@@ -45,14 +45,14 @@ class SearchConfig:
     """Where each candidate's mix, shards, proxy run and ``search.json`` go."""
     seq_len: int = 256
     """Proxy context length (the stage-1 context)."""
-    steps: int = 40
+    steps: int = 12
     """Optimizer steps per proxy model."""
-    micro_batch_size: int = 8
+    micro_batch_size: int = 4
     """Sequences per step."""
     model_size: str = "proxy"
     """Proxy model shape (see ``training.model_configs``)."""
-    lr: float = 3e-3
-    """Peak learning rate of the proxy runs."""
+    lr: float = 5e-2
+    """Peak learning rate of the proxy runs (short runs of tiny models learn fastest at a high rate)."""
     seed: int = 0
     """Same seed for every candidate: only the data differs."""
     workers: int | None = None
@@ -161,10 +161,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work-dir", required=True)
     parser.add_argument("--candidates", default=None, help="JSON list of MixtureConfig field dicts")
     parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--micro-batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--micro-batch-size", type=int, default=4)
     parser.add_argument("--model-size", default="proxy")
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", type=float, default=5e-2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args(argv)
