@@ -1,4 +1,4 @@
-"""The code location loads fast (no heavy imports) and wires the curation graph as documented."""
+"""The code location loads fast (no heavy imports) and wires the curation and pretraining graphs as documented."""
 
 import subprocess
 import sys
@@ -24,6 +24,36 @@ def test_asset_graph_is_a_chain_in_one_group():
         assert node.description
 
 
+PRETRAINING_PARENTS = {
+    "mixture_index": {"deduplicated_documents"},
+    "validation_shards": {"mixture_index"},
+    "mixture_search": {"mixture_index", "validation_shards"},
+    "pretraining_mixture": {"mixture_index", "mixture_search"},
+    "long_context_mixture": {"mixture_index", "mixture_search"},
+    "pretraining_shards": {"pretraining_mixture"},
+    "long_context_shards": {"long_context_mixture"},
+    "base_model": {"pretraining_shards", "validation_shards"},
+    "long_context_model": {"long_context_shards", "base_model"},
+}
+
+
+def test_pretraining_graph_runs_from_dedup_to_the_long_context_model():
+    graph = defs.resolve_asset_graph()
+    for name, parents in PRETRAINING_PARENTS.items():
+        node = graph.get(dg.AssetKey(name))
+        assert {p.to_user_string() for p in node.parent_keys} == parents, name
+        assert node.group_name == "pretraining" and node.description
+    checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
+    assert ("long_context_model", "rope_base_raised") in checks
+    assert ("base_model", "loads_and_generates") in checks and ("long_context_model", "loads_and_generates") in checks
+    assert ("pretraining_mixture", "realised_mix_matches_target") in checks
+    assert ("pretraining_shards", "packed_sequences") in checks and (
+        "long_context_shards",
+        "packed_sequences",
+    ) in checks
+    assert defs.resolve_job_def("pretraining_job")
+
+
 def test_checks_job_schedule_and_sensor_exist():
     graph = defs.resolve_asset_graph()
     checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
@@ -39,7 +69,8 @@ def test_checks_job_schedule_and_sensor_exist():
 def test_code_location_imports_no_heavy_modules():
     code = (
         "import sys, dagster_project.definitions; "
-        "print(sorted(m for m in ('apache_beam', 'torch', 'vllm', 'pyarrow', 'datatrove', 'fasttext', 'spacy') "
+        "print(sorted(m for m in ('apache_beam', 'torch', 'vllm', 'pyarrow', 'datatrove', 'fasttext', 'spacy', "
+        "'transformers', 'tokenizers', 'matplotlib') "
         "if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
