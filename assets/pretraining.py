@@ -188,23 +188,20 @@ def _shards_metadata(summary: dict) -> dict:
     }
 
 
-def _shards_checks(stage_dir: str, summary: dict, seq_len: int) -> list[dg.AssetCheckResult]:
+def _packed(curation: CurationResource, mix: str, out: str, seq_len: int) -> dg.MaterializeResult:
+    """Tokenize and pack the mix ``mix`` into ``out`` at ``seq_len``; metadata and the packed_sequences check."""
     from pipelines.checks import packed_problems
-
-    problems = packed_problems(stage_dir, seq_len)
-    return [
-        dg.AssetCheckResult(
-            check_name="packed_sequences",
-            passed=not problems and summary.get("sequences", 0) > 0,
-            metadata={"problems": dg.MetadataValue.json(problems[:20]), "sequences": summary.get("sequences", 0)},
-        )
-    ]
-
-
-def _tokenize(mix_dir: str, out: str, seq_len: int, seed: int, curation: CurationResource) -> dict:
     from pipelines.tokenize_shards import run_tokenize_stage
 
-    return run_tokenize_stage(mix_dir, out, seq_len=seq_len, seed=seed, **curation.run_kwargs())
+    out_dir = curation.mix_dir(out)
+    summary = run_tokenize_stage(curation.mix_dir(mix), out_dir, seq_len=seq_len, seed=0, **curation.run_kwargs())
+    problems = packed_problems(out_dir, seq_len)
+    check = dg.AssetCheckResult(
+        check_name="packed_sequences",
+        passed=not problems and summary.get("sequences", 0) > 0,
+        metadata={"problems": dg.MetadataValue.json(problems[:20]), "sequences": summary.get("sequences", 0)},
+    )
+    return dg.MaterializeResult(metadata=_shards_metadata(summary), check_results=[check])
 
 
 def _train(
@@ -349,11 +346,7 @@ def validation_shards(curation: CurationResource, training: TrainingResource):
     run_select(
         curation.mix_dir("index"), mix, MixtureConfig(name="validation"), split="validation", **curation.run_kwargs()
     )
-    out = curation.mix_dir("validation_tokens")
-    summary = _tokenize(mix, out, training.stage1_seq_len, 0, curation)
-    return dg.MaterializeResult(
-        metadata=_shards_metadata(summary), check_results=_shards_checks(out, summary, training.stage1_seq_len)
-    )
+    return _packed(curation, "validation", "validation_tokens", training.stage1_seq_len)
 
 
 @dg.asset(group_name=GROUP, kinds={"pytorch", "parquet"}, deps=[mixture_index, validation_shards])
@@ -470,11 +463,7 @@ _PACKED_CHECK = "Every row has exactly seq_len tokens and its document segments 
 def pretraining_shards(curation: CurationResource, training: TrainingResource):
     """The stage-1 mix tokenized with the Qwen2 tokenizer, ``<|endoftext|>`` between documents, packed into
     rows of the stage-1 context with document boundaries kept, shuffled with a seed."""
-    out = curation.mix_dir("stage1_tokens")
-    summary = _tokenize(curation.mix_dir("stage1"), out, training.stage1_seq_len, 0, curation)
-    return dg.MaterializeResult(
-        metadata=_shards_metadata(summary), check_results=_shards_checks(out, summary, training.stage1_seq_len)
-    )
+    return _packed(curation, "stage1", "stage1_tokens", training.stage1_seq_len)
 
 
 @dg.asset(
@@ -485,11 +474,7 @@ def pretraining_shards(curation: CurationResource, training: TrainingResource):
 )
 def long_context_shards(curation: CurationResource, training: TrainingResource):
     """The stage-2 mix packed at the long context (stage-1 context x long_context_factor)."""
-    out = curation.mix_dir("long_tokens")
-    summary = _tokenize(curation.mix_dir("long"), out, training.long_seq_len, 0, curation)
-    return dg.MaterializeResult(
-        metadata=_shards_metadata(summary), check_results=_shards_checks(out, summary, training.long_seq_len)
-    )
+    return _packed(curation, "long", "long_tokens", training.long_seq_len)
 
 
 @dg.asset(

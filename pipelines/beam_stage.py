@@ -198,27 +198,40 @@ def run_shard_stage(
     max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
 ) -> dict:
     """Run one stage over ``inputs`` into ``output_dir`` (resuming committed shards); returns the summary."""
-    import apache_beam as beam
-
     files = expand_inputs(inputs)
     # Inputs are not part of the identity: shards of unchanged inputs are reused when inputs are added.
     config = {"stage": processor.stage, "processor": processor.config(), "max_doc_bytes": max_doc_bytes}
+    dofn = _shard_dofn(processor, output_dir, max_doc_bytes)
+    return run_file_stage(files, output_dir, processor.stage, config, dofn, beam_args, workers)
+
+
+def run_file_stage(
+    files: list[str],
+    output_dir: str,
+    stage: str,
+    config: dict,
+    dofn,
+    beam_args: Sequence[str] | None = None,
+    workers: int | None = None,
+    extra: dict | None = None,
+) -> dict:
+    """``Create(files) | Reshuffle | ParDo(dofn)``: one output shard per input file, committed shards resumed.
+
+    ``dofn`` writes and commits each file's shard (see ``process_shard``); ``config`` is the stage's identity.
+    """
+    import apache_beam as beam
+
     resumed = prepare_stage_dir(output_dir, config)
     keys = {shard_key(f) for f in files}
     if resumed:
         remove_stale_shards(output_dir, keys)
     started = time.time()
     beam_counters = run_pipeline(
-        lambda p: (
-            p
-            | "Shards" >> beam.Create(files)
-            | "Spread" >> beam.Reshuffle()
-            | "Process" >> beam.ParDo(_shard_dofn(processor, output_dir, max_doc_bytes))
-        ),
+        lambda p: p | "Shards" >> beam.Create(files) | "Spread" >> beam.Reshuffle() | "Process" >> beam.ParDo(dofn),
         beam_args,
         workers,
     )
-    return finish_stage(output_dir, processor.stage, sorted(keys), beam_counters, time.time() - started, resumed)
+    return finish_stage(output_dir, stage, sorted(keys), beam_counters, time.time() - started, resumed, extra)
 
 
 def finish_stage(

@@ -48,7 +48,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.beam_stage import cli, finish_stage, print_summary, run_pipeline
+from pipelines.beam_stage import cli, print_summary, run_file_stage
 from pipelines.schema import PACKED_SCHEMA
 from pipelines.shards import (
     commit_shard,
@@ -57,8 +57,6 @@ from pipelines.shards import (
     filesystem,
     input_fingerprint,
     join,
-    prepare_stage_dir,
-    remove_stale_shards,
     shard_key,
 )
 from pipelines.tokenizer import ENDOFTEXT_ID, load_tokenizer, tokenizer_identity
@@ -433,30 +431,11 @@ def run_tokenize_stage(
     if not_parquet:
         raise ValueError(f"tokenize reads Parquet mixture shards; not Parquet: {', '.join(not_parquet[:3])}")
     config = stage_config(seq_len, seed, text_column)
-    resumed = prepare_stage_dir(output_dir, config)
-    keys = {shard_key(f) for f in files}
-    if resumed:
-        remove_stale_shards(output_dir, keys)
     local = not any(a.startswith("--runner") for a in (beam_args or []))
     local_workers = workers or os.cpu_count() or 1
     threads = max(1, (os.cpu_count() or 1) // local_workers) if local and local_workers > 1 else None
-
-    import apache_beam as beam
-
-    started = time.time()
-    beam_counters = run_pipeline(
-        lambda p: (
-            p
-            | "Shards" >> beam.Create(files)
-            | "Spread" >> beam.Reshuffle()
-            | "Pack" >> beam.ParDo(_pack_dofn(config, output_dir, threads))
-        ),
-        beam_args,
-        workers,
-    )
-    return finish_stage(
-        output_dir, STAGE, sorted(keys), beam_counters, time.time() - started, resumed, extra={"seq_len": seq_len}
-    )
+    dofn = _pack_dofn(config, output_dir, threads)
+    return run_file_stage(files, output_dir, STAGE, config, dofn, beam_args, workers, extra={"seq_len": seq_len})
 
 
 def main(argv: list[str] | None = None) -> None:

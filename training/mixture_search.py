@@ -156,32 +156,17 @@ def candidates_from(data: list[dict], **shared) -> list[MixtureConfig]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--index", required=True)
-    parser.add_argument("--validation", required=True)
-    parser.add_argument("--work-dir", required=True)
+    for f in dataclasses.fields(SearchConfig):  # one flag per field, defaults from the dataclass
+        flag = "--" + f.name.replace("_", "-")
+        if f.default is dataclasses.MISSING:
+            parser.add_argument(flag, required=True)
+        else:
+            parser.add_argument(flag, type=type(f.default) if f.default is not None else int, default=f.default)
     parser.add_argument("--candidates", default=None, help="JSON list of MixtureConfig field dicts")
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--micro-batch-size", type=int, default=4)
-    parser.add_argument("--model-size", default="proxy")
-    parser.add_argument("--lr", type=float, default=5e-2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args(argv)
-    search = SearchConfig(
-        index=args.index,
-        validation=args.validation,
-        work_dir=args.work_dir,
-        seq_len=args.seq_len,
-        steps=args.steps,
-        micro_batch_size=args.micro_batch_size,
-        model_size=args.model_size,
-        lr=args.lr,
-        seed=args.seed,
-        workers=args.workers,
-    )
+    search = SearchConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SearchConfig)})
     raw = json.loads(Path(args.candidates).read_text()) if args.candidates else DEFAULT_CANDIDATES
-    summary = run_search(search, candidates_from(raw, token_budget=search.token_budget, seed=args.seed))
+    summary = run_search(search, candidates_from(raw, token_budget=search.token_budget, seed=search.seed))
     for row in summary["candidates"]:
         print(
             f"{row['name']:<16} val_loss {row['val_loss']:.4f}  train_loss {row['train_loss']:.4f}  "
