@@ -63,6 +63,9 @@ class MixtureAssetConfig(dg.Config):
 
 class LongMixtureAssetConfig(MixtureAssetConfig):
     token_budget: int = Field(default=20_000, description="Qwen2 tokens of long documents in the stage-2 mix.")
+    output_shards: int = Field(
+        default=1, description="Output shards (each packed shard drops its last partial row of the long context)."
+    )
 
 
 class PretrainAssetConfig(dg.Config):
