@@ -110,17 +110,24 @@ def run_pipeline(build, beam_args: Sequence[str] | None = None, workers: int | N
     return counters(result)
 
 
+def committed_shard(path: str, stage_dir: str, count) -> tuple[str, str, dict | None]:
+    """(key, input fingerprint, committed counters or None): a shard committed from this very input is skipped."""
+    key = shard_key(path)
+    fingerprint = input_fingerprint(path)
+    done = committed_stats(stage_dir, key, fingerprint)
+    if done is not None:
+        count("shards_resumed")
+    return key, fingerprint, done
+
+
 def process_shard(path: str, processor: DocumentProcessor, stage_dir: str, max_doc_bytes: int, count=None) -> dict:
     """Stream one input shard through ``processor`` into its output shards; returns its counters.
 
     ``count(name, n)`` reports to Beam metrics when run inside a pipeline.
     """
     count = count or (lambda name, n=1: None)
-    key = shard_key(path)
-    fingerprint = input_fingerprint(path)
-    done = committed_stats(stage_dir, key, fingerprint)
+    key, fingerprint, done = committed_shard(path, stage_dir, count)
     if done is not None:
-        count("shards_resumed")
         return done
     stats = ShardStats()
     summary = processor.new_summary()

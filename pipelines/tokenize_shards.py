@@ -48,16 +48,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.beam_stage import cli, print_summary, run_file_stage
+from pipelines.beam_stage import cli, committed_shard, print_summary, run_file_stage
 from pipelines.schema import PACKED_SCHEMA
 from pipelines.shards import (
     commit_shard,
-    committed_stats,
     expand_inputs,
     filesystem,
-    input_fingerprint,
     join,
-    shard_key,
 )
 from pipelines.tokenizer import ENDOFTEXT_ID, load_tokenizer, tokenizer_identity
 
@@ -350,11 +347,8 @@ def write_packed(table: pa.Table, stage_dir: str, key: str, seq_len: int) -> str
 def tokenize_shard(path: str, packer: ShardPacker, stage_dir: str, count: Count | None = None) -> dict:
     """Pack one input shard into ``stage_dir`` unless it is committed from this very input; returns its counters."""
     count = count or (lambda name, n=1: None)
-    key = shard_key(path)
-    fingerprint = input_fingerprint(path)
-    done = committed_stats(stage_dir, key, fingerprint)
+    key, fingerprint, done = committed_shard(path, stage_dir, count)
     if done is not None:
-        count("shards_resumed")
         return done
     table, stats = packer.pack_shard(path, key, count)
     write_packed(table, stage_dir, key, packer.seq_len)
