@@ -40,4 +40,4 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_filters.py && $(BIN)/python benchmarks/bench_minhash.py && \
 	$(BIN)/python benchmarks/bench_scaling.py && $(BIN)/python benchmarks/bench_tokenize.py && \
-	$(BIN)/python benchmarks/bench_training.py
+	$(BIN)/python benchmarks/bench_training.py && $(BIN)/python benchmarks/bench_generate.py

