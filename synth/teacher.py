@@ -170,10 +170,10 @@ def teacher_path(model: str | None = None) -> str:
         return str(Path(model).expanduser())
     if model.startswith((".", "/", "~")):
         raise TeacherUnavailable(f"model folder {model} does not exist")
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # offline use only: a lookup in the local cache
 
     try:
-        return snapshot_download(repo_id=model, local_files_only=True)
+        return snapshot_download(repo_id=model, local_files_only=True)  # offline: never downloads
     except Exception as exc:  # LocalEntryNotFoundError, HFValidationError, ...
         raise TeacherUnavailable(
             f"{model!r} is neither a local folder nor a model in the local Hugging Face cache "
