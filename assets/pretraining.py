@@ -212,9 +212,18 @@ def _train(
     pipes: dg.PipesSubprocessClient,
     training: TrainingResource,
     output_dir: str,
-    run_config: dict,
+    config: dg.Config,
+    **fields,
 ) -> dict:
-    """Launches ``training.pretrain`` with ``run_config`` through Pipes and returns its summary.json."""
+    """Launches ``training.pretrain`` through Pipes (the asset's config, ``fields`` and the training resource's
+    size and precision) and returns its summary.json."""
+    run_config = {
+        "output_dir": output_dir,
+        "model_size": training.model_size,
+        "precision": training.precision,
+        **fields,
+        **config.model_dump(),
+    }
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "run_config.json"
@@ -267,6 +276,12 @@ def _saved_rope_theta(final_dir: str) -> float:
     from training.model_configs import rope_theta_of
 
     return rope_theta_of(SimpleNamespace(**json.loads((Path(final_dir) / "config.json").read_text())))
+
+
+def _loads_spec(asset: str) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(
+        "loads_and_generates", asset=asset, description="The saved checkpoint loads with transformers and generates."
+    )
 
 
 def _loads_check(report: dict) -> dg.AssetCheckResult:
@@ -484,13 +499,7 @@ def long_context_shards(curation: CurationResource, training: TrainingResource):
     group_name=GROUP,
     kinds={"pytorch", "transformers"},
     deps=[pretraining_shards, validation_shards],
-    check_specs=[
-        dg.AssetCheckSpec(
-            "loads_and_generates",
-            asset="base_model",
-            description="The saved checkpoint loads with transformers and generates.",
-        )
-    ],
+    check_specs=[_loads_spec("base_model")],
 )
 def base_model(
     context: dg.AssetExecutionContext,
@@ -502,15 +511,15 @@ def base_model(
     """Stage 1: a Qwen2ForCausalLM trained from scratch at the short context (RoPE base 10,000), AdamW with
     warmup and cosine decay, gradient clipping; resumable checkpoints and a save_pretrained folder."""
     out = curation.model_dir("base")
-    run_config = {
-        "data": curation.mix_dir("stage1_tokens"),
-        "val_data": curation.mix_dir("validation_tokens"),
-        "output_dir": out,
-        "model_size": training.model_size,
-        "precision": training.precision,
-        **config.model_dump(),
-    }
-    summary = _train(context, pipes_subprocess_client, training, out, run_config)
+    summary = _train(
+        context,
+        pipes_subprocess_client,
+        training,
+        out,
+        config,
+        data=curation.mix_dir("stage1_tokens"),
+        val_data=curation.mix_dir("validation_tokens"),
+    )
     report = _verify(f"{out}/final")
     return dg.MaterializeResult(
         metadata=_model_metadata(summary, out, "stage 1 (base model)"), check_results=[_loads_check(report)]
@@ -522,11 +531,7 @@ def base_model(
     kinds={"pytorch", "transformers"},
     deps=[long_context_shards, base_model],
     check_specs=[
-        dg.AssetCheckSpec(
-            "loads_and_generates",
-            asset="long_context_model",
-            description="The saved checkpoint loads with transformers and generates.",
-        ),
+        _loads_spec("long_context_model"),
         dg.AssetCheckSpec(
             "rope_base_raised",
             asset="long_context_model",
@@ -544,16 +549,16 @@ def long_context_model(
     """Stage 2: continues the base model at the long context on long documents, with the RoPE base raised
     from 10,000 to 1,000,000 (Qwen2: 4,096 -> 32,768 tokens)."""
     out = curation.model_dir("long_context")
-    run_config = {
-        "data": curation.mix_dir("long_tokens"),
-        "output_dir": out,
-        "model_size": training.model_size,
-        "init_from": f"{curation.model_dir('base')}/final",
-        "rope_theta": training.long_context_rope_theta,
-        "precision": training.precision,
-        **config.model_dump(),
-    }
-    summary = _train(context, pipes_subprocess_client, training, out, run_config)
+    summary = _train(
+        context,
+        pipes_subprocess_client,
+        training,
+        out,
+        config,
+        data=curation.mix_dir("long_tokens"),
+        init_from=f"{curation.model_dir('base')}/final",
+        rope_theta=training.long_context_rope_theta,
+    )
     report = _verify(f"{out}/final")
     base_theta = _saved_rope_theta(f"{curation.model_dir('base')}/final")
     raised = (
