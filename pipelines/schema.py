@@ -121,3 +121,60 @@ PACKED_SCHEMA = pa.schema(
         pa.field("seq_index", pa.int64(), nullable=False),
     ]
 )
+
+# Synthetic data (``synth/``): SFT conversations and preference pairs, the contract with the SFT and DPO trainers.
+# Messages are ChatML turns (``synth.chat``); a conversation starts with an optional system turn, then user and
+# assistant alternate, and it ends with an assistant turn. Every row says how it was made:
+#
+# | column           | type                 | meaning                                                          |
+# |------------------|----------------------|------------------------------------------------------------------|
+# | id               | string               | stable id: hash of the method and what the row was made from     |
+# | messages         | list<struct<role, content>> | (SFT) the conversation                                    |
+# | prompt           | list<struct<role, content>> | (preference) the conversation up to the last user turn    |
+# | chosen, rejected | list<struct<role, content>> | (preference) one assistant turn each (TRL's conversational form) |
+# | chosen_score, rejected_score | float32  | (preference) the judge's expected scores                          |
+# | method           | string               | instruction / math_rejection / code_execution / repurpose / ...  |
+# | lang             | string               | language of the conversation (ISO 639-1, ``code``)               |
+# | source_id        | string               | seed prompt, document or task the row came from                  |
+# | model            | string               | teacher model id that generated the final text                   |
+# | backend          | string               | transformers / openai / vllm                                     |
+# | sampling         | string               | JSON: the sampling parameters of the final generation            |
+# | template_version | string               | the method's prompt-template version                             |
+# | meta             | string               | JSON: method details (reference answer, tests run, critique ...) |
+MESSAGE_TYPE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
+SYNTH_PROVENANCE_FIELDS: list[pa.Field] = [
+    pa.field("method", pa.string()),
+    pa.field("lang", pa.string()),
+    pa.field("source_id", pa.string()),
+    pa.field("model", pa.string()),
+    pa.field("backend", pa.string()),
+    pa.field("sampling", pa.string()),
+    pa.field("template_version", pa.string()),
+    pa.field("meta", pa.string()),
+]
+SFT_SCHEMA = pa.schema(
+    [pa.field("id", pa.string(), nullable=False), pa.field("messages", pa.list_(MESSAGE_TYPE), nullable=False)]
+    + SYNTH_PROVENANCE_FIELDS
+)
+PREFERENCE_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("prompt", pa.list_(MESSAGE_TYPE), nullable=False),
+        pa.field("chosen", pa.list_(MESSAGE_TYPE), nullable=False),
+        pa.field("rejected", pa.list_(MESSAGE_TYPE), nullable=False),
+        pa.field("chosen_score", pa.float32()),
+        pa.field("rejected_score", pa.float32()),
+    ]
+    + SYNTH_PROVENANCE_FIELDS
+)
+# What a synthesis method did not keep, and why (``excluded/`` shards of the synthetic stages).
+SYNTH_REJECTED_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string()),
+        pa.field("method", pa.string()),
+        pa.field("source_id", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("detail", pa.string()),
+        pa.field("preview", pa.string()),
+    ]
+)

@@ -247,14 +247,16 @@ class ShardWriter:
 
 
 @contextmanager
-def shard_writers(stage_dir: str, key: str, data_schema: pa.Schema | None = None):
+def shard_writers(
+    stage_dir: str, key: str, data_schema: pa.Schema | None = None, excluded_schema: pa.Schema | None = None
+):
     """data/excluded/errors writers for one shard, committed together on success, removed on failure.
 
-    ``data_schema`` replaces DOCUMENT_SCHEMA for stages whose output rows are not plain documents.
+    ``data_schema`` (``excluded_schema``) replaces DOCUMENT_SCHEMA (EXCLUDED_SCHEMA) for stages whose output
+    (dropped) rows are not plain documents.
     """
-    writers = {
-        kind: ShardWriter(stage_dir, kind, key, schema=data_schema if kind == "data" else None) for kind in KINDS
-    }
+    schemas = {"data": data_schema, "excluded": excluded_schema}
+    writers = {kind: ShardWriter(stage_dir, kind, key, schema=schemas.get(kind)) for kind in KINDS}
     try:
         yield writers
     except BaseException:

@@ -187,3 +187,20 @@ def make_mix_corpus(root: Path) -> Path:
             for row in rows[part::3]:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_dir(tmp_path_factory) -> str:
+    """A tiny randomly initialised Qwen2 (``qwen2_config("tiny")``) with the real Qwen2 tokenizer, saved once per
+    session: the stand-in teacher of every synthesis test (fast, never the real teacher)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from pipelines.tokenizer import load_hf_tokenizer
+    from training.model_configs import qwen2_config
+
+    path = tmp_path_factory.mktemp("tiny-qwen2")
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(qwen2_config("tiny")).save_pretrained(path)
+    load_hf_tokenizer().save_pretrained(path)
+    return str(path)

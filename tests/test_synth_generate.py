@@ -43,18 +43,8 @@ def ask(text: str, **kw) -> GenerationRequest:
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> str:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from pipelines.tokenizer import load_hf_tokenizer
-    from training.model_configs import qwen2_config
-
-    path = tmp_path_factory.mktemp("tiny-qwen2")
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(qwen2_config("tiny")).save_pretrained(path)
-    load_hf_tokenizer().save_pretrained(path)
-    return str(path)
+def tiny_dir(tiny_qwen_dir) -> str:
+    return tiny_qwen_dir
 
 
 @pytest.fixture(scope="module")
