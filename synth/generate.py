@@ -11,6 +11,11 @@ the caller's prompt-template version) and hands them to a ``Generator`` from ``m
   concurrent requests from a thread pool, retries with exponential backoff on 5xx/429 and connection errors.
 - ``vllm``: ``vllm.LLM`` in this process (GPU only); prompts rendered with our ChatML template.
 
+A request with ``choices`` (e.g. the digits of a rating scale) is scored instead of generated: the backend reads the
+model's next-token distribution where the assistant turn starts (transformers: one batched forward pass; openai:
+``logprobs``/``top_logprobs`` of one token; vllm: ``SamplingParams(logprobs=20)``) and returns the choices'
+probabilities. Judges and quality raters use it: an expected score, no parsing of free text, one pass per prompt.
+
 ``CachedGenerator`` keys each request by content (model id, messages, sampling parameters with seed and n,
 template versions) and appends results to JSONL shards, flushed and fsynced after every chunk, so a killed run
 resumes without asking the model again for what it already answered.
@@ -25,6 +30,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import random
 import sys
@@ -72,6 +78,9 @@ class GenerationRequest:
     """Number of samples."""
     template_version: str = PROMPT_TEMPLATE_VERSION
     """The caller's prompt-template version: changing a template must not reuse cached answers."""
+    choices: Sequence[str] = ()
+    """Scoring instead of generating: the model's next-token probabilities, right where the assistant turn starts,
+    of these strings (each one token, e.g. the digits of a rating scale). See ``GenerationResult.choice_probs``."""
 
     def __post_init__(self) -> None:
         messages = [
@@ -89,8 +98,16 @@ class GenerationRequest:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
+        object.__setattr__(self, "choices", tuple(self.choices))
+        if self.choices:
+            if self.n != 1:
+                raise ValueError("a scoring request (choices) has one answer: n must be 1")
+            if len(set(self.choices)) != len(self.choices) or not all(isinstance(c, str) and c for c in self.choices):
+                raise ValueError(f"choices must be distinct non-empty strings, got {self.choices!r}")
 
     def sampling(self) -> dict[str, Any]:
+        if self.choices:
+            return {"choices": list(self.choices)}
         return {
             "max_new_tokens": self.max_new_tokens,
             "temperature": self.temperature,
@@ -128,6 +145,12 @@ class GenerationResult:
     template_version: str
     chat_template: str = CHAT_TEMPLATE_ID
     cached: bool = False
+    choice_probs: list[float] | None = None
+    """Scoring requests: the probability of each choice, renormalised over the choices (sums to 1); None when the
+    model put no probability on any of them (then ``texts == [""]``)."""
+    choice_mass: float | None = None
+    """Scoring requests: the model's total probability on the choices before renormalising; a low mass means the
+    model did not answer in the asked format, and callers may reject the score."""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -136,6 +159,23 @@ class GenerationResult:
     def from_json(cls, data: Mapping[str, Any]) -> GenerationResult:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _scored(request: GenerationRequest, generator: Generator, probs: Sequence[float], prompt_tokens: int):
+    """The result of a scoring request from the raw next-token probabilities of its choices."""
+    mass = float(sum(probs))
+    normalised = [float(p) / mass for p in probs] if mass > 0 else None
+    best = request.choices[max(range(len(probs)), key=lambda k: probs[k])] if mass > 0 else ""
+    return _result(
+        request,
+        generator,
+        texts=[best],
+        completion_tokens=[0],
+        finish_reasons=["score"],
+        prompt_tokens=prompt_tokens,
+        choice_probs=normalised,
+        choice_mass=mass,
+    )
 
 
 def _result(request: GenerationRequest, generator: Generator, **fields: Any) -> GenerationResult:
@@ -280,7 +320,67 @@ class TransformersGenerator(Generator):
     def _encode(self, request: GenerationRequest) -> list[int]:
         return self.tokenizer(render_chat(request.messages), add_special_tokens=False)["input_ids"]
 
+    def choice_token_ids(self, choices: Sequence[str]) -> list[int]:
+        """The token id of each choice; a choice that is not exactly one token is an error."""
+        ids = []
+        for choice in choices:
+            tokens = self.tokenizer(choice, add_special_tokens=False)["input_ids"]
+            if len(tokens) != 1:
+                raise ValueError(f"choice {choice!r} is {len(tokens)} tokens; scoring needs single-token choices")
+            ids.append(tokens[0])
+        return ids
+
+    def next_token_probs(self, conversations: Sequence[Sequence[Mapping[str, str]]]):
+        """Probabilities of the token after ``<|im_start|>assistant\n`` for each conversation: (rows, vocab)."""
+        import torch
+
+        prompts = [self.tokenizer(render_chat(m), add_special_tokens=False)["input_ids"] for m in conversations]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        out = [None] * len(prompts)
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            input_ids, attention_mask = self._left_padded([prompts[i] for i in batch], torch)
+            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+            with torch.inference_mode():
+                logits = self.model(
+                    input_ids=input_ids.to(self.device),
+                    attention_mask=attention_mask.to(self.device),
+                    position_ids=position_ids.to(self.device),
+                    logits_to_keep=1,
+                ).logits[:, -1, :]
+            probs = torch.softmax(logits.float(), dim=-1).cpu()
+            for row, i in enumerate(batch):
+                out[i] = probs[row]
+        return torch.stack(out) if out else torch.empty(0), [len(p) for p in prompts]
+
+    def _score(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        probs, lengths = self.next_token_probs([r.messages for r in requests])
+        results = []
+        for row, request in enumerate(requests):
+            ids = self.choice_token_ids(request.choices)
+            results.append(_scored(request, self, probs[row, ids].tolist(), lengths[row]))
+        return results
+
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        scoring = [i for i, r in enumerate(requests) if r.choices]
+        if scoring:  # scoring requests are one forward pass each; the rest are generated as usual
+            scored = dict(zip(scoring, self._score([requests[i] for i in scoring])))
+            rest = [i for i in range(len(requests)) if i not in scored]
+            generated = dict(zip(rest, self._generate([requests[i] for i in rest]))) if rest else {}
+            return [scored[i] if i in scored else generated[i] for i in range(len(requests))]
+        return self._generate(requests)
+
+    @staticmethod
+    def _left_padded(prompts: Sequence[Sequence[int]], torch):
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), ENDOFTEXT_ID, dtype=torch.long)  # (rows, width)
+        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):  # left padding: every row's next token is at the same column
+            input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
+            attention_mask[row, width - len(prompt) :] = 1
+        return input_ids, attention_mask
+
+    def _generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         import torch
 
         prompts = [self._encode(r) for r in requests]
@@ -310,11 +410,7 @@ class TransformersGenerator(Generator):
         from transformers import GenerationConfig
 
         width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), ENDOFTEXT_ID, dtype=torch.long)  # (rows, width)
-        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):  # left padding: every row's next token is at the same column
-            input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
-            attention_mask[row, width - len(prompt) :] = 1
+        input_ids, attention_mask = self._left_padded(prompts, torch)
         rs = [requests[i] for i, _ in batch]
         sampler = _make_sampler(
             [r.temperature for r in rs],
@@ -433,7 +529,33 @@ class OpenAIGenerator(Generator):
             f"({last_error}); start one (e.g. `vllm serve MODEL`) or point --base-url / OPENAI_BASE_URL at it"
         )
 
+    TOP_LOGPROBS = 20  # the most OpenAI's API allows; vLLM allows more
+
+    def _score_one(self, request: GenerationRequest) -> GenerationResult:
+        """One generated token with its top log-probabilities; the choices' probabilities are read from those
+        (a choice outside the top ``TOP_LOGPROBS`` counts as 0)."""
+        body = {
+            "model": self.model,
+            "messages": request.messages,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": True,
+            "top_logprobs": self.TOP_LOGPROBS,
+        }
+        data = self._post(body)
+        try:
+            top = data["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+            seen = {entry["token"]: math.exp(float(entry["logprob"])) for entry in top}
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise GenerationError(
+                f"{self.base_url} returned no top_logprobs for a scoring request: {json.dumps(data)[:300]}"
+            ) from exc
+        usage = data.get("usage") or {}
+        return _scored(request, self, [seen.get(c, 0.0) for c in request.choices], int(usage.get("prompt_tokens", 0)))
+
     def _one(self, request: GenerationRequest) -> GenerationResult:
+        if request.choices:
+            return self._score_one(request)
         body = {
             "model": self.model,
             "messages": request.messages,
@@ -504,7 +626,25 @@ class VLLMGenerator(Generator):
             **llm_kwargs,
         )
 
+    def _score(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        tokenizer = self.llm.get_tokenizer()
+        params = self._sampling_params(max_tokens=1, temperature=0.0, logprobs=20)
+        outputs = self.llm.generate([render_chat(r.messages) for r in requests], params, use_tqdm=False)
+        results = []
+        for r, out in zip(requests, outputs):
+            top = out.outputs[0].logprobs[0]  # {token_id: Logprob}
+            ids = [tokenizer.encode(c, add_special_tokens=False) for c in r.choices]
+            probs = [math.exp(top[t[0]].logprob) if len(t) == 1 and t[0] in top else 0.0 for t in ids]
+            results.append(_scored(r, self, probs, len(out.prompt_token_ids)))
+        return results
+
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        scoring = [i for i, r in enumerate(requests) if r.choices]
+        if scoring:
+            scored = dict(zip(scoring, self._score([requests[i] for i in scoring])))
+            rest = [requests[i] for i in range(len(requests)) if i not in scored]
+            generated = iter(self.generate(rest)) if rest else iter(())
+            return [scored[i] if i in scored else next(generated) for i in range(len(requests))]
         prompts = [render_chat(r.messages) for r in requests]
         params = [
             self._sampling_params(

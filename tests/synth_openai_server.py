@@ -37,6 +37,26 @@ def build_app(generator, served_name: str, fail_first: int = 0):
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
+    def top_logprobs(body: dict) -> JSONResponse:
+        """One greedy token with its ``top_logprobs`` alternatives, as vLLM answers ``logprobs: true``."""
+        import math
+
+        probs, lengths = generator.next_token_probs([body["messages"]])
+        k = int(body.get("top_logprobs") or 1)
+        values, ids = probs[0].topk(k)
+        top = [
+            {"token": generator.tokenizer.decode([int(t)]), "logprob": math.log(max(float(v), 1e-45))}
+            for v, t in zip(values, ids)
+        ]
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": top[0]["token"]},
+            "logprobs": {"content": [{**top[0], "top_logprobs": top}]},
+            "finish_reason": "length",
+        }
+        usage = {"prompt_tokens": lengths[0], "completion_tokens": 1, "total_tokens": lengths[0] + 1}
+        return JSONResponse({"object": "chat.completion", "model": served_name, "choices": [choice], "usage": usage})
+
     def complete(body: dict, authorization: str | None) -> JSONResponse:
         with lock:
             state["completions"] += 1
@@ -46,6 +66,8 @@ def build_app(generator, served_name: str, fail_first: int = 0):
                 return JSONResponse({"error": {"message": "warming up"}}, status_code=503)
             if body.get("model") != served_name:
                 return JSONResponse({"error": {"message": f"model {body.get('model')!r} not found"}}, status_code=404)
+            if body.get("logprobs"):
+                return top_logprobs(body)
             try:
                 req = GenerationRequest(
                     messages=body["messages"],

@@ -350,3 +350,70 @@ def test_teacher_setup_trusts_only_its_marker(tmp_path):
     (tmp_path / MARKER).write_text(json.dumps({"gguf_sha256": GGUF_SHA256, "model_id": "Qwen/x"}))
     assert is_set_up(tmp_path)
     assert setup_teacher(tmp_path) == tmp_path  # already set up: no download
+
+
+# ------------------------------------------------------------------------------------------------------ scoring
+
+DIGITS = ("0", "1", "2", "3", "4", "5")
+
+
+def test_scoring_reads_the_next_token_distribution(generator):
+    import torch
+
+    conversation = [{"role": "user", "content": "Rate this text from 0 to 5: the sky is blue."}]
+    request = GenerationRequest(conversation, choices=DIGITS)
+    (result,) = generator.generate([request])
+    # The same probabilities straight from one forward pass of the model, without padding.
+    ids = generator.tokenizer(render_chat(conversation), add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        probs = torch.softmax(generator.model(input_ids=ids).logits[0, -1].float(), dim=-1)
+    raw = probs[generator.choice_token_ids(DIGITS)]
+    assert result.choice_mass == pytest.approx(float(raw.sum()), rel=1e-4)
+    assert result.choice_probs == pytest.approx((raw / raw.sum()).tolist(), rel=1e-4)
+    assert sum(result.choice_probs) == pytest.approx(1.0)
+    assert result.texts == [DIGITS[int(raw.argmax())]] and result.finish_reasons == ["score"]
+
+
+def test_scoring_in_a_padded_batch_equals_alone_and_mixes_with_generation(generator):
+    short = GenerationRequest([{"role": "user", "content": "Rate: ok"}], choices=DIGITS)
+    long = GenerationRequest([{"role": "user", "content": "Rate this much longer text, please: " * 8}], choices=DIGITS)
+    alone = [generator.generate([r])[0].choice_probs for r in (short, long)]
+    mixed = generator.generate([long, ask("hello"), short])
+    assert mixed[0].choice_probs == pytest.approx(alone[1], abs=1e-5)
+    assert mixed[2].choice_probs == pytest.approx(alone[0], abs=1e-5)
+    assert mixed[1].choice_probs is None and mixed[1].finish_reasons[0] in ("stop", "length")
+
+
+def test_scoring_request_validation_and_cache_key():
+    base = [{"role": "user", "content": "Rate"}]
+    with pytest.raises(ValueError, match="n must be 1"):
+        GenerationRequest(base, choices=DIGITS, n=2)
+    with pytest.raises(ValueError, match="distinct"):
+        GenerationRequest(base, choices=("1", "1"))
+    assert GenerationRequest(base, choices=DIGITS).cache_key("m") != GenerationRequest(base).cache_key("m")
+    assert GenerationRequest(base, choices=DIGITS).cache_key("m") != GenerationRequest(base, choices="012").cache_key(
+        "m"
+    )
+
+
+def test_multi_token_choice_is_refused(generator):
+    with pytest.raises(ValueError, match="single-token"):
+        generator.generate([GenerationRequest([{"role": "user", "content": "Rate"}], choices=("excellent-ish",))])
+
+
+def test_scoring_through_the_openai_backend_matches_local(server, generator):
+    conversation = [{"role": "user", "content": "Rate this from 0 to 5."}]
+    probs, _ = generator.next_token_probs([conversation])
+    # Choices the random model likes (so they are in the server's top 20), kept if they re-encode to one token.
+    top = [generator.tokenizer.decode([int(t)]) for t in probs[0].topk(8).indices]
+    choices = tuple(
+        dict.fromkeys(c for c in top if len(generator.tokenizer(c, add_special_tokens=False)["input_ids"]) == 1)
+    )[:3]
+    assert len(choices) >= 2
+    request = GenerationRequest(conversation, choices=choices)
+    client = OpenAIGenerator("tiny-qwen2", base_url=server.base_url)
+    (remote,) = client.generate([request])
+    client.close()
+    (local,) = generator.generate([request])
+    assert remote.backend == "openai" and remote.choice_mass == pytest.approx(local.choice_mass, rel=1e-3)
+    assert remote.choice_probs == pytest.approx(local.choice_probs, abs=1e-4) and remote.texts == local.texts
