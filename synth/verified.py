@@ -1,0 +1,923 @@
+"""SFT data whose answers the pipeline checks: math by rejection sampling, code by execution feedback.
+
+**math_rejection**: the pipeline writes word problems itself and computes their reference answers (seven families:
+shopping change, stock with several steps, discounts, percentages, unit rates, linear equations, averages; numbers
+from a seeded RNG, templates in English, Chinese, German, French and Spanish). The teacher answers each one
+``samples_per_problem`` times at temperature 0.7, asked to reason step by step and end with ``Answer: <number>``.
+The final answer is read from the last ``Answer:`` line, else the last ``\\boxed{}``, else the last number
+(thousands commas, decimal commas, fractions ``3/4`` and ``\\frac{3}{4}`` understood); a sample is kept when it
+equals the reference (exactly for integers, relative tolerance 1e-6 otherwise), at most ``max_kept_per_problem``
+distinct ones per problem. Rejected: ``truncated`` (hit max_new_tokens), ``no_final_answer``, ``wrong_answer``,
+``duplicate`` (same text as a kept one), ``over_limit`` (right, but the problem has its kept samples).
+
+**code_execution**: about forty built-in function-writing tasks (a few in Chinese and German), plus, when a curated
+code stage is given, tasks made from its top-level Python functions that have a docstring (signature + docstring;
+the original body is not used). Per task the teacher writes ``samples_per_task`` solutions (one ```python block)
+and, in a separate greedy request, assert-based tests. Each solution runs with the tests in ``synth.sandbox``;
+passing ones are kept (user: the task; assistant: the solution as a code block). Tests are cleaned first (their
+own definition or import of the function is removed, so they test the teacher's solution, not themselves) and
+must hold at least one assert. Rejected: ``no_code``, ``no_tests``, ``syntax_error``, ``duplicate`` (same code as an
+earlier sample), ``tests_failed``, ``timeout``, ``memory``, ``sandbox_error``.
+
+Both write SFT_SCHEMA shards through ``synth.records.run_chunked_stage`` (rejected samples to ``excluded/``).
+
+    python -m synth.verified math --out data/synth/math --backend transformers --model DIR --num 64
+    python -m synth.verified code --out data/synth/code --backend openai --model Qwen/Qwen2-72B-Instruct \\
+        --base-url http://127.0.0.1:8000/v1 --code-docs data/curated/quality --cache-dir data/synth/cache
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import random
+import re
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal, localcontext
+from fractions import Fraction
+from typing import Any
+
+from pipelines.schema import SFT_SCHEMA
+from synth.chat import validate_chat
+from synth.generate import GenerationRequest, GenerationResult, Generator
+from synth.records import chunk_counters, messages, provenance, record_id, rejected, run_chunked_stage
+from synth.sandbox import SandboxLimits, SandboxResult, network_namespace_available, run_many
+
+METHOD_MATH = "math_rejection"
+METHOD_CODE = "code_execution"
+MATH_TEMPLATE_VERSION = "math-rejection-v1"
+CODE_TEMPLATE_VERSION = "code-execution-v1"
+MATH_LANGUAGES = ("en", "zh", "de", "fr", "es")
+REL_TOLERANCE = 1e-6
+
+
+# ---------------------------------------------------------------------------------------------- math: problems
+
+ANSWER_INSTRUCTION = {
+    "en": 'Solve the problem step by step. End with a final line of the form "Answer: <number>".',
+    "zh": "请一步一步地解答这道题，最后单独写一行，格式为 “Answer: <数字>”。",
+    "de": "Löse die Aufgabe Schritt für Schritt. Schreibe am Ende eine letzte Zeile der Form „Answer: <Zahl>“.",
+    "fr": "Résous le problème étape par étape. Termine par une dernière ligne de la forme « Answer: <nombre> ».",
+    "es": 'Resuelve el problema paso a paso. Termina con una última línea de la forma "Answer: <número>".',
+}
+
+MATH_TEMPLATES: dict[str, dict[str, str]] = {
+    "change": {
+        "en": "Mia buys {a} notebooks at {p} dollars each and {b} pens at {q} dollars each. She pays with a "
+        "{bill}-dollar bill. How much change does she get, in dollars?",
+        "zh": "小明买了{a}本笔记本，每本{p}元，又买了{b}支笔，每支{q}元。他付了{bill}元，应该找回多少元？",
+        "de": "Mia kauft {a} Hefte zu je {p} Euro und {b} Stifte zu je {q} Euro. Sie bezahlt mit einem "
+        "{bill}-Euro-Schein. Wie viel Euro Wechselgeld bekommt sie?",
+        "fr": "Léa achète {a} cahiers à {p} euros chacun et {b} stylos à {q} euros chacun. Elle paie avec un billet "
+        "de {bill} euros. Combien d'euros lui rend-on ?",
+        "es": "Lucía compra {a} cuadernos a {p} euros cada uno y {b} bolígrafos a {q} euros cada uno. Paga con un "
+        "billete de {bill} euros. ¿Cuántos euros recibe de cambio?",
+    },
+    "stock": {
+        "en": "A bakery has {s} rolls in the morning. It sells {x} of them before noon, then receives {k} trays "
+        "with {m} rolls each. How many rolls does it have now?",
+        "zh": "一家面包店早上有{s}个面包。中午前卖出了{x}个，随后又送来{k}盘，每盘{m}个。现在面包店有多少个面包？",
+        "de": "Eine Bäckerei hat morgens {s} Brötchen. Bis Mittag verkauft sie {x} davon, dann werden {k} Bleche "
+        "mit je {m} Brötchen geliefert. Wie viele Brötchen hat sie jetzt?",
+        "fr": "Une boulangerie a {s} petits pains le matin. Elle en vend {x} avant midi, puis reçoit {k} plateaux "
+        "de {m} petits pains chacun. Combien de petits pains a-t-elle maintenant ?",
+        "es": "Una panadería tiene {s} panecillos por la mañana. Vende {x} antes del mediodía y luego recibe {k} "
+        "bandejas con {m} panecillos cada una. ¿Cuántos panecillos tiene ahora?",
+    },
+    "discount": {
+        "en": "A jacket costs {p} dollars. The shop gives a discount of {d}%. What is the price after the "
+        "discount, in dollars?",
+        "zh": "一件外套原价{p}元，商店给予{d}%的折扣（即减价{d}%）。打折后的价格是多少元？",
+        "de": "Eine Jacke kostet {p} Euro. Der Laden gewährt {d} % Rabatt. Wie viel Euro kostet die Jacke nach "
+        "dem Rabatt?",
+        "fr": "Une veste coûte {p} euros. Le magasin accorde une remise de {d} %. Quel est le prix après la "
+        "remise, en euros ?",
+        "es": "Una chaqueta cuesta {p} euros. La tienda hace un descuento del {d} %. ¿Cuál es el precio después "
+        "del descuento, en euros?",
+    },
+    "percent_of": {
+        "en": "A school has {n} students. {r}% of them walk to school. How many students walk to school?",
+        "zh": "一所学校有{n}名学生，其中{r}%的学生步行上学。步行上学的学生有多少名？",
+        "de": "Eine Schule hat {n} Schülerinnen und Schüler. {r} % von ihnen gehen zu Fuß zur Schule. Wie viele "
+        "gehen zu Fuß zur Schule?",
+        "fr": "Une école compte {n} élèves. {r} % d'entre eux vont à l'école à pied. Combien d'élèves vont à "
+        "l'école à pied ?",
+        "es": "Una escuela tiene {n} alumnos. El {r} % de ellos va a la escuela a pie. ¿Cuántos alumnos van a pie?",
+    },
+    "unit_rate": {
+        "en": "{n} kilograms of apples cost {c} dollars. At the same price per kilogram, how much do {m} "
+        "kilograms cost, in dollars?",
+        "zh": "{n}千克苹果售价{c}元。按同样的单价，{m}千克苹果要多少元？",
+        "de": "{n} Kilogramm Äpfel kosten {c} Euro. Wie viel Euro kosten {m} Kilogramm zum gleichen Kilopreis?",
+        "fr": "{n} kilogrammes de pommes coûtent {c} euros. Au même prix au kilogramme, combien coûtent {m} "
+        "kilogrammes, en euros ?",
+        "es": "{n} kilogramos de manzanas cuestan {c} euros. Al mismo precio por kilogramo, ¿cuántos euros "
+        "cuestan {m} kilogramos?",
+    },
+    "equation": {
+        "en": "Solve for x: {eq}. What is x?",
+        "zh": "解方程：{eq}。x 等于多少？",
+        "de": "Löse die Gleichung {eq} nach x auf. Welchen Wert hat x?",
+        "fr": "Résous l'équation {eq}. Quelle est la valeur de x ?",
+        "es": "Resuelve la ecuación {eq}. ¿Cuál es el valor de x?",
+    },
+    "average": {
+        "en": "Sam scored {s1}, {s2}, {s3} and {s4} points in four tests. What is his average score?",
+        "zh": "小华四次测验的得分分别是{s1}分、{s2}分、{s3}分和{s4}分。他的平均分是多少？",
+        "de": "Sam hat in vier Tests {s1}, {s2}, {s3} und {s4} Punkte erreicht. Wie hoch ist sein Punktedurchschnitt?",
+        "fr": "Sam a obtenu {s1}, {s2}, {s3} et {s4} points à quatre contrôles. Quelle est sa moyenne ?",
+        "es": "Sam obtuvo {s1}, {s2}, {s3} y {s4} puntos en cuatro exámenes. ¿Cuál es su puntuación media?",
+    },
+}
+MATH_FAMILIES = tuple(MATH_TEMPLATES)  # 7 families, 5 languages: coprime, so 35 problems cover every pair
+
+
+def _values(family: str, rng: random.Random) -> tuple[dict[str, Any], Fraction]:
+    """Random numbers of one problem of ``family`` and its answer (exact)."""
+    if family == "change":
+        a, p, b, q = rng.randint(2, 6), rng.randint(2, 9), rng.randint(2, 5), rng.randint(1, 4)
+        total = a * p + b * q
+        bill = next(note for note in (20, 50, 100) if note > total)
+        return {"a": a, "p": p, "b": b, "q": q, "bill": bill}, Fraction(bill - total)
+    if family == "stock":
+        s = rng.randint(40, 200)
+        x, k, m = rng.randint(5, s - 5), rng.randint(2, 8), rng.randint(6, 24)
+        return {"s": s, "x": x, "k": k, "m": m}, Fraction(s - x + k * m)
+    if family == "discount":
+        p, d = rng.randint(20, 400), rng.choice((10, 15, 20, 25, 30, 40, 50))
+        return {"p": p, "d": d}, Fraction(p * (100 - d), 100)
+    if family == "percent_of":
+        n, r = 20 * rng.randint(5, 60), 5 * rng.randint(1, 19)
+        return {"n": n, "r": r}, Fraction(n * r, 100)
+    if family == "unit_rate":
+        n, u, m = rng.randint(2, 9), Fraction(rng.randint(4, 30), 2), rng.randint(2, 15)
+        return {"n": n, "c": n * u, "m": m}, m * u
+    if family == "equation":
+        x = rng.choice([v for v in range(-12, 26) if v])
+        a, b = rng.randint(2, 9), rng.choice([v for v in range(-40, 41) if v])
+        c = a * x + b
+        return {"a": a, "b": b, "c": c, "eq": f"{a}x {'+' if b > 0 else '-'} {abs(b)} = {c}"}, Fraction(x)
+    if family == "average":
+        scores = [rng.randint(50, 100) for _ in range(4)]
+        return {f"s{i + 1}": s for i, s in enumerate(scores)}, Fraction(sum(scores), 4)
+    raise ValueError(f"unknown problem family {family!r}")
+
+
+def format_number(value: Fraction | int, lang: str = "en") -> str:
+    """``value`` as a plain decimal (comma decimal separator for de/fr/es); ``a/b`` if it does not terminate."""
+    value = Fraction(value)
+    if value.denominator == 1:
+        return str(value.numerator)
+    den = value.denominator
+    while den % 2 == 0:
+        den //= 2
+    while den % 5 == 0:
+        den //= 5
+    if den != 1:
+        return f"{value.numerator}/{value.denominator}"
+    with localcontext() as ctx:
+        ctx.prec = 50
+        text = format(Decimal(value.numerator) / Decimal(value.denominator), "f")
+    return text.replace(".", ",") if lang in ("de", "fr", "es") else text
+
+
+@dataclass(frozen=True)
+class MathProblem:
+    id: str
+    family: str
+    lang: str
+    question: str
+    answer: str
+    """The reference answer, exact (``12.5``, ``-3``)."""
+    values: dict[str, Any]
+
+    @property
+    def prompt(self) -> str:
+        return f"{self.question}\n\n{ANSWER_INSTRUCTION[self.lang]}"
+
+
+def make_problems(num: int, seed: int = 0, languages: Sequence[str] = MATH_LANGUAGES) -> list[MathProblem]:
+    """``num`` problems; problem ``i`` depends only on (seed, i): its family cycles through the families and its
+    language through ``languages``; its numbers come from ``random.Random(f"math/{seed}/{i}")``."""
+    unknown = [lang for lang in languages if lang not in ANSWER_INSTRUCTION]
+    if unknown or not languages:
+        raise ValueError(f"languages must be a non-empty subset of {MATH_LANGUAGES}, got {list(languages)}")
+    problems = []
+    for index in range(num):
+        family = MATH_FAMILIES[index % len(MATH_FAMILIES)]
+        lang = languages[index % len(languages)]
+        values, answer = _values(family, random.Random(f"math/{seed}/{index}"))
+        shown = {k: format_number(v, lang) if isinstance(v, (int, Fraction)) else v for k, v in values.items()}
+        problems.append(
+            MathProblem(
+                id=f"math-{seed}-{index}",
+                family=family,
+                lang=lang,
+                question=MATH_TEMPLATES[family][lang].format(**shown),
+                answer=format_number(answer),
+                values={k: format_number(v) if isinstance(v, Fraction) else v for k, v in values.items()},
+            )
+        )
+    return problems
+
+
+# -------------------------------------------------------------------------------------- math: answer extraction
+
+_NUMBER = re.compile(
+    r"(?<![\w.])[-−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:[.,]\d+)?(?:\s*/\s*[-−]?\d+(?:\.\d+)?)?(?![\d])"
+    r"|(?<![\w.])[-−]?\.\d+(?![\d])"
+)
+_ANSWER_LINE = re.compile(r"answer\s*\**\s*[:：]\s*(.*)", re.IGNORECASE)
+_FRAC = re.compile(r"\\[dt]?frac\s*\{\s*([^{}]+?)\s*\}\s*\{\s*([^{}]+?)\s*\}")
+
+
+def parse_number(token: str) -> Fraction | None:
+    """A number as written: ``1,234.5``, ``3,5`` (decimal comma), ``3/4``, ``-2``, ``.5`` -> Fraction (else None)."""
+    token = token.strip().replace("−", "-").replace(" ", "")
+    try:
+        if "/" in token:
+            num, den = token.split("/", 1)
+            den_value = parse_number(den)
+            num_value = parse_number(num)
+            if num_value is None or not den_value:
+                return None
+            return num_value / den_value
+        if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", token):
+            token = token.replace(",", "")
+        elif re.fullmatch(r"-?\d+,\d+", token):
+            token = token.replace(",", ".")
+        return Fraction(token)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def _numbers(text: str) -> list[Fraction]:
+    text = _FRAC.sub(r"\1/\2", text)
+    values = [parse_number(m.group(0)) for m in _NUMBER.finditer(text)]
+    return [v for v in values if v is not None]
+
+
+def _boxed(text: str) -> list[str]:
+    """Contents of every ``\\boxed{...}`` (nested braces allowed)."""
+    out = []
+    for match in re.finditer(r"\\boxed\s*\{", text):
+        depth, start = 1, match.end()
+        for pos in range(start, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[pos], 0)
+            if depth == 0:
+                out.append(text[start:pos])
+                break
+    return out
+
+
+def extract_answer(text: str) -> tuple[Fraction | None, str]:
+    """The final answer of a solution and where it was found: ``answer_line``, ``boxed``, ``last_number`` or
+    ``none``."""
+    lines = [m.group(1) for m in _ANSWER_LINE.finditer(text or "")]
+    for line in reversed(lines):
+        for candidate in [*_boxed(line), line]:
+            found = _numbers(candidate)
+            if found:
+                return found[0], "answer_line"
+    for boxed in reversed(_boxed(text or "")):
+        found = _numbers(boxed)
+        if found:
+            return found[-1], "boxed"
+    found = _numbers(text or "")
+    if found:
+        return found[-1], "last_number"
+    return None, "none"
+
+
+def answers_match(value: Fraction | None, reference: Fraction | str) -> bool:
+    """Exact for an integer reference, relative tolerance 1e-6 otherwise."""
+    if value is None:
+        return False
+    ref = reference if isinstance(reference, Fraction) else parse_number(str(reference))
+    if ref is None:
+        return False
+    if ref.denominator == 1:
+        return value == ref
+    return abs(value - ref) <= Fraction(REL_TOLERANCE) * abs(ref)
+
+
+# ------------------------------------------------------------------------------------------------ math: stage
+
+
+@dataclass(frozen=True)
+class MathConfig:
+    num_problems: int = 64
+    samples_per_problem: int = 4
+    max_kept_per_problem: int = 1
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    seed: int = 0
+    languages: tuple[str, ...] = MATH_LANGUAGES
+    chunk_size: int = 16
+    template_version: str = MATH_TEMPLATE_VERSION
+
+
+def _request_seed(seed: int, index: int) -> int:
+    return (seed * 1_000_003 + index) % (2**31)
+
+
+def _text_key(text: str) -> str:
+    return " ".join(text.split())
+
+
+def run_math(generator: Generator, out_dir: str, config: MathConfig | None = None, log=None) -> dict:
+    """Rejection-sample the teacher on generated word problems into ``out_dir``; returns the stage summary."""
+    config = config or MathConfig()
+    if config.samples_per_problem < 1 or config.max_kept_per_problem < 1:
+        raise ValueError("samples_per_problem and max_kept_per_problem must be >= 1")
+    problems = make_problems(config.num_problems, config.seed, config.languages)
+    items = [{**dataclasses.asdict(p), "index": i} for i, p in enumerate(problems)]
+
+    def process(chunk: list[Mapping[str, Any]]):
+        probs = [MathProblem(**{k: item[k] for k in ("id", "family", "lang", "question", "answer", "values")})
+                 for item in chunk]  # fmt: skip
+        requests = [
+            GenerationRequest(
+                messages(("user", p.prompt)),
+                max_new_tokens=config.max_new_tokens,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                seed=_request_seed(config.seed, item["index"]),
+                n=config.samples_per_problem,
+                template_version=config.template_version,
+            )
+            for p, item in zip(probs, chunk)
+        ]
+        rows, rejects, solved, samples = [], [], 0, 0
+        for problem, result in zip(probs, generator.generate(requests)):
+            kept = _judge_math(problem, result, config.max_kept_per_problem, rows, rejects)
+            samples += len(result.texts)
+            solved += kept > 0
+        counters = chunk_counters(len(chunk), samples, len(rows), rejects)
+        counters.update(problems=len(chunk), problems_solved=solved)
+        return rows, rejects, counters
+
+    stage_config = {"method": METHOD_MATH, "model_id": generator.model_id, **dataclasses.asdict(config)}
+    extra = {"method": METHOD_MATH, "model": generator.model_id, "template_version": config.template_version}
+    return run_chunked_stage(
+        out_dir, stage_config, items, process, SFT_SCHEMA, chunk_size=config.chunk_size, extra=extra, log=log
+    )
+
+
+def _judge_math(problem: MathProblem, result: GenerationResult, max_kept: int, rows: list, rejects: list) -> int:
+    """Append the kept rows and rejected rows of one problem's samples; return how many were kept."""
+    seen: set[str] = set()
+    kept = 0
+    for j, (text, finish) in enumerate(zip(result.texts, result.finish_reasons)):
+        value, how = extract_answer(text)
+        detail = {"reference": problem.answer, "extracted": None if value is None else format_number(value)}
+        detail.update(found=how, sample=j)
+        reason = None
+        if finish == "length":
+            reason = "truncated"
+        elif value is None:
+            reason = "no_final_answer"
+        elif not answers_match(value, problem.answer):
+            reason = "wrong_answer"
+        elif _text_key(text) in seen:
+            reason = "duplicate"
+        elif kept >= max_kept:
+            reason = "over_limit"
+        conversation = messages(("user", problem.prompt), ("assistant", text.strip()))
+        if reason is None and validate_chat(conversation):
+            reason, detail["problems"] = "bad_chat", validate_chat(conversation)
+        if reason:
+            rid = record_id(METHOD_MATH, problem.id, j, reason, text)
+            rejects.append(rejected(METHOD_MATH, problem.id, reason, detail, text, id=rid))
+            continue
+        seen.add(_text_key(text))
+        kept += 1
+        meta = {"family": problem.family, "reference": problem.answer, "extracted": detail["extracted"]}
+        meta.update(found=how, sample=j, question=problem.question, values=problem.values)
+        rows.append(
+            {
+                "id": record_id(METHOD_MATH, problem.id, text),
+                "messages": conversation,
+                **provenance(result, method=METHOD_MATH, lang=problem.lang, source_id=problem.id, meta=meta),
+            }
+        )
+    return kept
+
+
+# ---------------------------------------------------------------------------------------------- code: tasks
+
+# (name, signature, description, language)
+BUILTIN_TASKS: tuple[tuple[str, str, str, str], ...] = (
+    ("is_palindrome", "def is_palindrome(s: str) -> bool",
+     "Return True if s reads the same forwards and backwards, ignoring case and any character that is not a "
+     "letter or digit.", "en"),
+    ("fizzbuzz", "def fizzbuzz(n: int) -> list[str]",
+     'Return the FizzBuzz sequence for 1..n: "Fizz" for multiples of 3, "Buzz" for multiples of 5, "FizzBuzz" '
+     "for multiples of both, otherwise the number as a string.", "en"),
+    ("reverse_words", "def reverse_words(s: str) -> str",
+     "Return the words of s (separated by whitespace) in reverse order, joined by single spaces.", "en"),
+    ("count_vowels", "def count_vowels(s: str) -> int",
+     "Return how many characters of s are vowels (a, e, i, o, u, upper or lower case).", "en"),
+    ("factorial", "def factorial(n: int) -> int",
+     "Return n! for a non-negative integer n (0! is 1).", "en"),
+    ("fibonacci", "def fibonacci(n: int) -> int",
+     "Return the n-th Fibonacci number, with fibonacci(0) == 0 and fibonacci(1) == 1.", "en"),
+    ("is_prime", "def is_prime(n: int) -> bool",
+     "Return True if the integer n is a prime number (numbers below 2 are not prime).", "en"),
+    ("gcd", "def gcd(a: int, b: int) -> int",
+     "Return the greatest common divisor of two non-negative integers (gcd(0, 0) is 0).", "en"),
+    ("lcm", "def lcm(a: int, b: int) -> int",
+     "Return the least common multiple of two positive integers.", "en"),
+    ("flatten", "def flatten(nested: list) -> list",
+     "Flatten an arbitrarily nested list of lists into a flat list, keeping the order of the elements.", "en"),
+    ("chunk_list", "def chunk_list(items: list, size: int) -> list[list]",
+     "Split items into consecutive chunks of length size (the last chunk may be shorter).", "en"),
+    ("remove_duplicates", "def remove_duplicates(items: list) -> list",
+     "Return items without duplicates, keeping the first occurrence of each element in the original order.", "en"),
+    ("word_frequencies", "def word_frequencies(text: str) -> dict[str, int]",
+     "Count how often each word occurs in text. Words are lower-cased and separated by whitespace; punctuation "
+     "at the start or end of a word (.,!?;:) is removed.", "en"),
+    ("is_anagram", "def is_anagram(a: str, b: str) -> bool",
+     "Return True if a and b contain the same letters with the same counts, ignoring case and spaces.", "en"),
+    ("binary_search", "def binary_search(items: list[int], target: int) -> int",
+     "items is sorted in ascending order. Return an index of target in items, or -1 if it is absent.", "en"),
+    ("merge_sorted", "def merge_sorted(a: list[int], b: list[int]) -> list[int]",
+     "Merge two ascending lists into one ascending list containing all elements of both.", "en"),
+    ("second_largest", "def second_largest(nums: list[int]) -> int | None",
+     "Return the second largest distinct value in nums, or None if there are fewer than two distinct values.",
+     "en"),
+    ("rotate_right", "def rotate_right(items: list, k: int) -> list",
+     "Return items rotated to the right by k positions (k may be larger than the length; an empty list stays "
+     "empty).", "en"),
+    ("transpose", "def transpose(matrix: list[list[int]]) -> list[list[int]]",
+     "Return the transpose of a rectangular matrix given as a list of rows.", "en"),
+    ("sum_of_digits", "def sum_of_digits(n: int) -> int",
+     "Return the sum of the decimal digits of n (the sign of a negative n is ignored).", "en"),
+    ("to_binary", "def to_binary(n: int) -> str",
+     'Return the binary representation of a non-negative integer n without the "0b" prefix (0 gives "0").', "en"),
+    ("roman_to_int", "def roman_to_int(s: str) -> int",
+     "Convert a Roman numeral (I, V, X, L, C, D, M, with subtractive forms such as IV and CM) to an integer.",
+     "en"),
+    ("int_to_roman", "def int_to_roman(n: int) -> str",
+     "Convert an integer from 1 to 3999 to a Roman numeral using subtractive forms (4 is IV, 900 is CM).", "en"),
+    ("run_length_encode", "def run_length_encode(s: str) -> str",
+     'Run-length encode s: each run of a character becomes the character followed by the run length, e.g. '
+     '"aaab" -> "a3b1". The empty string gives "".', "en"),
+    ("balanced_brackets", "def balanced_brackets(s: str) -> bool",
+     "Return True if the brackets (), [] and {} in s are balanced and properly nested; other characters are "
+     "ignored.", "en"),
+    ("max_subarray_sum", "def max_subarray_sum(nums: list[int]) -> int",
+     "Return the largest sum of a non-empty contiguous sub-list of nums (nums is not empty).", "en"),
+    ("two_sum", "def two_sum(nums: list[int], target: int) -> tuple[int, int] | None",
+     "Return the indices (i, j) with i < j of two elements that add up to target, choosing the smallest i and "
+     "then the smallest j; return None if there is no such pair.", "en"),
+    ("celsius_to_fahrenheit", "def celsius_to_fahrenheit(c: float) -> float",
+     "Convert a temperature from degrees Celsius to degrees Fahrenheit.", "en"),
+    ("longest_common_prefix", "def longest_common_prefix(words: list[str]) -> str",
+     'Return the longest string that is a prefix of every word in words ("" for an empty list).', "en"),
+    ("camel_to_snake", "def camel_to_snake(name: str) -> str",
+     'Convert a camelCase or PascalCase identifier to snake_case, e.g. "parseHttpResponse" -> '
+     '"parse_http_response" and "MyClass" -> "my_class".', "en"),
+    ("median", "def median(nums: list[float]) -> float",
+     "Return the median of a non-empty list of numbers (the mean of the two middle values for an even count).",
+     "en"),
+    ("is_leap_year", "def is_leap_year(year: int) -> bool",
+     "Return True if year is a leap year in the Gregorian calendar.", "en"),
+    ("caesar_cipher", "def caesar_cipher(text: str, shift: int) -> str",
+     "Shift every ASCII letter of text by shift places in the alphabet (wrapping around, keeping case); other "
+     "characters stay unchanged. A negative shift moves backwards.", "en"),
+    ("count_islands", "def count_islands(grid: list[list[int]]) -> int",
+     "grid holds 0 (water) and 1 (land). Return the number of islands: groups of land cells connected "
+     "horizontally or vertically.", "en"),
+    ("average", "def average(nums: list[float]) -> float",
+     "返回列表中所有数的平均值；列表为空时返回 0.0。", "zh"),
+    ("char_count", "def char_count(s: str) -> dict[str, int]",
+     "返回一个字典，记录字符串 s 中每个字符出现的次数。", "zh"),
+    ("is_sorted", "def is_sorted(nums: list[int]) -> bool",
+     "判断列表 nums 是否按非递减顺序排列；空列表和只有一个元素的列表都算已排序。", "zh"),
+    ("zaehle_grossbuchstaben", "def zaehle_grossbuchstaben(text: str) -> int",
+     "Gib zurück, wie viele Großbuchstaben der Text enthält (auch Umlaute wie Ä zählen).", "de"),
+    ("schaltjahre_zwischen", "def schaltjahre_zwischen(start: int, ende: int) -> int",
+     "Zähle die Schaltjahre des gregorianischen Kalenders von start bis ende, beide Jahre eingeschlossen.", "de"),
+    ("gerade_zahlen", "def gerade_zahlen(zahlen: list[int]) -> list[int]",
+     "Gib die geraden Zahlen der Liste in ihrer ursprünglichen Reihenfolge zurück.", "de"),
+)  # fmt: skip
+
+TASK_STATEMENT = {
+    "en": "Write a Python function with this signature:\n\n```python\n{signature}\n```\n\n{description}",
+    "zh": "请编写一个具有如下签名的 Python 函数：\n\n```python\n{signature}\n```\n\n{description}",
+    "de": "Schreibe eine Python-Funktion mit dieser Signatur:\n\n```python\n{signature}\n```\n\n{description}",
+}
+SOLUTION_INSTRUCTION = {
+    "en": "Use only the Python standard library. Reply with one ```python code block that contains the complete "
+    "function and the imports it needs; the code must not read input or print.",
+    "zh": "只使用 Python 标准库。请只用一个 ```python 代码块回复，其中包含完整的函数及其所需的 import；"
+    "代码不要读取输入，也不要打印。",
+    "de": "Verwende nur die Python-Standardbibliothek. Antworte mit genau einem ```python-Codeblock, der die "
+    "vollständige Funktion und die nötigen Importe enthält; der Code darf keine Eingaben lesen und nichts ausgeben.",
+}
+TESTS_INSTRUCTION = {
+    "en": "Write tests for this function. Reply with one ```python code block of 3 to 6 plain `assert` statements "
+    "that call `{name}` and check its results, including an edge case. Do not define or import `{name}`: it is "
+    "already defined.",
+    "zh": "请为这个函数编写测试。只用一个 ```python 代码块回复，其中包含 3 到 6 条调用 `{name}` 并检查结果的 `assert` "
+    "语句，至少包括一个边界情况。不要定义或导入 `{name}`，它已经定义好了。",
+    "de": "Schreibe Tests für diese Funktion. Antworte mit genau einem ```python-Codeblock aus 3 bis 6 einfachen "
+    "`assert`-Anweisungen, die `{name}` aufrufen und das Ergebnis prüfen, darunter ein Randfall. Definiere oder "
+    "importiere `{name}` nicht: die Funktion ist bereits definiert.",
+}
+
+
+def builtin_tasks() -> list[dict]:
+    """The built-in programming tasks as work items."""
+    return [
+        {"id": f"code-builtin-{name}", "name": name, "signature": sig, "description": desc, "lang": lang,
+         "source": "builtin"}
+        for name, sig, desc, lang in BUILTIN_TASKS
+    ]  # fmt: skip
+
+
+def _stream_documents(stage_dir: str, batch_size: int = 256) -> Iterator[dict]:
+    """Rows (id, text, domain) of a curated stage's ``data/`` shards, batch by batch."""
+    import pyarrow.parquet as pq
+
+    from pipelines.shards import filesystem, list_shards
+
+    for uri in list_shards(stage_dir):
+        fs, path = filesystem(uri)
+        with fs.open(path, "rb") as f:
+            parquet = pq.ParquetFile(f)
+            columns = [c for c in ("id", "text", "domain") if c in parquet.schema_arrow.names]
+            for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
+                yield from batch.to_pylist()
+
+
+def function_tasks(source: str, doc_id: str = "", max_chars: int = 200_000) -> list[dict]:
+    """Tasks from the top-level, public, undecorated functions of Python ``source`` that have a docstring."""
+    if len(source) > max_chars:
+        return []
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return []
+    tasks = []
+    for node in tree.body:
+        if not isinstance(node, ast.FunctionDef) or node.name.startswith("_") or node.decorator_list:
+            continue
+        doc = ast.get_docstring(node)
+        if not doc or len(doc.strip()) < 10:
+            continue
+        signature = f"def {node.name}({ast.unparse(node.args)})"
+        if node.returns is not None:
+            signature += f" -> {ast.unparse(node.returns)}"
+        description = doc.strip()[:1500]
+        tasks.append(
+            {
+                "id": "code-doc-" + record_id("code-task", doc_id, signature, description),
+                "name": node.name,
+                "signature": signature,
+                "description": description,
+                "lang": "en",
+                "source": f"doc:{doc_id}",
+            }
+        )
+    return tasks
+
+
+def document_tasks(stage_dir: str, limit: int) -> list[dict]:
+    """Up to ``limit`` tasks from the ``domain == "code"`` documents of a curated stage folder (streamed)."""
+    tasks, seen = [], set()
+    if limit <= 0:
+        return tasks
+    for doc in _stream_documents(stage_dir):
+        if doc.get("domain") != "code" or not doc.get("text"):
+            continue
+        for task in function_tasks(doc["text"], str(doc.get("id"))):
+            key = (task["signature"], task["description"])
+            if key in seen:
+                continue
+            seen.add(key)
+            tasks.append(task)
+            if len(tasks) >= limit:
+                return tasks
+    return tasks
+
+
+# ------------------------------------------------------------------------------------------ code: parsing
+
+
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)
+
+
+def extract_code(text: str, name: str | None = None) -> str | None:
+    """The first ```python (else the first fenced) block of ``text``; without fences the whole text when it
+    parses as Python and defines ``name``; None when there is no code."""
+    blocks = [(lang.lower(), body) for lang, body in _FENCE.findall(text or "")]
+    for lang, body in blocks:
+        if lang in ("python", "py", "python3") and body.strip():
+            return body.strip("\n")
+    for lang, body in blocks:
+        if lang in ("", "pycon") and body.strip():
+            return body.strip("\n")
+    stripped = (text or "").strip()
+    if name and f"def {name}" in stripped and "```" not in stripped:
+        try:
+            ast.parse(stripped)
+            return stripped
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            return None
+    return None
+
+
+def count_asserts(tree: ast.AST) -> int:
+    """``assert`` statements plus unittest-style ``self.assert...(...)`` calls."""
+    count = 0
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assert):
+            count += 1
+        elif (
+            isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr.startswith("assert")
+        ):
+            count += 1
+    return count
+
+
+def clean_tests(tests: str, name: str) -> tuple[str | None, int, str]:
+    """Tests without their own definition or import of ``name`` -> (code or None, asserts, why None)."""
+    try:
+        tree = ast.parse(tests)
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        return None, 0, f"tests do not parse: {exc}"
+    body = []
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
+            continue
+        if isinstance(node, ast.ImportFrom):
+            node.names = [a for a in node.names if (a.asname or a.name) != name and a.name != "*"]
+            if not node.names:
+                continue
+        body.append(node)
+    tree.body = body
+    asserts = count_asserts(tree)
+    if not asserts:
+        return None, 0, "tests assert nothing"
+    return ast.unparse(tree), asserts, ""
+
+
+# ------------------------------------------------------------------------------------------------ code: stage
+
+
+@dataclass(frozen=True)
+class CodeConfig:
+    num_tasks: int | None = None
+    """Built-in tasks used (None: all of them); document tasks come on top, up to ``max_doc_tasks``."""
+    task_names: tuple[str, ...] | None = None
+    """Only these built-in tasks (by function name), before ``num_tasks`` applies."""
+    max_doc_tasks: int = 40
+    samples_per_task: int = 2
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    tests_max_new_tokens: int = 384
+    seed: int = 0
+    chunk_size: int = 16
+    sandbox_cpu_s: float = 5
+    sandbox_wall_s: float = 10
+    sandbox_memory_mb: int = 512
+    sandbox_workers: int = 2
+    template_version: str = CODE_TEMPLATE_VERSION
+
+    def limits(self) -> SandboxLimits:
+        return SandboxLimits(cpu_s=self.sandbox_cpu_s, wall_s=self.sandbox_wall_s, memory_mb=self.sandbox_memory_mb)
+
+
+def task_statement(task: Mapping[str, Any]) -> str:
+    lang = task["lang"] if task["lang"] in TASK_STATEMENT else "en"
+    return TASK_STATEMENT[lang].format(signature=task["signature"], description=task["description"])
+
+
+def solution_prompt(task: Mapping[str, Any]) -> str:
+    lang = task["lang"] if task["lang"] in SOLUTION_INSTRUCTION else "en"
+    return f"{task_statement(task)}\n\n{SOLUTION_INSTRUCTION[lang]}"
+
+
+def tests_prompt(task: Mapping[str, Any]) -> str:
+    lang = task["lang"] if task["lang"] in TESTS_INSTRUCTION else "en"
+    return f"{task_statement(task)}\n\n{TESTS_INSTRUCTION[lang].format(name=task['name'])}"
+
+
+_STATUS_REASON = {
+    "failed": "tests_failed",
+    "output_limit": "tests_failed",
+    "syntax_error": "syntax_error",
+    "timeout": "timeout",
+    "memory": "memory",
+    "killed": "sandbox_error",
+    "error": "sandbox_error",
+}
+
+
+def run_code(
+    generator: Generator,
+    out_dir: str,
+    config: CodeConfig | None = None,
+    code_docs_dir: str | None = None,
+    log=None,
+) -> dict:
+    """Execution-feedback SFT rows for the built-in tasks (and those of ``code_docs_dir``) into ``out_dir``."""
+    config = config or CodeConfig()
+    if config.samples_per_task < 1:
+        raise ValueError("samples_per_task must be >= 1")
+    tasks = builtin_tasks()
+    if config.task_names is not None:
+        unknown = set(config.task_names) - {t["name"] for t in tasks}
+        if unknown:
+            raise ValueError(f"unknown built-in tasks: {sorted(unknown)}")
+        tasks = [t for t in tasks if t["name"] in set(config.task_names)]
+    tasks = tasks[: config.num_tasks]
+    if code_docs_dir:
+        tasks += document_tasks(code_docs_dir, config.max_doc_tasks)
+    items = [{**task, "index": i} for i, task in enumerate(tasks)]
+    limits = config.limits()
+
+    def process(chunk: list[Mapping[str, Any]]):
+        requests = [
+            GenerationRequest(
+                messages(("user", solution_prompt(task))),
+                max_new_tokens=config.max_new_tokens,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                seed=_request_seed(config.seed, task["index"]),
+                n=config.samples_per_task,
+                template_version=config.template_version,
+            )
+            for task in chunk
+        ] + [
+            GenerationRequest(
+                messages(("user", tests_prompt(task))),
+                max_new_tokens=config.tests_max_new_tokens,
+                temperature=0.0,
+                seed=config.seed,
+                template_version=config.template_version,
+            )
+            for task in chunk
+        ]
+        results = generator.generate(requests)
+        solutions, test_results = results[: len(chunk)], results[len(chunk) :]
+        rows, rejects, jobs, pending = [], [], [], []
+        samples = 0
+        for task, result, test_result in zip(chunk, solutions, test_results):
+            tests_code = extract_code(test_result.texts[0])
+            tests, asserts, why = clean_tests(tests_code, task["name"]) if tests_code else (None, 0, "no code block")
+            seen: set[str] = set()
+            for j, text in enumerate(result.texts):
+                samples += 1
+                code = extract_code(text, task["name"])
+                detail: dict[str, Any] = {"sample": j, "finish_reason": result.finish_reasons[j]}
+                reason = None
+                if code is None:
+                    reason = "no_code"
+                elif tests is None:
+                    reason, detail["tests"] = "no_tests", why
+                else:
+                    try:
+                        ast.parse(code)
+                    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+                        reason, detail["error"] = "syntax_error", str(exc)[:300]
+                if reason is None and _text_key(code) in seen:
+                    reason = "duplicate"
+                if reason:
+                    rid = record_id(METHOD_CODE, task["id"], j, reason, text)
+                    rejects.append(rejected(METHOD_CODE, task["id"], reason, detail, text, id=rid))
+                    continue
+                seen.add(_text_key(code))
+                jobs.append((code, tests))
+                pending.append((task, result, j, code, tests, asserts))
+        outcomes: list[SandboxResult] = run_many(jobs, limits, workers=config.sandbox_workers) if jobs else []
+        solved: set[str] = set()
+        for (task, result, j, code, tests, asserts), outcome in zip(pending, outcomes):
+            if outcome.passed:
+                conversation = messages(("user", task_statement(task)), ("assistant", f"```python\n{code}\n```"))
+                meta = {"task": task["name"], "source": task["source"], "tests": tests[:3000], "asserts": asserts}
+                meta.update(sample=j, sandbox={"isolation": outcome.isolation, "seconds": outcome.seconds})
+                rows.append(
+                    {
+                        "id": record_id(METHOD_CODE, task["id"], code),
+                        "messages": conversation,
+                        **provenance(result, method=METHOD_CODE, lang=task["lang"], source_id=task["id"], meta=meta),
+                    }
+                )
+                solved.add(task["id"])
+                continue
+            reason = _STATUS_REASON.get(outcome.status, "sandbox_error")
+            if outcome.status == "syntax_error" and (outcome.error or {}).get("file") == "tests.py":
+                reason = "no_tests"
+            detail = {"sample": j, "status": outcome.status, "failure": outcome.failure[:500], "tests": tests[:1000]}
+            rid = record_id(METHOD_CODE, task["id"], j, reason, code)
+            rejects.append(rejected(METHOD_CODE, task["id"], reason, detail, code, id=rid))
+        counters = chunk_counters(len(chunk), samples, len(rows), rejects)
+        counters.update(
+            tasks=len(chunk),
+            tasks_solved=len(solved),
+            tests_run=len(outcomes),
+            tests_passed=sum(1 for o in outcomes if o.passed),
+        )
+        return rows, rejects, counters
+
+    stage_config = {
+        "method": METHOD_CODE,
+        "model_id": generator.model_id,
+        **dataclasses.asdict(config),
+        "code_docs": bool(code_docs_dir),
+    }
+    extra = {
+        "method": METHOD_CODE,
+        "model": generator.model_id,
+        "template_version": config.template_version,
+        "builtin_tasks": sum(1 for t in tasks if t["source"] == "builtin"),
+        "document_tasks": sum(1 for t in tasks if t["source"] != "builtin"),
+        "sandbox_isolation": "netns+audit" if network_namespace_available() else "audit",
+    }
+    return run_chunked_stage(
+        out_dir, stage_config, items, process, SFT_SCHEMA, chunk_size=config.chunk_size, extra=extra, log=log
+    )
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("method", choices=("math", "code"))
+    parser.add_argument("--out", required=True, help="stage folder to write")
+    parser.add_argument("--backend", default="transformers", choices=("transformers", "openai", "vllm"))
+    parser.add_argument("--model", default=None, help="checkpoint folder, cached HF id or server model name")
+    parser.add_argument("--base-url", default=None, help="openai backend: server URL ending in /v1")
+    parser.add_argument("--cache-dir", default=None, help="generation cache (resume without asking twice)")
+    parser.add_argument("--num", type=int, default=None, help="math: problems (default 64); code: built-in tasks")
+    parser.add_argument("--samples", type=int, default=None, help="samples per problem / task")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="per sample (code: for the tests too)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--code-docs", default=None, help="code: curated stage folder to derive more tasks from")
+    parser.add_argument("--max-doc-tasks", type=int, default=CodeConfig.max_doc_tasks)
+    args = parser.parse_args(argv)
+
+    from synth.generate import GenerationError, make_generator
+    from synth.teacher import TeacherUnavailable
+
+    opts = {"base_url": args.base_url} if args.backend == "openai" else {}
+    try:
+        generator = make_generator(args.backend, args.model, cache_dir=args.cache_dir, **opts)
+        common: dict[str, Any] = {"seed": args.seed}
+        if args.max_new_tokens:
+            common["max_new_tokens"] = args.max_new_tokens
+            if args.method == "code":
+                common["tests_max_new_tokens"] = args.max_new_tokens
+        if args.method == "math":
+            if args.num is not None:
+                common["num_problems"] = args.num
+            if args.samples is not None:
+                common["samples_per_problem"] = args.samples
+            summary = run_math(generator, args.out, MathConfig(**common), log=print)
+        else:
+            common.update(num_tasks=args.num, max_doc_tasks=args.max_doc_tasks)
+            if args.samples is not None:
+                common["samples_per_task"] = args.samples
+            summary = run_code(generator, args.out, CodeConfig(**common), args.code_docs, log=print)
+    except (GenerationError, TeacherUnavailable, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=1, sort_keys=True, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+__all__ = [
+    "BUILTIN_TASKS",
+    "METHOD_CODE",
+    "METHOD_MATH",
+    "CodeConfig",
+    "MathConfig",
+    "MathProblem",
+    "answers_match",
+    "builtin_tasks",
+    "clean_tests",
+    "count_asserts",
+    "document_tasks",
+    "extract_answer",
+    "extract_code",
+    "format_number",
+    "function_tasks",
+    "make_problems",
+    "parse_number",
+    "run_code",
+    "run_math",
+]
