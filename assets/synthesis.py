@@ -23,9 +23,9 @@ class QualityLabelsConfig(dg.Config):
     max_doc_chars: int = Field(default=1500, description="Each document is cut to this many characters.")
     heldout_share: float = Field(default=0.25, description="Share of labels held out to measure agreement.")
     min_choice_mass: float = Field(
-        default=0.0,
+        default=0.5,
         description="Reject a rating when the teacher put less than this probability on the digits 0-5 "
-        "(off format). 0.5 suits a real teacher; 0 keeps every rating.",
+        "(off format; the default teacher puts over 0.93 on them). 0 keeps every rating.",
     )
     seed: int = Field(default=0, description="Which documents are sampled.")
 
@@ -51,7 +51,10 @@ class SFTDataConfig(dg.Config):
     instructions: int = Field(default=6, description="Seed prompts turned into new instructions and answers.")
     math_problems: int = Field(default=4, description="Math problems made (with reference answers) and sampled.")
     math_samples: int = Field(default=4, description="Samples per math problem (rejection sampling).")
-    code_tasks: int = Field(default=4, description="Programming tasks solved and tested in the sandbox.")
+    code_tasks: int = Field(default=4, description="Built-in programming tasks solved and tested in the sandbox.")
+    code_document_tasks: int = Field(
+        default=2, description="More tasks from functions with docstrings in the curated source code."
+    )
     code_samples: int = Field(default=2, description="Solutions sampled per task.")
     repurpose_documents: int = Field(default=4, description="Long curated documents turned into QA pairs.")
     constitutional: int = Field(default=4, description="Responses critiqued and revised against the principles.")
@@ -69,6 +72,9 @@ class PreferencePairsConfig(dg.Config):
     prompts: int = Field(default=4, description="Prompts answered several times and judged.")
     responses: int = Field(default=4, description="Responses sampled per prompt.")
     tie_margin: float = Field(default=0.25, description="Pairs whose judge scores differ less are dropped as ties.")
+    min_choice_mass: float = Field(
+        default=0.5, description="A judgement counts only if the judge put this much probability on the digits 1-5."
+    )
     max_new_tokens: int = Field(default=160, description="Longest response.")
     seed: int = Field(default=0, description="Which prompts and sampling.")
 
@@ -323,10 +329,8 @@ def quality_tiers(config: QualityTiersConfig, curation: CurationResource):
             f"{s.get('bytes_out', 0):,} | {s['share_bytes']:.1%} |"
         )
     edges = scored.get("histogram_edges") or []
-    hist = scored.get("score_histogram", {})
     hist_lines = ["| score | documents |", "|---|---:|"] + [
-        f"| {edges[int(k)] if int(k) < len(edges) else k}+ | {v:,} |"
-        for k, v in sorted(hist.items(), key=lambda kv: int(kv[0]))
+        f"| {edges[k]:.1f}-{edges[k + 1]:.1f} | {n:,} |" for k, n in enumerate(scored.get("score_histogram", []))
     ]
     strict, relaxed = tiers["strict"], tiers["relaxed"]
     not_in_relaxed = tier_subset_problems(strict["output"], relaxed["output"])
@@ -365,3 +369,230 @@ def quality_tiers(config: QualityTiersConfig, curation: CurationResource):
             ),
         ],
     )
+
+
+def _sft_methods(context, config: SFTDataConfig, generator, curation: CurationResource) -> dict[str, dict]:
+    """Run the chosen SFT methods, each into its own stage folder under <data_root>/synthetic/sft/."""
+    from synth import sft, verified
+
+    unknown = sorted(set(config.methods) - set(SFT_METHODS))
+    if unknown:
+        raise dg.Failure(f"unknown SFT methods {unknown}; choose from {', '.join(SFT_METHODS)}")
+    docs = curation.stage_dir("dedup")
+    log = context.log.info
+    n_tokens, seed = config.max_new_tokens, config.seed
+    summaries: dict[str, dict] = {}
+    for method in [m for m in SFT_METHODS if m in config.methods]:  # instruction first: constitutional reads it
+        out = curation.synthetic_dir(f"sft/{method}")
+        context.log.info(f"SFT method {method} -> {out}")
+        if method == "instruction":
+            cfg = sft.InstructionConfig(num_seeds=config.instructions, seed=seed, max_new_tokens_answer=n_tokens)
+            summaries[method] = sft.run_instruction(generator, out, cfg, log=log)
+        elif method == "math_rejection":
+            cfg = verified.MathConfig(
+                num_problems=config.math_problems,
+                samples_per_problem=config.math_samples,
+                max_new_tokens=n_tokens,
+                seed=seed,
+            )
+            summaries[method] = verified.run_math(generator, out, cfg, log=log)
+        elif method == "code_execution":
+            cfg = verified.CodeConfig(
+                num_tasks=config.code_tasks,
+                max_doc_tasks=config.code_document_tasks,
+                samples_per_task=config.code_samples,
+                max_new_tokens=n_tokens,
+                seed=seed,
+            )
+            code_docs = docs if config.code_document_tasks else None
+            summaries[method] = verified.run_code(generator, out, cfg, code_docs_dir=code_docs, log=log)
+        elif method == "repurpose":
+            cfg = sft.RepurposeConfig(
+                input_dir=docs, num_documents=config.repurpose_documents, seed=seed, max_new_tokens=n_tokens
+            )
+            summaries[method] = sft.run_repurpose(generator, out, cfg, log=log)
+        elif method == "constitutional":
+            # Revise the instruction method's answers when it produced some, else answer seed prompts first.
+            answered = summaries.get("instruction", {}).get("accepted", 0) > 0
+            cfg = sft.ConstitutionalConfig(
+                input_dir=summaries["instruction"]["output"] if answered else "",
+                num_items=config.constitutional,
+                seed=seed,
+                max_new_tokens_response=n_tokens,
+            )
+            summaries[method] = sft.run_constitutional(generator, out, cfg, log=log)
+    return summaries
+
+
+def _clean(synthesis: SynthesisResource, curation: CurationResource, in_dirs: list[str], out: str, kind: str):
+    from synth.decontam import CleanConfig, clean_stage
+
+    return clean_stage(
+        in_dirs, out, kind, list(synthesis.eval_sets), CleanConfig(ngram=synthesis.decontam_ngram),
+        **curation.run_kwargs(),
+    )  # fmt: skip
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds=KINDS,
+    deps=[teacher_model, deduplicated_documents],
+    check_specs=[
+        dg.AssetCheckSpec("schema", asset="sft_data", description=_SCHEMA),
+        dg.AssetCheckSpec("chat_format", asset="sft_data", description=_CHAT),
+    ],
+)
+def sft_data(
+    context: dg.AssetExecutionContext, config: SFTDataConfig, synthesis: SynthesisResource, curation: CurationResource
+):
+    """Synthetic SFT conversations (ChatML) from five methods: instructions written from seed prompts, math
+    answers kept only when they reach the reference answer the pipeline computed (rejection sampling), code kept
+    only when the teacher's tests pass in the sandbox (execution feedback), long curated documents turned into
+    grounded questions and answers (repurposing), and answers critiqued and revised against written principles
+    (constitutional feedback). All of it is deduplicated and decontaminated into synthetic/sft/final."""
+    from pipelines.schema import SFT_SCHEMA
+    from synth.checks import examples_markdown
+
+    generator = _teacher(synthesis, curation)
+    try:
+        summaries = _sft_methods(context, config, generator, curation)
+    finally:
+        generator.close()
+    final = curation.synthetic_dir("sft/final")
+    clean = _clean(synthesis, curation, [s["output"] for s in summaries.values()], final, "sft")
+    examples = "\n\n---\n\n".join(
+        examples_markdown(s["output"], "sft", n=1) for s in summaries.values() if s.get("accepted")
+    )
+    math, code = summaries.get("math_rejection", {}), summaries.get("code_execution", {})
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": clean["output"],
+            "conversations": clean["output"],
+            "by_method": _method_table(summaries),
+            "conversations_per_method": _table(clean.get("methods_out", {}), ("method", "conversations")),
+            "math_samples_passed": f"{math.get('accepted', 0)} of {math.get('samples', 0)}",
+            "code_samples_passed": f"{code.get('accepted', 0)} of {code.get('samples', 0)}",
+            "code_tests_passed": f"{code.get('tests_passed', 0)} of {code.get('tests_run', 0)} sandbox runs",
+            **_clean_metadata(clean),
+            "examples": dg.MetadataValue.md(examples or "_no conversation was kept_"),
+            "teacher": generator.model_id,
+            "path": dg.MetadataValue.path(final),
+        },
+        check_results=[_schema_check(final, SFT_SCHEMA), _chat_check(final, "sft")],
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds=KINDS,
+    deps=[teacher_model, deduplicated_documents],
+    check_specs=[dg.AssetCheckSpec("schema", asset="synthetic_pretraining_data", description=_SCHEMA)],
+)
+def synthetic_pretraining_data(
+    context: dg.AssetExecutionContext,
+    config: SyntheticPretrainingConfig,
+    synthesis: SynthesisResource,
+    curation: CurationResource,
+):
+    """Curated documents rephrased by the teacher (as an encyclopedia article, as questions and answers, in
+    simple words), in their own language, deduplicated and decontaminated into synthetic/pretraining: a
+    document stage with domain "synthetic" that mixture_index mixes in as its own buckets."""
+    from pipelines.schema import DOCUMENT_SCHEMA
+    from synth.rephrase import RephraseConfig, run_rephrase
+
+    generator = _teacher(synthesis, curation)
+    try:
+        cfg = RephraseConfig(
+            input_dir=curation.stage_dir("dedup"),
+            num_documents=config.documents,
+            seed=config.seed,
+            max_new_tokens=config.max_new_tokens,
+        )
+        summary = run_rephrase(generator, curation.synthetic_dir("rephrased"), cfg, log=context.log.info)
+    finally:
+        generator.close()
+    final = curation.synthetic_pretraining_dir()
+    clean = _clean(synthesis, curation, [summary["output"]], final, "documents")
+    from synth.decontam import read_stage
+
+    previews = []
+    for row in read_stage(final):
+        previews.append(f"**{row['source']}** ({row['lang']}): {row['text'][:400]}")
+        if len(previews) == 3:
+            break
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": clean["output"],
+            "documents": clean["output"],
+            "by_method": _method_table({"rephrase": summary}),
+            "documents_per_style": _table(clean.get("methods_out", {}), ("source", "documents")),
+            **_clean_metadata(clean),
+            "examples": dg.MetadataValue.md("\n\n".join(previews) or "_no document was kept_"),
+            "teacher": generator.model_id,
+            "path": dg.MetadataValue.path(final),
+        },
+        check_results=[_schema_check(final, DOCUMENT_SCHEMA)],
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds=KINDS,
+    deps=[teacher_model],
+    check_specs=[
+        dg.AssetCheckSpec("schema", asset="preference_pairs", description=_SCHEMA),
+        dg.AssetCheckSpec("chat_format", asset="preference_pairs", description=_CHAT),
+    ],
+)
+def preference_pairs(
+    context: dg.AssetExecutionContext,
+    config: PreferencePairsConfig,
+    synthesis: SynthesisResource,
+    curation: CurationResource,
+):
+    """Preference pairs for offline DPO: several sampled responses per seed prompt, each rated 1-5 by the teacher
+    as judge (expected score under its next-token distribution); the best is chosen, the worst rejected, and
+    pairs closer than the tie margin are dropped. Deduplicated and decontaminated into synthetic/preference/final."""
+    from pipelines.schema import PREFERENCE_SCHEMA
+    from synth.checks import examples_markdown
+    from synth.preference import PreferenceConfig, run_preference
+
+    generator = _teacher(synthesis, curation)
+    try:
+        cfg = PreferenceConfig(
+            num_prompts=config.prompts,
+            num_responses=config.responses,
+            tie_margin=config.tie_margin,
+            min_choice_mass=config.min_choice_mass,
+            max_new_tokens=config.max_new_tokens,
+            seed=config.seed,
+        )
+        summary = run_preference(generator, curation.synthetic_dir("preference/raw"), cfg, log=context.log.info)
+    finally:
+        generator.close()
+    final = curation.synthetic_dir("preference/final")
+    clean = _clean(synthesis, curation, [summary["output"]], final, "preference")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": clean["output"],
+            "pairs": clean["output"],
+            "by_method": _method_table({"preference": summary}),
+            "ties_dropped": summary.get("rejected", {}).get("tie", 0),
+            **_clean_metadata(clean),
+            "examples": dg.MetadataValue.md(examples_markdown(final, "preference", n=2)),
+            "judge": generator.model_id,
+            "path": dg.MetadataValue.path(final),
+        },
+        check_results=[_schema_check(final, PREFERENCE_SCHEMA), _chat_check(final, "preference")],
+    )
+
+
+synthesis_assets = [
+    teacher_model,
+    quality_labels,
+    quality_classifier,
+    quality_tiers,
+    sft_data,
+    synthetic_pretraining_data,
+    preference_pairs,
+]

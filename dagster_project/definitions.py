@@ -8,7 +8,8 @@ import dagster as dg
 
 from assets.curation import curation_assets
 from assets.pretraining import pretraining_assets
-from dagster_project.resources import CurationResource, TrainingResource
+from assets.synthesis import synthesis_assets
+from dagster_project.resources import CurationResource, SynthesisResource, TrainingResource
 
 curation_job = dg.define_asset_job(
     "curation_job",
@@ -56,14 +57,22 @@ pretraining_job = dg.define_asset_job(
     description="Mixture index -> proxy mixture search -> mixes -> packed shards -> stage-1 and stage-2 models.",
 )
 
+synthesis_job = dg.define_asset_job(
+    "synthesis_job",
+    selection=dg.AssetSelection.groups("synthesis"),
+    description="Teacher -> quality labels -> fastText classifier -> quality tiers; synthetic SFT, pretraining and "
+    "preference data, each deduplicated and decontaminated against the evaluation sets.",
+)
+
 defs = dg.Definitions(
-    assets=[*curation_assets, *pretraining_assets],
-    jobs=[curation_job, pretraining_job],
+    assets=[*curation_assets, *pretraining_assets, *synthesis_assets],
+    jobs=[curation_job, pretraining_job, synthesis_job],
     schedules=[data_refresh_schedule],
     sensors=[new_crawl_files_sensor],
     resources={
         "curation": CurationResource(),
         "training": TrainingResource(),
+        "synthesis": SynthesisResource(),
         # SIGINT to the trainer when a run is cancelled; it stops within one step and keeps its last checkpoint.
         "pipes_subprocess_client": dg.PipesSubprocessClient(forward_termination=True, termination_timeout_seconds=60),
     },
