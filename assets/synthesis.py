@@ -12,15 +12,18 @@ from pydantic import Field
 
 from assets.curation import _table, deduplicated_documents
 from dagster_project.resources import CurationResource, SynthesisResource
+from synth import SFT_METHODS
 
 GROUP = "synthesis"
 KINDS = {"pytorch", "parquet"}
-SFT_METHODS = ("instruction", "math_rejection", "code_execution", "repurpose", "constitutional")
+# Assets that load the teacher carry this op tag; the code location's executor runs one of them at a time, so a CPU
+# machine is not split between several copies of the model (see dagster_project/definitions.py).
+TEACHER_TAG = {"qwen2/teacher": "load"}
 
 
 class QualityLabelsConfig(dg.Config):
-    sample_size: int = Field(default=64, description="Curated documents the teacher rates (0-5 rubric).")
-    max_doc_chars: int = Field(default=1500, description="Each document is cut to this many characters.")
+    sample_size: int = Field(default=48, description="Curated documents the teacher rates (0-5 rubric).")
+    max_doc_chars: int = Field(default=1000, description="Each document is cut to this many characters.")
     heldout_share: float = Field(default=0.25, description="Share of labels held out to measure agreement.")
     min_choice_mass: float = Field(
         default=0.5,
@@ -48,29 +51,29 @@ class SFTDataConfig(dg.Config):
     methods: list[str] = Field(
         default_factory=lambda: list(SFT_METHODS), description=f"Methods to run: {', '.join(SFT_METHODS)}."
     )
-    instructions: int = Field(default=6, description="Seed prompts turned into new instructions and answers.")
-    math_problems: int = Field(default=4, description="Math problems made (with reference answers) and sampled.")
+    instructions: int = Field(default=4, description="Seed prompts turned into new instructions and answers.")
+    math_problems: int = Field(default=3, description="Math problems made (with reference answers) and sampled.")
     math_samples: int = Field(default=4, description="Samples per math problem (rejection sampling).")
-    code_tasks: int = Field(default=4, description="Built-in programming tasks solved and tested in the sandbox.")
+    code_tasks: int = Field(default=3, description="Built-in programming tasks solved and tested in the sandbox.")
     code_document_tasks: int = Field(
-        default=2, description="More tasks from functions with docstrings in the curated source code."
+        default=1, description="More tasks from functions with docstrings in the curated source code."
     )
     code_samples: int = Field(default=2, description="Solutions sampled per task.")
-    repurpose_documents: int = Field(default=4, description="Long curated documents turned into QA pairs.")
-    constitutional: int = Field(default=4, description="Responses critiqued and revised against the principles.")
-    max_new_tokens: int = Field(default=192, description="Longest answer per request.")
+    repurpose_documents: int = Field(default=3, description="Long curated documents turned into QA pairs.")
+    constitutional: int = Field(default=3, description="Responses critiqued and revised against the principles.")
+    max_new_tokens: int = Field(default=160, description="Longest answer per request.")
     seed: int = Field(default=0, description="Sampling seed.")
 
 
 class SyntheticPretrainingConfig(dg.Config):
-    documents: int = Field(default=6, description="Curated documents rephrased.")
+    documents: int = Field(default=4, description="Curated documents rephrased.")
     max_new_tokens: int = Field(default=256, description="Longest rephrasing.")
     seed: int = Field(default=0, description="Which documents and sampling.")
 
 
 class PreferencePairsConfig(dg.Config):
-    prompts: int = Field(default=4, description="Prompts answered several times and judged.")
-    responses: int = Field(default=4, description="Responses sampled per prompt.")
+    prompts: int = Field(default=3, description="Prompts answered several times and judged.")
+    responses: int = Field(default=3, description="Responses sampled per prompt.")
     tie_margin: float = Field(default=0.25, description="Pairs whose judge scores differ less are dropped as ties.")
     min_choice_mass: float = Field(
         default=0.5, description="A judgement counts only if the judge put this much probability on the digits 1-5."
@@ -139,6 +142,7 @@ _CHAT = (
 
 @dg.asset(
     group_name=GROUP,
+    op_tags=TEACHER_TAG,
     kinds={"pytorch"},
     check_specs=[dg.AssetCheckSpec("answers", asset="teacher_model", description="The teacher answers a question.")],
 )
@@ -179,7 +183,7 @@ def _teacher(synthesis: SynthesisResource, curation: CurationResource):
     return synthesis.generator(curation.data_root)
 
 
-@dg.asset(group_name=GROUP, kinds=KINDS, deps=[teacher_model, deduplicated_documents])
+@dg.asset(group_name=GROUP, op_tags=TEACHER_TAG, kinds=KINDS, deps=[teacher_model, deduplicated_documents])
 def quality_labels(
     context: dg.AssetExecutionContext,
     config: QualityLabelsConfig,
@@ -435,6 +439,7 @@ def _clean(synthesis: SynthesisResource, curation: CurationResource, in_dirs: li
 
 @dg.asset(
     group_name=GROUP,
+    op_tags=TEACHER_TAG,
     kinds=KINDS,
     deps=[teacher_model, deduplicated_documents],
     check_specs=[
@@ -484,6 +489,7 @@ def sft_data(
 
 @dg.asset(
     group_name=GROUP,
+    op_tags=TEACHER_TAG,
     kinds=KINDS,
     deps=[teacher_model, deduplicated_documents],
     check_specs=[dg.AssetCheckSpec("schema", asset="synthetic_pretraining_data", description=_SCHEMA)],
@@ -537,6 +543,7 @@ def synthetic_pretraining_data(
 
 @dg.asset(
     group_name=GROUP,
+    op_tags=TEACHER_TAG,
     kinds=KINDS,
     deps=[teacher_model],
     check_specs=[

@@ -8,7 +8,7 @@ import dagster as dg
 
 from assets.curation import curation_assets
 from assets.pretraining import pretraining_assets
-from assets.synthesis import synthesis_assets
+from assets.synthesis import TEACHER_TAG, synthesis_assets
 from dagster_project.resources import CurationResource, SynthesisResource, TrainingResource
 
 curation_job = dg.define_asset_job(
@@ -69,6 +69,10 @@ defs = dg.Definitions(
     jobs=[curation_job, pretraining_job, synthesis_job],
     schedules=[data_refresh_schedule],
     sensors=[new_crawl_files_sensor],
+    # One teacher-loading step at a time (a CPU teacher uses every core); other steps run in parallel as usual.
+    executor=dg.multiprocess_executor.configured(
+        {"tag_concurrency_limits": [{"key": k, "value": v, "limit": 1} for k, v in TEACHER_TAG.items()]}
+    ),
     resources={
         "curation": CurationResource(),
         "training": TrainingResource(),

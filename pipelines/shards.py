@@ -24,7 +24,7 @@ import json
 import os
 import posixpath
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -343,3 +343,21 @@ def list_shards(stage_dir: str, kind: str = "data") -> list[str]:
     return sorted(
         _with_protocol(fs, p) for p in fs.ls(folder, detail=False) if p.endswith(".parquet") and ".tmp-" not in p
     )
+
+
+def iter_parquet_rows(uri: str, columns: Sequence[str] | None = None, batch_size: int = 512) -> Iterator[dict]:
+    """Rows of one Parquet file as dicts, a batch at a time; ``columns`` the file lacks are left out."""
+    fs, path = filesystem(uri)
+    with fs.open(path, "rb") as f:
+        parquet = pq.ParquetFile(f)
+        names = [c for c in columns if c in parquet.schema_arrow.names] if columns is not None else None
+        for batch in parquet.iter_batches(batch_size=batch_size, columns=names):
+            yield from batch.to_pylist()
+
+
+def iter_stage_rows(
+    stage_dir: str, columns: Sequence[str] | None = None, kind: str = "data", batch_size: int = 512
+) -> Iterator[dict]:
+    """Rows of a stage folder's ``data/`` (or ``excluded/``...) shards, streamed: never the whole stage at once."""
+    for uri in list_shards(stage_dir, kind):
+        yield from iter_parquet_rows(uri, columns, batch_size)

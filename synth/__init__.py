@@ -1,1 +1,7 @@
-"""Qwen-driven synthetic data: teacher backends, quality scoring, SFT/preference/pretraining synthesis (issue 3)."""
+"""Qwen-driven synthesis: teacher, generation backends, quality scoring, synthetic SFT/pretraining/preference data.
+
+Kept import-free so the Dagster code location can read the method names without loading pyarrow or torch.
+"""
+
+# The SFT synthesis methods, in the order the sft_data asset runs them (constitutional revises instruction's answers).
+SFT_METHODS = ("instruction", "math_rejection", "code_execution", "repurpose", "constitutional")

@@ -9,22 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
 
-import pyarrow.parquet as pq
-
-from pipelines.shards import filesystem, list_shards
+from pipelines.shards import iter_stage_rows
 from synth.chat import validate_chat
 
 KINDS = ("sft", "preference")
-
-
-def _rows(stage_dir: str, columns: list[str]) -> Iterator[dict]:
-    for shard in list_shards(stage_dir):
-        fs, path = filesystem(shard)
-        with fs.open(path, "rb") as f:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=512, columns=columns):
-                yield from batch.to_pylist()
 
 
 def row_problems(kind: str, row: dict) -> list[str]:
@@ -49,7 +38,7 @@ def chat_problems(stage_dir: str, kind: str, limit: int = 20) -> tuple[list[str]
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     columns = ["id", "messages"] if kind == "sft" else ["id", "prompt", "chosen", "rejected"]
     problems, rows = [], 0
-    for row in _rows(stage_dir, columns):
+    for row in iter_stage_rows(stage_dir, columns):
         rows += 1
         for problem in row_problems(kind, row):
             if len(problems) < limit:
@@ -72,7 +61,7 @@ def examples_markdown(stage_dir: str, kind: str, n: int = 3, max_chars: int = 60
     if kind == "preference":
         columns += ["chosen_score", "rejected_score"]
     blocks = []
-    for row in _rows(stage_dir, columns):
+    for row in iter_stage_rows(stage_dir, columns):
         if len(blocks) == n:
             break
         lines = [f"#### {row['method']} · {row['lang']} · `{row['id']}`", ""]

@@ -60,6 +60,8 @@ from pipelines.shards import (
     expand_inputs,
     filesystem,
     input_fingerprint,
+    iter_parquet_rows,
+    iter_stage_rows,
     join,
     list_shards,
     merge_stats,
@@ -180,14 +182,6 @@ def record_of(work: str) -> str:
     return work.rsplit("@", 1)[0]
 
 
-def iter_rows(path: str, columns: list[str] | None = None) -> Iterator[dict]:
-    """Rows of one Parquet shard, a batch at a time."""
-    fs, fpath = filesystem(path)
-    with fs.open(fpath, "rb") as f:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=BATCH_ROWS, columns=columns):
-            yield from batch.to_pylist()
-
-
 def stage_inputs(in_dirs: Sequence[str], kind: str) -> list[str]:
     """The ``data/*.parquet`` shards of finished stage folders, checked against the kind's schema."""
     if kind not in KIND_SCHEMAS:
@@ -232,7 +226,7 @@ def _project(files: list[str], keys: list[str], work_root: str, kind: str) -> No
             continue
         writer = ShardWriter(work_root, "documents", key, schema=DOCUMENT_SCHEMA)
         try:
-            for row_no, row in enumerate(iter_rows(path)):
+            for row_no, row in enumerate(iter_parquet_rows(path)):
                 doc = empty_document(
                     id=work_id(row["id"], shard_no, row_no),
                     text=record_text(row, kind),
@@ -254,7 +248,7 @@ def _removed(uri: str | None) -> dict[str, tuple[str, str, int]]:
     if not fs.exists(path):
         return {}
     out = {}
-    for row in iter_rows(uri, ["id", "drop_reason", "dup_cluster", "dup_cluster_size"]):
+    for row in iter_parquet_rows(uri, ["id", "drop_reason", "dup_cluster", "dup_cluster_size"]):
         out[row["id"]] = (row["drop_reason"], record_of(row["dup_cluster"] or ""), row["dup_cluster_size"] or 0)
     return out
 
@@ -288,7 +282,7 @@ def clean_shard(
     with shard_writers(
         out_dir, plan["key"], data_schema=KIND_SCHEMAS[kind], excluded_schema=SYNTH_REJECTED_SCHEMA
     ) as writers:
-        for row_no, row in enumerate(iter_rows(plan["path"])):
+        for row_no, row in enumerate(iter_parquet_rows(plan["path"])):
             stats["input"] += 1
             method = record_method(row, kind)
             _bump(stats["methods_in"], method)
@@ -460,8 +454,7 @@ def clean_stage(
 
 def read_stage(stage_dir: str, kind: str = "data") -> Iterator[dict]:
     """Rows of a stage folder's ``data/`` (or ``excluded/``) shards, streamed."""
-    for uri in list_shards(stage_dir, kind):
-        yield from iter_rows(uri)
+    return iter_stage_rows(stage_dir, kind=kind)
 
 
 def main(argv: list[str] | None = None) -> None:

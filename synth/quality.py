@@ -72,6 +72,7 @@ from pipelines.shards import (
     expand_inputs,
     filesystem,
     input_fingerprint,
+    iter_parquet_rows,
     join,
     list_shards,
     merge_stats,
@@ -357,18 +358,12 @@ SAMPLE_COLUMNS = ["id", "text", "lang", "domain", "source"]
 def iter_documents(inputs: str | Sequence[str], columns: Sequence[str] = SAMPLE_COLUMNS) -> Iterator[dict]:
     """Stream documents (only ``columns``) from a stage folder, Parquet shards or any format ``read_documents``
     reads; unreadable records are skipped."""
-    import pyarrow.parquet as pq
 
     for path in expand_inputs(inputs):
         if path.endswith(".parquet"):
-            fs, fpath = filesystem(path)
-            with fs.open(fpath, "rb") as f:
-                pf = pq.ParquetFile(f)
-                present = [c for c in columns if c in pf.schema_arrow.names]
-                for batch in pf.iter_batches(batch_size=512, columns=present):
-                    for row in batch.to_pylist():
-                        if row.get("id") is not None and row.get("text"):
-                            yield row
+            for row in iter_parquet_rows(path, columns):
+                if row.get("id") is not None and row.get("text"):
+                    yield row
         else:
             for kind, row in read_documents(path, DEFAULT_MAX_DOC_BYTES):
                 if kind == "doc" and row.get("text"):

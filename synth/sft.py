@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipelines.schema import SFT_SCHEMA
-from pipelines.shards import SUCCESS_FILE, filesystem, input_fingerprint, join, list_shards, read_json
+from pipelines.shards import SUCCESS_FILE, input_fingerprint, iter_stage_rows, join, list_shards, read_json
 from synth.chat import CONTROL_TOKENS, validate_chat
 from synth.generate import GenerationRequest, GenerationResult, Generator
 from synth.records import chunk_counters, messages, provenance, record_id, rejected, run_chunked_stage
@@ -159,19 +159,6 @@ def stage_fingerprint(stage_dir: str) -> str:
     return digest([(uri.rsplit("/", 1)[-1], input_fingerprint(uri)) for uri in list_shards(stage_dir)])
 
 
-def stream_rows(stage_dir: str, columns: Sequence[str] | None = None, batch_size: int = 512) -> Iterator[dict]:
-    """Rows of the ``data/`` shards of a stage folder, streamed batch by batch (never the whole stage at once)."""
-    import pyarrow.parquet as pq
-
-    for uri in list_shards(stage_dir):
-        fs, path = filesystem(uri)
-        with fs.open(path, "rb") as f:
-            parquet = pq.ParquetFile(f)
-            names = [c for c in columns if c in parquet.schema_arrow.names] if columns else None
-            for batch in parquet.iter_batches(batch_size=batch_size, columns=names):
-                yield from batch.to_pylist()
-
-
 def reservoir_sample(rows: Iterable[dict], k: int, rng: random.Random) -> list[dict]:
     """A uniform sample of ``k`` rows in one pass (memory: ``k`` rows), in stream order."""
     reservoir: list[tuple[int, dict]] = []
@@ -200,7 +187,7 @@ def sample_documents(
     stats = {"documents_scanned": 0, "documents_eligible": 0}
 
     def eligible() -> Iterator[dict]:
-        for doc in stream_rows(stage_dir, ["id", "text", "lang", "domain", "source", "url"]):
+        for doc in iter_stage_rows(stage_dir, ["id", "text", "lang", "domain", "source", "url"]):
             stats["documents_scanned"] += 1
             text = doc.get("text") or ""
             if len(text) < min_chars or not doc.get("lang") or doc.get("domain") in exclude_domains:
@@ -219,7 +206,7 @@ def sample_sft_rows(stage_dir: str, n: int, seed: int, languages: Sequence[str] 
     stats = {"rows_scanned": 0, "rows_eligible": 0}
 
     def eligible() -> Iterator[dict]:
-        for row in stream_rows(stage_dir, ["id", "messages", "lang", "method"]):
+        for row in iter_stage_rows(stage_dir, ["id", "messages", "lang", "method"]):
             stats["rows_scanned"] += 1
             if validate_chat(row["messages"]) or (languages and row.get("lang") not in languages):
                 continue

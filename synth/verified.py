@@ -35,13 +35,14 @@ import json
 import random
 import re
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, localcontext
 from fractions import Fraction
 from typing import Any
 
 from pipelines.schema import SFT_SCHEMA
+from pipelines.shards import iter_stage_rows
 from synth.chat import validate_chat
 from synth.generate import GenerationRequest, GenerationResult, Generator
 from synth.records import chunk_counters, messages, provenance, record_id, rejected, run_chunked_stage
@@ -542,21 +543,6 @@ def builtin_tasks() -> list[dict]:
     ]  # fmt: skip
 
 
-def _stream_documents(stage_dir: str, batch_size: int = 256) -> Iterator[dict]:
-    """Rows (id, text, domain) of a curated stage's ``data/`` shards, batch by batch."""
-    import pyarrow.parquet as pq
-
-    from pipelines.shards import filesystem, list_shards
-
-    for uri in list_shards(stage_dir):
-        fs, path = filesystem(uri)
-        with fs.open(path, "rb") as f:
-            parquet = pq.ParquetFile(f)
-            columns = [c for c in ("id", "text", "domain") if c in parquet.schema_arrow.names]
-            for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
-                yield from batch.to_pylist()
-
-
 def function_tasks(source: str, doc_id: str = "", max_chars: int = 200_000) -> list[dict]:
     """Tasks from the top-level, public, undecorated functions of Python ``source`` that have a docstring."""
     if len(source) > max_chars:
@@ -594,7 +580,7 @@ def document_tasks(stage_dir: str, limit: int) -> list[dict]:
     tasks, seen = [], set()
     if limit <= 0:
         return tasks
-    for doc in _stream_documents(stage_dir):
+    for doc in iter_stage_rows(stage_dir, ["id", "text", "domain"]):
         if doc.get("domain") != "code" or not doc.get("text"):
             continue
         for task in function_tasks(doc["text"], str(doc.get("id"))):

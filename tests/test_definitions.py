@@ -1,4 +1,4 @@
-"""The code location loads fast (no heavy imports) and wires the curation and pretraining graphs as documented."""
+"""The code location loads fast (no heavy imports) and wires the curation, pretraining and synthesis graphs."""
 
 import subprocess
 import sys
@@ -52,6 +52,35 @@ def test_pretraining_graph_runs_from_dedup_to_the_long_context_model():
         "packed_sequences",
     ) in checks
     assert defs.resolve_job_def("pretraining_job")
+
+
+SYNTHESIS_PARENTS = {
+    "teacher_model": set(),
+    "quality_labels": {"teacher_model", "deduplicated_documents"},
+    "quality_classifier": {"quality_labels"},
+    "quality_tiers": {"quality_classifier", "deduplicated_documents"},
+    "sft_data": {"teacher_model", "deduplicated_documents"},
+    "synthetic_pretraining_data": {"teacher_model", "deduplicated_documents"},
+    "preference_pairs": {"teacher_model"},
+}
+
+
+def test_synthesis_graph_checks_and_one_teacher_at_a_time():
+    graph = defs.resolve_asset_graph()
+    for name, parents in SYNTHESIS_PARENTS.items():
+        node = graph.get(dg.AssetKey(name))
+        assert {p.to_user_string() for p in node.parent_keys} == parents, name
+        assert node.group_name == "synthesis" and node.description
+    checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
+    for name in ("sft_data", "preference_pairs"):
+        assert (name, "schema") in checks and (name, "chat_format") in checks
+    assert ("quality_tiers", "strict_within_relaxed") in checks
+    assert defs.resolve_job_def("synthesis_job")
+    # The teacher-loading steps share an op tag the code location's executor limits to one at a time.
+    tagged = {
+        k.to_user_string() for k in graph.get_all_asset_keys() if defs.get_assets_def(k).op.tags.get("qwen2/teacher")
+    }
+    assert tagged >= {"teacher_model", "quality_labels", "sft_data", "synthetic_pretraining_data", "preference_pairs"}
 
 
 def test_checks_job_schedule_and_sensor_exist():
