@@ -22,8 +22,8 @@ TEACHER_TAG = {"qwen2/teacher": "load"}
 
 
 class QualityLabelsConfig(dg.Config):
-    sample_size: int = Field(default=48, description="Curated documents the teacher rates (0-5 rubric).")
-    max_doc_chars: int = Field(default=1000, description="Each document is cut to this many characters.")
+    sample_size: int = Field(default=40, description="Curated documents the teacher rates (0-5 rubric).")
+    max_doc_chars: int = Field(default=800, description="Each document is cut to this many characters.")
     heldout_share: float = Field(default=0.25, description="Share of labels held out to measure agreement.")
     min_choice_mass: float = Field(
         default=0.5,
@@ -51,22 +51,25 @@ class SFTDataConfig(dg.Config):
     methods: list[str] = Field(
         default_factory=lambda: list(SFT_METHODS), description=f"Methods to run: {', '.join(SFT_METHODS)}."
     )
-    instructions: int = Field(default=4, description="Seed prompts turned into new instructions and answers.")
-    math_problems: int = Field(default=3, description="Math problems made (with reference answers) and sampled.")
+    instructions: int = Field(default=3, description="Seed prompts turned into new instructions and answers.")
+    math_problems: int = Field(default=2, description="Math problems made (with reference answers) and sampled.")
     math_samples: int = Field(default=4, description="Samples per math problem (rejection sampling).")
-    code_tasks: int = Field(default=3, description="Built-in programming tasks solved and tested in the sandbox.")
+    code_tasks: int = Field(default=2, description="Built-in programming tasks solved and tested in the sandbox.")
     code_document_tasks: int = Field(
         default=1, description="More tasks from functions with docstrings in the curated source code."
     )
     code_samples: int = Field(default=2, description="Solutions sampled per task.")
-    repurpose_documents: int = Field(default=3, description="Long curated documents turned into QA pairs.")
-    constitutional: int = Field(default=3, description="Responses critiqued and revised against the principles.")
+    repurpose_documents: int = Field(default=2, description="Long curated documents turned into QA pairs.")
+    constitutional: int = Field(default=2, description="Responses critiqued and revised against the principles.")
     max_new_tokens: int = Field(default=160, description="Longest answer per request.")
+    reasoning_max_new_tokens: int = Field(
+        default=320, description="Longest answer for math (step-by-step reasoning) and code (solutions and tests)."
+    )
     seed: int = Field(default=0, description="Sampling seed.")
 
 
 class SyntheticPretrainingConfig(dg.Config):
-    documents: int = Field(default=4, description="Curated documents rephrased.")
+    documents: int = Field(default=3, description="Curated documents rephrased.")
     max_new_tokens: int = Field(default=256, description="Longest rephrasing.")
     seed: int = Field(default=0, description="Which documents and sampling.")
 
@@ -396,7 +399,7 @@ def _sft_methods(context, config: SFTDataConfig, generator, curation: CurationRe
             cfg = verified.MathConfig(
                 num_problems=config.math_problems,
                 samples_per_problem=config.math_samples,
-                max_new_tokens=n_tokens,
+                max_new_tokens=config.reasoning_max_new_tokens,
                 seed=seed,
             )
             summaries[method] = verified.run_math(generator, out, cfg, log=log)
@@ -405,7 +408,8 @@ def _sft_methods(context, config: SFTDataConfig, generator, curation: CurationRe
                 num_tasks=config.code_tasks,
                 max_doc_tasks=config.code_document_tasks,
                 samples_per_task=config.code_samples,
-                max_new_tokens=n_tokens,
+                max_new_tokens=config.reasoning_max_new_tokens,
+                tests_max_new_tokens=config.reasoning_max_new_tokens,
                 seed=seed,
             )
             code_docs = docs if config.code_document_tasks else None

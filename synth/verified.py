@@ -598,6 +598,7 @@ def document_tasks(stage_dir: str, limit: int) -> list[dict]:
 
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)
+_OPEN_FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n", re.IGNORECASE)
 
 
 def extract_code(text: str, name: str | None = None) -> str | None:
@@ -610,6 +611,10 @@ def extract_code(text: str, name: str | None = None) -> str | None:
     for lang, body in blocks:
         if lang in ("", "pycon") and body.strip():
             return body.strip("\n")
+    if not blocks:  # an answer cut off at max_new_tokens inside its block: keep the complete statements
+        opened = _OPEN_FENCE.search(text or "")
+        if opened:
+            return _parseable_prefix(text[opened.end() :])
     stripped = (text or "").strip()
     if name and f"def {name}" in stripped and "```" not in stripped:
         try:
@@ -617,6 +622,21 @@ def extract_code(text: str, name: str | None = None) -> str | None:
             return stripped
         except (SyntaxError, ValueError, RecursionError, MemoryError):
             return None
+    return None
+
+
+def _parseable_prefix(code: str) -> str | None:
+    """The longest run of whole lines from the start of ``code`` that parses as Python (None if there is none)."""
+    lines = code.rstrip("\n").split("\n")
+    for end in range(len(lines), 0, -1):
+        candidate = "\n".join(lines[:end]).strip("\n")
+        if not candidate.strip():
+            return None
+        try:
+            ast.parse(candidate)
+            return candidate
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            continue
     return None
 
 

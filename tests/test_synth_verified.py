@@ -392,3 +392,12 @@ def test_code_end_to_end_with_the_tiny_model(tiny_generator, tmp_path):
     again = run_code(tiny_generator, out, config, code_docs_dir=str(tmp_path / "curated"))
     assert again["chunks_reused"] == again["shards"] == 3
     assert again["rejected"] == summary["rejected"]
+
+
+def test_a_block_cut_off_at_max_new_tokens_keeps_its_complete_statements():
+    from synth.verified import extract_code
+
+    cut = "```python\ndef f(x):\n    return x + 1\n\nassert f(1) == 2\nassert f(2) == 3\nassert f(3"
+    assert extract_code(cut) == "def f(x):\n    return x + 1\n\nassert f(1) == 2\nassert f(2) == 3"
+    assert extract_code("```python\ndef g(:\n") is None
+    assert extract_code("```python\ndef f():\n    return 1\n```\n```python\nx = (") == "def f():\n    return 1"
