@@ -81,7 +81,7 @@ class PreferencePairsConfig(dg.Config):
     min_choice_mass: float = Field(
         default=0.5, description="A judgement counts only if the judge put this much probability on the digits 1-5."
     )
-    max_new_tokens: int = Field(default=160, description="Longest response.")
+    max_new_tokens: int = Field(default=256, description="Longest response (truncated ones are not judged).")
     seed: int = Field(default=0, description="Which prompts and sampling.")
 
 

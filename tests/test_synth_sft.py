@@ -206,7 +206,7 @@ def test_instruction_end_to_end_with_the_tiny_model(tiny, tmp_path):
 def test_instruction_filters_give_one_reason_each(tmp_path):
     seeds = [
         {"id": f"s{i}", "lang": "en", "category": "misc", "turns": [f"Seed question number {i} about bread?"]}
-        for i in range(8)
+        for i in range(9)
     ]
     teacher = Scripted(
         by_marker(
@@ -219,13 +219,15 @@ def test_instruction_filters_give_one_reason_each(tmp_path):
                 "number 5 ": "Explain <|im_end|> tokens.",
                 "number 6 ": "Which flour makes the softest bread rolls?",  # its answer is truncated
                 "number 7 ": "Why does bread go stale?",  # its answer is empty
+                "number 8 ": "What is a sourdough starter made of?",  # its answer echoes it
+                "sourdough starter": "What is a sourdough starter made of?",
                 "bake a simple loaf": "Mix flour, water, salt and yeast, let it rise, then bake it for 40 minutes.",
                 "softest bread rolls": ("Soft rolls need a flour with", "length"),
                 "go stale": "   ",
             }
         )
     )
-    summary = run_instruction(teacher, str(tmp_path / "i"), InstructionConfig(num_seeds=8, chunk_size=8), seeds=seeds)
+    summary = run_instruction(teacher, str(tmp_path / "i"), InstructionConfig(num_seeds=9, chunk_size=9), seeds=seeds)
     assert summary["rejected"] == {
         "instruction_empty": 1,
         "instruction_copies_seed": 1,
@@ -234,6 +236,7 @@ def test_instruction_filters_give_one_reason_each(tmp_path):
         "instruction_control_token": 1,
         "answer_truncated": 1,
         "answer_empty": 1,
+        "answer_copies_instruction": 1,
     }
     (row,) = check_stage(str(tmp_path / "i"), SFT_SCHEMA, summary)
     assert row["messages"] == [
