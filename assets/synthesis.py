@@ -70,7 +70,10 @@ class SFTDataConfig(dg.Config):
 
 class SyntheticPretrainingConfig(dg.Config):
     documents: int = Field(default=3, description="Curated documents rephrased.")
-    max_new_tokens: int = Field(default=256, description="Longest rephrasing.")
+    max_input_chars: int = Field(
+        default=700, description="Longer documents are rephrased from an excerpt of this many characters."
+    )
+    max_new_tokens: int = Field(default=320, description="Longest rephrasing (truncated ones are rejected).")
     seed: int = Field(default=0, description="Which documents and sampling.")
 
 
@@ -515,6 +518,7 @@ def synthetic_pretraining_data(
         cfg = RephraseConfig(
             input_dir=curation.stage_dir("dedup"),
             num_documents=config.documents,
+            max_input_chars=config.max_input_chars,
             seed=config.seed,
             max_new_tokens=config.max_new_tokens,
         )

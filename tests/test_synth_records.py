@@ -19,7 +19,11 @@ ITEMS = [{"id": f"item-{i}"} for i in range(7)]
 
 def process(chunk):
     rows = [
-        {"id": record_id("t", item["id"]), "messages": messages(("user", item["id"]), ("assistant", "ok")), "method": "t"}
+        {
+            "id": record_id("t", item["id"]),
+            "messages": messages(("user", item["id"]), ("assistant", "ok")),
+            "method": "t",
+        }
         for item in chunk
         if item["id"] != "item-3"
     ]
