@@ -374,7 +374,8 @@ def _instruction_chunk(generator: Generator, cfg: InstructionConfig) -> Callable
                 max_chars=cfg.max_answer_chars,
             )
             if problem is None and is_copy(reply, instruction):
-                problem = "copies_instruction"  # an echo teaches nothing (a small teacher does it in languages it barely knows)
+                # An echo teaches nothing; a small teacher does it in languages it barely knows.
+                problem = "copies_instruction"
             conversation = messages(("user", instruction), ("assistant", reply))
             if problem is None and validate_chat(conversation):
                 problem = "invalid_chat"
