@@ -163,7 +163,7 @@ def teacher_model(context: dg.AssetExecutionContext, synthesis: SynthesisResourc
     started = time.time()
     info = describe_teacher(synthesis.backend, synthesis.model or None, synthesis.base_url or None)
     context.log.info(f"teacher: {info}")
-    generator = synthesis.generator(curation.data_root)
+    generator = synthesis.generator(curation.data_root, use_cache=False)  # a live answer, not a cached one
     question = "Explain in two sentences what a package manager does."
     result = generator.generate([GenerationRequest([{"role": "user", "content": question}], max_new_tokens=64)])[0]
     generator.close()
@@ -185,10 +185,6 @@ def teacher_model(context: dg.AssetExecutionContext, synthesis: SynthesisResourc
     )
 
 
-def _teacher(synthesis: SynthesisResource, curation: CurationResource):
-    return synthesis.generator(curation.data_root)
-
-
 @dg.asset(group_name=GROUP, op_tags=TEACHER_TAG, kinds=KINDS, deps=[teacher_model, deduplicated_documents])
 def quality_labels(
     context: dg.AssetExecutionContext,
@@ -201,7 +197,7 @@ def quality_labels(
     most probable digit; the score its expected value under the teacher's next-token distribution."""
     from synth.quality import LabelConfig, label_documents, read_labels
 
-    generator = _teacher(synthesis, curation)
+    generator = synthesis.generator(curation.data_root)
     try:
         summary = label_documents(
             generator,
@@ -214,6 +210,7 @@ def quality_labels(
                 min_choice_mass=config.min_choice_mass,
                 heldout_share=config.heldout_share,
             ),
+            log=context.log.info,
         )
     finally:
         generator.close()
@@ -465,7 +462,7 @@ def sft_data(
     from pipelines.schema import SFT_SCHEMA
     from synth.checks import examples_markdown
 
-    generator = _teacher(synthesis, curation)
+    generator = synthesis.generator(curation.data_root)
     try:
         summaries = _sft_methods(context, config, generator, curation)
     finally:
@@ -511,9 +508,10 @@ def synthetic_pretraining_data(
     simple words), in their own language, deduplicated and decontaminated into synthetic/pretraining: a
     document stage with domain "synthetic" that mixture_index mixes in as its own buckets."""
     from pipelines.schema import DOCUMENT_SCHEMA
+    from synth.decontam import read_stage
     from synth.rephrase import RephraseConfig, run_rephrase
 
-    generator = _teacher(synthesis, curation)
+    generator = synthesis.generator(curation.data_root)
     try:
         cfg = RephraseConfig(
             input_dir=curation.stage_dir("dedup"),
@@ -527,8 +525,6 @@ def synthetic_pretraining_data(
         generator.close()
     final = curation.synthetic_pretraining_dir()
     clean = _clean(synthesis, curation, [summary["output"]], final, "documents")
-    from synth.decontam import read_stage
-
     previews = []
     for row in read_stage(final):
         previews.append(f"**{row['source']}** ({row['lang']}): {row['text'][:400]}")
@@ -572,7 +568,7 @@ def preference_pairs(
     from synth.checks import examples_markdown
     from synth.preference import PreferenceConfig, run_preference
 
-    generator = _teacher(synthesis, curation)
+    generator = synthesis.generator(curation.data_root)
     try:
         cfg = PreferenceConfig(
             num_prompts=config.prompts,

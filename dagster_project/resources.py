@@ -131,12 +131,12 @@ class SynthesisResource(dg.ConfigurableResource):
     )
     decontam_ngram: int = Field(default=13, description="n-gram length of the decontamination overlap test.")
 
-    def generator(self, data_root: str):
-        """The configured generator, wrapped in the request cache."""
+    def generator(self, data_root: str, use_cache: bool = True):
+        """The configured generator, wrapped in the request cache (when ``cache`` and ``use_cache``)."""
         from synth.generate import make_generator
 
         opts = {"base_url": self.base_url or None} if self.backend == "openai" else {}
         if self.backend == "transformers":
             opts["batch_size"] = self.batch_size
-        cache_dir = f"{data_root.rstrip('/')}/synthetic/request_cache" if self.cache else None
+        cache_dir = f"{data_root.rstrip('/')}/synthetic/request_cache" if self.cache and use_cache else None
         return make_generator(self.backend, self.model or None, cache_dir=cache_dir, **opts)

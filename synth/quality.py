@@ -53,7 +53,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -440,7 +440,13 @@ def expected_score(probs: Sequence[float], classes: Sequence[int | str] = SCORE_
     return float(sum(float(p) * int(c) for p, c in zip(probs, classes)) / mass)
 
 
-def label_documents(generator: Generator, docs_dir: str, out_dir: str, config: LabelConfig = LabelConfig()) -> dict:
+def label_documents(
+    generator: Generator,
+    docs_dir: str,
+    out_dir: str,
+    config: LabelConfig = LabelConfig(),
+    log: Callable[[str], None] | None = None,
+) -> dict:
     """Rate a seeded sample of the documents under ``docs_dir`` with ``generator`` (the teacher) into ``out_dir``
     (``LABELS_SCHEMA`` rows, ``off_format`` rejections in ``excluded/``); returns the stage summary."""
     items, sampling = sample_documents(docs_dir, config.sample_size, config.seed, config.max_doc_chars)
@@ -507,7 +513,7 @@ def label_documents(generator: Generator, docs_dir: str, out_dir: str, config: L
         **sampling,
     }
     return run_chunked_stage(
-        out_dir, stage_config, items, process, LABELS_SCHEMA, chunk_size=config.chunk_size, extra=extra
+        out_dir, stage_config, items, process, LABELS_SCHEMA, chunk_size=config.chunk_size, extra=extra, log=log
     )
 
 
