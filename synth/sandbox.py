@@ -104,6 +104,7 @@ class SandboxResult:
     only for the layer tests of ``_run(..., guard=False)``."""
     cpu_seconds: float = 0.0
     max_rss_mb: float = 0.0
+    """Peak resident memory of the program (its own high-water mark when it ended through the bootstrap)."""
     user: str = ""
     """The user the child ran as (``nobody`` when this process is root and could drop privileges)."""
     error: dict | None = None
@@ -254,9 +255,15 @@ def _sandbox_bootstrap(cfg):
         import json
 
         def finish(error):
+            peak_kb = None
+            try:  # this program's own peak memory (rusage would also count the parent's size at fork)
+                with open("/proc/self/status", encoding="ascii") as f:
+                    peak_kb = next((int(x.split()[1]) for x in f if x.startswith("VmHWM:")), None)
+            except Exception:
+                pass
             try:
                 with open(path, "w", encoding="utf-8") as f:
-                    json.dump({"token": token, "error": error}, f)
+                    json.dump({"token": token, "error": error, "peak_kb": peak_kb}, f)
             except Exception:
                 pass
         return finish
@@ -563,7 +570,7 @@ def _run(files: dict[str, str], limits: SandboxLimits | None, isolation: str, *,
             seconds=round(seconds, 3),
             isolation=mode,
             cpu_seconds=round(cpu, 3),
-            max_rss_mb=round(rusage.ru_maxrss / 1024, 1) if rusage else 0.0,
+            max_rss_mb=_peak_mb(verdict, rusage),
             user=user,
             error=error,
             blocked=_events(root),
@@ -594,6 +601,15 @@ def _wait(proc: subprocess.Popen, deadline: float):
     except (ProcessLookupError, PermissionError):
         pass
     return status, rusage, timed_out
+
+
+def _peak_mb(verdict: dict | None, rusage) -> float:
+    """The child's peak resident memory: its own VmHWM when the bootstrap reported it, else the kernel's rusage
+    figure (which also counts this process's size when the child was forked from it)."""
+    peak_kb = verdict.get("peak_kb") if verdict else None
+    if isinstance(peak_kb, int):
+        return round(peak_kb / 1024, 1)
+    return round(rusage.ru_maxrss / 1024, 1) if rusage else 0.0
 
 
 def _verdict(root: str, token: str) -> dict | None:
