@@ -165,8 +165,11 @@ def teacher_model(context: dg.AssetExecutionContext, synthesis: SynthesisResourc
     context.log.info(f"teacher: {info}")
     generator = synthesis.generator(curation.data_root, use_cache=False)  # a live answer, not a cached one
     question = "Explain in two sentences what a package manager does."
-    result = generator.generate([GenerationRequest([{"role": "user", "content": question}], max_new_tokens=64)])[0]
-    generator.close()
+    try:
+        request = GenerationRequest([{"role": "user", "content": question}], max_new_tokens=64)
+        result = generator.generate([request])[0]
+    finally:
+        generator.close()
     answer = result.texts[0]
     return dg.MaterializeResult(
         metadata={
@@ -424,6 +427,7 @@ def _sft_methods(context, config: SFTDataConfig, generator, curation: CurationRe
             answered = summaries.get("instruction", {}).get("accepted", 0) > 0
             cfg = sft.ConstitutionalConfig(
                 input_dir=summaries["instruction"]["output"] if answered else "",
+                keep_unchanged=not answered,  # an unchanged revision of an instruction row is that row again
                 num_items=config.constitutional,
                 seed=seed,
                 max_new_tokens_response=n_tokens,
@@ -508,7 +512,7 @@ def synthetic_pretraining_data(
     simple words), in their own language, deduplicated and decontaminated into synthetic/pretraining: a
     document stage with domain "synthetic" that mixture_index mixes in as its own buckets."""
     from pipelines.schema import DOCUMENT_SCHEMA
-    from synth.decontam import read_stage
+    from pipelines.shards import iter_stage_rows
     from synth.rephrase import RephraseConfig, run_rephrase
 
     generator = synthesis.generator(curation.data_root)
@@ -526,7 +530,7 @@ def synthetic_pretraining_data(
     final = curation.synthetic_pretraining_dir()
     clean = _clean(synthesis, curation, [summary["output"]], final, "documents")
     previews = []
-    for row in read_stage(final):
+    for row in iter_stage_rows(final, ["source", "lang", "text"]):
         previews.append(f"**{row['source']}** ({row['lang']}): {row['text'][:400]}")
         if len(previews) == 3:
             break

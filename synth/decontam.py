@@ -61,7 +61,6 @@ from pipelines.shards import (
     filesystem,
     input_fingerprint,
     iter_parquet_rows,
-    iter_stage_rows,
     join,
     list_shards,
     merge_stats,
@@ -80,7 +79,6 @@ log = logging.getLogger(__name__)
 STAGE = "decontam"
 KIND_SCHEMAS = {"sft": SFT_SCHEMA, "preference": PREFERENCE_SCHEMA, "documents": DOCUMENT_SCHEMA}
 WORK_DIR = "_work"
-BATCH_ROWS = 256
 _CJK = r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}\p{Tibetan}]"
 # A CJK character is a token alone, also right after Latin letters ("Python是" -> "python", "是").
 _TOKEN = regex.compile(rf"{_CJK}|(?:(?!{_CJK})[\p{{L}}\p{{M}}\p{{N}}])+")
@@ -450,11 +448,6 @@ def clean_stage(
         if fs.exists(path):
             fs.rm(path, recursive=True)
     return summary
-
-
-def read_stage(stage_dir: str, kind: str = "data") -> Iterator[dict]:
-    """Rows of a stage folder's ``data/`` (or ``excluded/``) shards, streamed."""
-    return iter_stage_rows(stage_dir, kind=kind)
 
 
 def main(argv: list[str] | None = None) -> None:

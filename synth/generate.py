@@ -276,13 +276,19 @@ def _make_sampler(temperatures: list[float], top_ps: list[float], seeds: list[in
 
 
 def _default_model_id(path: str) -> str:
+    """The id recorded with (and keying the cache of) every answer of a local model: the default teacher's hub id,
+    else ``<folder>@<weights fingerprint>``, so a checkpoint retrained in place (an earlier SFT run's folder serving
+    as the next refresh's teacher) does not reuse the old model's answers."""
     marker = Path(path) / "teacher.json"
     if marker.exists():
         try:
             return json.loads(marker.read_text())["model_id"]
         except (ValueError, KeyError):
             pass
-    return str(Path(path).resolve())
+    folder = Path(path).resolve()
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json")
+    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return f"{folder}@{hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:12]}"
 
 
 class TransformersGenerator(Generator):
@@ -545,7 +551,9 @@ class OpenAIGenerator(Generator):
         data = self._post(body)
         try:
             top = data["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
-            seen = {entry["token"]: math.exp(float(entry["logprob"])) for entry in top}
+            seen: dict[str, float] = {}
+            for entry in top:  # two token ids may decode to the same string: their probabilities add up
+                seen[entry["token"]] = seen.get(entry["token"], 0.0) + math.exp(float(entry["logprob"]))
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise GenerationError(
                 f"{self.base_url} returned no top_logprobs for a scoring request: {json.dumps(data)[:300]}"
@@ -634,7 +642,10 @@ class VLLMGenerator(Generator):
         for r, out in zip(requests, outputs):
             top = out.outputs[0].logprobs[0]  # {token_id: Logprob}
             ids = [tokenizer.encode(c, add_special_tokens=False) for c in r.choices]
-            probs = [math.exp(top[t[0]].logprob) if len(t) == 1 and t[0] in top else 0.0 for t in ids]
+            for choice, tokens in zip(r.choices, ids):
+                if len(tokens) != 1:
+                    raise ValueError(f"choice {choice!r} is {len(tokens)} tokens; scoring needs single-token choices")
+            probs = [math.exp(top[t[0]].logprob) if t[0] in top else 0.0 for t in ids]
             results.append(_scored(r, self, probs, len(out.prompt_token_ids)))
         return results
 

@@ -83,6 +83,7 @@ from pipelines.shards import (
     shard_writers,
     write_json_atomic,
 )
+from pipelines.wheels import sha256_file
 from synth.generate import GenerationRequest, Generator
 from synth.records import chunk_counters, record_id, rejected, run_chunked_stage
 from synth.seeds import language_name
@@ -725,14 +726,6 @@ def agreement(
     }
 
 
-def sha256_path(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def train_classifier(labels_dir: str, out_dir: str, config: ClassifierConfig = ClassifierConfig()) -> dict:
     """Train the fastText quality classifier on the ``train`` split of a label stage; write ``model.bin`` and
     ``metrics.json`` (agreement with the teacher on the ``heldout`` split) into ``out_dir``; return the metrics."""
@@ -790,7 +783,7 @@ def train_classifier(labels_dir: str, out_dir: str, config: ClassifierConfig = C
 
     labels_summary = read_json(join(labels_dir, SUCCESS_FILE)) or {}
     metrics = {
-        "model_sha256": sha256_path(model_path),
+        "model_sha256": sha256_file(model_path),
         "model_bytes": os.path.getsize(model_path),
         "config": dataclasses.asdict(config),
         "normalize": NORMALIZE_VERSION,
@@ -819,7 +812,7 @@ def classifier_fingerprint(classifier_dir: str) -> str:
     model_path = os.path.join(classifier_dir, MODEL_FILE)
     if metrics is None or not os.path.exists(model_path):
         raise ValueError(f"{classifier_dir} holds no trained classifier ({METRICS_FILE} + {MODEL_FILE}): run `train`")
-    sha = sha256_path(model_path)
+    sha = sha256_file(model_path)
     if sha != metrics.get("model_sha256"):
         raise ValueError(f"{model_path} does not match its {METRICS_FILE} (a training run was cut short): retrain")
     return sha
@@ -860,7 +853,7 @@ class QualityScorer(DocumentProcessor):
     def setup(self) -> None:
         if self._model is None:
             path = os.path.join(self.classifier_dir, MODEL_FILE)
-            if sha256_path(path) != self.fingerprint:
+            if sha256_file(path) != self.fingerprint:
                 raise RuntimeError(f"{path} changed while the stage ran: rerun to score with the new classifier")
             self._model = _load_fasttext(path)
 

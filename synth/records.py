@@ -31,7 +31,6 @@ from pipelines.shards import (
     join,
     merge_stats,
     prepare_stage_dir,
-    read_json,
     remove_stale_shards,
     shard_writers,
     write_json_atomic,
@@ -116,25 +115,27 @@ def run_chunked_stage(
     """Run ``process_chunk`` over ``items`` (each with an ``id``) in committed chunks; return the stage summary.
 
     ``config`` must hold everything that shapes the output (method settings, model, prompt version): a different
-    config empties ``stage_dir`` first. A chunk is reused only when it holds the very same item ids.
+    config empties ``stage_dir`` first. A chunk is reused only when it holds the very same items (ids and content,
+    so a document whose text changed is done again). No items: one empty shard, so readers see a finished stage.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     started = time.time()
     resumed = prepare_stage_dir(stage_dir, dict(config))
     keys, all_stats, reused = [], [], 0
-    n_chunks = (len(items) + chunk_size - 1) // chunk_size
+    n_chunks = max(1, (len(items) + chunk_size - 1) // chunk_size)
     for index in range(n_chunks):
         chunk = list(items[index * chunk_size : (index + 1) * chunk_size])
         key = f"part-{index:05d}"
-        fingerprint = hashlib.sha256(json.dumps([str(item["id"]) for item in chunk]).encode()).hexdigest()
+        blob = json.dumps(chunk, sort_keys=True, ensure_ascii=False, default=str)
+        fingerprint = hashlib.sha256(blob.encode()).hexdigest()
         keys.append(key)
         stats = committed_stats(stage_dir, key, fingerprint)
         if stats is not None:
             reused += 1
             all_stats.append(stats)
             continue
-        rows, rejected_rows, stats = process_chunk(chunk)
+        rows, rejected_rows, stats = process_chunk(chunk) if chunk else ([], [], chunk_counters(0, 0, 0, []))
         with shard_writers(stage_dir, key, data_schema=schema, excluded_schema=SYNTH_REJECTED_SCHEMA) as writers:
             for row in rows:
                 writers["data"].write(row)
@@ -161,8 +162,3 @@ def run_chunked_stage(
     )
     write_json_atomic(join(stage_dir, SUCCESS_FILE), summary)
     return summary
-
-
-def stage_summary(stage_dir: str) -> dict | None:
-    """The ``_SUCCESS.json`` of a finished stage, else None."""
-    return read_json(join(stage_dir, SUCCESS_FILE))

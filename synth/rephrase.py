@@ -149,7 +149,12 @@ def _chunk(generator: Generator, cfg: RephraseConfig) -> Callable:
             text = strip_wrapping(result.texts[0])
             problem, overlap = check_rephrase(text, result.finish_reasons[0], doc["input"], doc["lang"], cfg)
             if problem:
-                rejects.append(rejected(method, doc["id"], problem, {"style": style, "copy_overlap": overlap}, text))
+                rejects.append(
+                    rejected(
+                        method, doc["id"], problem, {"style": style, "copy_overlap": overlap}, text,
+                        id=record_id(method, doc["id"], style, problem),
+                    )
+                )  # fmt: skip
                 continue
             metadata = {
                 "source_id": doc["id"],

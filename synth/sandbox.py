@@ -53,7 +53,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ISOLATIONS = ("auto", "netns", "audit")
-STATUSES = ("ok", "failed", "syntax_error", "timeout", "memory", "output_limit", "killed", "error")
 RESULT_FILE = "_sandbox_result.json"
 EVENTS_FILE = "_sandbox_events.log"
 NOBODY = 65534

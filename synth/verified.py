@@ -838,7 +838,8 @@ def run_code(
     stage_config = {
         "method": METHOD_CODE,
         "model_id": generator.model_id,
-        **dataclasses.asdict(config),
+        # sandbox parallelism does not change what is kept: changing it must not redo the stage
+        **{k: v for k, v in dataclasses.asdict(config).items() if k != "sandbox_workers"},
         "code_docs": bool(code_docs_dir),
     }
     extra = {

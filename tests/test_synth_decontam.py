@@ -16,10 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.schema import DOCUMENT_SCHEMA, PREFERENCE_SCHEMA, SFT_SCHEMA, SYNTH_REJECTED_SCHEMA, empty_document
-from pipelines.shards import list_shards
+from pipelines.shards import iter_stage_rows, list_shards
 from synth import decontam, eval_sets
 from synth.chat import validate_chat
-from synth.decontam import NgramIndex, clean_stage, ngram_hashes, ngram_tokens, read_stage
+from synth.decontam import NgramIndex, clean_stage, ngram_hashes, ngram_tokens
 from synth.eval_sets import EvalSet, EvalSetUnavailable, load_eval_sets
 from synth.generate import GenerationResult
 from synth.records import messages, provenance, record_id, run_chunked_stage
@@ -227,13 +227,13 @@ def test_sft_stage_dedups_decontaminates_and_is_not_redone(tmp_path, humaneval):
     assert json.load(open(os.path.join(out, "_SUCCESS.json")))["output"] == 7
     assert not os.path.exists(os.path.join(out, "_work"))
 
-    kept = list(read_stage(out))
+    kept = list(iter_stage_rows(out))
     assert [r["id"] for r in kept] == [ids[k] for k in ("a0", "a1", "a2", "a3", "c12", "b4", "b5")]  # input order
     assert all(r == rows[k] for r, k in zip(kept, ("a0", "a1", "a2", "a3", "c12", "b4", "b5")))  # unchanged
     assert all(validate_chat(r["messages"]) == [] for r in kept)
     check_schema(out, SFT_SCHEMA)
 
-    dropped = {r["id"]: r for r in read_stage(out, "excluded")}
+    dropped = {r["id"]: r for r in iter_stage_rows(out, kind="excluded")}
     assert {r["reason"] for r in dropped.values()} == {"exact_duplicate", "near_duplicate", "contaminated:humaneval"}
     assert dropped[ids["b0"]]["reason"] == "exact_duplicate"
     assert json.loads(dropped[ids["b0"]]["detail"]) == {"duplicate_of": ids["a0"], "cluster_size": 2}
@@ -284,9 +284,9 @@ def test_preference_stage_with_a_user_jsonl_eval_set(tmp_path, humaneval):
     assert summary["contaminated"] == {"humaneval": 1, "gsm8k": 1}
     assert [s["name"] for s in summary["eval_sets"]] == ["humaneval", "gsm8k"]
     assert summary["methods_in"] == {"online_dpo": 5} and summary["methods_out"] == {"online_dpo": 2}
-    kept = list(read_stage(out))
+    kept = list(iter_stage_rows(out))
     assert [r["id"] for r in kept] == [rows[0]["id"], rows[4]["id"]] and kept[0] == rows[0]
-    reasons = {r["id"]: r["reason"] for r in read_stage(out, "excluded")}
+    reasons = {r["id"]: r["reason"] for r in iter_stage_rows(out, kind="excluded")}
     assert reasons == {
         rows[1]["id"]: "exact_duplicate",
         rows[2]["id"]: "contaminated:humaneval",
@@ -317,9 +317,9 @@ def test_documents_stage_and_cli(tmp_path, capsys):
     assert printed["methods_in"] == {"rephrase": 2, "textbook": 2}
     assert printed["methods_out"] == {"rephrase": 1, "textbook": 1}
     check_counts(printed)
-    kept = list(read_stage(str(out)))
+    kept = list(iter_stage_rows(str(out)))
     assert [d["id"] for d in kept] == ["d0", "d3"] and kept[0] == docs[0]
-    excluded = {r["id"]: r for r in read_stage(str(out), "excluded")}
+    excluded = {r["id"]: r for r in iter_stage_rows(str(out), kind="excluded")}
     assert excluded["d2"]["reason"] == "contaminated:zh_eval" and excluded["d2"]["method"] == "rephrase"
     assert json.loads(excluded["d2"]["detail"])["ngram"] == " ".join(ngram_tokens(stolen)[:13])
     check_schema(str(out), DOCUMENT_SCHEMA)
@@ -335,7 +335,7 @@ def test_documents_stage_and_cli(tmp_path, capsys):
     assert {k: resumed[k] for k in ("input", "output", "contaminated", "rejected", "methods_out")} == {
         k: printed[k] for k in ("input", "output", "contaminated", "rejected", "methods_out")
     }
-    assert [d["id"] for d in read_stage(str(out))] == ["d0", "d3"]
+    assert [d["id"] for d in iter_stage_rows(str(out))] == ["d0", "d3"]
 
 
 def test_wrong_kind_and_unfinished_inputs_are_refused(tmp_path):

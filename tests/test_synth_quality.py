@@ -17,6 +17,7 @@ import pytest
 
 from pipelines.schema import DOCUMENT_SCHEMA
 from pipelines.shards import expand_inputs, list_shards, write_json_atomic
+from pipelines.wheels import sha256_file
 from synth.generate import TransformersGenerator
 from synth.quality import (
     CODE_NOTE,
@@ -36,7 +37,6 @@ from synth.quality import (
     rubric_messages,
     sample_documents,
     score_and_tier,
-    sha256_path,
     split_of,
     train_classifier,
 )
@@ -274,7 +274,7 @@ def test_classifier_trains_on_the_teacher_labels(tiny_labels, tmp_path):
     heldout = sum(r["split"] == "heldout" for r in read_labels(out))
     assert metrics["counts"]["heldout"] == metrics["heldout"]["n"] == heldout
     assert metrics["counts"]["train"] == 30 - heldout and metrics["teacher"] is not None
-    assert metrics["model_sha256"] == sha256_path(str(tmp_path / "clf" / "model.bin"))
+    assert metrics["model_sha256"] == sha256_file(str(tmp_path / "clf" / "model.bin"))
 
 
 # --------------------------------------------------------------------------------------------------- classifier
@@ -381,7 +381,7 @@ def test_bad_tier_thresholds_are_refused():
 def test_cli(hand_labels_dir, tmp_path, capsys):
     out = tmp_path / "clf"
     assert main(["train", "--labels", hand_labels_dir, "--out", str(out), "--dim", "8", "--epoch", "5"]) == 0
-    assert json.loads(capsys.readouterr().out)["model_sha256"] == sha256_path(str(out / "model.bin"))
+    assert json.loads(capsys.readouterr().out)["model_sha256"] == sha256_file(str(out / "model.bin"))
     missing = ["score", "--docs", hand_labels_dir, "--classifier", str(tmp_path / "none")]
     assert main([*missing, "--scored", str(tmp_path / "s"), "--tiers", str(tmp_path / "t")]) == 1
     assert "no trained classifier" in capsys.readouterr().err

@@ -18,10 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.schema import DOCUMENT_SCHEMA, SFT_SCHEMA, SYNTH_REJECTED_SCHEMA, empty_document
-from pipelines.shards import list_shards
+from pipelines.shards import list_shards, read_json
 from synth.chat import validate_chat
 from synth.generate import GenerationResult, Generator, TransformersGenerator
-from synth.records import stage_summary
 from synth.verified import (
     BUILTIN_TASKS,
     MATH_FAMILIES,
@@ -92,7 +91,7 @@ def check_stage(stage_dir: str, summary: dict) -> tuple[list[dict], list[dict]]:
     assert summary["samples"] == summary["accepted"] + sum(summary["rejected"].values())
     assert len({r["id"] for r in rows}) == len(rows)
     assert len({r["id"] for r in excluded}) == len(excluded)
-    assert stage_summary(stage_dir)["accepted"] == summary["accepted"]
+    assert read_json(f"{stage_dir}/_SUCCESS.json")["accepted"] == summary["accepted"]
     return rows, excluded
 
 
