@@ -386,6 +386,8 @@ def _sft_methods(context, config: SFTDataConfig, generator, curation: CurationRe
     from synth import sft, verified
 
     unknown = sorted(set(config.methods) - set(SFT_METHODS))
+    if not config.methods:
+        raise dg.Failure(f"no SFT method chosen; choose from {', '.join(SFT_METHODS)}")
     if unknown:
         raise dg.Failure(f"unknown SFT methods {unknown}; choose from {', '.join(SFT_METHODS)}")
     docs = curation.stage_dir("dedup")

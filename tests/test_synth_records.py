@@ -70,3 +70,19 @@ def test_killed_stage_resumes_without_losing_or_repeating_rows(tmp_path):
     fresh = run_chunked_stage(str(stage), {"v": 2}, ITEMS[:3], process, SFT_SCHEMA, chunk_size=2)
     assert fresh["chunks_reused"] == 0 and fresh["items"] == 3
     assert len(pq.read_table(stage / "data").column("id").to_pylist()) == 3
+
+
+def test_a_stage_with_nothing_to_do_is_finished_and_readable(tmp_path):
+    summary = run_chunked_stage(str(tmp_path / "empty"), {"v": 1}, [], process, SFT_SCHEMA)
+    assert (summary["items"], summary["accepted"], summary["shards"]) == (0, 0, 1)
+    table = pq.read_table(tmp_path / "empty" / "data")
+    assert table.num_rows == 0 and table.schema.equals(SFT_SCHEMA)
+    assert (tmp_path / "empty" / "_SUCCESS.json").exists()
+
+
+def test_a_changed_item_is_done_again(tmp_path):
+    items = [{"id": "a", "text": "one"}, {"id": "b", "text": "two"}]
+    run_chunked_stage(str(tmp_path / "s"), {"v": 1}, items, process, SFT_SCHEMA, chunk_size=1)
+    changed = [items[0], {"id": "b", "text": "two, edited"}]
+    summary = run_chunked_stage(str(tmp_path / "s"), {"v": 1}, changed, process, SFT_SCHEMA, chunk_size=1)
+    assert summary["chunks_reused"] == 1
