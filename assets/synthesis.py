@@ -34,7 +34,11 @@ class QualityLabelsConfig(dg.Config):
 
 
 class QualityClassifierConfig(dg.Config):
-    epochs: int = Field(default=25, description="fastText training epochs.")
+    epochs: int = Field(
+        default=100,
+        description="fastText training epochs (a few dozen labels need about 100 to move off the uniform "
+        "prediction; thousands need far fewer).",
+    )
     lr: float = Field(default=0.5, description="fastText learning rate.")
     word_ngrams: int = Field(default=2, description="fastText word n-grams.")
     min_within_one: float = Field(
