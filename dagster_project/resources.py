@@ -135,8 +135,7 @@ class SynthesisResource(dg.ConfigurableResource):
         """The configured generator, wrapped in the request cache (when ``cache`` and ``use_cache``)."""
         from synth.generate import make_generator
 
-        opts = {"base_url": self.base_url or None} if self.backend == "openai" else {}
-        if self.backend == "transformers":
-            opts["batch_size"] = self.batch_size
         cache_dir = f"{data_root.rstrip('/')}/synthetic/request_cache" if self.cache and use_cache else None
-        return make_generator(self.backend, self.model or None, cache_dir=cache_dir, **opts)
+        return make_generator(
+            self.backend, self.model or None, cache_dir=cache_dir, base_url=self.base_url, batch_size=self.batch_size
+        )

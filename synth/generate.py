@@ -771,13 +771,27 @@ _FACTORIES: dict[str, Callable[..., Generator]] = {
 }
 
 
-def make_generator(backend: str, model: str | None = None, *, cache_dir: str | None = None, **opts: Any) -> Generator:
+def make_generator(
+    backend: str,
+    model: str | None = None,
+    *,
+    cache_dir: str | None = None,
+    base_url: str | None = None,
+    batch_size: int | None = None,
+    **opts: Any,
+) -> Generator:
     """A generator for ``backend`` ("transformers", "openai" or "vllm").
 
     ``model``: for transformers and vllm a checkpoint folder or a locally cached HF id (``None``: the default CPU
     teacher, set up on first use); for openai the model name the server knows (``None``: the teacher's id).
-    ``cache_dir`` wraps the generator in a ``CachedGenerator``. Other options go to the backend's constructor.
+    ``cache_dir`` wraps the generator in a ``CachedGenerator``. ``base_url`` applies to openai and ``batch_size``
+    to transformers (each ignored by the other backends, so callers pass their settings unconditionally). Other
+    options go to the backend's constructor.
     """
+    if backend == "openai" and base_url:
+        opts["base_url"] = base_url
+    if backend == "transformers" and batch_size:
+        opts["batch_size"] = batch_size
     if backend not in _FACTORIES:
         raise ValueError(f"unknown generation backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     from synth.teacher import TEACHER_MODEL_ID, teacher_path
@@ -809,9 +823,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from synth.teacher import TeacherUnavailable
 
-    opts = {"base_url": args.base_url} if args.backend == "openai" else {}
     try:
-        generator = make_generator(args.backend, args.model, cache_dir=args.cache_dir, **opts)
+        generator = make_generator(args.backend, args.model, cache_dir=args.cache_dir, base_url=args.base_url)
         requests = [
             GenerationRequest(
                 [{"role": "user", "content": q}], args.max_new_tokens, args.temperature, args.top_p, args.seed, args.n

@@ -1075,13 +1075,10 @@ def score_and_tier(
 def _cmd_label(args: argparse.Namespace) -> dict:
     from synth.generate import make_generator
 
-    opts: dict[str, Any] = {}
-    if args.backend == "openai" and args.base_url:
-        opts["base_url"] = args.base_url
-    if args.backend == "transformers":
-        opts["batch_size"] = args.batch_size
     cache_dir = args.cache_dir or f"{args.out.rstrip('/')}-cache"
-    generator = make_generator(args.backend, args.model, cache_dir=cache_dir, **opts)
+    generator = make_generator(
+        args.backend, args.model, cache_dir=cache_dir, base_url=args.base_url, batch_size=args.batch_size
+    )
     config = LabelConfig(
         sample_size=args.sample_size,
         seed=args.seed,

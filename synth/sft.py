@@ -863,14 +863,11 @@ def make_cli_generator(args: argparse.Namespace) -> Generator:
     from synth.generate import GenerationError, make_generator
     from synth.teacher import TeacherUnavailable
 
-    opts: dict[str, Any] = {}
-    if args.backend == "openai" and args.base_url:
-        opts["base_url"] = args.base_url
-    if args.backend == "transformers":
-        opts["batch_size"] = args.batch_size
     cache = None if args.no_cache else (args.cache_dir or f"{args.output.rstrip('/')}.gencache")
     try:
-        return make_generator(args.backend, args.model, cache_dir=cache, **opts)
+        return make_generator(
+            args.backend, args.model, cache_dir=cache, base_url=args.base_url, batch_size=args.batch_size
+        )
     except (GenerationError, TeacherUnavailable) as exc:
         raise SystemExit(f"error: {exc}") from exc
 

@@ -877,9 +877,8 @@ def main(argv: list[str] | None = None) -> int:
     from synth.generate import GenerationError, make_generator
     from synth.teacher import TeacherUnavailable
 
-    opts = {"base_url": args.base_url} if args.backend == "openai" else {}
     try:
-        generator = make_generator(args.backend, args.model, cache_dir=args.cache_dir, **opts)
+        generator = make_generator(args.backend, args.model, cache_dir=args.cache_dir, base_url=args.base_url)
         common: dict[str, Any] = {"seed": args.seed}
         if args.max_new_tokens:
             common["max_new_tokens"] = args.max_new_tokens
