@@ -11,6 +11,9 @@ DEB_CACHE ?= $(HOME)/.cache/qwen2-recipe/debs
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt pyproject.toml
+	@# bubblewrap isolates generated code (synth.sandbox refuses to run it without bwrap)
+	command -v bwrap >/dev/null || { apt-get update -qq && apt-get install -y -qq bubblewrap; } || \
+	  { echo "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap) and rerun" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt

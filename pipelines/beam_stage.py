@@ -37,7 +37,7 @@ from pipelines.shards import (
     input_fingerprint,
     join,
     merge_stats,
-    prepare_stage_dir,
+    open_stage,
     read_json,
     remove_stale_shards,
     shard_key,
@@ -209,7 +209,7 @@ def run_shard_stage(
     # Inputs are not part of the identity: shards of unchanged inputs are reused when inputs are added.
     config = {"stage": processor.stage, "processor": processor.config(), "max_doc_bytes": max_doc_bytes}
     dofn = _shard_dofn(processor, output_dir, max_doc_bytes)
-    return run_file_stage(files, output_dir, processor.stage, config, dofn, beam_args, workers)
+    return run_file_stage(files, output_dir, processor.stage, config, dofn, beam_args, workers, patterns=inputs)
 
 
 def run_file_stage(
@@ -221,24 +221,26 @@ def run_file_stage(
     beam_args: Sequence[str] | None = None,
     workers: int | None = None,
     extra: dict | None = None,
+    patterns: str | Sequence[str] = (),
 ) -> dict:
     """``Create(files) | Reshuffle | ParDo(dofn)``: one output shard per input file, committed shards resumed.
 
-    ``dofn`` writes and commits each file's shard (see ``process_shard``); ``config`` is the stage's identity.
+    ``dofn`` writes and commits each file's shard (see ``process_shard``); ``config`` is the stage's identity;
+    ``patterns`` (the globs/folders the files came from) are checked, with the files, against the output.
     """
     import apache_beam as beam
 
-    resumed = prepare_stage_dir(output_dir, config)
-    keys = {shard_key(f) for f in files}
-    if resumed:
-        remove_stale_shards(output_dir, keys)
-    started = time.time()
-    beam_counters = run_pipeline(
-        lambda p: p | "Shards" >> beam.Create(files) | "Spread" >> beam.Reshuffle() | "Process" >> beam.ParDo(dofn),
-        beam_args,
-        workers,
-    )
-    return finish_stage(output_dir, stage, sorted(keys), beam_counters, time.time() - started, resumed, extra)
+    with open_stage(output_dir, config, [patterns, *files]) as resumed:
+        keys = {shard_key(f) for f in files}
+        removed = remove_stale_shards(output_dir, keys) if resumed else []
+        started = time.time()
+        beam_counters = run_pipeline(
+            lambda p: p | "Shards" >> beam.Create(files) | "Spread" >> beam.Reshuffle() | "Process" >> beam.ParDo(dofn),
+            beam_args,
+            workers,
+        )
+        extra = {**(extra or {}), "removed_shards": removed} if removed else extra
+        return finish_stage(output_dir, stage, sorted(keys), beam_counters, time.time() - started, resumed, extra)
 
 
 def finish_stage(
@@ -271,19 +273,61 @@ def finish_stage(
     return summary
 
 
+def bounded(kind: type = int, low: float | None = None, high: float | None = None):
+    """An argparse ``type`` that parses ``kind`` and refuses NaN and values outside [low, high], naming the range."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if value != value or (low is not None and value < low) or (high is not None and value > high):
+            lo = "-inf" if low is None else low
+            hi = "inf" if high is None else high
+            raise argparse.ArgumentTypeError(f"{text} is outside the valid range [{lo}, {hi}]")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
 def stage_arg_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
     parser.add_argument(
         "--input",
         required=True,
         help="glob(s), comma-separated, of .parquet/.jsonl[.gz]/.warc[.gz] files, or a stage output folder",
     )
     parser.add_argument("--output", required=True, help="output folder or fsspec URI (s3://..., gs://...)")
-    parser.add_argument("--workers", type=int, default=None, help="local worker processes (default: all cores)")
     parser.add_argument(
-        "--max-doc-bytes", type=int, default=DEFAULT_MAX_DOC_BYTES, help="documents larger than this are quarantined"
+        "--workers", type=bounded(int, 1), default=None, help="local worker processes (default: all cores)"
+    )
+    parser.add_argument(
+        "--max-doc-bytes",
+        type=bounded(int, 1),
+        default=DEFAULT_MAX_DOC_BYTES,
+        help="documents larger than this are quarantined",
     )
     return parser
+
+
+def parse_stage_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[argparse.Namespace, list]:
+    """The stage's own options, and the rest as Beam pipeline options; a flag that is neither is an error."""
+    args, rest = parser.parse_known_args(argv)
+    if rest:
+        from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+        beam_parser = _BeamArgumentParser(allow_abbrev=False)
+        classes = {str(cls): cls for cls in PipelineOptions.__subclasses__()}  # as Beam's get_all_options does
+        for cls in classes.values():
+            cls._add_argparse_args(beam_parser)
+        _, unknown = beam_parser.parse_known_args(rest)
+        if unknown:
+            parser.error(
+                f"unrecognized arguments: {' '.join(unknown)} (neither an option of this command, see --help, "
+                "nor a Beam pipeline option)"
+            )
+    return args, rest
 
 
 def cli(main) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 import regex
 import xxhash
 
-from pipelines.beam_stage import cli, print_summary, run_pipeline, stage_arg_parser
+from pipelines.beam_stage import bounded, cli, parse_stage_args, print_summary, run_pipeline, stage_arg_parser
 from pipelines.readers import DEFAULT_MAX_DOC_BYTES, read_documents
 from pipelines.schema import excluded_row
 from pipelines.shards import (
@@ -39,7 +39,7 @@ from pipelines.shards import (
     expand_inputs,
     input_fingerprint,
     join,
-    prepare_stage_dir,
+    open_stage,
     read_json,
     remove_stale_shards,
     shard_key,
@@ -254,56 +254,56 @@ def run(
     # Which document of a cluster is kept depends on every input, so any input change starts afresh.
     fingerprints = {f: input_fingerprint(f) for f in files}
     stage_config = {"stage": STAGE, "inputs": fingerprints, "processor": asdict(config), "max_doc_bytes": max_doc_bytes}
-    resumed = prepare_stage_dir(output_dir, stage_config)
-    keys = [shard_key(f) for f in files]
-    if resumed:
-        remove_stale_shards(output_dir, set(keys))
-    clusters_uri = join(output_dir, "_clusters.json")
+    with open_stage(output_dir, stage_config, [inputs, *files]) as resumed:
+        keys = [shard_key(f) for f in files]
+        if resumed:
+            remove_stale_shards(output_dir, set(keys))
+        clusters_uri = join(output_dir, "_clusters.json")
 
-    def resolve(edges: list) -> Iterator[tuple[int, list[tuple]]]:
-        decisions, stats = resolve_clusters(edges)
-        write_json_atomic(clusters_uri, stats)
-        yield from decisions.items()
+        def resolve(edges: list) -> Iterator[tuple[int, list[tuple]]]:
+            decisions, stats = resolve_clusters(edges)
+            write_json_atomic(clusters_uri, stats)
+            yield from decisions.items()
 
-    def build(p):
-        shards = p | "Shards" >> beam.Create(list(enumerate(files)))
-        decisions = (
-            shards
-            | "Spread" >> beam.Reshuffle()
-            | "Signatures" >> beam.ParDo(_signature_dofn(config, max_doc_bytes))
-            | "Band" >> beam.GroupByKey()
-            | "Edges" >> beam.FlatMap(_bucket_edges)
-            | "AllEdges" >> beam.combiners.ToList()
-            | "UnionFind" >> beam.FlatMap(resolve)
+        def build(p):
+            shards = p | "Shards" >> beam.Create(list(enumerate(files)))
+            decisions = (
+                shards
+                | "Spread" >> beam.Reshuffle()
+                | "Signatures" >> beam.ParDo(_signature_dofn(config, max_doc_bytes))
+                | "Band" >> beam.GroupByKey()
+                | "Edges" >> beam.FlatMap(_bucket_edges)
+                | "AllEdges" >> beam.combiners.ToList()
+                | "UnionFind" >> beam.FlatMap(resolve)
+            )
+            (
+                {"shard": shards | "ByShard" >> beam.Map(lambda e: (e[0], None)), "decisions": decisions}
+                | "JoinDecisions" >> beam.CoGroupByKey()
+                | "Unpack" >> beam.Map(lambda kv: (kv[0], (kv[1]["shard"], kv[1]["decisions"])))
+                | "Apply" >> beam.ParDo(_apply_dofn(files, fingerprints, output_dir, max_doc_bytes))
+            )
+
+        started = time.time()
+        all_committed = resumed and all(
+            committed_stats(output_dir, shard_key(f), fingerprints[f]) is not None for f in files
         )
-        (
-            {"shard": shards | "ByShard" >> beam.Map(lambda e: (e[0], None)), "decisions": decisions}
-            | "JoinDecisions" >> beam.CoGroupByKey()
-            | "Unpack" >> beam.Map(lambda kv: (kv[0], (kv[1]["shard"], kv[1]["decisions"])))
-            | "Apply" >> beam.ParDo(_apply_dofn(files, fingerprints, output_dir, max_doc_bytes))
+        # A finished run with the same inputs and config: the clusters cannot have changed, skip the signature pass.
+        beam_counters = (
+            {f"{STAGE}/shards_resumed": len(files)} if all_committed else run_pipeline(build, beam_args, workers)
         )
-
-    started = time.time()
-    all_committed = resumed and all(
-        committed_stats(output_dir, shard_key(f), fingerprints[f]) is not None for f in files
-    )
-    # A finished run with the same inputs and config: the clusters cannot have changed, skip the signature pass.
-    beam_counters = (
-        {f"{STAGE}/shards_resumed": len(files)} if all_committed else run_pipeline(build, beam_args, workers)
-    )
-    extra = {"clusters": read_json(clusters_uri) or {}, "config": asdict(config)}
-    return finish_stage(output_dir, STAGE, sorted(set(keys)), beam_counters, time.time() - started, resumed, extra)
+        extra = {"clusters": read_json(clusters_uri) or {}, "config": asdict(config)}
+        return finish_stage(output_dir, STAGE, sorted(set(keys)), beam_counters, time.time() - started, resumed, extra)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = stage_arg_parser(__doc__.splitlines()[0])
     defaults = DedupConfig()
-    parser.add_argument("--bands", type=int, default=defaults.bands)
-    parser.add_argument("--rows", type=int, default=defaults.rows)
-    parser.add_argument("--ngram", type=int, default=defaults.ngram)
+    parser.add_argument("--bands", type=bounded(int, 1), default=defaults.bands)
+    parser.add_argument("--rows", type=bounded(int, 1), default=defaults.rows)
+    parser.add_argument("--ngram", type=bounded(int, 1), default=defaults.ngram)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--no-exact", action="store_true", help="fuzzy (MinHash) dedup only")
-    args, beam_args = parser.parse_known_args(argv)
+    args, beam_args = parse_stage_args(parser, argv)
     config = DedupConfig(bands=args.bands, rows=args.rows, ngram=args.ngram, seed=args.seed, exact=not args.no_exact)
     print_summary(run(args.input, args.output, beam_args, args.workers, config, args.max_doc_bytes))
 

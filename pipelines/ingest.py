@@ -9,7 +9,14 @@ files whose shard is committed are skipped.
 
 from __future__ import annotations
 
-from pipelines.beam_stage import DocumentProcessor, cli, print_summary, run_shard_stage, stage_arg_parser
+from pipelines.beam_stage import (
+    DocumentProcessor,
+    cli,
+    parse_stage_args,
+    print_summary,
+    run_shard_stage,
+    stage_arg_parser,
+)
 from pipelines.readers import EXTRACTOR, read_hf
 
 
@@ -31,7 +38,7 @@ def run(inputs, output_dir: str, beam_args=None, workers: int | None = None, **k
 
 
 def main(argv: list[str] | None = None) -> None:
-    args, beam_args = stage_arg_parser(__doc__.splitlines()[0]).parse_known_args(argv)
+    args, beam_args = parse_stage_args(stage_arg_parser(__doc__.splitlines()[0]), argv)
     print_summary(run(args.input, args.output, beam_args, args.workers, max_doc_bytes=args.max_doc_bytes))
 
 

@@ -13,10 +13,19 @@ is labelled ``code`` and passes: language ID means nothing for it.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 
-from pipelines.beam_stage import DocumentProcessor, cli, print_summary, run_shard_stage, stage_arg_parser
+from pipelines.beam_stage import (
+    DocumentProcessor,
+    bounded,
+    cli,
+    parse_stage_args,
+    print_summary,
+    run_shard_stage,
+    stage_arg_parser,
+)
 from pipelines.lang_config import QWEN2_LANGUAGES, config_for
 
 LID_CHARS = 20_000  # fastText's score is stable long before this; bounds the cost of huge pages
@@ -44,6 +53,12 @@ def load_lid_model(path: str | None = None):
     return fasttext.load_model(path or lid176_path())
 
 
+@functools.cache
+def model_languages(path: str | None = None) -> tuple[str, ...]:
+    """The language codes the model can emit (lid.176: 176 of them), sorted."""
+    return tuple(sorted(label.removeprefix("__label__") for label in load_lid_model(path).get_labels()))
+
+
 class LanguageIdentifier(DocumentProcessor):
     stage = "langid"
 
@@ -67,6 +82,14 @@ class LanguageIdentifier(DocumentProcessor):
         for lang, value in self.thresholds.items():
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"threshold for {lang!r} must be within [0, 1], got {value}")
+        if default_threshold is not None and not 0.0 <= default_threshold <= 1.0:
+            raise ValueError(f"threshold must be within [0, 1], got {default_threshold}")
+        supported = model_languages(model_path)
+        unknown = sorted((set(self.languages or ()) | set(self.thresholds)) - set(supported))
+        if unknown:
+            raise ValueError(
+                f"unknown language code(s) {', '.join(unknown)}: the language-ID model emits {', '.join(supported)}"
+            )
 
     def config(self) -> dict:
         return {"languages": self.languages, "thresholds": self.thresholds, "default": self.default_threshold}
@@ -117,9 +140,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--languages", default=",".join(QWEN2_LANGUAGES), help="comma-separated ISO 639-1 codes to keep, or 'all'"
     )
-    parser.add_argument("--threshold", type=float, default=None, help="one minimum score for every language")
-    args, beam_args = parser.parse_known_args(argv)
-    languages = None if args.languages == "all" else args.languages.split(",")
+    parser.add_argument(
+        "--threshold", type=bounded(float, 0, 1), default=None, help="one minimum score for every language"
+    )
+    args, beam_args = parse_stage_args(parser, argv)
+    languages = (
+        None if args.languages == "all" else [code.strip() for code in args.languages.split(",") if code.strip()]
+    )
     summary = run(
         args.input,
         args.output,

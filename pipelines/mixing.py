@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 
 from pipelines.beam_stage import (
     DocumentProcessor,
+    bounded,
     cli,
     finish_stage,
     print_summary,
@@ -63,7 +64,7 @@ from pipelines.shards import (
     filesystem,
     join,
     list_shards,
-    prepare_stage_dir,
+    open_stage,
     read_json,
     write_json_atomic,
 )
@@ -528,27 +529,28 @@ def run_select(
     plan = plan_mixture(config, index_summary, split)
     index_identity = hashlib.sha256(json.dumps(index_summary, sort_keys=True).encode()).hexdigest()[:16]
     fingerprint = hashlib.sha256(json.dumps([plan, index_identity], sort_keys=True).encode()).hexdigest()[:16]
-    prepare_stage_dir(output_dir, {"stage": "mix_select", "plan_fingerprint": fingerprint, "index": index_dir})
-    files = list_shards(index_dir)
-    started = time.time()
-    beam_counters = run_pipeline(
-        lambda p: (
-            p
-            | "IndexShards" >> beam.Create(files)
-            | "Spread" >> beam.Reshuffle()
-            | "Copies" >> beam.FlatMap(_emit_copies, plan)
-            | "Shuffle" >> beam.GroupByKey()
-            | "WriteParts" >> beam.Map(_write_part, output_dir, fingerprint)
-        ),
-        beam_args,
-        workers,
-    )
-    summary = finish_stage(
-        output_dir, "mix_select", committed_keys(output_dir), beam_counters, time.time() - started, False
-    )
-    summary.update(plan=plan, mix_check=realised_report(plan, summary, config.tolerance))
-    write_json_atomic(join(output_dir, SUCCESS_FILE), summary)
-    return summary
+    stage_config = {"stage": "mix_select", "plan_fingerprint": fingerprint, "index": index_dir}
+    with open_stage(output_dir, stage_config, [index_dir]):
+        files = list_shards(index_dir)
+        started = time.time()
+        beam_counters = run_pipeline(
+            lambda p: (
+                p
+                | "IndexShards" >> beam.Create(files)
+                | "Spread" >> beam.Reshuffle()
+                | "Copies" >> beam.FlatMap(_emit_copies, plan)
+                | "Shuffle" >> beam.GroupByKey()
+                | "WriteParts" >> beam.Map(_write_part, output_dir, fingerprint)
+            ),
+            beam_args,
+            workers,
+        )
+        summary = finish_stage(
+            output_dir, "mix_select", committed_keys(output_dir), beam_counters, time.time() - started, False
+        )
+        summary.update(plan=plan, mix_check=realised_report(plan, summary, config.tolerance))
+        write_json_atomic(join(output_dir, SUCCESS_FILE), summary)
+        return summary
 
 
 def load_mixture_config(path: str | None, **overrides) -> MixtureConfig:
@@ -561,26 +563,31 @@ def load_mixture_config(path: str | None, **overrides) -> MixtureConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
     idx = sub.add_parser("index", help="bucket and count the tokens of curated documents")
     idx.add_argument("--input", required=True, help="curated stage folder(s) or globs, comma-separated")
     idx.add_argument("--output", required=True)
-    idx.add_argument("--heldout-fraction", type=float, default=0.01)
-    idx.add_argument("--long-doc-tokens", type=int, default=4096, help="stage-1 context: longer documents are long")
+    idx.add_argument("--heldout-fraction", type=bounded(float, 0, 1), default=0.01)
     idx.add_argument(
-        "--max-doc-tokens", type=int, default=32768, help="stage-2 context: longer documents are cut into pieces"
+        "--long-doc-tokens", type=bounded(int, 1), default=4096, help="stage-1 context: longer documents are long"
     )
-    idx.add_argument("--workers", type=int, default=None)
+    idx.add_argument(
+        "--max-doc-tokens",
+        type=bounded(int, 1),
+        default=32768,
+        help="stage-2 context: longer documents are cut into pieces",
+    )
+    idx.add_argument("--workers", type=bounded(int, 1), default=None)
     sel = sub.add_parser("select", help="realise a mixture from the index")
     sel.add_argument("--index", required=True)
     sel.add_argument("--output", required=True)
     sel.add_argument("--config", default=None, help="JSON file of MixtureConfig fields")
-    sel.add_argument("--token-budget", type=int, default=None)
+    sel.add_argument("--token-budget", type=bounded(int, 1), default=None)
     sel.add_argument("--seed", type=int, default=None)
     sel.add_argument("--long-documents-only", action="store_true", default=None)
     sel.add_argument("--split", choices=SPLITS, default="train")
-    sel.add_argument("--workers", type=int, default=None)
+    sel.add_argument("--workers", type=bounded(int, 1), default=None)
     args = parser.parse_args(argv)
     if args.command == "index":
         inputs = args.input.split(",")

@@ -40,7 +40,14 @@ from datatrove.pipeline.filters.c4_filters import CITATION_REGEX, ELLIPSIS, END_
 from datatrove.utils.text import split_into_sentences
 from datatrove.utils.word_tokenizers import SpaCyTokenizer, WordTokenizer, load_word_tokenizer
 
-from pipelines.beam_stage import DocumentProcessor, cli, print_summary, run_shard_stage, stage_arg_parser
+from pipelines.beam_stage import (
+    DocumentProcessor,
+    cli,
+    parse_stage_args,
+    print_summary,
+    run_shard_stage,
+    stage_arg_parser,
+)
 from pipelines.lang_config import config_for
 
 CHARACTER_SCRIPT_LANGUAGES = {"zh", "ja", "th", "lo", "km", "my", "bo", "yue", "wuu"}
@@ -298,7 +305,7 @@ def run(inputs, output_dir: str, beam_args=None, workers: int | None = None, **k
 def main(argv: list[str] | None = None) -> None:
     parser = stage_arg_parser(__doc__.splitlines()[0])
     parser.add_argument("--no-code-filter", action="store_true", help="keep every source file")
-    args, beam_args = parser.parse_known_args(argv)
+    args, beam_args = parse_stage_args(parser, argv)
     print_summary(
         run(
             args.input,

@@ -48,7 +48,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.beam_stage import cli, committed_shard, print_summary, run_file_stage
+from pipelines.beam_stage import bounded, cli, committed_shard, parse_stage_args, print_summary, run_file_stage
 from pipelines.schema import PACKED_SCHEMA
 from pipelines.shards import (
     commit_shard,
@@ -435,14 +435,16 @@ def run_tokenize_stage(
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--input", required=True, help="mixture stage folder, or glob(s) of its Parquet shards")
     parser.add_argument("--output", required=True, help="output folder or fsspec URI (s3://..., gs://...)")
-    parser.add_argument("--seq-len", type=int, required=True, help="tokens per packed sequence (e.g. 4096)")
+    parser.add_argument("--seq-len", type=bounded(int, 2), required=True, help="tokens per packed sequence (e.g. 4096)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the per-shard row shuffle (default 0)")
     parser.add_argument("--text-column", default="text", help="column holding the document text (default: text)")
-    parser.add_argument("--workers", type=int, default=None, help="local worker processes (default: all cores)")
-    args, beam_args = parser.parse_known_args(argv)
+    parser.add_argument(
+        "--workers", type=bounded(int, 1), default=None, help="local worker processes (default: all cores)"
+    )
+    args, beam_args = parse_stage_args(parser, argv)
     summary = run_tokenize_stage(
         args.input, args.output, args.seq_len, args.seed, beam_args, args.workers, text_column=args.text_column
     )

@@ -46,7 +46,7 @@ import regex
 import xxhash
 
 from pipelines import dedup as dedup_stage
-from pipelines.beam_stage import cli, print_summary, run_pipeline
+from pipelines.beam_stage import bounded, cli, parse_stage_args, print_summary, run_pipeline
 from pipelines.dedup import DedupConfig
 from pipelines.readers import DEFAULT_MAX_DOC_BYTES
 from pipelines.schema import DOCUMENT_SCHEMA, PREFERENCE_SCHEMA, SFT_SCHEMA, SYNTH_REJECTED_SCHEMA, empty_document
@@ -64,7 +64,7 @@ from pipelines.shards import (
     join,
     list_shards,
     merge_stats,
-    prepare_stage_dir,
+    open_stage,
     read_json,
     remove_stale_shards,
     shard_key,
@@ -370,88 +370,90 @@ def clean_stage(
     ):
         return {**previous, "reused": True}
 
-    resumed = prepare_stage_dir(out_dir, stage_config)
-    keys = [f"{i:05d}-{shard_key(f)}" for i, f in enumerate(files)]
-    if resumed:
-        remove_stale_shards(out_dir, set(keys))
+    with open_stage(out_dir, stage_config, [*in_dirs, *files]) as resumed:
+        keys = [f"{i:05d}-{shard_key(f)}" for i, f in enumerate(files)]
+        if resumed:
+            remove_stale_shards(out_dir, set(keys))
 
-    work_root = join(out_dir, WORK_DIR)
-    _project(files, keys, work_root, kind)
-    projected = time.time()
-    log.info("%s: %d input shards projected to %s in %.1fs", STAGE, len(files), work_root, projected - started)
-    dedup_dir = join(work_root, "dedup")
-    dedup_summary = dedup_stage.run(
-        join(work_root, "documents"), dedup_dir, beam_args, workers, config.dedup, config.max_doc_bytes
-    )
-    deduplicated = time.time()
-    log.info("%s: dedup kept %s of %s records", STAGE, dedup_summary.get("docs_out"), dedup_summary.get("docs_in"))
-    # dedup names its shards by the work file's path as expand_inputs gives it: the same call finds them.
-    dedup_keys = {}
-    for work_file in expand_inputs(join(work_root, "documents")):
-        dedup_keys[posixpath.basename(work_file).removesuffix(".parquet")] = shard_key(work_file)
-    plans = [
-        {
-            "path": f,
-            "shard_no": i,
-            "key": key,
-            "fingerprint": fp,
-            "dedup_excluded": join(dedup_dir, "excluded", f"{dedup_keys[key]}.parquet") if key in dedup_keys else None,
-        }
-        for i, (f, key, fp) in enumerate(zip(files, keys, fingerprints, strict=True))
-    ]
-    index = NgramIndex(sets, config.ngram)  # in the driver too, for the sizes in the summary
-    beam_counters = run_pipeline(
-        lambda p: (
-            p
-            | "Shards" >> beam.Create(list(range(len(plans))))
-            | "Spread" >> beam.Reshuffle()
-            | "Clean" >> beam.ParDo(_clean_dofn(plans, kind, sets, config.ngram, out_dir))
-        ),
-        beam_args,
-        workers,
-    )
-    shard_stats = []
-    for key in keys:
-        marker = read_json(done_marker(out_dir, key))
-        if marker is None:
-            raise RuntimeError(f"{STAGE}: shard {key} has no commit marker after the pipeline finished")
-        shard_stats.append(marker["stats"])
-    summary = merge_stats(shard_stats)
-    summary["contaminated"] = {name: summary.get("contaminated", {}).get(name, 0) for name in index.names}
-    finished = time.time()
-    summary.update(
-        stage=STAGE,
-        kind=kind,
-        inputs=list(in_dirs),
-        output_dir=out_dir,
-        shards=len(keys),
-        ngram=config.ngram,
-        eval_sets=index.stats,
-        dedup={
-            k: dedup_summary.get(k)
-            for k in ("docs_in", "docs_out", "dropped", "clusters", "errors_by_reason", "config", "seconds")
-        },
-        dedup_errors=dedup_summary.get("errors", 0),
-        resumed=resumed,
-        reused=False,
-        seconds={
-            "project": round(projected - started, 2),
-            "dedup": round(deduplicated - projected, 2),
-            "decontam": round(finished - deduplicated, 2),
-            "total": round(finished - started, 2),
-        },
-        beam_counters=beam_counters,
-    )
-    write_json_atomic(join(out_dir, SUCCESS_FILE), summary)
-    if not keep_work:
-        fs, path = filesystem(work_root)
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
-    return summary
+        work_root = join(out_dir, WORK_DIR)
+        _project(files, keys, work_root, kind)
+        projected = time.time()
+        log.info("%s: %d input shards projected to %s in %.1fs", STAGE, len(files), work_root, projected - started)
+        dedup_dir = join(work_root, "dedup")
+        dedup_summary = dedup_stage.run(
+            join(work_root, "documents"), dedup_dir, beam_args, workers, config.dedup, config.max_doc_bytes
+        )
+        deduplicated = time.time()
+        log.info("%s: dedup kept %s of %s records", STAGE, dedup_summary.get("docs_out"), dedup_summary.get("docs_in"))
+        # dedup names its shards by the work file's path as expand_inputs gives it: the same call finds them.
+        dedup_keys = {}
+        for work_file in expand_inputs(join(work_root, "documents")):
+            dedup_keys[posixpath.basename(work_file).removesuffix(".parquet")] = shard_key(work_file)
+        plans = [
+            {
+                "path": f,
+                "shard_no": i,
+                "key": key,
+                "fingerprint": fp,
+                "dedup_excluded": (
+                    join(dedup_dir, "excluded", f"{dedup_keys[key]}.parquet") if key in dedup_keys else None
+                ),
+            }
+            for i, (f, key, fp) in enumerate(zip(files, keys, fingerprints, strict=True))
+        ]
+        index = NgramIndex(sets, config.ngram)  # in the driver too, for the sizes in the summary
+        beam_counters = run_pipeline(
+            lambda p: (
+                p
+                | "Shards" >> beam.Create(list(range(len(plans))))
+                | "Spread" >> beam.Reshuffle()
+                | "Clean" >> beam.ParDo(_clean_dofn(plans, kind, sets, config.ngram, out_dir))
+            ),
+            beam_args,
+            workers,
+        )
+        shard_stats = []
+        for key in keys:
+            marker = read_json(done_marker(out_dir, key))
+            if marker is None:
+                raise RuntimeError(f"{STAGE}: shard {key} has no commit marker after the pipeline finished")
+            shard_stats.append(marker["stats"])
+        summary = merge_stats(shard_stats)
+        summary["contaminated"] = {name: summary.get("contaminated", {}).get(name, 0) for name in index.names}
+        finished = time.time()
+        summary.update(
+            stage=STAGE,
+            kind=kind,
+            inputs=list(in_dirs),
+            output_dir=out_dir,
+            shards=len(keys),
+            ngram=config.ngram,
+            eval_sets=index.stats,
+            dedup={
+                k: dedup_summary.get(k)
+                for k in ("docs_in", "docs_out", "dropped", "clusters", "errors_by_reason", "config", "seconds")
+            },
+            dedup_errors=dedup_summary.get("errors", 0),
+            resumed=resumed,
+            reused=False,
+            seconds={
+                "project": round(projected - started, 2),
+                "dedup": round(deduplicated - projected, 2),
+                "decontam": round(finished - deduplicated, 2),
+                "total": round(finished - started, 2),
+            },
+            beam_counters=beam_counters,
+        )
+        write_json_atomic(join(out_dir, SUCCESS_FILE), summary)
+        if not keep_work:
+            fs, path = filesystem(work_root)
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
+        return summary
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     defaults, dd = CleanConfig(), DedupConfig()
     parser.add_argument("--kind", required=True, choices=sorted(KIND_SCHEMAS))
     parser.add_argument("--in", dest="in_dirs", nargs="+", required=True, help="finished stage folders")
@@ -463,15 +465,19 @@ def main(argv: list[str] | None = None) -> None:
         help="built-in eval set (humaneval) or [NAME=]PATH[::FIELD,...] of JSONL/Parquet; repeat (default: humaneval)",
     )
     parser.add_argument("--eval-field", action="append", default=None, help="text field(s) of eval files")
-    parser.add_argument("--ngram", type=int, default=defaults.ngram, help="n-gram length for decontamination")
-    parser.add_argument("--bands", type=int, default=dd.bands, help="dedup LSH bands")
-    parser.add_argument("--rows", type=int, default=dd.rows, help="dedup MinHash values per band")
-    parser.add_argument("--dedup-ngram", type=int, default=dd.ngram, help="dedup shingle length (words)")
+    parser.add_argument(
+        "--ngram", type=bounded(int, 1), default=defaults.ngram, help="n-gram length for decontamination"
+    )
+    parser.add_argument("--bands", type=bounded(int, 1), default=dd.bands, help="dedup LSH bands")
+    parser.add_argument("--rows", type=bounded(int, 1), default=dd.rows, help="dedup MinHash values per band")
+    parser.add_argument("--dedup-ngram", type=bounded(int, 1), default=dd.ngram, help="dedup shingle length (words)")
     parser.add_argument("--no-exact", action="store_true", help="fuzzy (MinHash) dedup only")
-    parser.add_argument("--max-doc-bytes", type=int, default=defaults.max_doc_bytes)
-    parser.add_argument("--workers", type=int, default=None, help="local Beam worker processes (default: all cores)")
+    parser.add_argument("--max-doc-bytes", type=bounded(int, 1), default=defaults.max_doc_bytes)
+    parser.add_argument(
+        "--workers", type=bounded(int, 1), default=None, help="local Beam worker processes (default: all cores)"
+    )
     parser.add_argument("--keep-work", action="store_true", help="keep <out>/_work (projected docs, dedup stage)")
-    args, beam_args = parser.parse_known_args(argv)
+    args, beam_args = parse_stage_args(parser, argv)
     config = CleanConfig(
         ngram=args.ngram,
         dedup=DedupConfig(bands=args.bands, rows=args.rows, ngram=args.dedup_ngram, exact=not args.no_exact),

@@ -49,6 +49,7 @@ import heapq
 import json
 import math
 import os
+import posixpath
 import sys
 import time
 import uuid
@@ -60,7 +61,15 @@ from typing import Any
 import pyarrow as pa
 import regex
 
-from pipelines.beam_stage import DocumentProcessor, finish_stage, print_summary, run_pipeline, run_shard_stage
+from pipelines.beam_stage import (
+    DocumentProcessor,
+    bounded,
+    finish_stage,
+    parse_stage_args,
+    print_summary,
+    run_pipeline,
+    run_shard_stage,
+)
 from pipelines.readers import DEFAULT_MAX_DOC_BYTES, read_documents
 from pipelines.schema import DOCUMENT_COLUMNS, DOCUMENT_FIELDS
 from pipelines.shards import (
@@ -76,7 +85,7 @@ from pipelines.shards import (
     join,
     list_shards,
     merge_stats,
-    prepare_stage_dir,
+    open_stage,
     read_json,
     remove_stale_shards,
     shard_key,
@@ -976,42 +985,45 @@ def write_tiers(
     files = list_shards(scored_dir)
     keys = sorted(shard_key(f) for f in files)
     classifier_sha = scored_config.get("processor", {}).get("classifier_sha256")
-    tiers, resumed = {}, {}
-    for name, threshold in config.tiers().items():
-        folder = join(tiers_dir, name)
-        tier_config = {"stage": TIER_STAGE, "tier": name, "threshold": threshold, "scored": scored_config}
-        resumed[name] = prepare_stage_dir(folder, tier_config)
-        if resumed[name]:
-            remove_stale_shards(folder, set(keys))
-        tiers[name] = (folder, threshold)
-    started = time.time()
-    beam_counters = run_pipeline(
-        lambda p: (
-            p
-            | "ScoredShards" >> beam.Create(files)
-            | "Spread" >> beam.Reshuffle()
-            | "Tier" >> beam.ParDo(_tier_dofn(tiers))
-        ),
-        beam_args,
-        workers,
-    )
-    seconds = time.time() - started
-    scored_langs = scored_summary.get("languages", {})
-    summaries = {}
-    for name, (folder, threshold) in tiers.items():
-        merged = merge_stats(read_json(done_marker(folder, key))["stats"] for key in keys)
-        tier_langs = merged.get("languages", {})
-        extra = {
-            "tier": name,
-            "threshold": threshold,
-            "scored_dir": scored_dir,
-            "classifier_sha256": classifier_sha,
-            "share_docs": _share(merged.get("docs_out", 0), merged.get("docs_in", 0)),
-            "share_bytes": _share(merged.get("bytes_out", 0), merged.get("bytes_in", 0)),
-            "language_share": {lang: _share(tier_langs.get(lang, 0), n) for lang, n in sorted(scored_langs.items())},
-        }
-        summaries[name] = finish_stage(folder, TIER_STAGE, keys, beam_counters, seconds, resumed[name], extra)
-    return summaries
+    with contextlib.ExitStack() as stack:  # every tier folder checked, locked and prepared
+        tiers, resumed = {}, {}
+        for name, threshold in config.tiers().items():
+            folder = join(tiers_dir, name)
+            tier_config = {"stage": TIER_STAGE, "tier": name, "threshold": threshold, "scored": scored_config}
+            resumed[name] = stack.enter_context(open_stage(folder, tier_config, [scored_dir]))
+            if resumed[name]:
+                remove_stale_shards(folder, set(keys))
+            tiers[name] = (folder, threshold)
+        started = time.time()
+        beam_counters = run_pipeline(
+            lambda p: (
+                p
+                | "ScoredShards" >> beam.Create(files)
+                | "Spread" >> beam.Reshuffle()
+                | "Tier" >> beam.ParDo(_tier_dofn(tiers))
+            ),
+            beam_args,
+            workers,
+        )
+        seconds = time.time() - started
+        scored_langs = scored_summary.get("languages", {})
+        summaries = {}
+        for name, (folder, threshold) in tiers.items():
+            merged = merge_stats(read_json(done_marker(folder, key))["stats"] for key in keys)
+            tier_langs = merged.get("languages", {})
+            extra = {
+                "tier": name,
+                "threshold": threshold,
+                "scored_dir": scored_dir,
+                "classifier_sha256": classifier_sha,
+                "share_docs": _share(merged.get("docs_out", 0), merged.get("docs_in", 0)),
+                "share_bytes": _share(merged.get("bytes_out", 0), merged.get("bytes_in", 0)),
+                "language_share": {
+                    lang: _share(tier_langs.get(lang, 0), n) for lang, n in sorted(scored_langs.items())
+                },
+            }
+            summaries[name] = finish_stage(folder, TIER_STAGE, keys, beam_counters, seconds, resumed[name], extra)
+        return summaries
 
 
 def tier_subset_problems(strict_dir: str, relaxed_dir: str, limit: int = 20) -> list[str]:
@@ -1024,10 +1036,11 @@ def tier_subset_problems(strict_dir: str, relaxed_dir: str, limit: int = 20) -> 
         with fs.open(fpath, "rb") as f:
             return set(pq.read_table(f, columns=["id"]).column("id").to_pylist())
 
-    relaxed = {shard_key(p): p for p in list_shards(relaxed_dir)}
+    # shards of both tiers are named after the same scored shard (shard_key hashes the folder too: not comparable)
+    relaxed = {posixpath.basename(p): p for p in list_shards(relaxed_dir)}
     missing: list[str] = []
     for path in list_shards(strict_dir):
-        other = relaxed.get(shard_key(path))
+        other = relaxed.get(posixpath.basename(path))
         extra = ids(path) - (ids(other) if other else set())
         missing += sorted(extra)[: limit - len(missing)]
         if len(missing) >= limit:
@@ -1117,43 +1130,49 @@ def _cmd_score(args: argparse.Namespace, beam_args: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     label = sub.add_parser("label", help="rate a sample of documents with the teacher")
     label.add_argument("--docs", required=True, help="curated stage folder (DOCUMENT_SCHEMA shards)")
     label.add_argument("--out", required=True, help="label stage folder")
-    label.add_argument("--sample-size", type=int, default=LabelConfig.sample_size)
+    label.add_argument("--sample-size", type=bounded(int, 1), default=LabelConfig.sample_size)
     label.add_argument("--seed", type=int, default=0)
-    label.add_argument("--max-doc-chars", type=int, default=LabelConfig.max_doc_chars)
-    label.add_argument("--min-choice-mass", type=float, default=LabelConfig.min_choice_mass)
-    label.add_argument("--heldout-share", type=float, default=LabelConfig.heldout_share)
-    label.add_argument("--chunk-size", type=int, default=LabelConfig.chunk_size)
+    label.add_argument("--max-doc-chars", type=bounded(int, 1), default=LabelConfig.max_doc_chars)
+    label.add_argument("--min-choice-mass", type=bounded(float, 0, 1), default=LabelConfig.min_choice_mass)
+    label.add_argument("--heldout-share", type=bounded(float, 0, 1), default=LabelConfig.heldout_share)
+    label.add_argument("--chunk-size", type=bounded(int, 1), default=LabelConfig.chunk_size)
     label.add_argument("--backend", default="transformers", choices=("transformers", "openai", "vllm"))
     label.add_argument("--model", default=None, help="checkpoint folder or server model name (default: teacher)")
     label.add_argument("--base-url", default=None, help="openai backend: server URL ending in /v1")
-    label.add_argument("--batch-size", type=int, default=8, help="transformers backend batch size")
+    label.add_argument("--batch-size", type=bounded(int, 1), default=8, help="transformers backend batch size")
     label.add_argument("--cache-dir", default=None, help="request cache (default: <out>-cache)")
     train = sub.add_parser("train", help="train the fastText classifier on the labels")
     train.add_argument("--labels", required=True)
     train.add_argument("--out", required=True, help="classifier folder (model.bin + metrics.json)")
-    train.add_argument("--max-chars", type=int, default=ClassifierConfig.max_chars)
-    train.add_argument("--epoch", type=int, default=ClassifierConfig.epoch)
-    train.add_argument("--lr", type=float, default=ClassifierConfig.lr)
-    train.add_argument("--dim", type=int, default=ClassifierConfig.dim)
-    train.add_argument("--word-ngrams", type=int, default=ClassifierConfig.word_ngrams)
+    train.add_argument("--max-chars", type=bounded(int, 1), default=ClassifierConfig.max_chars)
+    train.add_argument("--epoch", type=bounded(int, 1), default=ClassifierConfig.epoch)
+    train.add_argument("--lr", type=bounded(float, 1e-6, 10), default=ClassifierConfig.lr)
+    train.add_argument("--dim", type=bounded(int, 1), default=ClassifierConfig.dim)
+    train.add_argument("--word-ngrams", type=bounded(int, 1), default=ClassifierConfig.word_ngrams)
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--threads", type=int, default=1)
+    train.add_argument("--threads", type=bounded(int, 1), default=1)
     train.add_argument("--target", default="label", choices=("label", "rounded_score"))
     score = sub.add_parser("score", help="score every document and write the tiers (extra flags go to Beam)")
     score.add_argument("--docs", required=True)
     score.add_argument("--classifier", required=True)
     score.add_argument("--scored", required=True, help="scored stage folder")
     score.add_argument("--tiers", required=True, help="folder of the tier stage folders (strict/, relaxed/)")
-    score.add_argument("--workers", type=int, default=None)
+    score.add_argument("--workers", type=bounded(int, 1), default=None)
     for p in (train, score):
-        p.add_argument("--strict", type=float, default=STRICT_THRESHOLD, help="strict tier: score >= this")
-        p.add_argument("--relaxed", type=float, default=RELAXED_THRESHOLD, help="relaxed tier: score >= this")
-    args, beam_args = parser.parse_known_args(argv)
+        p.add_argument(
+            "--strict", type=bounded(float, 0, 5), default=STRICT_THRESHOLD, help="strict tier: score >= this"
+        )
+        p.add_argument(
+            "--relaxed", type=bounded(float, 0, 5), default=RELAXED_THRESHOLD, help="relaxed tier: score >= this"
+        )
+    args, beam_args = parse_stage_args(parser, argv)
     if beam_args and args.command != "score":
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
     from synth.generate import GenerationError

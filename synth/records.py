@@ -30,7 +30,7 @@ from pipelines.shards import (
     committed_stats,
     join,
     merge_stats,
-    prepare_stage_dir,
+    open_stage,
     remove_stale_shards,
     shard_writers,
     write_json_atomic,
@@ -121,44 +121,44 @@ def run_chunked_stage(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     started = time.time()
-    resumed = prepare_stage_dir(stage_dir, dict(config))
-    keys, all_stats, reused = [], [], 0
-    n_chunks = max(1, (len(items) + chunk_size - 1) // chunk_size)
-    for index in range(n_chunks):
-        chunk = list(items[index * chunk_size : (index + 1) * chunk_size])
-        key = f"part-{index:05d}"
-        blob = json.dumps(chunk, sort_keys=True, ensure_ascii=False, default=str)
-        fingerprint = hashlib.sha256(blob.encode()).hexdigest()
-        keys.append(key)
-        stats = committed_stats(stage_dir, key, fingerprint)
-        if stats is not None:
-            reused += 1
+    with open_stage(stage_dir, dict(config)) as resumed:
+        keys, all_stats, reused = [], [], 0
+        n_chunks = max(1, (len(items) + chunk_size - 1) // chunk_size)
+        for index in range(n_chunks):
+            chunk = list(items[index * chunk_size : (index + 1) * chunk_size])
+            key = f"part-{index:05d}"
+            blob = json.dumps(chunk, sort_keys=True, ensure_ascii=False, default=str)
+            fingerprint = hashlib.sha256(blob.encode()).hexdigest()
+            keys.append(key)
+            stats = committed_stats(stage_dir, key, fingerprint)
+            if stats is not None:
+                reused += 1
+                all_stats.append(stats)
+                continue
+            rows, rejected_rows, stats = process_chunk(chunk) if chunk else ([], [], chunk_counters(0, 0, 0, []))
+            with shard_writers(stage_dir, key, data_schema=schema, excluded_schema=SYNTH_REJECTED_SCHEMA) as writers:
+                for row in rows:
+                    writers["data"].write(row)
+                for row in rejected_rows:
+                    writers["excluded"].write(row)
+            commit_shard(stage_dir, key, f"items:{index}", fingerprint, stats)
             all_stats.append(stats)
-            continue
-        rows, rejected_rows, stats = process_chunk(chunk) if chunk else ([], [], chunk_counters(0, 0, 0, []))
-        with shard_writers(stage_dir, key, data_schema=schema, excluded_schema=SYNTH_REJECTED_SCHEMA) as writers:
-            for row in rows:
-                writers["data"].write(row)
-            for row in rejected_rows:
-                writers["excluded"].write(row)
-        commit_shard(stage_dir, key, f"items:{index}", fingerprint, stats)
-        all_stats.append(stats)
-        if log:
-            log(f"{stage_dir}: chunk {index + 1}/{n_chunks} committed ({stats.get('accepted', 0)} rows)")
-    remove_stale_shards(stage_dir, set(keys))
-    summary = merge_stats(all_stats)
-    summary.setdefault("items", 0)
-    summary.setdefault("samples", 0)
-    summary.setdefault("accepted", 0)
-    summary.setdefault("rejected", {})
-    summary.update(
-        output=stage_dir,
-        shards=len(keys),
-        chunks_reused=reused,
-        resumed=resumed,
-        acceptance_rate=acceptance_rate(summary),
-        seconds=round(time.time() - started, 2),
-        **dict(extra or {}),
-    )
-    write_json_atomic(join(stage_dir, SUCCESS_FILE), summary)
-    return summary
+            if log:
+                log(f"{stage_dir}: chunk {index + 1}/{n_chunks} committed ({stats.get('accepted', 0)} rows)")
+        remove_stale_shards(stage_dir, set(keys))
+        summary = merge_stats(all_stats)
+        summary.setdefault("items", 0)
+        summary.setdefault("samples", 0)
+        summary.setdefault("accepted", 0)
+        summary.setdefault("rejected", {})
+        summary.update(
+            output=stage_dir,
+            shards=len(keys),
+            chunks_reused=reused,
+            resumed=resumed,
+            acceptance_rate=acceptance_rate(summary),
+            seconds=round(time.time() - started, 2),
+            **dict(extra or {}),
+        )
+        write_json_atomic(join(stage_dir, SUCCESS_FILE), summary)
+        return summary
