@@ -291,8 +291,19 @@ def bounded(kind: type = int, low: float | None = None, high: float | None = Non
     return parse
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that takes no abbreviations and reports a mistake in one line (``error: ...``, exit 2)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def stage_arg_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
+    parser = ArgumentParser(description=description)
     parser.add_argument(
         "--input",
         required=True,

@@ -36,7 +36,6 @@ shuffle holds one output shard per worker.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -46,6 +45,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from pipelines.beam_stage import (
+    ArgumentParser,
     DocumentProcessor,
     bounded,
     cli,
@@ -563,7 +563,7 @@ def load_mixture_config(path: str | None, **overrides) -> MixtureConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     idx = sub.add_parser("index", help="bucket and count the tokens of curated documents")
     idx.add_argument("--input", required=True, help="curated stage folder(s) or globs, comma-separated")

@@ -48,7 +48,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.beam_stage import bounded, cli, committed_shard, parse_stage_args, print_summary, run_file_stage
+from pipelines.beam_stage import (
+    ArgumentParser,
+    bounded,
+    cli,
+    committed_shard,
+    parse_stage_args,
+    print_summary,
+    run_file_stage,
+)
 from pipelines.schema import PACKED_SCHEMA
 from pipelines.shards import (
     commit_shard,
@@ -433,9 +441,8 @@ def run_tokenize_stage(
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", required=True, help="mixture stage folder, or glob(s) of its Parquet shards")
     parser.add_argument("--output", required=True, help="output folder or fsspec URI (s3://..., gs://...)")
     parser.add_argument("--seq-len", type=bounded(int, 2), required=True, help="tokens per packed sequence (e.g. 4096)")

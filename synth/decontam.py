@@ -32,7 +32,6 @@ config and input fingerprints is returned as it is, with ``reused: true``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import posixpath
@@ -46,7 +45,7 @@ import regex
 import xxhash
 
 from pipelines import dedup as dedup_stage
-from pipelines.beam_stage import bounded, cli, parse_stage_args, print_summary, run_pipeline
+from pipelines.beam_stage import ArgumentParser, bounded, cli, parse_stage_args, print_summary, run_pipeline
 from pipelines.dedup import DedupConfig
 from pipelines.readers import DEFAULT_MAX_DOC_BYTES
 from pipelines.schema import DOCUMENT_SCHEMA, PREFERENCE_SCHEMA, SFT_SCHEMA, SYNTH_REJECTED_SCHEMA, empty_document
@@ -453,7 +452,7 @@ def clean_stage(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     defaults, dd = CleanConfig(), DedupConfig()
     parser.add_argument("--kind", required=True, choices=sorted(KIND_SCHEMAS))
     parser.add_argument("--in", dest="in_dirs", nargs="+", required=True, help="finished stage folders")

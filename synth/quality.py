@@ -62,6 +62,7 @@ import pyarrow as pa
 import regex
 
 from pipelines.beam_stage import (
+    ArgumentParser,
     DocumentProcessor,
     bounded,
     finish_stage,
@@ -748,6 +749,9 @@ def train_classifier(labels_dir: str, out_dir: str, config: ClassifierConfig = C
     metrics_path, model_path = os.path.join(out_dir, METRICS_FILE), os.path.join(out_dir, MODEL_FILE)
     if os.path.exists(metrics_path):
         os.remove(metrics_path)  # uncommit the old model before replacing it
+    for name in os.listdir(out_dir):  # a killed run's training text or half-saved model
+        if name.startswith(".tmp-"):
+            os.remove(os.path.join(out_dir, name))
     tmp = os.path.join(out_dir, f".tmp-{uuid.uuid4().hex}")
     try:
         with open(f"{tmp}.txt", "w", encoding="utf-8") as f:
@@ -1130,9 +1134,7 @@ def _cmd_score(args: argparse.Namespace, beam_args: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
-    )
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     label = sub.add_parser("label", help="rate a sample of documents with the teacher")
     label.add_argument("--docs", required=True, help="curated stage folder (DOCUMENT_SCHEMA shards)")

@@ -268,4 +268,6 @@ def test_cli_runs_with_two_workers_and_reports_mistakes_in_one_line(mixture, tmp
     assert summary["shards"] == 3 and summary["tokens"] == summary["sequences"] * 128 > 0
 
     bad = subprocess.run([*cmd, "--seq-len", "0"], capture_output=True, text=True)
-    assert bad.returncode != 0 and bad.stderr.strip() == "error: seq_len must be a positive integer, got 0"
+    assert bad.returncode != 0 and bad.stderr.strip() == (
+        "error: argument --seq-len: 0 is outside the valid range [2, inf] (see tokenize_shards.py --help)"
+    )
