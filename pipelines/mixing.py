@@ -66,6 +66,7 @@ from pipelines.shards import (
     list_shards,
     open_stage,
     read_json,
+    remove_stale_shards,
     write_json_atomic,
 )
 
@@ -530,7 +531,9 @@ def run_select(
     index_identity = hashlib.sha256(json.dumps(index_summary, sort_keys=True).encode()).hexdigest()[:16]
     fingerprint = hashlib.sha256(json.dumps([plan, index_identity], sort_keys=True).encode()).hexdigest()[:16]
     stage_config = {"stage": "mix_select", "plan_fingerprint": fingerprint, "index": index_dir}
-    with open_stage(output_dir, stage_config, [index_dir]):
+    with open_stage(output_dir, stage_config, [index_dir]) as resumed:
+        if resumed:  # parts a killed run left under temporary names
+            remove_stale_shards(output_dir, {f"part-{k:05d}" for k in range(config.output_shards)})
         files = list_shards(index_dir)
         started = time.time()
         beam_counters = run_pipeline(
@@ -546,7 +549,7 @@ def run_select(
             workers,
         )
         summary = finish_stage(
-            output_dir, "mix_select", committed_keys(output_dir), beam_counters, time.time() - started, False
+            output_dir, "mix_select", committed_keys(output_dir), beam_counters, time.time() - started, resumed
         )
         summary.update(plan=plan, mix_check=realised_report(plan, summary, config.tolerance))
         write_json_atomic(join(output_dir, SUCCESS_FILE), summary)
