@@ -1,34 +1,44 @@
-"""Run untrusted Python (a teacher's solution and tests) in a throw-away process that cannot reach the network.
+"""Run untrusted Python (a teacher's solution and tests) where it cannot touch the host.
 
-Each run is a fresh ``python -I -S -B`` child (isolated mode, no site-packages: the standard library only): its
-own session and process group (killed as a group at the wall clock deadline), a fresh temporary folder as working
-directory (removed afterwards), an environment holding only ``PATH``, ``HOME``, ``TMPDIR`` and the locale.
-Layers, outermost first:
+The boundary is bubblewrap (``bwrap``, Debian/Ubuntu package ``bubblewrap``). Each run is a fresh
+``python -I -S -B`` (isolated mode, standard library only) started by ``bwrap`` in new user, mount, PID, IPC, UTS,
+cgroup and network namespaces:
 
-- **network namespace** (``isolation="netns+audit"``): when ``unshare --user --map-root-user --net`` works on this
-  machine (probed once per process), the child runs in a new user + network namespace whose only interface is a
-  loopback that is down: no packet leaves, not even to 127.0.0.1 of the host.
-- **unprivileged user**: when this process is root, the child runs as ``nobody`` (65534) with the first Python of
-  this version that nobody can start (``sys.executable``, else ``/usr/bin/python3.X``); it then cannot write
-  anything root owns. Where no such Python exists the child keeps our uid (``SandboxResult.user`` says which).
-- **resource limits** set before the user's code runs: ``RLIMIT_CPU`` (soft = ``cpu_s``, SIGKILL one second
-  later), ``RLIMIT_AS`` (``memory_mb``), ``RLIMIT_FSIZE`` (``file_mb``, stdout/stderr files included),
-  ``RLIMIT_NOFILE``, ``RLIMIT_NPROC`` (counts every process and thread of the child's user, so it is a cap on the
-  sandboxes' user, not per run; root outside a user namespace is exempt) and ``RLIMIT_CORE`` = 0.
-- **audit guard** (always on, ``isolation="audit"`` when it is the only network barrier): a bootstrap passed with
-  ``-c`` installs a ``sys.addaudithook`` hook before the user's code runs. It refuses sockets other than AF_UNIX,
-  connect/bind/sendto/name lookups, ``subprocess``/``os.system``/``os.exec*``/``os.fork``/``os.posix_spawn``,
-  importing ``ctypes``, signals to other processes, raising resource limits, ``gc`` object walks, and writes
-  (open for writing, remove, rename, chmod ...) outside the run's folder. A refused call raises
-  ``PermissionError`` and is listed in ``SandboxResult.blocked``. Audit hooks are a guard, not a security
-  boundary on their own: the namespace, the user and the limits are.
+- **filesystem**: an empty root, read-only, holding only ``/usr`` (and ``/bin``, ``/lib*`` beside it), the
+  interpreter's own prefix when it lives elsewhere (e.g. ``~/.pyenv/versions/3.11.7``), ``/etc/ld.so.cache``
+  (nothing else of ``/etc``: no ``passwd``), a fresh ``/proc`` of the new PID namespace and a minimal read-only
+  ``/dev`` (``/dev/null`` and the like still work). The only writable place is a private tmpfs of ``tmpfs_mb`` at
+  ``/tmp``: the program's working folder, ``HOME`` and ``TMPDIR``; it disappears with the run. Nothing of the
+  host's ``/root``, ``/home``, working tree or data is mounted, and nothing on the host is writable.
+- **users**: the program runs as uid/gid 65534 inside its user namespace, with no capabilities. When this process
+  is root, ``bwrap`` itself is started as ``nobody`` (65534), so the program is ``nobody`` on the host too; the
+  interpreter is then the first Python of this version that ``nobody`` can read (``sys.executable``, else
+  ``/usr/bin/python3.X``). Otherwise it is this process's own (unprivileged) user.
+- **network**: a new network namespace whose only interface is a loopback that is down: no packet leaves, not
+  even to 127.0.0.1 of the host.
+- **processes**: the program is PID 1 of a new PID namespace: no process of the host is visible, and when it
+  ends (or is killed) every process it started ends with it. ``--die-with-parent`` and ``--new-session`` are set,
+  and the environment is cleared (``PATH``, ``HOME``, ``TMPDIR``, locale).
+- **limits** set before the user's code runs: ``RLIMIT_CPU`` (at ``cpu_s`` the bootstrap's SIGXCPU handler ends
+  the program; SIGKILL one second later), ``RLIMIT_AS`` (``memory_mb``), ``RLIMIT_FSIZE`` (``file_mb``),
+  ``RLIMIT_NOFILE``, ``RLIMIT_NPROC`` (counted per user namespace, so per run) and ``RLIMIT_CORE`` = 0; stdout
+  and stderr come back over pipes and the run is killed once either passes ``file_mb``; a wall-clock kill.
+- **audit guard** (an extra layer, not the boundary): a bootstrap passed with ``-c`` installs a
+  ``sys.addaudithook`` hook before the user's code runs. It refuses sockets other than AF_UNIX, connect/bind/
+  sendto/name lookups, ``subprocess``/``os.system``/``os.exec*``/``os.fork``/``os.posix_spawn``, importing
+  ``ctypes``, signals to other processes, raising resource limits, ``gc`` object walks, and writes (open for
+  writing, link, remove, rename, chmod ...) outside ``/tmp``. A refused call raises ``PermissionError`` and is
+  listed in ``SandboxResult.blocked``; it turns an attempt into a clear failure before the namespaces stop it.
 
-The child's verdict (which file failed, exception type and message, the failing ``assert`` line) travels in a file
-signed with a token the child reads from stdin before the user's code starts, so ``os._exit(0)`` in a solution
-does not pass its tests.
+There is no weaker mode: when ``bwrap`` is missing or cannot create its namespaces here, running code raises
+``SandboxUnavailable`` (naming ``apt-get install bubblewrap``) instead of running it with less isolation.
+
+The program's files and a random token go in over stdin; the verdict (which file failed, exception type and
+message, the failing ``assert`` line) comes back over a pipe, tagged with the token, so ``os._exit(0)`` or a
+forged verdict in a solution does not pass its tests.
 
     python -m synth.sandbox prog.py                       # run a file, print the SandboxResult as JSON
-    python -m synth.sandbox prog.py --cpu-s 2 --memory-mb 256 --audit-only
+    python -m synth.sandbox prog.py --cpu-s 2 --memory-mb 256
     python -m synth.sandbox solution.py --tests tests.py  # run solution then tests (asserts) in one program
 """
 
@@ -39,12 +49,11 @@ import dataclasses
 import json
 import os
 import secrets
+import selectors
 import shutil
 import signal
-import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -52,12 +61,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-ISOLATIONS = ("auto", "netns", "audit")
-RESULT_FILE = "_sandbox_result.json"
-EVENTS_FILE = "_sandbox_events.log"
-NOBODY = 65534
+ISOLATION = "bwrap+audit"
+"""``SandboxResult.isolation`` of every run: bubblewrap namespaces plus the audit guard."""
+INSTALL_HINT = "apt-get install bubblewrap"
+WORKDIR = "/tmp"
+"""Inside the sandbox: the program's working folder, a private tmpfs and the only writable place."""
+SANDBOX_ID = 65534
+"""uid and gid of the program inside its user namespace (and of ``bwrap`` on the host when we are root)."""
 BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-UNSHARE_ARGS = ("--user", "--map-root-user", "--net")
+SANDBOX_ENV = {**BASE_ENV, "HOME": WORKDIR, "TMPDIR": WORKDIR}
+
+
+class SandboxUnavailable(RuntimeError):
+    """bubblewrap is missing or cannot isolate a program on this machine: generated code is not run."""
 
 
 @dataclass(frozen=True)
@@ -67,22 +83,25 @@ class SandboxLimits:
     cpu_s: float = 5
     """CPU seconds (RLIMIT_CPU soft limit: SIGXCPU; SIGKILL one second later)."""
     wall_s: float = 10
-    """Wall-clock seconds before the process group is killed."""
+    """Wall-clock seconds before the run is killed."""
     memory_mb: int = 512
     """Address space (RLIMIT_AS)."""
     file_mb: int = 16
-    """Largest file the program may write (RLIMIT_FSIZE), its stdout and stderr included."""
+    """Largest file the program may write (RLIMIT_FSIZE); a run whose stdout or stderr passes it is killed."""
+    tmpfs_mb: int = 64
+    """Size of the private tmpfs at /tmp, the only writable place: all the program's files together (they live in
+    host memory, outside ``memory_mb``)."""
     nofile: int = 64
     """Open file descriptors (RLIMIT_NOFILE)."""
     nproc: int = 64
-    """RLIMIT_NPROC for the child's user (processes and threads of that user, all runs together)."""
+    """RLIMIT_NPROC: processes and threads of the sandbox's user, counted inside the run's user namespace."""
     output_chars: int = 8000
     """stdout and stderr are cut to this many characters each (head and tail kept)."""
 
     def __post_init__(self) -> None:
         if self.cpu_s <= 0 or self.wall_s <= 0:
             raise ValueError("cpu_s and wall_s must be > 0")
-        if self.memory_mb < 32 or self.file_mb < 1 or self.nofile < 16 or self.nproc < 1:
+        if self.memory_mb < 32 or self.file_mb < 1 or self.tmpfs_mb < 1 or self.nofile < 16 or self.nproc < 1:
             raise ValueError(f"limits too small to start Python: {self}")
 
 
@@ -91,7 +110,7 @@ class SandboxResult:
     """How a sandboxed run ended."""
 
     status: str
-    """ok | failed | syntax_error | timeout | memory | output_limit | killed | error (the sandbox could not run)."""
+    """ok | failed | syntax_error | timeout | memory | output_limit | killed | error (the sandbox did not start)."""
     returncode: int | None
     """Exit code; negative: killed by that signal."""
     stdout: str
@@ -99,13 +118,12 @@ class SandboxResult:
     seconds: float
     """Wall-clock seconds of the run."""
     isolation: str
-    """``netns+audit`` (network namespace plus audit guard) or ``audit`` (audit guard only); ``netns`` / ``none``
-    only for the layer tests of ``_run(..., guard=False)``."""
+    """``bwrap+audit`` (``bwrap`` only for the layer tests of ``_run(..., guard=False)``)."""
     cpu_seconds: float = 0.0
     max_rss_mb: float = 0.0
     """Peak resident memory of the program (its own high-water mark when it ended through the bootstrap)."""
     user: str = ""
-    """The user the child ran as (``nobody`` when this process is root and could drop privileges)."""
+    """The host user the sandbox ran as (``nobody`` when this process is root, else our uid)."""
     error: dict | None = None
     """The program's failure: {file, phase (compile/run), type, message, line} (None when it ran to the end)."""
     blocked: list[str] = field(default_factory=list)
@@ -134,28 +152,37 @@ class SandboxResult:
 
 # ------------------------------------------------------------------------------------------------ child bootstrap
 
-# Runs in the child before any user code: limits, the audit guard, then the user's files in one __main__ namespace.
-# Everything the hook uses is bound in its closure (builtins and module attributes can be replaced by user code),
-# and no frame on the stack while user code runs refers to the hook. The token lives only in the closure of
-# ``finish``: it stops early exits and stray files from passing, not code that walks frames on purpose.
+# Runs in the child before any user code: files from stdin, limits, the audit guard, then the user's files in one
+# __main__ namespace. Everything the hook uses is bound in its closure (builtins and module attributes can be
+# replaced by user code), and no frame on the stack while user code runs refers to the hook. The token lives only
+# in the closure of ``finish``: it stops early exits and forged verdicts from passing, not code that walks frames
+# on purpose. Lines on the report pipe: "started", "event <refused call>", "verdict <json>".
 _BOOTSTRAP = r"""
 def _sandbox_bootstrap(cfg):
-    import os, sys, resource
+    import os, sys, resource, json
+    report_fd = cfg["report_fd"]
+    os.write(report_fd, b"started\n")
     token = sys.stdin.readline().strip()
+    files = json.loads(sys.stdin.read())
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
+    root = cfg["root"]
+    for name, text in files.items():
+        with open(os.path.join(root, name), "w", encoding="utf-8") as f:
+            f.write(text)
     for name, soft, hard in cfg["rlimits"]:
         try:
             resource.setrlimit(getattr(resource, name), (soft, hard))
         except (ValueError, OSError, AttributeError):
             pass
-    root = cfg["root"]
+    import signal
+    # PID 1 of a namespace ignores signals it has no handler for: end at the CPU soft limit as a default would
+    signal.signal(signal.SIGXCPU, lambda *_: os._exit(128 + signal.SIGXCPU))
     import _posixsubprocess
 
-    def _install(root, cfg):
-        events = open(os.path.join(root, cfg["events_file"]), "a", encoding="utf-8", buffering=1)
-        realpath, fsdecode, getpid, getpgid = os.path.realpath, os.fsdecode, os.getpid, os.getpgid
+    def _install(root, report_fd):
+        realpath, fsdecode, getpid, getpgid, write = os.path.realpath, os.fsdecode, os.getpid, os.getpgid, os.write
         isdir, readlink, join = os.path.isdir, os.readlink, os.path.join
         refuse_cls, is_int, as_str, as_repr, as_tuple = PermissionError, int, str, repr, tuple
         isinst, length, exc_cls = isinstance, len, Exception
@@ -176,12 +203,13 @@ def _sandbox_bootstrap(cfg):
         # event: ((index of a path argument, index of its dir_fd argument or None), ...)
         path_args = {
             "os.remove": ((0, 1),), "os.rmdir": ((0, 1),), "os.mkdir": ((0, 2),), "os.rename": ((0, 2), (1, 3)),
-            "os.link": ((1, 3),), "os.symlink": ((1, 2),), "os.chmod": ((0, 2),), "os.chown": ((0, 3),),
+            "os.link": ((0, 2), (1, 3)), "os.symlink": ((1, 2),), "os.chmod": ((0, 2),), "os.chown": ((0, 3),),
             "os.truncate": ((0, None),), "os.utime": ((0, 3),), "os.chflags": ((0, None),),
             "os.lchflags": ((0, None),), "os.setxattr": ((0, None),), "os.removexattr": ((0, None),),
             "shutil.rmtree": ((0, 1),),
         }
         own_pid = getpid()
+        reported = [0]
 
         def resolve(path, dir_fd):
             raw = fsdecode(path)
@@ -200,10 +228,12 @@ def _sandbox_bootstrap(cfg):
 
         def refuse(event, args):
             line = event + " " + as_repr(as_tuple(args))[:200]
-            try:
-                events.write(line + "\n")
-            except exc_cls:
-                pass
+            if reported[0] < 50:
+                reported[0] += 1
+                try:
+                    write(report_fd, ("event " + line.replace("\n", " ") + "\n").encode("utf-8", "replace"))
+                except exc_cls:
+                    pass
             raise refuse_cls("sandbox: " + line + " is not allowed")
 
         def hook(event, args):
@@ -247,27 +277,27 @@ def _sandbox_bootstrap(cfg):
 
     if cfg["guard"]:
         _posixsubprocess.fork_exec = _refused
-        _install(root, cfg)
+        _install(root, report_fd)
     del _install, _posixsubprocess
 
-    def _finisher(token, path):
-        import json
+    def _finisher(token, report_fd):
+        dumps, write = json.dumps, os.write
 
         def finish(error):
             peak_kb = None
-            try:  # this program's own peak memory (rusage would also count the parent's size at fork)
+            try:  # this program's own peak memory
                 with open("/proc/self/status", encoding="ascii") as f:
                     peak_kb = next((int(x.split()[1]) for x in f if x.startswith("VmHWM:")), None)
             except Exception:
                 pass
             try:
-                with open(path, "w", encoding="utf-8") as f:
-                    json.dump({"token": token, "error": error, "peak_kb": peak_kb}, f)
+                line = "verdict " + dumps({"token": token, "error": error, "peak_kb": peak_kb}) + "\n"
+                write(report_fd, line.encode("utf-8", "replace"))
             except Exception:
                 pass
         return finish
 
-    finish = _finisher(token, os.path.join(root, cfg["result_file"]))
+    finish = _finisher(token, report_fd)
     del token
     import traceback
 
@@ -275,14 +305,11 @@ def _sandbox_bootstrap(cfg):
     g = main.__dict__
     g.pop("_sandbox_bootstrap", None)
     sys.path.append(root)
-    files = cfg["files"]
-    sources, codes = {}, []
-    for name in files:
-        with open(os.path.join(root, name), encoding="utf-8") as f:
-            sources[name] = f.read()
-    for name in files:
+    names = cfg["files"]
+    codes = []
+    for name in names:
         try:
-            codes.append((name, compile(sources[name], name, "exec")))
+            codes.append((name, compile(files[name], name, "exec")))
         except (SyntaxError, ValueError, MemoryError, RecursionError) as exc:
             line = getattr(exc, "lineno", None)
             message = getattr(exc, "msg", None) or str(exc)
@@ -290,8 +317,8 @@ def _sandbox_bootstrap(cfg):
             finish({"file": name, "phase": "compile", "type": type(exc).__name__, "message": message, "line": line})
             sys.stderr.flush()
             os._exit(2)
-    g["__file__"] = os.path.join(root, files[0])
-    sys.argv = [files[0]]
+    g["__file__"] = os.path.join(root, names[0])
+    sys.argv = [names[0]]
     code, error = 0, None
     for index, (name, compiled) in enumerate(codes):
         try:
@@ -314,9 +341,9 @@ def _sandbox_bootstrap(cfg):
             tb = exc.__traceback__
             while tb is not None:
                 fname = tb.tb_frame.f_code.co_filename
-                if fname in sources:
+                if fname in files:
                     line, where = tb.tb_lineno, fname
-                    lines = sources[fname].splitlines()
+                    lines = files[fname].splitlines()
                     text = lines[line - 1].strip() if 0 < line <= len(lines) else ""
                 tb = tb.tb_next
             try:
@@ -345,73 +372,148 @@ _sandbox_bootstrap(__CONFIG__)
 # --------------------------------------------------------------------------------------------------- isolation
 
 
+@dataclass(frozen=True)
+class _Runtime:
+    """How runs start on this machine (probed once per process)."""
+
+    bwrap: str
+    python: str
+    """The interpreter, at the same path inside the sandbox as outside."""
+    binds: tuple[str, ...]
+    """Folders mounted read-only at the same path besides /usr (the interpreter's prefix when outside /usr)."""
+    host_uid: int | None
+    """uid ``bwrap`` is started as (``nobody`` when we are root); None: our own."""
+
+
 _probe_lock = threading.RLock()
 _probes: dict[str, Any] = {}
 
 
-def _unshare() -> str | None:
-    return shutil.which("unshare")
+def _host_uid() -> int | None:
+    return SANDBOX_ID if os.geteuid() == 0 else None
 
 
-def _check(argv: list[str], expect: str, **popen: Any) -> bool:
-    """Whether ``argv`` exits 0 printing ``expect``."""
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=20, env=dict(BASE_ENV), cwd="/", **popen)
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return False
-    return out.returncode == 0 and out.stdout.strip() == expect
-
-
-def _interpreter() -> tuple[str, int | None]:
-    """(Python to run, uid to run it as): as root, the first Python of this version that ``nobody`` can start
-    (``sys.executable`` first), run as nobody; otherwise ``sys.executable`` as ourselves. Probed once."""
-    with _probe_lock:
-        if "interpreter" not in _probes:
-            version = f"{sys.version_info.major}.{sys.version_info.minor}"
-            own = sys.executable or shutil.which("python3") or "python3"
-            chosen: tuple[str, int | None] = (own, None)
-            if os.geteuid() == 0:
-                candidates = [own]
-                for path in (
-                    shutil.which(f"python{version}"),
-                    f"/usr/bin/python{version}",
-                    f"/usr/local/bin/python{version}",
-                ):
-                    if path and os.path.exists(path) and path not in candidates:
-                        candidates.append(path)
-                code = "import os, sys; print(os.getuid(), '%d.%d' % sys.version_info[:2])"
-                for path in candidates:
-                    if _check([path, "-I", "-S", "-B", "-c", code], f"{NOBODY} {version}", **_as_nobody(NOBODY)):
-                        chosen = (path, NOBODY)
-                        break
-            _probes["interpreter"] = chosen
-        return _probes["interpreter"]
-
-
-def _as_nobody(uid: int | None) -> dict[str, Any]:
+def _as_user(uid: int | None) -> dict[str, Any]:
     return {"user": uid, "group": uid, "extra_groups": []} if uid is not None else {}
 
 
-def _python() -> str:
-    return _interpreter()[0]
+def _interpreters() -> list[tuple[str, tuple[str, ...]]]:
+    """(interpreter, read-only folders it needs besides /usr), ours first, then system Pythons of this version."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    base = os.path.realpath(sys.base_prefix)
+    own = os.path.realpath(sys.executable) if sys.executable else ""
+    if not own.startswith(base + os.sep):  # e.g. a venv made with --copies: use its base installation
+        own = os.path.join(base, "bin", f"python{version}")
+    found: list[tuple[str, tuple[str, ...]]] = []
+    for path in (own, f"/usr/bin/python{version}", f"/usr/local/bin/python{version}"):
+        real = os.path.realpath(path)
+        if not os.path.isfile(real) or any(real == p for p, _ in found):
+            continue
+        prefix = base if real == own else os.path.dirname(os.path.dirname(real))
+        binds = () if prefix == "/usr" or prefix.startswith("/usr/") else (prefix,)
+        if any(_too_wide(b) for b in binds):
+            continue
+        found.append((real, binds))
+    return found
 
 
-def drop_user() -> int | None:
-    """The uid the child runs as: ``nobody`` (65534) when this process is root and a Python of this version starts
-    as nobody (``sys.executable``, else e.g. ``/usr/bin/python3.11``), else None (the child keeps our uid)."""
-    return _interpreter()[1]
+def _too_wide(folder: str) -> bool:
+    """A folder that holds the user's home or this project is never mounted, even read-only."""
+    folder = folder.rstrip("/") or "/"
+    if folder in ("/", "/root", "/home", "/work", "/tmp"):
+        return True
+    for other in (os.path.expanduser("~"), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))):
+        other = os.path.realpath(other)
+        if other == folder or other.startswith(folder + "/"):
+            return True
+    return False
 
 
-def network_namespace_available() -> bool:
-    """Whether ``unshare --user --map-root-user --net`` starts Python here with only a loopback interface
-    (probed once per process, as the user the children run as)."""
+def _system_mounts() -> list[str]:
+    """Read-only /usr and what sits beside it: merged-/usr links as links, real folders bound."""
+    args = ["--ro-bind", "/usr", "/usr"]
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        path = "/" + name
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    return args + ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+
+
+def _bwrap_argv(runtime: _Runtime, tmpfs_mb: int) -> list[str]:
+    # --as-pid-1: the program is the namespace's init, a direct child of bwrap, so its CPU time reaches our rusage
+    argv = [runtime.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--as-pid-1", "--die-with-parent"]
+    argv += ["--new-session", "--clearenv"]
+    argv += ["--uid", str(SANDBOX_ID), "--gid", str(SANDBOX_ID), "--hostname", "sandbox"]
+    argv += _system_mounts()
+    for folder in runtime.binds:
+        argv += ["--ro-bind", folder, folder]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(tmpfs_mb << 20), "--tmpfs", WORKDIR]
+    for name, value in SANDBOX_ENV.items():
+        argv += ["--setenv", name, value]
+    # the root (bwrap's own tmpfs) and /dev are made read-only last: /tmp is the only writable mount
+    return argv + ["--chdir", WORKDIR, "--remount-ro", "/dev", "--remount-ro", "/", "--"]
+
+
+def _probe() -> _Runtime:
+    bwrap = shutil.which("bwrap") or shutil.which("bwrap", path="/usr/bin:/usr/local/bin:/bin")
+    host_uid = _host_uid()
+    who = "nobody" if host_uid is not None else f"uid {os.geteuid()}"
+    if not bwrap:
+        raise SandboxUnavailable(
+            f"generated code is only run inside bubblewrap, and `bwrap` is not installed: run `{INSTALL_HINT}`"
+        )
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    code = (
+        "import os, sys, socket\n"
+        "print(os.getuid(), '%d.%d' % sys.version_info[:2], *(name for _, name in socket.if_nameindex()))"
+    )
+    expect = f"{SANDBOX_ID} {version} lo"
+    tried = []
+    for python, binds in _interpreters():
+        runtime = _Runtime(bwrap, python, binds, host_uid)
+        argv = [*_bwrap_argv(runtime, 1), python, "-I", "-S", "-B", "-c", code]
+        try:
+            out = subprocess.run(
+                argv, capture_output=True, text=True, timeout=30, env=dict(BASE_ENV), cwd="/", **_as_user(host_uid)
+            )
+        except (OSError, subprocess.SubprocessError, ValueError) as exc:
+            tried.append(f"{python}: {exc}")
+            continue
+        if out.returncode == 0 and out.stdout.strip() == expect:
+            return runtime
+        tried.append(f"{python}: {(out.stderr.strip() or out.stdout.strip() or f'exit {out.returncode}')[-300:]}")
+    raise SandboxUnavailable(
+        f"generated code is only run inside bubblewrap, and `{bwrap}` (run as {who}) could not start Python "
+        f"{version} in new namespaces here: {'; '.join(tried) or f'no python{version} found'}. Install it with "
+        f"`{INSTALL_HINT}` (bubblewrap >= 0.8), allow unprivileged user namespaces for {who} "
+        "(sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0, or the AppArmor profile for "
+        f"bwrap), and when running as root make a Python {version} readable by nobody (e.g. /usr/bin/python{version})"
+    )
+
+
+def _runtime() -> _Runtime:
+    """Probed once per process when it works; a failure is probed again next time (bwrap may be installed since)."""
     with _probe_lock:
-        if "netns" not in _probes:
-            unshare = _unshare()
-            code = "import socket; print(','.join(sorted(name for _, name in socket.if_nameindex())))"
-            argv = [unshare or "unshare", *UNSHARE_ARGS, "--", _python(), "-I", "-S", "-B", "-c", code]
-            _probes["netns"] = bool(unshare) and _check(argv, "lo", **_as_nobody(drop_user()))
-        return _probes["netns"]
+        if "runtime" not in _probes:
+            _probes["runtime"] = _probe()
+        return _probes["runtime"]
+
+
+def require_sandbox() -> str:
+    """The isolation runs get (``bwrap+audit``); raises ``SandboxUnavailable`` when bubblewrap cannot run here."""
+    _runtime()
+    return ISOLATION
+
+
+def sandbox_available() -> bool:
+    """Whether generated code can run here (bubblewrap installed and able to create its namespaces)."""
+    try:
+        _runtime()
+    except SandboxUnavailable:
+        return False
+    return True
 
 
 # ------------------------------------------------------------------------------------------------------ running
@@ -440,6 +542,29 @@ def _rlimits(limits: SandboxLimits) -> list[tuple[str, int, int]]:
     return out
 
 
+class _Capture:
+    """The head and tail of a stream (``keep`` bytes each) and its total size."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep, self.total = keep, 0
+        self.head, self.tail = bytearray(), bytearray()
+
+    def add(self, data: bytes) -> None:
+        self.total += len(data)
+        room = self.keep - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+            data = data[room:]
+        if data:
+            self.tail += data
+            del self.tail[: max(0, len(self.tail) - self.keep)]
+
+    def data(self) -> bytes:
+        return (
+            bytes(self.head + self.tail) if self.total <= 2 * self.keep else bytes(self.head + b"\n...\n" + self.tail)
+        )
+
+
 def _clip(data: bytes, limit: int) -> str:
     text = data.decode("utf-8", errors="replace")
     if len(text) <= limit:
@@ -448,33 +573,12 @@ def _clip(data: bytes, limit: int) -> str:
     return f"{text[:half]}\n...[{len(text) - 2 * half} characters cut]...\n{text[-half:]}"
 
 
-def _read(handle, limit: int) -> str:
-    handle.seek(0, os.SEEK_END)
-    size = handle.tell()
-    budget = limit * 4  # utf-8: at most 4 bytes a character
-    handle.seek(0)
-    if size <= 2 * budget:
-        return _clip(handle.read(), limit)
-    head = handle.read(budget)
-    handle.seek(size - budget)
-    tail = handle.read(budget)
-    return _clip(head + b"\n...\n" + tail, limit)
-
-
-def _remove_tree(path: str) -> None:
-    def retry(func, target, _exc):
-        try:
-            os.chmod(os.path.dirname(target), stat.S_IRWXU)
-            os.chmod(target, stat.S_IRWXU)
-        except OSError:
-            pass
-        func(target)
-
-    shutil.rmtree(path, onerror=retry)
-
-
-def _classify(returncode: int, timed_out: bool, cpu: float, limits: SandboxLimits, error: dict | None, stderr: str):
+def _classify(
+    returncode: int, timed_out: bool, overflow: bool, cpu: float, limits: SandboxLimits, error: dict | None, stderr: str
+) -> str:
     memory = (error or {}).get("type") == "MemoryError" or "MemoryError" in stderr[-2000:]
+    if overflow:
+        return "output_limit"
     if timed_out:
         return "timeout"
     if returncode < 0:
@@ -495,157 +599,220 @@ def _classify(returncode: int, timed_out: bool, cpu: float, limits: SandboxLimit
     return "ok"
 
 
-def _run(files: dict[str, str], limits: SandboxLimits | None, isolation: str, *, guard: bool = True) -> SandboxResult:
-    """Write ``files`` into a fresh folder and run them in order as one program in the sandbox.
+def _exit_code(status: int) -> int:
+    """bwrap exits with 128 + N when the program died of signal N: report that as -N, like a direct child."""
+    code = os.waitstatus_to_exitcode(status)
+    if 128 < code < 128 + signal.NSIG:
+        return 128 - code
+    return code
 
-    ``guard=False`` leaves the audit guard out (tests use it to check the other layers on their own)."""
+
+def _run(files: dict[str, str], limits: SandboxLimits | None = None, *, guard: bool = True) -> SandboxResult:
+    """Run ``files`` (written into the sandbox's /tmp) in order as one program.
+
+    ``guard=False`` leaves the audit guard out (tests use it to check that bubblewrap holds on its own)."""
     limits = limits or SandboxLimits()
-    if isolation not in ISOLATIONS:
-        raise ValueError(f"isolation must be one of {', '.join(ISOLATIONS)}, got {isolation!r}")
-    netns = isolation != "audit" and network_namespace_available()
-    if isolation == "netns" and not netns:
-        raise RuntimeError("a network namespace was required but `unshare --user --map-root-user --net` fails here")
-    mode = ("netns+audit" if guard else "netns") if netns else ("audit" if guard else "none")
-    uid = drop_user()
-    user = "nobody" if uid is not None else str(os.geteuid())
+    runtime = _runtime()
+    mode = ISOLATION if guard else "bwrap"
+    user = "nobody" if runtime.host_uid == SANDBOX_ID else str(os.geteuid())
+    token = secrets.token_hex(16)
+    report_r, report_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    config = {"root": WORKDIR, "files": list(files), "rlimits": _rlimits(limits), "report_fd": report_w}
+    config["guard"] = guard
+    argv = [*_bwrap_argv(runtime, limits.tmpfs_mb), runtime.python, "-I", "-S", "-B", "-X", "utf8"]
+    argv += ["-c", _BOOTSTRAP.replace("__CONFIG__", repr(config))]
     started = time.monotonic()
-    root = os.path.realpath(tempfile.mkdtemp(prefix="sandbox-"))
     try:
-        for name, text in files.items():
-            with open(os.path.join(root, name), "w", encoding="utf-8") as f:
-                f.write(text)
-        if uid is not None:
-            for name in [".", *files]:
-                os.chown(os.path.join(root, name), uid, uid)
-        token = secrets.token_hex(16)
-        config = {
-            "root": root,
-            "files": list(files),
-            "rlimits": _rlimits(limits),
-            "events_file": EVENTS_FILE,
-            "result_file": RESULT_FILE,
-            "guard": guard,
-        }
-        argv = [_python(), "-I", "-S", "-B", "-X", "utf8", "-c", _BOOTSTRAP.replace("__CONFIG__", repr(config))]
-        if netns:
-            argv = [_unshare(), *UNSHARE_ARGS, "--", *argv]
-        env = {**BASE_ENV, "HOME": root, "TMPDIR": root}
-        popen = _as_nobody(uid)
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            try:
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.PIPE,
-                    stdout=out,
-                    stderr=err,
-                    cwd=root,
-                    env=env,
-                    start_new_session=True,
-                    close_fds=True,
-                    **popen,
-                )
-            except OSError as exc:
-                return SandboxResult("error", None, "", f"sandbox could not start: {exc}", 0.0, mode, user=user)
-            try:
-                proc.stdin.write(token.encode() + b"\n")
-                proc.stdin.close()
-            except OSError:
-                pass
-            status, rusage, timed_out = _wait(proc, started + limits.wall_s)
-            seconds = time.monotonic() - started
-            stdout, stderr = _read(out, limits.output_chars), _read(err, limits.output_chars)
-        returncode = os.waitstatus_to_exitcode(status)
-        proc.returncode = returncode
-        verdict = _verdict(root, token)
-        error = verdict["error"] if verdict else None
-        if verdict is None and returncode == 0:  # exited 0 without the bootstrap's verdict: os._exit in user code
-            error = {"file": None, "phase": "run", "type": "EarlyExit", "message": "exited before finishing"}
-        cpu = (rusage.ru_utime + rusage.ru_stime) if rusage else 0.0
-        return SandboxResult(
-            status=_classify(returncode, timed_out, cpu, limits, error, stderr),
-            returncode=returncode,
-            stdout=stdout,
-            stderr=stderr,
-            seconds=round(seconds, 3),
-            isolation=mode,
-            cpu_seconds=round(cpu, 3),
-            max_rss_mb=_peak_mb(verdict, rusage),
-            user=user,
-            error=error,
-            blocked=_events(root),
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=out_w,
+                stderr=err_w,
+                cwd="/",
+                env=dict(BASE_ENV),  # bwrap's own environment, which the sandbox's /proc/1/environ shows
+                start_new_session=True,
+                close_fds=True,
+                pass_fds=(report_w,),
+                **_as_user(runtime.host_uid),
+            )
+        except OSError as exc:
+            return SandboxResult("error", None, "", f"sandbox could not start: {exc}", 0.0, mode, user=user)
+        finally:
+            for fd in (report_w, out_w, err_w):
+                os.close(fd)
+        payload = (token + "\n" + json.dumps(files)).encode("utf-8")
+        threading.Thread(target=_feed, args=(proc, payload), daemon=True).start()
+        keep = limits.output_chars * 4  # utf-8: at most 4 bytes a character
+        captures = {out_r: _Capture(keep), err_r: _Capture(keep), report_r: _Capture(1 << 20)}
+        status, rusage, timed_out, overflow = _collect(
+            proc, captures, (out_r, err_r), started + limits.wall_s, limits.file_mb << 20
         )
     finally:
-        _remove_tree(root)
+        for fd in (report_r, out_r, err_r):
+            os.close(fd)
+    seconds = time.monotonic() - started
+    stdout, stderr = (
+        _clip(captures[out_r].data(), limits.output_chars),
+        _clip(captures[err_r].data(), limits.output_chars),
+    )
+    returncode = _exit_code(status)
+    proc.returncode = returncode
+    began, verdict, blocked = _parse_report(captures[report_r], token)
+    error = verdict["error"] if verdict else None
+    cpu = (rusage.ru_utime + rusage.ru_stime) if rusage else 0.0
+    if not began and not timed_out:  # bwrap failed before Python started
+        status_name = "error"
+    else:
+        if verdict is None and returncode == 0:  # exited 0 without the bootstrap's verdict: os._exit in user code
+            error = {"file": None, "phase": "run", "type": "EarlyExit", "message": "exited before finishing"}
+        status_name = _classify(returncode, timed_out, overflow, cpu, limits, error, stderr)
+    return SandboxResult(
+        status=status_name,
+        returncode=returncode,
+        stdout=stdout,
+        stderr=stderr,
+        seconds=round(seconds, 3),
+        isolation=mode,
+        cpu_seconds=round(cpu, 3),
+        max_rss_mb=_peak_mb(verdict, rusage),
+        user=user,
+        error=error,
+        blocked=blocked,
+    )
 
 
-def _wait(proc: subprocess.Popen, deadline: float):
-    """Reap ``proc`` with its resource usage; kill its process group at ``deadline``."""
-    delay, timed_out = 0.002, False
-    while True:
-        pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() >= deadline:
-            timed_out = True
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            _, status, rusage = os.wait4(proc.pid, 0)
-            break
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
-    try:  # anything the program left in its group (it cannot fork, but be sure)
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
+def _feed(proc: subprocess.Popen, payload: bytes) -> None:
+    """Write the token and files to the child's stdin (in a thread: a big payload must not block the deadline)."""
+    try:
+        proc.stdin.write(payload)
+        proc.stdin.close()
+    except (OSError, ValueError):
         pass
-    return status, rusage, timed_out
+
+
+def _collect(
+    proc: subprocess.Popen, captures: dict[int, _Capture], capped: tuple[int, ...], deadline: float, max_output: int
+):
+    """Read the child's pipes until they close and reap it; kill it at ``deadline`` or once one of the ``capped``
+    pipes (stdout, stderr) passes ``max_output`` bytes. Returns (wait status, rusage, timed out, output overflow)."""
+    selector = selectors.DefaultSelector()
+    for fd in captures:
+        os.set_blocking(fd, False)
+        selector.register(fd, selectors.EVENT_READ)
+    reaped, status, rusage = False, 0, None
+    timed_out = overflow = False
+    give_up = None  # after a kill (or once reaped), stop waiting for the pipes to close at this time
+
+    def kill() -> None:
+        # The program first (bwrap's only child; as PID 1 of its namespace it takes every process it started with
+        # it): bwrap then reaps it and exits. Killing bwrap alone would leave the program to the host's init.
+        if reaped:  # its pid may belong to someone else by now
+            return
+        try:
+            with open(f"/proc/{proc.pid}/task/{proc.pid}/children", encoding="ascii") as f:
+                children = [int(pid) for pid in f.read().split()]
+        except (OSError, ValueError):
+            children = []
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if not children:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # bwrap; --die-with-parent takes the program with it
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    try:
+        while True:
+            if not reaped:
+                pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+                reaped = pid != 0
+                if reaped and give_up is None:
+                    give_up = time.monotonic() + 2
+            open_fds = selector.get_map()
+            if reaped and not open_fds:
+                break
+            now = time.monotonic()
+            if give_up is None and now >= deadline:
+                timed_out, give_up = True, now + 5
+                kill()
+            if give_up is not None and now >= give_up:
+                if reaped:
+                    break
+                kill()
+                _, status, rusage = os.wait4(proc.pid, 0)
+                break
+            if not open_fds:
+                time.sleep(0.005)
+                continue
+            wait_s = 0.05 if give_up is not None else min(0.05, max(0.001, deadline - now))
+            for key, _ in selector.select(timeout=wait_s):
+                try:
+                    data = os.read(key.fd, 1 << 16)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    selector.unregister(key.fd)
+                    continue
+                captures[key.fd].add(data)
+                if key.fd in capped and captures[key.fd].total > max_output and not overflow:
+                    overflow = True
+                    give_up = give_up or time.monotonic() + 5
+                    kill()
+                    for fd in capped:  # read no more: the program blocks on a full pipe until it is gone
+                        if fd in selector.get_map():
+                            selector.unregister(fd)
+                    break
+    finally:
+        selector.close()
+    return status, rusage, timed_out, overflow
+
+
+def _parse_report(report: _Capture, token: str) -> tuple[bool, dict | None, list[str]]:
+    """(the bootstrap started, its verdict when tagged with ``token``, refused calls) from the report pipe."""
+    began, verdict, blocked = False, None, []
+    for line in report.data().decode("utf-8", errors="replace").split("\n"):
+        if line == "started":
+            began = True
+        elif line.startswith("event ") and len(blocked) < 50:
+            blocked.append(line[6:])
+        elif line.startswith("verdict "):
+            try:
+                data = json.loads(line[8:])
+            except ValueError:
+                continue
+            if isinstance(data, dict) and data.get("token") == token:
+                verdict = data
+    return began, verdict, blocked
 
 
 def _peak_mb(verdict: dict | None, rusage) -> float:
     """The child's peak resident memory: its own VmHWM when the bootstrap reported it, else the kernel's rusage
-    figure (which also counts this process's size when the child was forked from it)."""
+    figure (the largest process of the run, bwrap included)."""
     peak_kb = verdict.get("peak_kb") if verdict else None
     if isinstance(peak_kb, int):
         return round(peak_kb / 1024, 1)
     return round(rusage.ru_maxrss / 1024, 1) if rusage else 0.0
 
 
-def _verdict(root: str, token: str) -> dict | None:
-    try:
-        with open(os.path.join(root, RESULT_FILE), encoding="utf-8") as f:
-            data = json.loads(f.read(1 << 20))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("token") != token:
-        return None
-    return data
+def run_python(code: str, limits: SandboxLimits | None = None) -> SandboxResult:
+    """Run ``code`` as ``__main__`` in the sandbox (raises ``SandboxUnavailable`` when bubblewrap cannot run)."""
+    return _run({"main.py": code}, limits)
 
 
-def _events(root: str) -> list[str]:
-    try:
-        with open(os.path.join(root, EVENTS_FILE), encoding="utf-8", errors="replace") as f:
-            return [line.rstrip("\n") for line in f.read(1 << 16).splitlines()][:50]
-    except OSError:
-        return []
-
-
-def run_python(code: str, limits: SandboxLimits | None = None, *, isolation: str = "auto") -> SandboxResult:
-    """Run ``code`` as ``__main__`` in the sandbox. ``isolation``: ``auto`` (network namespace when available),
-    ``netns`` (require it) or ``audit`` (audit guard only)."""
-    return _run({"main.py": code}, limits, isolation)
-
-
-def run_tests(
-    solution: str, tests: str, limits: SandboxLimits | None = None, *, isolation: str = "auto"
-) -> SandboxResult:
+def run_tests(solution: str, tests: str, limits: SandboxLimits | None = None) -> SandboxResult:
     """Run ``solution`` then ``tests`` in one ``__main__`` namespace; ``result.passed`` when both ran to the end.
 
     A file that does not compile gives ``syntax_error`` (neither runs); a failing ``assert`` gives ``failed`` with
     ``result.error`` = {file: "tests.py", type: "AssertionError", message (the assert's source when it has none),
     line}. The solution is also importable as ``solution``.
     """
-    return _run({"solution.py": solution, "tests.py": tests}, limits, isolation)
+    return _run({"solution.py": solution, "tests.py": tests}, limits)
 
 
 def run_many(
@@ -653,18 +820,18 @@ def run_many(
     limits: SandboxLimits | None = None,
     *,
     workers: int | None = None,
-    isolation: str = "auto",
 ) -> list[SandboxResult]:
     """Run programs (``str``: ``run_python``) or (solution, tests) pairs (``run_tests``) on a small thread pool;
     results in order."""
 
     def one(job: str | tuple[str, str]) -> SandboxResult:
         if isinstance(job, str):
-            return run_python(job, limits, isolation=isolation)
-        return run_tests(job[0], job[1], limits, isolation=isolation)
+            return run_python(job, limits)
+        return run_tests(job[0], job[1], limits)
 
     if not jobs:
         return []
+    require_sandbox()  # one clear error before any job starts
     workers = workers or max(1, min(4, os.cpu_count() or 1))
     if workers == 1 or len(jobs) == 1:
         return [one(job) for job in jobs]
@@ -681,17 +848,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wall-s", type=float, default=defaults.wall_s)
     parser.add_argument("--memory-mb", type=int, default=defaults.memory_mb)
     parser.add_argument("--file-mb", type=int, default=defaults.file_mb)
-    parser.add_argument("--audit-only", action="store_true", help="no network namespace: the audit guard alone")
+    parser.add_argument("--tmpfs-mb", type=int, default=defaults.tmpfs_mb)
     args = parser.parse_args(argv)
-    limits = SandboxLimits(cpu_s=args.cpu_s, wall_s=args.wall_s, memory_mb=args.memory_mb, file_mb=args.file_mb)
-    isolation = "audit" if args.audit_only else "auto"
+    limits = SandboxLimits(
+        cpu_s=args.cpu_s, wall_s=args.wall_s, memory_mb=args.memory_mb, file_mb=args.file_mb, tmpfs_mb=args.tmpfs_mb
+    )
     with open(args.file, encoding="utf-8") as f:
         code = f.read()
-    if args.tests:
-        with open(args.tests, encoding="utf-8") as f:
-            result = run_tests(code, f.read(), limits, isolation=isolation)
-    else:
-        result = run_python(code, limits, isolation=isolation)
+    try:
+        if args.tests:
+            with open(args.tests, encoding="utf-8") as f:
+                result = run_tests(code, f.read(), limits)
+        else:
+            result = run_python(code, limits)
+    except SandboxUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(result.to_json(), ensure_ascii=False, indent=1))
     return 0 if result.ok else 1
 
@@ -701,11 +873,13 @@ if __name__ == "__main__":
 
 
 __all__ = [
+    "ISOLATION",
     "SandboxLimits",
     "SandboxResult",
-    "drop_user",
-    "network_namespace_available",
+    "SandboxUnavailable",
+    "require_sandbox",
     "run_many",
     "run_python",
     "run_tests",
+    "sandbox_available",
 ]

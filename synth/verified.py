@@ -46,7 +46,7 @@ from pipelines.shards import iter_stage_rows
 from synth.chat import validate_chat
 from synth.generate import GenerationRequest, GenerationResult, Generator
 from synth.records import chunk_counters, messages, provenance, record_id, rejected, run_chunked_stage
-from synth.sandbox import SandboxLimits, SandboxResult, network_namespace_available, run_many
+from synth.sandbox import ISOLATION, SandboxLimits, SandboxResult, require_sandbox, run_many
 
 METHOD_MATH = "math_rejection"
 METHOD_CODE = "code_execution"
@@ -752,6 +752,7 @@ def run_code(
     limits = config.limits()
 
     def process(chunk: list[Mapping[str, Any]]):
+        require_sandbox()  # no bubblewrap: stop before the teacher writes code that could not be run safely
         requests = [
             GenerationRequest(
                 messages(("user", solution_prompt(task))),
@@ -848,7 +849,7 @@ def run_code(
         "template_version": config.template_version,
         "builtin_tasks": sum(1 for t in tasks if t["source"] == "builtin"),
         "document_tasks": sum(1 for t in tasks if t["source"] != "builtin"),
-        "sandbox_isolation": "netns+audit" if network_namespace_available() else "audit",
+        "sandbox_isolation": ISOLATION,
     }
     return run_chunked_stage(
         out_dir, stage_config, items, process, SFT_SCHEMA, chunk_size=config.chunk_size, extra=extra, log=log
