@@ -315,7 +315,7 @@ def test_code_keeps_passing_solutions_only(tmp_path):
         "duplicate": 1,
         "no_tests": 2,
     }
-    assert summary["method"] == METHOD_CODE and summary["sandbox_isolation"] in ("netns+audit", "audit")
+    assert summary["method"] == METHOD_CODE and summary["sandbox_isolation"] == "bwrap+audit"
     by_task = {r["source_id"].removeprefix("code-builtin-"): r for r in rows}
     assert set(by_task) == {"is_palindrome", "reverse_words", "factorial"}
     for name, row in by_task.items():
