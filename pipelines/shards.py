@@ -87,42 +87,92 @@ def read_json(uri: str) -> dict | None:
         return json.load(f)
 
 
-DOCUMENT_SUFFIXES = (".warc", ".wet", ".arc", ".jsonl", ".ndjson", ".parquet")
+DOCUMENT_SUFFIXES = (".warc", ".wet", ".arc", ".jsonl", ".ndjson", ".json", ".parquet")
 
 
-def _is_document_file(path: str) -> bool:
-    """Files a folder input contributes: known document formats, not hidden/marker files."""
-    name = posixpath.basename(path)
-    for suffix in (".gz", ".zst"):
+def _is_document_file(path: str, named: bool = False) -> bool:
+    """A file name a document reader takes: a known format, any case, optionally compressed (.gz .zst .bz2 .xz).
+
+    In a folder or a glob, hidden and ``_``-prefixed files (``_SUCCESS``, ``.crc``) and leftovers of killed writes
+    are not documents either; a file ``named`` on its own is judged by its format alone.
+    """
+    name = posixpath.basename(path).lower()
+    for suffix in (".gz", ".zst", ".zstd", ".bz2", ".xz"):
         name = name.removesuffix(suffix)
-    return not name.startswith((".", "_")) and ".tmp-" not in name and name.endswith(DOCUMENT_SUFFIXES)
+    if not named and (name.startswith((".", "_")) or ".tmp-" in name):
+        return False
+    return name.endswith(DOCUMENT_SUFFIXES)
 
 
 def expand_inputs(patterns: str | Iterable[str]) -> list[str]:
     """Resolve globs, folders and stage folders to a sorted list of input files (as URIs).
 
-    A folder that is a committed stage output resolves to its ``data/`` shards.
+    A folder that is a committed stage output resolves to its ``data/`` shards. A folder (or a glob) is searched
+    for document files by name (``_is_document_file``); the other files it holds are skipped, never read, and
+    ``skipped_inputs`` names them. Errors, each one line: ``ValueError`` for no input at all (``--input ''``) or a
+    file named on its own that is no document format; ``FileNotFoundError`` for a pattern with no document file.
     """
+    return _resolve_inputs(patterns)[0]
+
+
+def skipped_inputs(patterns: str | Iterable[str]) -> list[str]:
+    """The files that the folders and globs of ``patterns`` hold but ``expand_inputs`` skips (no document format by
+    name, hidden, markers), sorted URIs: for the stage summary, so that nothing is left out unseen."""
+    return _resolve_inputs(patterns)[1]
+
+
+def _resolve_inputs(patterns: str | Iterable[str]) -> tuple[list[str], list[str]]:
+    """(document files, skipped files) of ``patterns``, both sorted and without repeats."""
     if isinstance(patterns, str):
-        patterns = [p for p in patterns.split(",") if p]
-    files: list[str] = []
+        patterns = patterns.split(",")
+    patterns = [p.strip() for p in patterns if p and p.strip()]
+    if not patterns:
+        raise ValueError("no input given (--input is empty): pass globs, folders or a stage folder, comma-separated")
+    files: set[str] = set()
+    skipped: set[str] = set()
     for pattern in patterns:
         if pattern.startswith("hf:"):
-            files.append(pattern)
+            files.add(pattern)
             continue
         fs, path = filesystem(pattern)
-        if fs.isdir(path):
-            if fs.exists(posixpath.join(path, CONFIG_FILE)):  # a stage folder: only a finished one is an input
-                if not fs.exists(posixpath.join(path, SUCCESS_FILE)):
-                    raise ValueError(f"{pattern} is a stage folder whose run has not finished: run that stage first")
-                path = posixpath.join(path, "data")
-            matches = [p for p in fs.find(path) if _is_document_file(p)]
+        named = False
+        if any(c in path for c in "*?["):
+            found = []
+            for match in fs.glob(path):
+                found += _folder_files(fs, match, pattern) if fs.isdir(match) else [match]
+        elif fs.isdir(path):
+            found = _folder_files(fs, path, pattern)
+        elif fs.exists(path):
+            if not _is_document_file(path, named=True):
+                raise ValueError(
+                    f"{pattern} is not a document file: expected .warc, .wet, .arc, .jsonl, .ndjson, .json or "
+                    ".parquet (any case, optionally .gz/.zst/.bz2/.xz), a folder, or hf:<dataset>:<split>"
+                )
+            found, named = [path], True
         else:
-            matches = fs.glob(path) if any(c in path for c in "*?[") else ([path] if fs.exists(path) else [])
-        if not matches:
-            raise FileNotFoundError(f"no input files match {pattern!r}")
-        files.extend(_with_protocol(fs, m) for m in matches if ".tmp-" not in m)
-    return sorted(set(files))
+            found = []
+        documents = [m for m in found if _is_document_file(m, named)]
+        others = [m for m in found if not _is_document_file(m, named)]
+        if not documents:
+            if not others:
+                raise FileNotFoundError(f"no input files match {pattern!r}")
+            names = ", ".join(posixpath.basename(m) for m in sorted(others)[:3]) + (", ..." if len(others) > 3 else "")
+            raise FileNotFoundError(
+                f"no input files match {pattern!r}: none of the {len(others)} files there ({names}) is a document "
+                "format (.warc, .wet, .arc, .jsonl, .ndjson, .json, .parquet, optionally compressed)"
+            )
+        files.update(_with_protocol(fs, m) for m in documents)
+        skipped.update(_with_protocol(fs, m) for m in others)
+    return sorted(files), sorted(skipped)
+
+
+def _folder_files(fs: fsspec.AbstractFileSystem, path: str, pattern: str) -> list[str]:
+    """Every file under a folder; a stage folder gives its ``data/`` (only once that stage has finished)."""
+    if fs.exists(posixpath.join(path, CONFIG_FILE)):
+        if not fs.exists(posixpath.join(path, SUCCESS_FILE)):
+            raise ValueError(f"{pattern} is a stage folder whose run has not finished: run that stage first")
+        path = posixpath.join(path, "data")
+    return list(fs.find(path))
 
 
 @dataclass

@@ -110,3 +110,31 @@ def test_wet_conversion_records_are_read_as_text(tmp_path):
     docs, errors = _split(read_documents(str(path)))
     assert errors == [] and [d["text"] for d in docs] == ["First extracted page text.", "Second one."]
     assert docs[0]["url"] == "https://site.example/0"
+
+
+def test_a_curated_stage_row_reads_back_unchanged(tmp_path):
+    """Later stages read earlier stages' shards through the same readers: coercion must leave a valid row alone."""
+    from pipelines.schema import DOCUMENT_SCHEMA
+
+    row = {
+        "id": "doc-1#dup-1",
+        "text": "A curated document.\nSecond line.",
+        "url": "https://site.example/a",
+        "source": "crawl.warc.gz",
+        "domain": "web",
+        "lang": "en",
+        "lang_score": 0.75,
+        "date": "2024-01-02T03:04:05Z",
+        "metadata": '{"original_id": "doc-1", "k": [1, 2]}',
+        "dup_cluster": "doc-0",
+        "dup_cluster_size": 3,
+    }
+    path = tmp_path / "shard.parquet"
+    pq.write_table(pa.Table.from_pylist([row, {**row, "id": "doc-2", "metadata": None}], schema=DOCUMENT_SCHEMA), path)
+    docs, errors = _split(read_documents(str(path)))
+    assert errors == [] and docs == [row, {**row, "id": "doc-2", "metadata": None}]
+
+
+def test_json_names_any_case_are_documents():
+    assert detect_format("a/B.JSON") == detect_format("c.Jsonl.ZST") == detect_format("d.ndjson.xz") == "jsonl"
+    assert detect_format("crawl.WARC.GZ") == "warc" and detect_format("x.warc.wet.gz") == "wet"
