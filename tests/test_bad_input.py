@@ -387,6 +387,7 @@ def test_garbage_between_gzip_members_and_a_truncated_last_member(tmp_path):
         (lambda n: str(n // 2), "damaged_warc_record"),  # ends in the middle of its own block
         (lambda n: "twelve", "damaged_warc_record"),
     ],
+    ids=["past_the_end", "into_the_next_record", "too_short", "not_a_number"],
 )
 def test_bad_content_length_in_a_plain_warc_costs_one_record(tmp_path, change, reason):
     records = _warc_records([f"Record {i}: " + EN[i] for i in range(5)], gzip_members=False)
@@ -431,7 +432,7 @@ def test_warc_garbage_before_between_records_and_a_missing_target_uri(tmp_path):
     assert [e["reason"] for e in errors] == ["damaged_warc_record"] * 3
 
 
-def test_html_without_text_and_a_non_html_page_in_a_warc(tmp_path):
+def test_html_without_text_in_a_warc(tmp_path):
     pages = [
         html_page("Guide", paragraph_doc(EN, 1)),
         b"<html><head><title></title></head><body><div></div></body></html>",
