@@ -811,7 +811,8 @@ def run_code(
             if outcome.passed:
                 conversation = messages(("user", task_statement(task)), ("assistant", f"```python\n{code}\n```"))
                 meta = {"task": task["name"], "source": task["source"], "tests": tests[:3000], "asserts": asserts}
-                meta.update(sample=j, sandbox={"isolation": outcome.isolation, "seconds": outcome.seconds})
+                # no wall-clock time in a row: a rerun or a resumed run must write the very same rows
+                meta.update(sample=j, sandbox={"isolation": outcome.isolation})
                 rows.append(
                     {
                         "id": record_id(METHOD_CODE, task["id"], code),
