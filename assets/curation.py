@@ -72,6 +72,18 @@ def stage_metadata(summary: dict) -> dict:
         "seconds": summary.get("seconds", 0.0),
         "path": dg.MetadataValue.path(summary["output"]),
         "beam_counters": dg.MetadataValue.json(summary.get("beam_counters", {})),
+        "skipped_input_files": len(summary.get("skipped_inputs", [])),  # in a folder or glob, but no document format
+        "removed_shards": len(summary.get("removed_shards", [])),  # their input is gone
+        **(
+            {"skipped_inputs": dg.MetadataValue.json(summary["skipped_inputs"][:100])}
+            if summary.get("skipped_inputs")
+            else {}
+        ),
+        **{  # ingest: repeated ids renamed within a file, counted across files
+            key: summary[key]
+            for key in ("duplicate_ids_renamed", "cross_file_duplicate_ids", "cross_file_duplicate_documents")
+            if key in summary
+        },
     }
 
 

@@ -23,7 +23,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from pipelines.readers import DEFAULT_MAX_DOC_BYTES, read_documents
 from pipelines.schema import excluded_row
@@ -33,13 +33,13 @@ from pipelines.shards import (
     commit_shard,
     committed_stats,
     done_marker,
-    expand_inputs,
     input_fingerprint,
     join,
     merge_stats,
     open_stage,
     read_json,
     remove_stale_shards,
+    resolve_inputs,
     shard_key,
     shard_writers,
     write_json_atomic,
@@ -203,13 +203,24 @@ def run_shard_stage(
     beam_args: Sequence[str] | None = None,
     workers: int | None = None,
     max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
+    after_shards: Callable[[], dict] | None = None,
 ) -> dict:
-    """Run one stage over ``inputs`` into ``output_dir`` (resuming committed shards); returns the summary."""
-    files = expand_inputs(inputs)
+    """Run one stage over ``inputs`` into ``output_dir`` (resuming committed shards); returns the summary.
+
+    Files a folder or glob holds but no reader takes are named in the summary (``skipped_inputs``).
+    ``after_shards()``, called once every shard is committed and before the stage is, adds stage-wide counters.
+    """
+    files, skipped = resolve_inputs(inputs)
     # Inputs are not part of the identity: shards of unchanged inputs are reused when inputs are added.
     config = {"stage": processor.stage, "processor": processor.config(), "max_doc_bytes": max_doc_bytes}
     dofn = _shard_dofn(processor, output_dir, max_doc_bytes)
-    return run_file_stage(files, output_dir, processor.stage, config, dofn, beam_args, workers, patterns=inputs)
+    extra = {"skipped_inputs": skipped} if skipped else None
+    if skipped:
+        log.warning("%s: %d input files are no document format and are skipped: %s", processor.stage, len(skipped),
+                    ", ".join(skipped[:10]))  # fmt: skip
+    return run_file_stage(
+        files, output_dir, processor.stage, config, dofn, beam_args, workers, extra, inputs, after_shards
+    )
 
 
 def run_file_stage(
@@ -222,11 +233,13 @@ def run_file_stage(
     workers: int | None = None,
     extra: dict | None = None,
     patterns: str | Sequence[str] = (),
+    after_shards: Callable[[], dict] | None = None,
 ) -> dict:
     """``Create(files) | Reshuffle | ParDo(dofn)``: one output shard per input file, committed shards resumed.
 
     ``dofn`` writes and commits each file's shard (see ``process_shard``); ``config`` is the stage's identity;
-    ``patterns`` (the globs/folders the files came from) are checked, with the files, against the output.
+    ``patterns`` (the globs/folders the files came from) are checked, with the files, against the output;
+    ``after_shards()`` adds to the summary once every shard is committed (the stage lock is still held).
     """
     import apache_beam as beam
 
@@ -239,7 +252,9 @@ def run_file_stage(
             beam_args,
             workers,
         )
-        extra = {**(extra or {}), "removed_shards": removed} if removed else extra
+        extra = {**(extra or {}), **({"removed_shards": removed} if removed else {})}
+        if after_shards is not None:
+            extra.update(after_shards())
         return finish_stage(output_dir, stage, sorted(keys), beam_counters, time.time() - started, resumed, extra)
 
 

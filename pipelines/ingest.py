@@ -16,7 +16,6 @@ renamed: renaming them would need a global pass before the shards are written.
 from __future__ import annotations
 
 import hashlib
-import json
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -31,16 +30,7 @@ from pipelines.beam_stage import (
     stage_arg_parser,
 )
 from pipelines.readers import EXTRACTOR, READER_VERSION, read_hf
-from pipelines.shards import (
-    SUCCESS_FILE,
-    filesystem,
-    iter_parquet_rows,
-    join,
-    list_shards,
-    read_json,
-    stage_lock,
-    write_json_atomic,
-)
+from pipelines.shards import filesystem, iter_parquet_rows, list_shards
 
 
 class IngestProcessor(DocumentProcessor):
@@ -142,16 +132,15 @@ def run(inputs, output_dir: str, beam_args=None, workers: int | None = None, **k
         for part in spec.split(","):
             if part.strip().startswith("hf:"):
                 next(read_hf(part.strip()), None)  # fail here, with the readable error, before Beam starts
-    summary = run_shard_stage(IngestProcessor(), inputs, output_dir, beam_args, workers, **kwargs)
-    duplicates = count_cross_file_duplicate_ids(output_dir, beam_args, workers)
-    # The stage is committed already; add the counts to its summary under the stage lock, unless another run has
-    # started on the folder since (it removed or replaced this run's summary).
-    with stage_lock(output_dir):
-        success = join(output_dir, SUCCESS_FILE)
-        if read_json(success) == json.loads(json.dumps(summary, sort_keys=True, default=str)):
-            summary.update(duplicates)
-            write_json_atomic(success, summary)
-    return summary
+    return run_shard_stage(
+        IngestProcessor(),
+        inputs,
+        output_dir,
+        beam_args,
+        workers,
+        after_shards=lambda: count_cross_file_duplicate_ids(output_dir, beam_args, workers),
+        **kwargs,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

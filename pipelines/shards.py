@@ -112,17 +112,17 @@ def expand_inputs(patterns: str | Iterable[str]) -> list[str]:
     ``skipped_inputs`` names them. Errors, each one line: ``ValueError`` for no input at all (``--input ''``) or a
     file named on its own that is no document format; ``FileNotFoundError`` for a pattern with no document file.
     """
-    return _resolve_inputs(patterns)[0]
+    return resolve_inputs(patterns)[0]
 
 
 def skipped_inputs(patterns: str | Iterable[str]) -> list[str]:
     """The files that the folders and globs of ``patterns`` hold but ``expand_inputs`` skips (no document format by
     name, hidden, markers), sorted URIs: for the stage summary, so that nothing is left out unseen."""
-    return _resolve_inputs(patterns)[1]
+    return resolve_inputs(patterns)[1]
 
 
-def _resolve_inputs(patterns: str | Iterable[str]) -> tuple[list[str], list[str]]:
-    """(document files, skipped files) of ``patterns``, both sorted and without repeats."""
+def resolve_inputs(patterns: str | Iterable[str]) -> tuple[list[str], list[str]]:
+    """(document files, skipped files) of ``patterns``, both sorted and without repeats (one listing for both)."""
     if isinstance(patterns, str):
         patterns = patterns.split(",")
     patterns = [p.strip() for p in patterns if p and p.strip()]

@@ -286,3 +286,11 @@ def test_dedup_and_tokenize_reject_out_of_range_values(tmp_path):
     ]:
         proc = _cli(module, "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), *args)
         assert expected in _error_line(proc)
+
+
+def test_files_a_folder_input_skips_are_named_in_the_summary(tmp_path):
+    _write_inputs(tmp_path / "in")
+    (tmp_path / "in" / "README.md").write_text("not a document file")
+    summary = run_shard_stage(DocumentProcessor(), str(tmp_path / "in"), str(tmp_path / "out"), workers=1)
+    assert [os.path.basename(p) for p in summary["skipped_inputs"]] == ["README.md"]
+    assert summary["docs_out"] == 10
