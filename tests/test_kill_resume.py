@@ -273,12 +273,6 @@ def uninterrupted(tiny, docs_dir, tmp_path_factory):
 def test_killed_synthesis_step_resumes_to_identical_output(
     method, uninterrupted, tiny, tiny_qwen_dir, docs_dir, tmp_path
 ):
-    if method in ("math_rejection", "code_execution"):  # synth.verified imports synth.sandbox (being rebuilt)
-        pytest.importorskip(
-            "synth.verified",
-            exc_type=ImportError,
-            reason="synth.verified does not import (its synth.sandbox API changed)",
-        )
     reference = uninterrupted(method)
     target, n, when, chunks_done, cached_round = SYNTH_KILLS[method]
     out, cache = tmp_path / method, tmp_path / "cache"
@@ -312,7 +306,6 @@ def run_scripted_code(out: str) -> dict:
 
 
 def test_killed_code_execution_with_sandbox_runs_resumes_to_identical_output(tmp_path):
-    pytest.importorskip("synth.verified", exc_type=ImportError, reason="synth.verified does not import")
     reference = run_scripted_code(str(tmp_path / "reference"))
     assert reference["accepted"] > 0 and reference["tests_run"] > reference["accepted"]
     out = tmp_path / "killed"
