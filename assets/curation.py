@@ -177,13 +177,23 @@ def language_filtered_documents(config: LanguageIdConfig, curation: CurationReso
     check_specs=_specs("quality_filtered_documents"),
 )
 def quality_filtered_documents(config: QualityConfig, curation: CurationResource) -> dg.MaterializeResult:
-    """Documents that pass datatrove's Gopher repetition, Gopher quality, C4 and FineWeb filters, tuned per
-    language (source code: StarCoder's rules). Dropped documents are kept in ``excluded/`` for audit."""
+    """Documents that pass the quality filters of their domain profile (``pipelines/profiles/*.toml``): web prose
+    gets datatrove's Gopher repetition, Gopher quality, C4 and FineWeb filters tuned per language; technical
+    documentation and CJK text lose only clear junk (the model-based score decides the rest); source code gets
+    StarCoder's rules. Kept documents the web chain would have dropped carry its rules in ``metadata``; dropped
+    documents are kept in ``excluded/`` for audit."""
     from pipelines import quality
 
     out = curation.stage_dir("quality")
     summary = quality.run(curation.stage_dir("langid"), out, code_filter=config.code_filter, **curation.run_kwargs())
-    return dg.MaterializeResult(metadata=stage_metadata(summary), check_results=_schema_and_size_checks(out, summary))
+    flagged = summary.get("flagged_docs", {})
+    metadata = stage_metadata(summary) | {
+        "documents_by_profile": _table(summary.get("profiles", {}), ("profile", "kept documents")),
+        "profile_chosen_by": _table(summary.get("profile_evidence", {}), ("profile:signal", "kept documents")),
+        "kept_but_web_chain_would_drop": sum(flagged.values()),
+        "web_chain_rules_failed_by_kept": _table(summary.get("flags", {}), ("web-chain rule", "kept documents")),
+    }
+    return dg.MaterializeResult(metadata=metadata, check_results=_schema_and_size_checks(out, summary))
 
 
 @dg.asset(

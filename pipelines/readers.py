@@ -36,6 +36,10 @@ n-th repeat becomes ``<id>#dup-<n>`` (by order in the file, so a rerun gives the
 in ``metadata["original_id"]``. Ids repeated across files are counted by ingest after its shards are written
 (``cross_file_duplicate_ids`` in the stage summary) but not renamed: that needs a global pass.
 
+**Markup hints.** An HTML page's ``<meta name="generator">`` and its number of code/command elements, and a
+documentation MIME type, are kept in ``metadata["markup"]`` (``markup_hints``): extraction throws the markup away,
+and the quality stage chooses a document's profile with them.
+
 Quarantine reasons: ``bad_json``, ``not_an_object``, ``bad_utf8``, ``bad_unicode``, ``bad_field``,
 ``missing_text``, ``document_too_large``, ``no_text_extracted``, ``extraction_failed``, ``damaged_warc_record``,
 ``truncated_warc``, ``corrupt_<codec>``, ``truncated_<codec>``, ``corrupt_parquet``, ``empty_file``,
@@ -1087,6 +1091,40 @@ def _decode_payload(payload: bytes, content_type: str) -> str | None:
 EXTRACTOR = "datatrove.Trafilatura(favour_precision=True, deduplicate=False)"
 
 
+# What a page's markup says about its kind, recorded at ingest (before extraction throws the markup away) as
+# ``metadata["markup"]``; the quality stage reads it to choose a document's profile (pipelines/quality.py).
+_GENERATOR = re.compile(
+    r"""<meta\s[^>]*?(?:name\s*=\s*["']generator["'][^>]*?content\s*=\s*["']([^"'>]*)"""
+    r"""|content\s*=\s*["']([^"'>]*)["'][^>]*?name\s*=\s*["']generator["'])""",
+    re.IGNORECASE,
+)
+_CODE_MARKUP = re.compile(
+    r"<(?:pre|code|kbd|tt|samp)[\s>]"
+    r"""|\sclass\s*=\s*["'][^"']*\b(?:command|option|filename|screen|programlisting|userinput|computeroutput)\b""",
+    re.IGNORECASE,
+)
+_DOC_MIME_TYPES = ("markdown", "x-rst", "troff", "texinfo", "docbook", "x-tex", "asciidoc")
+MARKUP_SCAN_CHARS = 200_000
+
+
+def markup_hints(content_type: str, html: str | None) -> dict:
+    """``generator`` (<meta name="generator">), ``code_tags`` (code/command elements and DocBook classes) of an
+    HTML page, and ``mime`` for documentation formats; empty when there is nothing to say."""
+    hints: dict = {}
+    mime = content_type.split(";")[0].strip().lower()
+    if any(kind in mime for kind in _DOC_MIME_TYPES):
+        hints["mime"] = mime
+    if html:
+        head = html[:MARKUP_SCAN_CHARS]
+        match = _GENERATOR.search(head)
+        if match:
+            hints["generator"] = (match.group(1) or match.group(2) or "").strip()[:200]
+        code_tags = sum(1 for _ in _CODE_MARKUP.finditer(head))
+        if code_tags:
+            hints["code_tags"] = code_tags
+    return hints
+
+
 class _Extractor:
     """datatrove's Trafilatura extractor (``EXTRACTOR``), built once per process: it is the slow part of ingest."""
 
@@ -1303,6 +1341,7 @@ def _warc_document(
         yield "error", error_row(source, label, "bad_utf8", f"undecodable as {content_type!r}", payload)
         return
     is_html = rec_type == "response" and ("html" in content_type or not content_type)
+    hints = markup_hints(content_type, text if is_html else None)
     if is_html:
         try:
             text = _Extractor.extract(text)
@@ -1325,6 +1364,7 @@ def _warc_document(
             source=source,
             domain=_domain(url, content_type),
             date=record.rec_headers.get_header("WARC-Date"),
+            metadata=json.dumps({"markup": hints}, ensure_ascii=False) if hints else None,
         ),
     )
 
