@@ -3,7 +3,7 @@
     python -m pipelines.dedup --input data/quality --output data/dedup [--bands 14 --rows 8 --ngram 5]
 
 1. ``Signatures``: each worker streams its shards and emits, per document, one bucket key for its
-   normalized-text hash and one per LSH band of its datasketch MinHash (word 5-gram shingles,
+   normalized-text hash and one per LSH band of its MinHash (datasketch's, in numpy; word 5-gram shingles,
    ``bands x rows`` permutations; 14 x 8 by default, as FineWeb). Only keys and small member
    tuples leave the worker, never text.
 2. ``GroupByKey`` on bucket keys: the LSH banding. A bucket with several members yields edges.
@@ -81,30 +81,44 @@ def shingles(text: str, n: int) -> set[bytes]:
 
 
 class Signer:
-    """MinHash signatures and LSH bucket keys; permutations are built once, not per document."""
+    """MinHash signatures and LSH bucket keys; permutations are built once, not per document.
+
+    The signature is datasketch's ``MinHash(num_perm=bands * rows, seed=seed, hashfunc=xxhash.xxh32_intdigest)``
+    (datasketch 2.0, scheme "affine32": each shingle's 32-bit hash is mixed by the MurmurHash3 finalizer, then
+    permuted as ``a * h + b mod 2**32`` with odd ``a``; ``a`` and ``b`` drawn from ``RandomState(seed)``), computed
+    here in numpy with the same draws, so the values are bit for bit datasketch's (tests/test_dedup.py compares
+    them). Not imported from datasketch: ``import datasketch`` runs its package ``__init__``, which loads every LSH
+    index and with them scipy (~45 MB and ~1 s per Beam worker) for the dozen lines below.
+    """
+
+    CHUNK = 4096  # shingles permuted at once: a (4096, 112) uint32 block is 1.8 MB, whatever the document size
 
     def __init__(self, config: DedupConfig):
-        from datasketch import MinHash
-
         self.config = config
-        self._minhash = MinHash
-        self._template = MinHash(num_perm=config.bands * config.rows, seed=config.seed, hashfunc=xxhash.xxh32_intdigest)
+        num_perm = config.bands * config.rows
+        gen = np.random.RandomState(config.seed)  # datasketch's draws, in its order: a (odd), then b
+        self._a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+        self._b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
 
-    def minhash(self, text: str):
-        m = self._minhash(
-            num_perm=self.config.bands * self.config.rows,
-            seed=self.config.seed,
-            hashfunc=xxhash.xxh32_intdigest,
-            permutations=self._template.permutations,
-            scheme=self._template.scheme,
-        )
-        m.update_batch(shingles(text, self.config.ngram))
-        return m
+    def signature(self, text: str) -> np.ndarray:
+        """The MinHash of the document's word n-gram shingles: ``bands * rows`` uint32 values."""
+        items = shingles(text, self.config.ngram)
+        hashes = np.fromiter((xxhash.xxh32_intdigest(s) for s in items), dtype=np.uint32, count=len(items))
+        hashes ^= hashes >> np.uint32(16)  # MurmurHash3 fmix32, wrapping uint32 arithmetic
+        hashes *= np.uint32(0x85EBCA6B)
+        hashes ^= hashes >> np.uint32(13)
+        hashes *= np.uint32(0xC2B2AE35)
+        hashes ^= hashes >> np.uint32(16)
+        values = np.full(len(self._a), np.iinfo(np.uint32).max, dtype=np.uint32)
+        for start in range(0, len(hashes), self.CHUNK):
+            block = hashes[start : start + self.CHUNK, None]  # (chunk, 1)
+            np.minimum(values, (block * self._a + self._b).min(axis=0), out=values)  # (chunk, perms) -> (perms,)
+        return values
 
     def bucket_keys(self, text: str) -> tuple[int, list[int]]:
         """(exact-text key, one key per band). Keys are 64-bit ints; the band index is mixed in."""
         exact = xxhash.xxh64_intdigest(normalize(text).encode(), seed=0xE)
-        values = np.ascontiguousarray(self.minhash(text).hashvalues)
+        values = self.signature(text)
         r = self.config.rows
         bands = [
             xxhash.xxh64_intdigest(values[b * r : (b + 1) * r].tobytes(), seed=b) for b in range(self.config.bands)

@@ -1,8 +1,16 @@
 """Dedup: signatures, banding, union-find and the whole Beam pipeline."""
 
+import hashlib
 import json
+import random
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
+import pytest
+import xxhash
 
 from pipelines import dedup
 from pipelines.dedup import DedupConfig, Signer, UnionFind, resolve_clusters, shingles
@@ -29,6 +37,46 @@ def test_band_keys_collide_for_near_duplicates_only():
     assert set(bands_a) & set(bands_near)
     assert not set(bands_a) & set(bands_other)
     assert len(set(bands_a)) == 14
+
+
+# Signatures recorded with datasketch 2.0.0 (MinHash(num_perm=112, seed=1, hashfunc=xxh32_intdigest)) before the
+# signer stopped importing it: a changed permutation draw, mix or chunking changes them, and with them every band
+# key, so a rerun would no longer find the duplicates an earlier run found.
+PINNED_TEXT = " ".join(f"word{i % 97} token{i % 13}" for i in range(400)) + " 软件包管理器会记录每个文件"
+PINNED_SHA256 = "f8fefb2b096b4dd4e085e0766608afdff2ab55788597f2fcc491f088c20fc0fb"
+
+
+def test_signature_is_unchanged_for_the_same_seed():
+    values = Signer(DedupConfig()).signature(PINNED_TEXT)
+    assert values.dtype == np.uint32 and values.shape == (112,)
+    assert values[:3].tolist() == [580359, 2755979, 4448108]
+    assert hashlib.sha256(values.tobytes()).hexdigest() == PINNED_SHA256
+
+
+@pytest.mark.parametrize("config", [DedupConfig(), DedupConfig(bands=3, rows=5, ngram=2, seed=7)])
+def test_signature_equals_datasketch_minhash(config):
+    from datasketch import MinHash
+
+    signer = Signer(config)
+    rng = random.Random(0)
+    words = "the package manager 软件 包 файл paquet debian kernel".split()
+    for n in (1, 4, 300, 2 * Signer.CHUNK + 17):  # the last spans three chunks of shingles
+        text = " ".join(f"{rng.choice(words)}{rng.randint(0, 5000)}" for _ in range(n))
+        reference = MinHash(num_perm=config.bands * config.rows, seed=config.seed, hashfunc=xxhash.xxh32_intdigest)
+        reference.update_batch(shingles(text, config.ngram))
+        assert np.array_equal(signer.signature(text), reference.hashvalues), n
+
+
+def test_signing_loads_neither_datasketch_nor_scipy():
+    # `import datasketch` loads its LSH indexes and scipy: ~45 MB in every Beam worker that signs documents
+    code = (
+        "import sys; from pipelines.dedup import DedupConfig, Signer; "
+        "Signer(DedupConfig()).bucket_keys('one two three four five six seven'); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('scipy', 'datasketch')))"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo).stdout
+    assert out.strip() == "[]"
 
 
 def test_union_find_keeps_smallest_member_and_counts_clusters():
