@@ -909,6 +909,58 @@ class TierConfig:
         return {"strict": self.strict_threshold, "relaxed": self.relaxed_threshold}
 
 
+def quality_flags(doc: Mapping[str, Any]) -> list[str]:
+    """The web-chain rules a document fails although its quality profile kept it (``metadata.quality_flags``,
+    written by ``pipelines.quality``): empty for a document the web chain keeps too."""
+    meta = doc.get("metadata")
+    if not meta or "quality_flags" not in meta:
+        return []
+    try:
+        flags = json.loads(meta).get("quality_flags")
+    except (ValueError, AttributeError):
+        return []
+    return [str(flag) for flag in flags] if isinstance(flags, list) else []
+
+
+def _count_flagged(counts: dict, flags: list[str], kept: bool) -> None:
+    counts["flagged_in"] += 1
+    if kept:  # saved by the classifier: a heuristic would have dropped it, the score puts it in the tier
+        counts["flagged_out"] += 1
+        for flag in flags:
+            counts["flagged_out_by_rule"][flag] = counts["flagged_out_by_rule"].get(flag, 0) + 1
+
+
+def flagged_sample(scored_files: Sequence[str], threshold: float, size: int = 10) -> list[dict]:
+    """Up to ``size`` flagged documents of the scored shards with both verdicts (the web chain's failed rules, the
+    classifier's score and tier decision), those the tier keeps first; reads four columns of a few shards."""
+    import pyarrow.parquet as pq
+
+    saved: list[dict] = []
+    rejected_: list[dict] = []
+    for path in sorted(scored_files):
+        fs, fpath = filesystem(path)
+        with fs.open(fpath, "rb") as f:
+            table = pq.read_table(f, columns=["id", "lang", "metadata", "quality_score"])
+        for row in table.to_pylist():
+            flags = quality_flags(row)
+            if not flags:
+                continue
+            score = row["quality_score"]
+            kept = score is not None and score >= threshold
+            entry = {
+                "id": row["id"],
+                "lang": row["lang"],
+                "profile": json.loads(row["metadata"]).get("quality_profile"),
+                "web_chain": ", ".join(flags),
+                "score": None if score is None else round(float(score), 3),
+                "tier": "kept" if kept else "dropped",
+            }
+            (saved if kept else rejected_).append(entry)
+        if len(saved) >= size:
+            break
+    return (saved + rejected_)[:size]
+
+
 def tier_shard(path: str, tiers: Mapping[str, tuple[str, float]], count=None) -> dict[str, dict]:
     """Read one scored shard once and write its documents with score >= threshold into every tier folder
     (``tiers``: name -> (folder, threshold)), as DOCUMENT_SCHEMA shards; tiers already committed for this very
@@ -923,6 +975,7 @@ def tier_shard(path: str, tiers: Mapping[str, tuple[str, float]], count=None) ->
         count("shards_resumed")
         return done
     stats = {name: ShardStats() for name in todo}
+    flagged = {name: {"flagged_in": 0, "flagged_out": 0, "flagged_out_by_rule": {}} for name in todo}
     bytes_in = 0
     with contextlib.ExitStack() as stack:
         writers = {name: stack.enter_context(shard_writers(folder, key)) for name, (folder, _) in todo.items()}
@@ -932,15 +985,19 @@ def tier_shard(path: str, tiers: Mapping[str, tuple[str, float]], count=None) ->
                 for row in batch.to_pylist():
                     score = row.pop("quality_score")
                     bytes_in += len(row["text"].encode("utf-8"))
+                    flags = quality_flags(row)
                     for name, (_, threshold) in todo.items():
                         stats[name].docs_in += 1
-                        if score is not None and score >= threshold:
+                        kept = score is not None and score >= threshold
+                        if kept:
                             writers[name]["data"].write(row)
                             stats[name].keep(row)
                         else:
                             stats[name].drop("below_threshold")
+                        if flags:
+                            _count_flagged(flagged[name], flags, kept)
     for name, (folder, _) in todo.items():
-        done[name] = {**stats[name].to_dict(), "bytes_in": bytes_in}
+        done[name] = {**stats[name].to_dict(), "bytes_in": bytes_in, **flagged[name]}
         commit_shard(folder, key, path, fingerprint, done[name])
         count(f"{name}_docs_out", stats[name].docs_out)
     count("shards_processed")
@@ -1025,6 +1082,12 @@ def write_tiers(
                 "language_share": {
                     lang: _share(tier_langs.get(lang, 0), n) for lang, n in sorted(scored_langs.items())
                 },
+                # documents a heuristic would have dropped (their quality profile kept them) that the score keeps
+                "flagged_docs": merged.get("flagged_in", 0),
+                "flagged_kept": merged.get("flagged_out", 0),
+                "flagged_kept_share": _share(merged.get("flagged_out", 0), merged.get("flagged_in", 0)),
+                "flagged_kept_by_rule": merged.get("flagged_out_by_rule", {}),
+                "flagged_sample": flagged_sample(files, threshold),
             }
             summaries[name] = finish_stage(folder, TIER_STAGE, keys, beam_counters, seconds, resumed[name], extra)
         return summaries
@@ -1079,7 +1142,17 @@ def score_and_tier(
     overview = {
         name: {
             k: s.get(k)
-            for k in ("threshold", "docs_out", "bytes_out", "share_docs", "share_bytes", "languages", "resumed")
+            for k in (
+                "threshold",
+                "docs_out",
+                "bytes_out",
+                "share_docs",
+                "share_bytes",
+                "languages",
+                "resumed",
+                "flagged_docs",
+                "flagged_kept",
+            )
         }
         for name, s in tiers.items()
     }
