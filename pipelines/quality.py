@@ -502,6 +502,7 @@ JUNK_RULES = (
     "max_dup_line_frac",
     "max_dup_line_char_frac",
     "max_replacement_char_frac",
+    "max_control_char_frac",
     "max_mojibake_per_1000_chars",
     "min_alpha_word_frac",
     "boilerplate_phrases",
@@ -570,6 +571,8 @@ _CODE_BRACE = regex.compile(
     regex.MULTILINE,
 )
 _MOJIBAKE_SAMPLE = 5_000
+# C0 and C1 control characters other than tab, line breaks and form feed: terminal colour codes, binary data.
+_CONTROL_CHAR = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
 
 
 _ORDER_TOKEN = regex.compile(rf"[{_CJK_CHARS}]|[^\s{_CJK_CHARS}]+")
@@ -622,6 +625,8 @@ class JunkFilter:
         text = text[:MAX_JUNK_CHARS]
         if text.count("\ufffd") > r["max_replacement_char_frac"] * len(text):
             return "encoding_garbage"
+        if len(_CONTROL_CHAR.findall(text)) > r["max_control_char_frac"] * len(text):
+            return "control_characters"
         if r["max_mojibake_per_1000_chars"] is not None:
             from ftfy.badness import badness
 
