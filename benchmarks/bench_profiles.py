@@ -4,7 +4,7 @@
 
 Data: the development set of ``pipelines/quality_dev_set.py`` (real Debian documentation, manuals, help pages and
 source files the demo does not use, labelled keep; web-style junk and minified code, labelled drop), built into
---devset on the first run (~17 MB of .deb files into --cache, shared with the demo corpus). The WARCs are read
+--devset on the first run (~21 MB of .deb files into --cache, shared with the demo corpus). The WARCs are read
 through ``pipelines.readers`` (Trafilatura extraction and markup hints, as ingest does) and labelled with lid.176
 (``pipelines.langid``; source files are ``code``).
 

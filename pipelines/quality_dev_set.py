@@ -4,7 +4,7 @@
 
 The set measures whether the quality stage's profiles (``pipelines.quality``) keep real documentation and drop junk.
 It is built from Debian packages the demo crawl does not use, fetched like the demo (``apt-get download`` +
-``dpkg -x`` into the cache, ~17 MB of .deb files on the first run, nothing afterwards), and written like the demo:
+``dpkg -x`` into the cache, ~21 MB of .deb files on the first run, nothing afterwards), and written like the demo:
 one ``<package>.warc.gz`` per package (HTML pages as ``text/html`` responses, so they go through the same
 Trafilatura extraction and markup hints as a crawl; source files with their MIME type; junk as ``text/plain``, the
 way WET records carry a page's text) plus ``labels.jsonl`` (one line per record: ``url``, ``label``, ``kind``,
