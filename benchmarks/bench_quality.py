@@ -1,6 +1,7 @@
 """Quality scoring throughput: the fastText classifier vs the teacher rating each document (``synth.quality``).
 
     python benchmarks/bench_quality.py [--teacher-docs 16] [--docs 3000] [--threads 2] [--no-stage]
+        [--excerpt-tokens 256] [--baseline-chars 800]
 
 Documents: a seeded sample of ``--docs`` from the prepared corpora in ../shared/corpora (every corpus with a
 ``text`` field, an equal share from each, python_stdlib as ``code``), else the demo's curated stage
@@ -8,9 +9,13 @@ Documents: a seeded sample of ``--docs`` from the prepared corpora in ../shared/
 
 Teacher: the default CPU teacher (Qwen2.5-Coder-0.5B-Instruct, fp32, ``synth.teacher.teacher_path()``; the tiny
 random Qwen2 when it is not set up, said so) rating each document exactly as ``synth.quality.label_documents``
-does: the rubric prompt in the document's language, documents cut to ``--max-doc-chars``, one scoring request
-(``choices`` "0".."5": one forward pass, no generation) per document, ``TransformersGenerator`` batches of
-``--batch-size`` sorted by length. One warm-up request first; model loading is reported, not timed.
+does: the rubric prompt in the document's language, documents cut to their first ``--excerpt-tokens`` Qwen2 tokens
+(``synth.quality.excerpts``), one scoring request (``choices`` "0".."5": one forward pass, no generation) per
+document, all of them in one ``generate`` call that ``TransformersGenerator`` runs in batches of ``--batch-size``
+sorted by length. With ``--baseline-chars N`` the same documents are rated again cut to their first N characters
+(how labelling cut them before excerpts were counted in tokens; 0 skips it): labels/minute side by side. One
+warm-up request first; model loading is reported, not timed; wall and CPU time (of this process) are both shown,
+CPU time being the steadier on a shared machine.
 
 fastText: trained on the teacher's labels of those documents (``train_classifier``, default config), then
 ``predict_scores`` (normalisation + one batched ``predict(k=-1)`` + expected value) over all ``--docs`` documents
@@ -108,7 +113,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher-docs", type=int, default=16, help="documents the teacher rates (default 16)")
     parser.add_argument("--docs", type=int, default=3000, help="documents fastText scores (default 3000)")
-    parser.add_argument("--max-doc-chars", type=int, default=2000)
+    parser.add_argument("--excerpt-tokens", type=int, default=256, help="tokens of each document rated (256)")
+    parser.add_argument(
+        "--baseline-chars", type=int, default=800, help="also rate documents cut to N characters (800; 0: skip)"
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="teacher batch size (default 8)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--workers", type=int, default=2, help="Beam workers of the end-to-end stage (default 2)")
@@ -128,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         RUBRIC_VERSION,
         SCORE_CHOICES,
         _load_fasttext,
+        excerpts,
         expected_score,
         predict_scores,
         rubric_messages,
@@ -149,34 +158,58 @@ def main(argv: list[str] | None = None) -> None:
         started = time.perf_counter()
         teacher = TransformersGenerator(folder, batch_size=args.batch_size)
         load_s = time.perf_counter() - started
-        requests = [
-            GenerationRequest(
-                rubric_messages(d["text"][: args.max_doc_chars], d.get("lang"), d.get("domain")),
-                choices=SCORE_CHOICES,
-                template_version=RUBRIC_VERSION,
-            )
-            for d in rated
-        ]
-        teacher.generate(requests[:1])  # warm-up
-        started = time.perf_counter()
-        results = teacher.generate(requests)
-        teacher_s = time.perf_counter() - started
+
+        def rate(texts: list[str]) -> tuple[float, float, list]:
+            """(wall s, CPU s, results) of the teacher rating ``texts`` as label_documents does: one call."""
+            requests = [
+                GenerationRequest(
+                    rubric_messages(text, d.get("lang"), d.get("domain")),
+                    choices=SCORE_CHOICES,
+                    template_version=RUBRIC_VERSION,
+                )
+                for text, d in zip(texts, rated)
+            ]
+            wall, cpu = time.perf_counter(), time.process_time()
+            results = teacher.generate(requests)
+            return time.perf_counter() - wall, time.process_time() - cpu, results
+
+        rate(["warm up"])
+        texts = excerpts([d["text"] for d in rated], args.excerpt_tokens)
+        teacher_s, teacher_cpu_s, results = rate(texts)
         teacher_rate = len(rated) / teacher_s
         masses = [r.choice_mass or 0.0 for r in results]
         print(
             f"teacher: {described}, loaded in {load_s:.1f} s, {args.threads} threads, batch {args.batch_size}; "
-            f"prompt tokens mean {statistics.mean(r.prompt_tokens for r in results):.0f}; digit mass mean "
-            f"{statistics.mean(masses):.3f}, min {min(masses):.3f}"
+            f"digit mass mean {statistics.mean(masses):.3f}, min {min(masses):.3f}"
         )
+        label_rows = [
+            (
+                f"{args.excerpt_tokens}-token excerpts (label_documents)",
+                results,
+                teacher_s,
+                teacher_cpu_s,
+            )
+        ]
+        if args.baseline_chars:
+            base_s, base_cpu_s, base = rate([d["text"][: args.baseline_chars] for d in rated])
+            label_rows.append((f"first {args.baseline_chars} characters (before)", base, base_s, base_cpu_s))
+        print("| teacher input | labels | prompt tokens mean [min, max] | wall s | labels/min | labels/CPU-min |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for name, res, wall, cpu in label_rows:
+            tokens = [r.prompt_tokens for r in res]
+            print(
+                f"| {name} | {len(res)} | {statistics.mean(tokens):.0f} [{min(tokens)}, {max(tokens)}] | {wall:.1f} | "
+                f"{60 * len(res) / wall:.2f} | {60 * len(res) / cpu:.2f} |"
+            )
 
         # fastText trained on those labels (all in the train split: this measures speed, not agreement)
         labels = []
-        for doc, result in zip(rated, results):
+        for doc, text, result in zip(rated, texts, results):
             probs = result.choice_probs or [1 / 6] * 6
             labels.append(
                 {
                     **{k: doc.get(k) for k in ("id", "lang", "domain", "source")},
-                    "text": doc["text"][: args.max_doc_chars],
+                    "text": text,
                     "text_chars": len(doc["text"]),
                     "score": expected_score(probs),
                     "label": max(range(6), key=lambda k: probs[k]),
@@ -233,7 +266,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {name} | {n} | {seconds:.2f} | {rate:,.1f} | {rate / teacher_rate:,.0f}x |")
     print(
         f"RESULT teacher_docs_per_s={teacher_rate:.3f} fasttext_docs_per_s={fasttext_rate:.1f} "
-        f"ratio={fasttext_rate / teacher_rate:.0f}"
+        f"ratio={fasttext_rate / teacher_rate:.0f} "
+        + " ".join(f"labels_per_min[{name}]={60 * len(res) / wall:.2f}" for name, res, wall, _ in label_rows)
     )
 
 

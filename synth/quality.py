@@ -5,22 +5,28 @@ Qwen2 filtered its pretraining data with heuristics plus model-based quality sco
 document with an LLM costs too much, so, as FineWeb-Edu did, the teacher rates a sample and a fast classifier scores
 everything:
 
-1. ``label``: a seeded sample of ``sample_size`` curated documents (bottom-k of a hash of the id per language,
-   languages balanced by water-filling: each gets an equal share, what a small language cannot fill goes to the
-   others; source code included) is rated by the teacher with an additive 0-5 rubric of educational/informational
+1. ``label``: a seeded sample of ``sample_size`` curated documents (500 by default), stratified by language and
+   domain (bottom-k of a hash of the id per (language, domain) stratum; labels spread over languages, then over
+   each language's domains, in proportion to their size ** (1 / ``temperature``), 1 by default: proportional,
+   every stratum getting one first; source code included), each cut to its first ``excerpt_tokens`` Qwen2 tokens so
+   every rating costs the same, is rated by the teacher with an additive 0-5 rubric of educational/informational
    value (FineWeb-Edu style) written in the document's own language (``RUBRICS``; English plus "The document is
    in <Language>" for other languages). The rating is read from the teacher's next-token distribution over the
-   digits "0".."5" (``GenerationRequest(choices=...)``): ``label`` = most probable digit, ``score`` = expected value.
+   digits "0".."5" (``GenerationRequest(choices=...)``, a chunk of requests per call, which the transformers
+   backend scores in batches): ``label`` = most probable digit, ``score`` = expected value.
    A rating whose digits got less than ``min_choice_mass`` of the probability is rejected (``off_format``); the
    default 0.0 keeps everything (the tiny random test model puts ~1e-5 on digits), a real teacher should use
-   ~0.5. A hash of the id puts ``heldout_share`` of the labels in the ``heldout`` split. Rows: ``LABELS_SCHEMA``.
+   ~0.5. The ``heldout_share`` of the sampled documents with the smallest hash of the id are the ``heldout`` split
+   (``heldout_ids``). Rows: ``LABELS_SCHEMA``.
 2. ``train``: fastText supervised on the ``train`` split, one class per score 0..5 (the teacher's ``label``, or its
    rounded expected score with ``target="rounded_score"``); predicted score = expected value over all class
    probabilities (``k=-1``). Text is normalised the same way for training and scoring (``normalize_text``:
    truncated, lowercased, punctuation and CJK characters split off, newlines to spaces). ``model.bin`` and
    ``metrics.json`` (agreement with the teacher on the held-out split: exact and within-1 accuracy, Pearson and
-   Spearman correlation of the scores, binary precision/recall/F1/accuracy at the strict and relaxed thresholds,
-   counts; the sha256 of ``model.bin``) are written atomically, metrics last: ``metrics.json`` commits the model.
+   Spearman correlation of the scores (``scipy.stats``) with a 95% Fisher-z confidence interval of Spearman's rho,
+   binary precision/recall/F1/accuracy at the strict and relaxed thresholds, counts; the sha256 of ``model.bin``)
+   are written atomically, metrics last: ``metrics.json`` commits the model. A classifier is worth using only when
+   that interval lies above zero: with a few dozen labels it often does not.
 3. ``score``: a Beam stage (``QualityScorer``, ``pipelines.beam_stage.run_shard_stage``) adds ``quality_score``
    to every document once (``SCORED_SCHEMA``, in ``scored_dir``; score histograms in 0.5 bins, overall and per
    language, in its ``_SUCCESS.json``). Then a second, cheap Beam pass reads each scored shard once and writes
@@ -30,7 +36,7 @@ everything:
    never re-runs the classifier. Both passes resume committed shards; the classifier's sha256 is part of both
    configs, so a new classifier re-scores and re-tiers everything.
 
-    python -m synth.quality label --docs data/curated/dedup --out data/quality/labels --sample-size 200
+    python -m synth.quality label --docs data/curated/dedup --out data/quality/labels --sample-size 500
     python -m synth.quality label --docs data/curated/dedup --out data/quality/labels --backend openai \\
         --model Qwen/Qwen2-72B-Instruct --base-url http://127.0.0.1:8000/v1 --min-choice-mass 0.5
     python -m synth.quality train --labels data/quality/labels --out data/quality/classifier
@@ -93,6 +99,7 @@ from pipelines.shards import (
     shard_writers,
     write_json_atomic,
 )
+from pipelines.tokenizer import tokenizer_identity
 from pipelines.wheels import sha256_file
 from synth.generate import GenerationRequest, Generator
 from synth.records import chunk_counters, record_id, rejected, run_chunked_stage
@@ -119,13 +126,13 @@ TIER_STAGE = "quality_tier"
 # |------------------|---------------|-----------------------------------------------------------------------|
 # | id               | string        | the curated document's id                                             |
 # | lang, domain, source | string    | copied from the document                                              |
-# | text             | string        | the text the teacher rated (the document cut to ``max_doc_chars``)    |
+# | text             | string        | the excerpt the teacher rated (first ``excerpt_tokens`` Qwen2 tokens)  |
 # | text_chars       | int32         | characters of the whole document                                      |
 # | score            | float32       | expected rating: sum of k * P(k) over k = 0..5                         |
 # | label            | int8          | the most probable rating                                              |
 # | probs            | list<float32> | P("0") .. P("5"), renormalised over the six digits                     |
 # | choice_mass      | float32       | the teacher's total probability on the six digits before renormalising |
-# | split            | string        | ``train`` or ``heldout`` (hash of the id, ``heldout_share``)          |
+# | split            | string        | ``train`` or ``heldout`` (``heldout_ids``: smallest id hashes)        |
 # | model, backend   | string        | the teacher and the backend that served it                            |
 # | template_version | string        | ``RUBRIC_VERSION``                                                     |
 LABELS_SCHEMA = pa.schema(
@@ -334,27 +341,53 @@ def split_of(doc_id: str, heldout_share: float) -> str:
     return "heldout" if _unit("quality-split", doc_id) < heldout_share else "train"
 
 
+def heldout_ids(doc_ids: Sequence[str], heldout_share: float) -> set[str]:
+    """The ``round(heldout_share * n)`` ids of ``doc_ids`` with the smallest split hash (the one ``split_of``
+    thresholds): exactly the asked share, where a threshold on the hash gives a binomial count (80 labels at 0.3
+    held out 14 instead of 24 on the demo crawl, and the agreement interval widened accordingly)."""
+    ranked = sorted(set(doc_ids), key=lambda doc_id: (_unit("quality-split", doc_id), doc_id))
+    return set(ranked[: round(heldout_share * len(ranked))])
+
+
 @dataclass(frozen=True)
 class LabelConfig:
-    sample_size: int = 200
-    """Documents the teacher rates (the CPU demo's default; FineWeb-Edu rated 450k with a 70B model)."""
+    sample_size: int = 500
+    """Documents the teacher rates, stratified by language and domain (FineWeb-Edu rated 450k with a 70B model).
+    500 leaves ~100 held-out labels at the default ``heldout_share``: enough for a confidence interval of the
+    classifier's agreement that excludes zero unless the agreement is weak. The CPU demo rates fewer (its asset
+    config)."""
     seed: int = 0
     """Sampling seed: which documents are rated."""
-    max_doc_chars: int = 2000
-    """Documents are cut to this many characters before the teacher sees them."""
+    temperature: float = 1.0
+    """How the labels are spread over (language, domain) strata: in proportion to stratum size ** (1 / temperature),
+    every stratum getting one first when ``sample_size`` allows. 1: proportional, so the held-out labels measure
+    agreement on the mix of documents the tiers are cut from (equal shares per language put most labels on small
+    languages, and on the demo crawl left its junk, 35% of the documents but all in one language, with 3 labels of
+    40); larger values move labels to small languages and domains, as mixing's language temperature does."""
+    excerpt_tokens: int = 256
+    """The teacher sees the first this many Qwen2 tokens of each document (cut at a token boundary), so every
+    rating costs about the same whatever the script: 800 characters are ~160 tokens of English but ~640 of
+    Greek. The rubric around the excerpt adds 220-300 tokens."""
+    max_doc_chars: int | None = None
+    """Optional: also cut each document to this many characters before the token cut (None: tokens only)."""
     min_choice_mass: float = 0.0
     """Reject (``off_format``) ratings whose digits got less probability than this. 0.0 keeps everything (the tiny
     random test model puts almost nothing on digits); use ~0.5 with a real teacher."""
     heldout_share: float = 0.2
     """Share of the labels kept out of classifier training, to measure agreement with the teacher."""
     chunk_size: int = 32
-    """Documents per committed chunk (the unit of resumption)."""
+    """Documents per committed chunk (the unit of resumption); each chunk goes to the teacher as one call, which
+    the transformers backend runs as batches of its ``batch_size``."""
 
     def __post_init__(self) -> None:
         if self.sample_size < 1:
             raise ValueError(f"sample_size must be >= 1, got {self.sample_size}")
-        if self.max_doc_chars < 1:
-            raise ValueError(f"max_doc_chars must be >= 1, got {self.max_doc_chars}")
+        if self.excerpt_tokens < 1:
+            raise ValueError(f"excerpt_tokens must be >= 1, got {self.excerpt_tokens}")
+        if not self.temperature >= 1.0:
+            raise ValueError(f"temperature must be >= 1 (1: proportional to stratum size), got {self.temperature}")
+        if self.max_doc_chars is not None and self.max_doc_chars < 1:
+            raise ValueError(f"max_doc_chars must be >= 1 (or None), got {self.max_doc_chars}")
         if not 0.0 <= self.min_choice_mass <= 1.0:
             raise ValueError(f"min_choice_mass must be in [0, 1], got {self.min_choice_mass}")
         if not 0.0 <= self.heldout_share < 1.0:
@@ -400,45 +433,154 @@ def balanced_quotas(available: Mapping[str, int], total: int) -> dict[str, int]:
     return {lang: n for lang, n in quotas.items() if n}
 
 
+def allocate(sizes: Mapping[Any, int], caps: Mapping[Any, int], total: int, temperature: float = 1.0) -> dict[Any, int]:
+    """Split ``total`` over keys in proportion to ``sizes[key] ** (1 / temperature)`` (1: proportional; larger:
+    flatter; ``math.inf``: equal shares), no key above ``caps[key]``; every key with room gets one first when
+    ``total`` allows, the rest goes by shares (largest remainders last), and what a full key cannot take goes to the
+    others."""
+    open_ = sorted(k for k in sizes if caps.get(k, 0) > 0)
+    quotas = dict.fromkeys(open_, 0)
+    remaining = min(total, sum(caps[k] for k in open_))
+    if remaining >= len(open_):
+        quotas = dict.fromkeys(open_, 1)
+        remaining -= len(open_)
+
+    def weight(key: Any) -> float:
+        return 1.0 if math.isinf(temperature) else max(sizes[key], 1) ** (1.0 / temperature)
+
+    while remaining > 0:
+        open_ = [k for k in open_ if quotas[k] < caps[k]]
+        total_weight = sum(weight(k) for k in open_)
+        shares = {k: remaining * weight(k) / total_weight for k in open_}
+        give = {k: min(int(shares[k]), caps[k] - quotas[k]) for k in open_}
+        if not any(give.values()):  # every share below one: the largest remainders get one each
+            for k in sorted(open_, key=lambda k: (-shares[k], k))[:remaining]:
+                give[k] = 1
+        for k, n in give.items():
+            quotas[k] += n
+            remaining -= n
+    return {k: n for k, n in quotas.items() if n}
+
+
+def stratified_quotas(
+    sizes: Mapping[tuple[str, str], int],
+    caps: Mapping[tuple[str, str], int],
+    total: int,
+    temperature: float = 1.0,
+) -> dict[tuple[str, str], int]:
+    """Split ``total`` over (language, domain) strata of ``sizes`` documents, at most ``caps`` each: first over
+    languages, then each language's share over its domains, both by ``allocate`` at ``temperature``."""
+    by_lang: dict[str, dict[str, tuple[int, int]]] = {}
+    for (lang, domain), n in sizes.items():
+        by_lang.setdefault(lang, {})[domain] = (n, caps.get((lang, domain), 0))
+    lang_quotas = allocate(
+        {lang: sum(n for n, _ in d.values()) for lang, d in by_lang.items()},
+        {lang: sum(c for _, c in d.values()) for lang, d in by_lang.items()},
+        total,
+        temperature,
+    )
+    return {
+        (lang, domain): n
+        for lang, quota in lang_quotas.items()
+        for domain, n in allocate(
+            {d: n for d, (n, _) in by_lang[lang].items()},
+            {d: c for d, (_, c) in by_lang[lang].items()},
+            quota,
+            temperature,
+        ).items()
+    }
+
+
+EXCERPT_CHARS_PER_TOKEN = 16
+"""Documents are cut to ``excerpt_tokens`` x this many characters before tokenizing (no Qwen2 token is longer on
+average over a whole excerpt), so a huge document costs no more to cut than a short one."""
+
+
+def excerpts(texts: Sequence[str], tokens: int, max_chars: int | None = None) -> list[str]:
+    """Each text cut to its first ``tokens`` Qwen2 tokens (and ``max_chars`` characters, if given): at the end of
+    the character span of the last token kept, so no character is split."""
+    from pipelines.tokenizer import load_tokenizer
+
+    limit = tokens * EXCERPT_CHARS_PER_TOKEN if max_chars is None else min(max_chars, tokens * EXCERPT_CHARS_PER_TOKEN)
+    cut = [text[:limit] for text in texts]
+    encodings = load_tokenizer().encode_batch(cut, add_special_tokens=False) if cut else []
+    return [
+        text[: enc.offsets[tokens - 1][1]] if len(enc.offsets) > tokens else text for text, enc in zip(cut, encodings)
+    ]
+
+
+def _stratum(doc: Mapping[str, Any]) -> tuple[str, str]:
+    return doc.get("lang") or "unknown", doc.get("domain") or "unknown"
+
+
 def sample_documents(
-    inputs: str | Sequence[str], sample_size: int, seed: int = 0, max_doc_chars: int = 2000
+    inputs: str | Sequence[str],
+    sample_size: int,
+    seed: int = 0,
+    max_doc_chars: int | None = None,
+    excerpt_tokens: int | None = None,
+    temperature: float = 1.0,
 ) -> tuple[list[dict], dict]:
-    """A deterministic, language-balanced sample: per language the ``sample_size`` documents with the smallest
-    hash of (seed, id) (a streaming bottom-k: memory is bounded by languages x ``sample_size`` cut documents),
-    then ``balanced_quotas`` over languages. Returns (documents in hash order, sampling counters)."""
-    heaps: dict[str, list] = {}
+    """A deterministic sample stratified by language and domain: per (language, domain) stratum the documents with
+    the smallest hash of (seed, id), as many as ``stratified_quotas`` gives the stratum at ``temperature``.
+    Two streaming passes: the first keeps only (hash, id, position) per candidate, so memory is bounded by strata x
+    ``sample_size`` small tuples whatever the documents' size; the second collects the chosen documents, cut to
+    ``excerpt_tokens`` Qwen2 tokens and/or ``max_doc_chars`` characters (neither: whole). Returns (documents in
+    hash order, sampling counters)."""
+    heaps: dict[tuple[str, str], list] = {}
     seen: Counter = Counter()
-    for n, doc in enumerate(iter_documents(inputs)):
-        lang = doc.get("lang") or "unknown"
-        seen[lang] += 1
+    for n, doc in enumerate(iter_documents(inputs, ["id", "text", "lang", "domain"])):
+        stratum = _stratum(doc)
+        seen[stratum] += 1
         key = _unit("quality-sample", seed, doc["id"])
-        heap = heaps.setdefault(lang, [])
-        if len(heap) >= sample_size and -heap[0][0] <= key:
+        heap = heaps.setdefault(stratum, [])
+        item = (-key, str(doc["id"]), n)
+        if len(heap) < sample_size:
+            heapq.heappush(heap, item)
+        elif -heap[0][0] > key:
+            heapq.heapreplace(heap, item)
+    quotas = stratified_quotas(seen, {stratum: len(h) for stratum, h in heaps.items()}, sample_size, temperature)
+    chosen: dict[int, tuple[float, str]] = {}
+    for stratum, quota in quotas.items():
+        for neg_key, doc_id, n in sorted(heaps[stratum], key=lambda item: (-item[0], item[1]))[:quota]:
+            chosen[n] = (-neg_key, doc_id)
+    picked: list[tuple[float, dict]] = []
+    for n, doc in enumerate(iter_documents(inputs)):
+        if n not in chosen:
             continue
+        key, doc_id = chosen[n]
+        if str(doc["id"]) != doc_id:
+            raise ValueError(f"{inputs} changed while it was sampled (document {n} is now {doc['id']!r}): rerun")
         text = doc["text"]
         slim = {
-            "id": str(doc["id"]),
+            "id": doc_id,
             "lang": doc.get("lang"),
             "domain": doc.get("domain"),
             "source": doc.get("source"),
-            "text": text[:max_doc_chars],
+            "text": text if max_doc_chars is None else text[:max_doc_chars],
             "text_chars": len(text),
         }
-        item = (-key, slim["id"], n, slim)
-        if len(heap) < sample_size:
-            heapq.heappush(heap, item)
-        else:
-            heapq.heapreplace(heap, item)
-    quotas = balanced_quotas({lang: len(h) for lang, h in heaps.items()}, sample_size)
-    picked: list[tuple[float, dict]] = []
-    for lang, quota in quotas.items():
-        smallest = sorted(heaps[lang], key=lambda item: (-item[0], item[1]))[:quota]
-        picked += [(-item[0], item[3]) for item in smallest]
+        picked.append((key, slim))
+        if len(picked) == len(chosen):
+            break
+    if excerpt_tokens is not None:
+        for (_, doc), text in zip(picked, excerpts([d["text"] for _, d in picked], excerpt_tokens, max_doc_chars)):
+            doc["text"] = text
     picked.sort(key=lambda pair: (pair[0], pair[1]["id"]))
+    seen_by_lang: Counter = Counter()
+    for (lang, _), n in seen.items():
+        seen_by_lang[lang] += n
+    by_lang: Counter = Counter()
+    by_domain: Counter = Counter()
+    for (lang, domain), quota in quotas.items():
+        by_lang[lang] += quota
+        by_domain[domain] += quota
     stats = {
         "documents_seen": sum(seen.values()),
-        "seen_by_lang": dict(sorted(seen.items())),
-        "sample_by_lang": dict(sorted(quotas.items())),
+        "seen_by_lang": dict(sorted(seen_by_lang.items())),
+        "sample_by_lang": dict(sorted(by_lang.items())),
+        "sample_by_domain": dict(sorted(by_domain.items())),
+        "sample_by_stratum": {f"{lang}/{domain}": n for (lang, domain), n in sorted(quotas.items())},
     }
     return [doc for _, doc in picked], stats
 
@@ -460,9 +602,15 @@ def label_documents(
 ) -> dict:
     """Rate a seeded sample of the documents under ``docs_dir`` with ``generator`` (the teacher) into ``out_dir``
     (``LABELS_SCHEMA`` rows, ``off_format`` rejections in ``excluded/``); returns the stage summary."""
-    items, sampling = sample_documents(docs_dir, config.sample_size, config.seed, config.max_doc_chars)
+    items, sampling = sample_documents(
+        docs_dir, config.sample_size, config.seed, config.max_doc_chars, config.excerpt_tokens, config.temperature
+    )
     if not items:
         raise ValueError(f"no documents with text under {docs_dir}")
+    held = heldout_ids([doc["id"] for doc in items], config.heldout_share)
+    items = [{**doc, "split": "heldout" if doc["id"] in held else "train"} for doc in items]
+
+    run = {"teacher_requests": 0, "teacher_seconds": 0.0}  # this run only: not in the stage's summary or markers
 
     def process(chunk: list[Mapping[str, Any]]):
         requests = [
@@ -477,7 +625,14 @@ def label_documents(
         labels: Counter = Counter()
         splits: Counter = Counter()
         languages: Counter = Counter()
-        for doc, result in zip(chunk, generator.generate(requests)):
+        domains: Counter = Counter()
+        started = time.perf_counter()
+        results = generator.generate(requests)  # the whole chunk in one call: the backend batches it
+        answered = sum(not r.cached for r in results)
+        if answered:
+            run["teacher_requests"] += answered
+            run["teacher_seconds"] += time.perf_counter() - started
+        for doc, result in zip(chunk, results):
             mass = float(result.choice_mass or 0.0)
             if result.choice_probs is None or mass < config.min_choice_mass:
                 detail = {"choice_mass": mass, "min_choice_mass": config.min_choice_mass, "answer": result.texts[0]}
@@ -487,7 +642,7 @@ def label_documents(
                 continue
             probs = [float(p) for p in result.choice_probs]
             label = max(range(len(probs)), key=lambda k: probs[k])
-            split = split_of(doc["id"], config.heldout_share)
+            split = doc["split"]
             rows.append(
                 {
                     **{k: doc[k] for k in ("id", "lang", "domain", "source", "text", "text_chars")},
@@ -504,9 +659,11 @@ def label_documents(
             labels[SCORE_CHOICES[label]] += 1
             splits[split] += 1
             languages[doc.get("lang") or "unknown"] += 1
+            domains[doc.get("domain") or "unknown"] += 1
         stats = chunk_counters(len(chunk), len(chunk), len(rows), rejected_rows)
-        stats.update(labels=dict(labels), splits=dict(splits), languages=dict(languages))
+        stats.update(labels=dict(labels), splits=dict(splits), languages=dict(languages), domains=dict(domains))
         stats["score_sum"] = round(sum(r["score"] for r in rows), 6)
+        stats["prompt_tokens"] = sum(r.prompt_tokens for r in results)
         return rows, rejected_rows, stats
 
     stage_config = {
@@ -514,6 +671,7 @@ def label_documents(
         "rubric_version": RUBRIC_VERSION,
         "model": generator.model_id,
         "config": dataclasses.asdict(config),
+        "excerpt_tokenizer": tokenizer_identity(),  # another tokenizer cuts other excerpts
     }
     extra = {
         "docs_dir": docs_dir,
@@ -521,11 +679,20 @@ def label_documents(
         "backend": generator.backend,
         "rubric_version": RUBRIC_VERSION,
         "min_choice_mass": config.min_choice_mass,
+        "excerpt_tokens": config.excerpt_tokens,
         **sampling,
     }
-    return run_chunked_stage(
+    summary = run_chunked_stage(
         out_dir, stage_config, items, process, LABELS_SCHEMA, chunk_size=config.chunk_size, extra=extra, log=log
     )
+    # How fast this run's teacher rated (None when the cache answered everything): returned, not written into the
+    # stage's summary, which says only what the stage produced, so a resumed run's output equals an uninterrupted one's.
+    asked, seconds = run["teacher_requests"], run["teacher_seconds"]
+    summary.update(run, labels_per_minute=round(60 * asked / seconds, 2) if asked and seconds else None)
+    summary["teacher_seconds"] = round(seconds, 2)
+    samples = summary.get("samples", 0)
+    summary["mean_prompt_tokens"] = round(summary.get("prompt_tokens", 0) / samples, 1) if samples else None
+    return summary
 
 
 def read_labels(labels_dir: str) -> list[dict]:
@@ -577,8 +744,13 @@ class ClassifierConfig:
     score, steadier when the teacher's distribution is flat)."""
     strict_threshold: float = STRICT_THRESHOLD
     relaxed_threshold: float = RELAXED_THRESHOLD
+    confidence: float = 0.95
+    """Level of the confidence interval of Spearman's rho between the classifier's and the teacher's scores on the
+    held-out labels (``metrics.json``: ``heldout.spearman_ci``)."""
 
     def __post_init__(self) -> None:
+        if not 0.5 <= self.confidence < 1.0:
+            raise ValueError(f"confidence must be in [0.5, 1), got {self.confidence}")
         if self.target not in ("label", "rounded_score"):
             raise ValueError(f"target must be 'label' or 'rounded_score', got {self.target!r}")
         if self.max_chars < 1 or self.epoch < 1 or self.dim < 1 or self.threads < 1 or self.bucket < 1:
@@ -656,37 +828,61 @@ def _train_fasttext(**kwargs: Any):
     return model
 
 
-def _ranks(values: Sequence[float]) -> list[float]:
-    """Ranks from 1, ties given their average rank."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
+MIN_CI_PAIRS = 10
+"""Fewest held-out labels for a confidence interval of Spearman's rho: with fewer, the normal approximation behind
+the Fisher-z interval is poor, so no interval is given (and the classifier's check fails, saying why)."""
+
+
+def _varies(values: Sequence[float]) -> bool:
+    return len(set(values)) > 1
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Pearson correlation; None when there are fewer than 2 pairs or a side is constant."""
-    n = len(x)
-    if n < 2:
+    """Pearson's r (``scipy.stats.pearsonr``); None when there are fewer than 2 pairs or a side is constant."""
+    from scipy import stats
+
+    if len(x) < 2 or not _varies(x) or not _varies(y):
         return None
-    mx, my = sum(x) / n, sum(y) / n
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
-    sxx = sum((a - mx) ** 2 for a in x)
-    syy = sum((b - my) ** 2 for b in y)
-    if sxx <= 0 or syy <= 0:
-        return None
-    return round(sxy / math.sqrt(sxx * syy), 6)
+    return round(float(stats.pearsonr(x, y).statistic), 6)
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
-    return pearson(_ranks(x), _ranks(y))
+    """Spearman's rho (``scipy.stats.spearmanr``, ties get their average rank); None as for ``pearson``."""
+    from scipy import stats
+
+    if len(x) < 2 or not _varies(x) or not _varies(y):
+        return None
+    return round(float(stats.spearmanr(x, y).statistic), 6)
+
+
+def spearman_interval(x: Sequence[float], y: Sequence[float], confidence: float = 0.95) -> dict:
+    """Spearman's rho with a ``confidence`` interval: Fisher's z = atanh(rho) is about normal with variance
+    (1 + rho**2 / 2) / (n - 3) for Spearman's rho (Bonett & Wright 2000, Psychometrika 65:23), so the interval is
+    tanh(z -+ q * sd), q the normal quantile. ``low``/``high`` are None, and ``problem`` says why, when there are
+    fewer than ``MIN_CI_PAIRS`` pairs or a side is constant (then rho says nothing)."""
+    from scipy import stats
+
+    n = len(x)
+    out: dict[str, Any] = {"n": n, "confidence": confidence, "method": "fisher-z, Bonett-Wright variance"}
+    out.update(rho=None, low=None, high=None, p_value=None, problem=None)
+    if n < MIN_CI_PAIRS:
+        out["problem"] = f"{n} labels: at least {MIN_CI_PAIRS} are needed for a confidence interval"
+        return out
+    if not _varies(x) or not _varies(y):
+        side = "the teacher's" if not _varies(x) else "the classifier's"
+        out["problem"] = f"{side} scores are all equal on the {n} labels: no rank correlation"
+        return out
+    result = stats.spearmanr(x, y)
+    rho = float(result.statistic)
+    z = math.atanh(max(-0.999999, min(0.999999, rho)))
+    half = float(stats.norm.ppf(0.5 + confidence / 2)) * math.sqrt((1 + rho * rho / 2) / (n - 3))
+    out.update(
+        rho=round(rho, 6),
+        low=round(math.tanh(z - half), 6),
+        high=round(math.tanh(z + half), 6),
+        p_value=float(f"{float(result.pvalue):.6g}"),
+    )
+    return out
 
 
 def _ratio(a: int, b: int) -> float | None:
@@ -722,8 +918,10 @@ def agreement(
     predicted_scores: Sequence[float],
     predicted_labels: Sequence[int],
     thresholds: Mapping[str, float],
+    confidence: float = 0.95,
 ) -> dict:
-    """How well the classifier reproduces the teacher: labels, score correlation, tier decisions."""
+    """How well the classifier reproduces the teacher: labels, score correlation (with a ``confidence`` interval of
+    Spearman's rho), tier decisions."""
     n = len(teacher_scores)
     return {
         "n": n,
@@ -732,6 +930,7 @@ def agreement(
         "mae": round(sum(abs(a - b) for a, b in zip(teacher_scores, predicted_scores)) / n, 6) if n else None,
         "pearson": pearson(teacher_scores, predicted_scores),
         "spearman": spearman(teacher_scores, predicted_scores),
+        "spearman_ci": spearman_interval(teacher_scores, predicted_scores, confidence),
         "binary": {name: binary_agreement(teacher_scores, predicted_scores, t) for name, t in thresholds.items()},
     }
 
@@ -792,6 +991,7 @@ def train_classifier(labels_dir: str, out_dir: str, config: ClassifierConfig = C
             [p[0] for p in predicted],
             [p[1] for p in predicted],
             thresholds,
+            config.confidence,
         )
 
     labels_summary = read_json(join(labels_dir, SUCCESS_FILE)) or {}
@@ -1172,6 +1372,8 @@ def _cmd_label(args: argparse.Namespace) -> dict:
     config = LabelConfig(
         sample_size=args.sample_size,
         seed=args.seed,
+        temperature=args.temperature,
+        excerpt_tokens=args.excerpt_tokens,
         max_doc_chars=args.max_doc_chars,
         min_choice_mass=args.min_choice_mass,
         heldout_share=args.heldout_share,
@@ -1195,6 +1397,7 @@ def _cmd_train(args: argparse.Namespace) -> dict:
         target=args.target,
         strict_threshold=args.strict,
         relaxed_threshold=args.relaxed,
+        confidence=args.confidence,
     )
     return train_classifier(args.labels, args.out, config)
 
@@ -1214,7 +1417,19 @@ def main(argv: list[str] | None = None) -> int:
     label.add_argument("--out", required=True, help="label stage folder")
     label.add_argument("--sample-size", type=bounded(int, 1), default=LabelConfig.sample_size)
     label.add_argument("--seed", type=int, default=0)
-    label.add_argument("--max-doc-chars", type=bounded(int, 1), default=LabelConfig.max_doc_chars)
+    label.add_argument(
+        "--temperature",
+        type=bounded(float, 1.0),
+        default=LabelConfig.temperature,
+        help="labels per (language, domain) stratum ~ size ** (1 / T): 1 proportional, larger flatter",
+    )
+    label.add_argument(
+        "--excerpt-tokens",
+        type=bounded(int, 1),
+        default=LabelConfig.excerpt_tokens,
+        help="the teacher sees the first N Qwen2 tokens of each document",
+    )
+    label.add_argument("--max-doc-chars", type=bounded(int, 1), default=None, help="also cut to N characters")
     label.add_argument("--min-choice-mass", type=bounded(float, 0, 1), default=LabelConfig.min_choice_mass)
     label.add_argument("--heldout-share", type=bounded(float, 0, 1), default=LabelConfig.heldout_share)
     label.add_argument("--chunk-size", type=bounded(int, 1), default=LabelConfig.chunk_size)
@@ -1234,6 +1449,12 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=bounded(int, 1), default=1)
     train.add_argument("--target", default="label", choices=("label", "rounded_score"))
+    train.add_argument(
+        "--confidence",
+        type=bounded(float, 0.5, 0.999),
+        default=ClassifierConfig.confidence,
+        help="level of the confidence interval of Spearman's rho on the held-out labels",
+    )
     score = sub.add_parser("score", help="score every document and write the tiers (extra flags go to Beam)")
     score.add_argument("--docs", required=True)
     score.add_argument("--classifier", required=True)
@@ -1289,7 +1510,9 @@ __all__ = [
     "balanced_quotas",
     "base_language",
     "classifier_fingerprint",
+    "excerpts",
     "expected_score",
+    "heldout_ids",
     "iter_documents",
     "label_documents",
     "normalize_text",
@@ -1298,7 +1521,9 @@ __all__ = [
     "rubric_messages",
     "sample_documents",
     "score_and_tier",
+    "spearman_interval",
     "split_of",
+    "stratified_quotas",
     "train_classifier",
     "write_tiers",
 ]

@@ -7,6 +7,7 @@ Qwen2, the fastText classifier, and the Beam scoring + tier stages.
 from __future__ import annotations
 
 import json
+import math
 import random
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from synth.generate import TransformersGenerator
 from synth.quality import (
     CODE_NOTE,
     LABELS_SCHEMA,
+    MIN_CI_PAIRS,
     RUBRIC_VERSION,
     RUBRICS,
     SCORED_SCHEMA,
@@ -30,6 +32,8 @@ from synth.quality import (
     TierConfig,
     balanced_quotas,
     classifier_fingerprint,
+    excerpts,
+    heldout_ids,
     label_documents,
     main,
     normalize_text,
@@ -37,7 +41,9 @@ from synth.quality import (
     rubric_messages,
     sample_documents,
     score_and_tier,
+    spearman_interval,
     split_of,
+    stratified_quotas,
     train_classifier,
 )
 
@@ -197,17 +203,64 @@ def test_balanced_quotas_fill_small_languages_first():
     assert sum(balanced_quotas({"en": 50, "de": 40, "fr": 1}, 31).values()) == 31
 
 
-def test_sample_is_seeded_deterministic_and_balanced(docs_dir):
+def test_sample_is_seeded_deterministic_and_proportional(docs_dir):
     sample, stats = sample_documents(docs_dir, 20, seed=0)
     again, _ = sample_documents(docs_dir, 20, seed=0)
     other, _ = sample_documents(docs_dir, 20, seed=1)
     assert [d["id"] for d in sample] == [d["id"] for d in again]
     assert {d["id"] for d in sample} != {d["id"] for d in other}
     assert stats["documents_seen"] == 60
-    assert stats["sample_by_lang"] == {"code": 4, "de": 4, "en": 4, "fr": 4, "zh": 4}
+    # 20 of 60 documents: a third of each language (code 4, de 13, en 24, fr 6, zh 13), rounded
+    assert stats["sample_by_lang"] == {"code": 2, "de": 4, "en": 8, "fr": 2, "zh": 4}
     assert sorted({d["lang"] for d in sample}) == ["code", "de", "en", "fr", "zh"]
     cut, _ = sample_documents(docs_dir, 5, seed=0, max_doc_chars=30)
     assert all(len(d["text"]) <= 30 < d["text_chars"] for d in cut if d["lang"] != "code")
+
+
+def test_stratified_quotas_are_proportional_with_a_floor_and_caps():
+    sizes = {("en", "web"): 1000, ("en", "forum"): 10, ("de", "web"): 500, ("code", "code"): 2}
+    caps = {stratum: min(n, 30) for stratum, n in sizes.items()}  # the sampler keeps at most 30 per stratum
+    # proportional to size (en 1010 : de 500 : code 2), every stratum one first
+    assert stratified_quotas(sizes, caps, 30) == {
+        ("en", "web"): 19,
+        ("en", "forum"): 1,
+        ("de", "web"): 9,
+        ("code", "code"): 1,
+    }
+    # infinite temperature: equal shares per language, then per domain, as far as the strata hold documents
+    flat = stratified_quotas(sizes, caps, 30, math.inf)
+    assert flat == {("en", "web"): 7, ("en", "forum"): 7, ("de", "web"): 14, ("code", "code"): 2}
+    assert stratified_quotas(sizes, caps, 1000) == caps  # everything there is, never more than a stratum holds
+
+
+def test_sample_is_stratified_by_language_and_domain(tmp_path):
+    # 80 English web pages and 2 English forum posts, 80 German web pages
+    rows = [{"id": f"web-{i}", "text": paragraph_doc(EN, i), "lang": "en", "domain": "web"} for i in range(80)]
+    rows += [{"id": f"forum-{i}", "text": paragraph_doc(EN, 90 + i), "lang": "en", "domain": "forum"} for i in range(2)]
+    rows += [{"id": f"de-{i}", "text": paragraph_doc(DE, i), "lang": "de", "domain": "web"} for i in range(80)]
+    stage = write_stage(tmp_path / "docs", [{**r, "source": "t"} for r in rows], DOCUMENT_SCHEMA)
+    sample, stats = sample_documents(stage, 16, seed=0)
+    # proportional, but the forum stratum (16 x 2 / 162 = 0.2 of a label) still gets one
+    assert stats["sample_by_stratum"] == {"de/web": 7, "en/forum": 1, "en/web": 8}
+    assert stats["sample_by_lang"] == {"de": 7, "en": 9} and stats["sample_by_domain"] == {"forum": 1, "web": 15}
+    assert sum(d["domain"] == "forum" for d in sample) == 1 and len({d["id"] for d in sample}) == 16
+    assert all(d["text"] == next(r["text"] for r in rows if r["id"] == d["id"]) for d in sample)  # whole: no cut
+    _, flat = sample_documents(stage, 16, seed=0, temperature=math.inf)
+    assert flat["sample_by_stratum"] == {"de/web": 8, "en/forum": 2, "en/web": 6}
+
+
+def test_excerpts_cost_the_same_number_of_tokens_in_every_script():
+    from pipelines.tokenizer import count_tokens
+
+    docs = [paragraph_doc(EN, 1, n=12), paragraph_doc(ZH, 1, n=12), paragraph_doc(DE, 1, n=12), PYTHON_CODE * 3]
+    # cut to 400 characters, as labelling did before, the same documents cost very different numbers of tokens
+    by_chars = count_tokens([d[:400] for d in docs])
+    assert max(by_chars) > 1.5 * min(by_chars)
+    cut = excerpts(docs, 48)
+    assert count_tokens(cut) == [48, 48, 48, 48]
+    assert all(doc.startswith(part) and len(part) < len(doc) for doc, part in zip(docs, cut))
+    assert excerpts(["short text"], 48) == ["short text"]
+    assert excerpts([paragraph_doc(EN, 1)], 48, max_chars=30) == [paragraph_doc(EN, 1)[:30]]
 
 
 @pytest.fixture(scope="module")
@@ -215,18 +268,24 @@ def tiny_teacher(tiny_qwen_dir) -> TransformersGenerator:
     return TransformersGenerator(tiny_qwen_dir, batch_size=8)
 
 
+TINY_LABELS = LabelConfig(sample_size=30, excerpt_tokens=64, chunk_size=8, heldout_share=0.3)
+
+
 @pytest.fixture(scope="module")
 def tiny_labels(tmp_path_factory, tiny_teacher, docs_dir) -> tuple[str, dict]:
     out = str(tmp_path_factory.mktemp("labels") / "labels")
-    config = LabelConfig(sample_size=30, max_doc_chars=400, chunk_size=8, heldout_share=0.3)
-    return out, label_documents(tiny_teacher, docs_dir, out, config)
+    return out, label_documents(tiny_teacher, docs_dir, out, TINY_LABELS)
 
 
 def test_label_stage_runs_end_to_end_with_the_tiny_model(tiny_labels, tiny_teacher):
+    from pipelines.tokenizer import count_tokens
+
     out, summary = tiny_labels
     assert summary["items"] == summary["samples"] == summary["accepted"] == 30
+    assert summary["teacher_requests"] == 30 and summary["labels_per_minute"] > 0
+    assert summary["excerpt_tokens"] == 64 and summary["domains"] == {"code": 2, "web": 28}
     assert summary["rejected"] == {} and summary["shards"] == 4
-    assert summary["sample_by_lang"] == {"code": 4, "de": 7, "en": 7, "fr": 6, "zh": 6}
+    assert summary["sample_by_lang"] == {"code": 2, "de": 7, "en": 12, "fr": 3, "zh": 6}
     assert sum(summary["labels"].values()) == 30 and sum(summary["splits"].values()) == 30
     assert pq.read_schema(list_shards(out)[0]).equals(LABELS_SCHEMA)
     rows = read_labels(out)
@@ -236,19 +295,26 @@ def test_label_stage_runs_end_to_end_with_the_tiny_model(tiny_labels, tiny_teach
         assert row["score"] == pytest.approx(sum(k * p for k, p in enumerate(row["probs"])), abs=1e-4)
         assert row["label"] == max(range(6), key=lambda k: row["probs"][k])
         assert 0.0 <= row["score"] <= 5.0 and 0.0 < row["choice_mass"] < 1.0
-        assert row["split"] == split_of(row["id"], 0.3)
         assert row["model"] == tiny_teacher.model_id and row["backend"] == "transformers"
-        assert row["template_version"] == RUBRIC_VERSION and len(row["text"]) <= 400
-    assert {r["split"] for r in rows} == {"train", "heldout"}
+        assert row["template_version"] == RUBRIC_VERSION
+    tokens = count_tokens([r["text"] for r in rows])
+    assert max(tokens) == 64 and all(n == 64 for r, n in zip(rows, tokens) if r["text_chars"] > 8 * 64)
+    held = {r["id"] for r in rows if r["split"] == "heldout"}
+    assert held == heldout_ids([r["id"] for r in rows], 0.3) and len(held) == 9  # exactly 30% of 30
     assert summary["splits"] == {s: sum(r["split"] == s for r in rows) for s in ("train", "heldout")}
 
 
 def test_label_stage_resumes_and_is_deterministic(tiny_labels, tiny_teacher, docs_dir, tmp_path):
     out, first = tiny_labels
-    config = LabelConfig(sample_size=30, max_doc_chars=400, chunk_size=8, heldout_share=0.3)
+    config = TINY_LABELS
     before = sorted(read_labels(out), key=lambda r: r["id"])
     again = label_documents(tiny_teacher, docs_dir, out, config)
     assert again["resumed"] and again["chunks_reused"] == again["shards"] == 4
+    assert again["teacher_requests"] == 0 and again["labels_per_minute"] is None  # nothing asked
+    # the stage's summary says what it produced, never how fast this run went: a resumed run writes the same
+    on_disk = json.loads(Path(out, "_SUCCESS.json").read_text())
+    assert "labels_per_minute" not in on_disk and "teacher_seconds" not in on_disk
+    assert on_disk["prompt_tokens"] == first["prompt_tokens"] > 30 * 64
     assert sorted(read_labels(out), key=lambda r: r["id"]) == before
     # a fresh run elsewhere rates the same sample the same way, with the same splits
     fresh = label_documents(tiny_teacher, docs_dir, str(tmp_path / "fresh"), config)
@@ -256,6 +322,30 @@ def test_label_stage_resumes_and_is_deterministic(tiny_labels, tiny_teacher, doc
     rows = sorted(read_labels(str(tmp_path / "fresh")), key=lambda r: r["id"])
     assert [(r["id"], r["split"], r["label"]) for r in rows] == [(r["id"], r["split"], r["label"]) for r in before]
     assert [r["score"] for r in rows] == pytest.approx([r["score"] for r in before], abs=1e-5)
+
+
+def test_labelling_sends_the_teacher_batches(tiny_teacher, docs_dir, tmp_path, monkeypatch):
+    # a chunk of 16 documents is one generate() call, scored as two forward passes of 8 (the backend's batch)
+    rows_per_pass = []
+    forward = tiny_teacher.model.forward
+
+    def counting_forward(*args, **kwargs):
+        rows_per_pass.append(kwargs["input_ids"].shape[0])
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_teacher.model, "forward", counting_forward)
+    config = LabelConfig(sample_size=16, excerpt_tokens=32, chunk_size=16)
+    summary = label_documents(tiny_teacher, docs_dir, str(tmp_path / "labels"), config)
+    assert summary["accepted"] == 16 and rows_per_pass == [8, 8]
+
+
+def test_heldout_share_is_exact_and_ranked_by_the_id_hash():
+    ids = [f"x-{i}" for i in range(80)]
+    by_threshold = {i for i in ids if split_of(i, 0.3) == "heldout"}
+    assert len(by_threshold) == 16  # a threshold on the hash holds out a binomial number: 16 of these 80, not 24
+    held = heldout_ids(ids, 0.3)
+    assert len(held) == 24 and by_threshold < held  # the 24 smallest hashes
+    assert heldout_ids(ids[:40] + ids, 0.3) == held and heldout_ids(ids, 0.0) == set()
 
 
 def test_ratings_off_the_digits_are_rejected(tmp_path, tiny_teacher, docs_dir):
@@ -294,11 +384,38 @@ def test_classifier_learns_hand_labels(classifier, hand_labels_dir, tmp_path):
         assert binary["threshold"] == threshold and binary["accuracy"] >= 0.9
         assert binary["tp"] + binary["fp"] + binary["fn"] + binary["tn"] == len(heldout)
         assert binary["teacher_keeps"] == sum(r["score"] >= threshold for r in heldout)
+    ci = agree["spearman_ci"]
+    assert ci["n"] == len(heldout) and ci["rho"] == agree["spearman"] and ci["confidence"] == 0.95
+    assert 0 < ci["low"] < ci["rho"] < ci["high"] <= 1 and ci["problem"] is None
     assert metrics["classes"] == [0, 1, 4, 5]
     assert classifier_fingerprint(out) == metrics["model_sha256"]
     # single-threaded training with a seed is reproducible bit for bit
     again = train_classifier(hand_labels_dir, str(tmp_path / "again"), SMALL)
     assert again["model_sha256"] == metrics["model_sha256"]
+
+
+def test_spearman_interval_is_scipys_rho_with_a_calibrated_interval():
+    from scipy import stats
+
+    rng = random.Random(0)
+    teacher = [rng.choice([3.0, 4.0, 4.0, 4.0, 2.5]) for _ in range(40)]  # ties, as teacher labels have
+    predicted = [t + rng.gauss(0, 1) for t in teacher]
+    ci = spearman_interval(teacher, predicted)
+    assert ci["rho"] == pytest.approx(stats.spearmanr(teacher, predicted).statistic, abs=1e-6)
+    assert ci["low"] < ci["rho"] < ci["high"] and ci["problem"] is None
+    assert spearman_interval(teacher, predicted, 0.99)["low"] < ci["low"]  # more confidence, wider
+    # independent scores: the 95% interval must hold zero in ~95% of samples (a miscomputed width fails this)
+    held = 0
+    for _ in range(400):
+        x, y = [rng.random() for _ in range(30)], [rng.random() for _ in range(30)]
+        interval = spearman_interval(x, y)
+        held += interval["low"] <= 0 <= interval["high"]
+    assert 0.92 <= held / 400 <= 0.98
+    # too few pairs, or a constant side: no interval, and the reason
+    few = spearman_interval(teacher[: MIN_CI_PAIRS - 1], predicted[: MIN_CI_PAIRS - 1])
+    assert few["low"] is None and f"at least {MIN_CI_PAIRS}" in few["problem"]
+    flat = spearman_interval([4.0] * 20, predicted[:20])
+    assert flat["low"] is None and "teacher's scores are all equal" in flat["problem"]
 
 
 def test_a_classifier_cut_short_is_refused(classifier, tmp_path):

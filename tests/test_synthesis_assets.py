@@ -5,6 +5,7 @@ each through dedup and decontamination, with every asset check run; then a pretr
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import dagster as dg
@@ -15,7 +16,7 @@ from conftest import CODE, DE, EN, ZH, paragraph_doc
 
 from assets.curation import curation_assets
 from assets.pretraining import pretraining_assets
-from assets.synthesis import SFT_METHODS, synthesis_assets
+from assets.synthesis import SFT_METHODS, quality_classifier, synthesis_assets
 from dagster_project.resources import CurationResource, SynthesisResource, TrainingResource
 
 FUNCTIONS = '''
@@ -59,7 +60,7 @@ def _curated_stage(root: Path) -> None:
 
 RUN_CONFIG = {
     "ops": {
-        "quality_labels": {"config": {"sample_size": 36, "min_choice_mass": 0.0, "max_doc_chars": 400}},
+        "quality_labels": {"config": {"sample_size": 36, "min_choice_mass": 0.0, "excerpt_tokens": 64}},
         "quality_classifier": {"config": {"epochs": 5}},
         "sft_data": {
             "config": {
@@ -124,17 +125,23 @@ def test_every_synthesis_asset_and_check_succeeds(materialized):
         ("preference_pairs", "schema"),
         ("preference_pairs", "chat_format"),
     }
-    # Random labels need not agree with the classifier (a warning); every other check must pass.
+    # Random labels need not agree with the classifier (an error, but the run goes on); every other check passes.
     failed = [(c.asset_key.to_user_string(), c.check_name) for c in checks if not c.passed]
     assert set(failed) <= {("quality_classifier", "agrees_with_teacher")}, failed
+    [agrees] = [c for c in checks if c.check_name == "agrees_with_teacher"]
+    meta = {k: v.value for k, v in agrees.metadata.items()}
+    assert agrees.severity == dg.AssetCheckSeverity.ERROR
+    assert agrees.passed == (meta["problem"] == "") == (meta["ci_low"] is not None and meta["ci_low"] > 0)
 
 
 def test_quality_assets_show_labels_agreement_and_tier_sizes(materialized):
     result, root, _ = materialized
     labels = _metadata(result, "quality_labels")
     assert labels["documents_rated"] == 36 and labels["off_format"] == 0
+    assert labels["excerpt_tokens"] == 64 and labels["labels_per_minute"] > 0 and labels["mean_prompt_tokens"] > 64
     classifier = _metadata(result, "quality_classifier")
     assert "within1_accuracy" in classifier["agreement_with_teacher"]
+    assert "| spearman 95% CI |" in classifier["agreement_with_teacher"]
     metrics = json.loads((root / "quality" / "classifier" / "metrics.json").read_text())
     assert metrics["counts"]["labels"] == 36 and metrics["heldout"]["n"] == metrics["counts"]["heldout"] > 0
     tiers = _metadata(result, "quality_tiers")
@@ -195,3 +202,50 @@ def test_a_quality_tier_feeds_the_pretraining_mix(materialized):
     expected = tiers["relaxed_documents"] + _metadata(result, "synthetic_pretraining_data")["documents"]
     if expected:
         assert mix.success and meta["dagster/row_count"] >= expected
+
+
+# ------------------------------------------------------------------ the classifier's check, on labels of known quality
+
+
+def _classifier_check(tmp_path, labels: list[dict]) -> tuple[bool, dict]:
+    """Materialize quality_classifier alone on ``labels`` (a finished label stage); its check's verdict and metadata."""
+    from test_synth_quality import write_stage
+
+    from synth.quality import LABELS_SCHEMA
+
+    root = tmp_path / "data"
+    write_stage(root / "quality" / "labels", labels, LABELS_SCHEMA, shards=2)
+    result = dg.materialize(
+        [quality_classifier],
+        resources={"curation": CurationResource(data_root=str(root), workers=1)},
+        run_config={"ops": {"quality_classifier": {"config": {"epochs": 30}}}},
+        raise_on_error=False,
+    )
+    assert result.success  # a failed check is an error on the asset, not a failed run
+    [check] = result.get_asset_check_evaluations()
+    assert check.check_name == "agrees_with_teacher" and check.severity == dg.AssetCheckSeverity.ERROR
+    return check.passed, {k: v.value for k, v in check.metadata.items()}
+
+
+def test_classifier_check_passes_only_when_the_interval_excludes_zero(tmp_path):
+    from test_synth_quality import hand_labels
+
+    labels = hand_labels()  # learnable: informative pages 4-5, junk 0-1
+    passed, meta = _classifier_check(tmp_path / "good", labels)
+    assert passed and meta["problem"] == "" and 0 < meta["ci_low"] < meta["spearman"] < meta["ci_high"]
+    assert meta["heldout_labels"] == sum(r["split"] == "heldout" for r in labels) >= 10
+
+    # the same documents with their labels shuffled: what the classifier learns is noise, and the check says so
+    rng = random.Random(0)
+    shuffled = [r["label"] for r in labels]
+    rng.shuffle(shuffled)
+    one_hot = [[float(j == k) for j in range(6)] for k in shuffled]
+    noise = [{**r, "label": k, "score": float(k), "probs": p} for r, k, p in zip(labels, shuffled, one_hot)]
+    passed, meta = _classifier_check(tmp_path / "noise", noise)
+    assert not passed and meta["ci_low"] <= 0 <= meta["ci_high"] and "includes zero" in meta["problem"]
+
+    # too few held-out labels for an interval: a failure that says why
+    few = [r for r in labels if r["split"] == "train"] + [r for r in labels if r["split"] == "heldout"][:6]
+    passed, meta = _classifier_check(tmp_path / "few", few)
+    assert not passed and meta["ci_low"] is None and meta["heldout_labels"] == 6
+    assert meta["problem"] == "held-out: 6 labels: at least 10 are needed for a confidence interval"
