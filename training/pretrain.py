@@ -12,12 +12,15 @@ Several processes (DDP by default; ``--strategy fsdp`` shards parameters, gradie
 Stage 2 continues stage 1 on long documents packed 8x longer, with the RoPE base raised to 1,000,000:
 
     python -m training.pretrain --data runs/tokenized-long --output runs/pretrain-s2 \\
-        --init-from runs/pretrain-s1/final --rope-theta 1000000 --lr 1e-4
+        --init-from runs/pretrain-s1/final --rope-theta 1000000 --lr 1e-4 --activation-checkpointing true
 
 ``--config run.json`` reads any of the flags from a JSON object (flags given on the command line win).
 A run resumes by itself from the newest checkpoint in ``--output``; rerunning a finished run with a larger
-``--max-steps`` continues it. A checkpoint made with other data or another setting that shapes the trajectory
-(model, learning rates, batch, seed ...) is never resumed: the earlier run's outputs are moved to
+``--max-steps`` continues it in a new learning-rate segment (re-warmup, then a new cosine: ``lr_at``). It may
+resume on another number of processes only with the same global batch (change ``--grad-accum-steps`` to keep it);
+otherwise it is refused, as is a ``--max-steps`` change in the middle of a segment (``plan_resume``). A checkpoint
+made with other data or another setting that shapes the trajectory (model, learning rates, global batch, seed ...)
+is never resumed: the earlier run's outputs are moved to
 ``superseded/<time>-<run key>/`` and the run starts afresh. Outputs: ``metrics.jsonl`` (one line per step,
 plus eval lines), ``tensorboard/``, ``checkpoints/step_XXXXXX/``, ``final/`` (``save_pretrained`` + tokenizer)
 and ``summary.json``.
@@ -25,6 +28,12 @@ and ``summary.json``.
 The global batch is ``micro_batch_size * grad_accum_steps * world_size`` rows of ``seq_len`` tokens (the data's
 ``seq_len``; it is also the model's ``max_position_embeddings``). Loss is the token mean over the whole global
 batch: every micro-batch's summed token loss is divided by the global count of predicted tokens.
+
+Rows of 32,768 tokens fit: no attention path builds a T x T mask, each micro-batch runs as one flattened row whose
+documents attend only to themselves (``training.attention``), the output layer and loss run in chunks of positions
+(``training.loss``), activation checkpointing is one flag (``training.activations``), and a model from scratch is
+built on the meta device and materialised after FSDP sharding, each rank allocating only its shard
+(``training.materialize``).
 
 torch and transformers are imported inside functions, so importing ``PretrainConfig`` (Dagster UI) stays cheap.
 """
@@ -53,6 +62,8 @@ from training.model_configs import MODEL_SIZES
 PRECISIONS = ("auto", "bf16", "fp32")
 STRATEGIES = ("ddp", "fsdp")
 DEVICES = ("auto", "cpu", "cuda")
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "flex_attention", "eager")  # training.attention
+REDUCE_DTYPES = ("fp32", "bf16")
 # Test hook: SIGKILL this process right after the given step (and its checkpoint), like a machine failure.
 KILL_AFTER_STEP_ENV = "PRETRAIN_SIGKILL_AFTER_STEP"
 
@@ -104,8 +115,23 @@ class PretrainConfig:
     device: str = "auto"
     """auto: one CUDA GPU per rank when there is one, else CPU; or cpu / cuda."""
     attn_implementation: str = "sdpa"
-    """transformers attention kernel: sdpa, eager, or flash_attention_2 (GPU, needs flash-attn). All three keep
-    documents of a packed row apart from ``position_ids``."""
+    """How attention keeps the documents of a packed micro-batch apart (``training.attention``). sdpa: the
+    micro-batch flattened into one row, causal SDPA per document (CPU and GPU; no T x T mask); flash_attention_2:
+    the flattened row and its document boundaries to flash-attn's varlen kernel (GPU, needs flash-attn);
+    flex_attention: a block-sparse document BlockMask (GPU: torch 2.13 has no flex backward on CPU); eager:
+    transformers' dense per-document mask (a reference for short rows)."""
+    loss_chunk_tokens: int = 512
+    """Positions per chunk of output layer + cross-entropy (``training.loss``): one [chunk, vocab] fp32 buffer
+    (512 x 151,936: 0.3 GB) instead of the micro-batch's whole logits (a 32,768-token row: 20 GB). 0: transformers'
+    loss over the full logits."""
+    activation_checkpointing: bool = False
+    """Keep only each decoder layer's input in the forward pass and recompute the layer in the backward pass, its
+    MLP in tiles of 2,048 tokens (``training.activations``): more compute, activations of one layer (one MLP tile)
+    at a time instead of all (long rows, large models)."""
+    fsdp_reduce_dtype: str = "fp32"
+    """With strategy fsdp and bf16 precision FSDP gathers the parameters in bf16 for forward and backward, and
+    reduce-scatters gradients in this dtype: fp32 (exact sums over ranks) or bf16 (half the traffic). The sharded
+    weights and the optimizer state stay fp32."""
     strategy: str = "ddp"
     """With several processes: ddp (replicated model) or fsdp (FSDP2 ``fully_shard`` per decoder layer)."""
     checkpoint_every: int = 100
@@ -153,8 +179,13 @@ class PretrainConfig:
             problems.append(f"device={self.device!r}: choose one of {', '.join(DEVICES)}")
         if self.strategy not in STRATEGIES:
             problems.append(f"strategy={self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
-        if self.attn_implementation not in ("sdpa", "eager", "flash_attention_2"):
-            problems.append(f"attn_implementation={self.attn_implementation!r}: use sdpa, eager or flash_attention_2")
+        if self.attn_implementation not in ATTENTION_IMPLEMENTATIONS:
+            choices = ", ".join(ATTENTION_IMPLEMENTATIONS)
+            problems.append(f"attn_implementation={self.attn_implementation!r}: choose one of {choices}")
+        if self.loss_chunk_tokens < 0:
+            problems.append(f"loss_chunk_tokens={self.loss_chunk_tokens}: tokens per chunk, or 0 for the full logits")
+        if self.fsdp_reduce_dtype not in REDUCE_DTYPES:
+            problems.append(f"fsdp_reduce_dtype={self.fsdp_reduce_dtype!r}: choose one of {', '.join(REDUCE_DTYPES)}")
         if self.num_threads is not None and self.num_threads < 1:
             problems.append(f"num_threads={self.num_threads}: must be at least 1")
         if problems:
@@ -222,14 +253,108 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 
-def run_key(config: PretrainConfig) -> str:
-    """What a checkpoint must match to be resumed: the trajectory settings and the data's committed summary."""
+def run_key(config: PretrainConfig, world_size: int = 1) -> str:
+    """What a checkpoint must match to be resumed: the trajectory settings and the data's committed summary.
+
+    The batch enters as the global batch (``micro_batch_size * grad_accum_steps * world_size`` rows), not as its
+    factors: every factoring of the same global batch takes the same rows and the same token-mean loss per step,
+    so a run may resume on another number of processes when grad_accum_steps (or micro_batch_size) keeps it.
+    """
+    rows = config.micro_batch_size * config.grad_accum_steps * world_size
+    return _run_key(config, rows)
+
+
+def _run_key(config: PretrainConfig, global_batch_rows: int) -> str:
     from pipelines.shards import read_json
 
-    settings = {k: v for k, v in asdict(config).items() if k not in RESUMABLE_CHANGES}
+    factors = {"micro_batch_size", "grad_accum_steps"}
+    settings = {k: v for k, v in asdict(config).items() if k not in RESUMABLE_CHANGES | factors}
+    settings["global_batch_rows"] = global_batch_rows
     data = [read_json(f"{config.data.rstrip('/')}/{name}") for name in ("_config.json", "_SUCCESS.json")]
     payload = json.dumps([settings, data], sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass
+class ResumePlan:
+    """What ``plan_resume`` found in ``output_dir``."""
+
+    schedule: list[dict]
+    """The learning-rate schedule segments to train with (see ``lr_at``)."""
+    new_segment: bool = False
+    """A finished run continues with a larger max_steps: the last segment starts now."""
+
+
+def plan_resume(output_dir: Path, config: PretrainConfig, world_size: int) -> ResumePlan:
+    """Check that ``output_dir``'s newest checkpoint can be resumed as ``config`` asks, on every rank, before any
+    weights are read; returns the schedule to train with (one segment for a run that starts afresh).
+
+    Refused, with a message that says how to go on:
+    - another world size that changes the global batch (the checkpoint's rows per step are kept only when
+      ``micro_batch_size * grad_accum_steps * world_size`` is the same; resuming on another number of processes
+      with the same product is fine);
+    - another ``max_steps`` in the middle of a schedule segment, which would move the cosine's end under a
+      running learning rate, or fewer steps than the run already took.
+    A checkpoint of other data or settings is not refused here: ``supersede_stale_run`` moves it aside.
+    """
+    from training.checkpoint import STATE_FILE, latest_checkpoint
+
+    fresh = ResumePlan([first_segment(config)])
+    latest = latest_checkpoint(output_dir / "checkpoints")
+    if latest is None:
+        return fresh
+    state = json.loads((latest / STATE_FILE).read_text())
+    rows = config.micro_batch_size * config.grad_accum_steps * world_size
+    old_world, old_rows = state.get("world_size", 1), state.get("rows_per_step")
+    if state.get("run_key") != _run_key(config, rows):
+        if old_world != world_size and old_rows and state.get("run_key") == _run_key(config, old_rows):
+            per_rank = config.micro_batch_size * world_size
+            keep = (
+                f"set grad_accum_steps={old_rows // per_rank} to keep {old_rows} rows per step, "
+                if old_rows % per_rank == 0
+                else ""
+            )
+            raise ValueError(
+                f"{output_dir} holds checkpoints of a run on {old_world} processes with {old_rows} rows per "
+                f"optimizer step; this run has {world_size} processes, so micro_batch_size "
+                f"{config.micro_batch_size} x grad_accum_steps {config.grad_accum_steps} x world_size {world_size} "
+                f"= {rows} rows per step, another batch and another run. Resume on {old_world} processes, or "
+                f"{keep}or choose micro_batch_size and grad_accum_steps whose product times {world_size} is "
+                f"{old_rows}; to train with {rows} rows per step instead, use a new output_dir."
+            )
+        return fresh  # another run: set aside by supersede_stale_run
+    saved_config = state.get("config", {})
+    # Checkpoints from before schedules were saved: one segment; only max_steps may differ from this config.
+    schedule = state.get("schedule") or [{**first_segment(config), "end": saved_config.get("max_steps", state["step"])}]
+    step, end = state["step"], schedule[-1]["end"]
+    if config.max_steps == end:
+        return ResumePlan(schedule)
+    if config.max_steps < step:
+        raise ValueError(
+            f"{output_dir} holds a run that already took {step} steps; max_steps={config.max_steps} cannot undo "
+            f"them: give max_steps >= {step} (more continues it), or use a new output_dir."
+        )
+    if step < end:
+        then = (
+            f", then rerun with max_steps={config.max_steps} to continue in a new segment (a re-warmup, then a new "
+            f"cosine)"
+            if config.max_steps > end
+            else ""
+        )
+        raise ValueError(
+            f"{output_dir} is at step {step} of a learning-rate schedule that ends at step {end}; max_steps="
+            f"{config.max_steps} would move the end of its cosine under the running learning rate. Finish this "
+            f"segment with max_steps={end}{then}; or use a new output_dir."
+        )
+    segment = {
+        "start": step,
+        "end": config.max_steps,
+        "warmup": min(config.warmup_steps, (config.max_steps - step) // 2),
+        "from_lr": lr_at(step, config, schedule),
+        "peak_lr": config.lr,
+        "min_lr": config.min_lr,
+    }
+    return ResumePlan([*schedule, segment], new_segment=True)
 
 
 def supersede_stale_run(output_dir: Path, key: str) -> Path | None:
@@ -250,12 +375,38 @@ def supersede_stale_run(output_dir: Path, key: str) -> Path | None:
     return target
 
 
-def lr_at(step: int, config: PretrainConfig) -> float:
-    """Learning rate of optimizer step ``step`` (1-based): linear warmup, then cosine down to ``min_lr``."""
-    if step <= config.warmup_steps:
-        return config.lr * step / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
-    return config.min_lr + 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * (config.lr - config.min_lr)
+def first_segment(config: PretrainConfig) -> dict:
+    """The schedule of a run that starts: warmup from 0 to ``lr``, cosine to ``min_lr`` at ``max_steps``."""
+    return {
+        "start": 0,
+        "end": config.max_steps,
+        "warmup": config.warmup_steps,
+        "from_lr": 0.0,
+        "peak_lr": config.lr,
+        "min_lr": config.min_lr,
+    }
+
+
+def lr_at(step: int, config: PretrainConfig, schedule: list[dict] | None = None) -> float:
+    """Learning rate of optimizer step ``step`` (1-based) under ``schedule`` (default: ``first_segment(config)``).
+
+    A schedule is a list of segments, each ``start < step <= end``: a linear warmup over ``warmup`` steps from
+    ``from_lr`` to ``peak_lr``, then a cosine down to ``min_lr`` at ``end`` (held after it). A run has one segment,
+    warmup from 0 to ``lr`` then cosine to ``min_lr`` at ``max_steps``. Rerunning a finished run with a larger
+    ``max_steps`` adds a segment, so the learning rate never jumps: from the learning rate of its last step
+    (``min_lr``) it re-warms linearly to ``lr`` over ``warmup_steps`` steps (at most half the new steps), then
+    decays by a new cosine to ``min_lr`` at the new ``max_steps`` (rewarming and re-decaying, as in continual
+    pretraining, Ibrahim et al. 2024, arXiv 2403.08763). The segments are saved in every checkpoint, so a run
+    killed inside a later segment resumes on the same curve. Changing ``max_steps`` inside a segment is refused
+    (``plan_resume``).
+    """
+    segments = schedule or [first_segment(config)]
+    seg = next((s for s in segments if step <= s["end"]), segments[-1])
+    k, warmup = step - seg["start"], seg["warmup"]
+    if warmup and k <= warmup:
+        return seg["from_lr"] + (seg["peak_lr"] - seg["from_lr"]) * k / warmup
+    progress = (k - warmup) / max(1, seg["end"] - seg["start"] - warmup)
+    return seg["min_lr"] + 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * (seg["peak_lr"] - seg["min_lr"])
 
 
 @dataclass
@@ -292,57 +443,97 @@ def setup_distributed(config: PretrainConfig) -> Distributed:
 
 
 def build_model(config: PretrainConfig, seq_len: int) -> Any:
-    """A fresh Qwen2 of ``model_size``, or ``init_from``'s weights; positions = ``seq_len``, RoPE base set."""
+    """A Qwen2 of ``model_size`` (or of ``init_from``'s shape) on the meta device: ``wrap_model`` gives it its
+    weights where they will live, initialised or read from ``init_from``. Positions = ``seq_len``, RoPE base set;
+    the attention kernel, activation checkpointing and the chunked loss of ``config`` in place. A checkpoint whose
+    tensors are not stored under the model's parameter names is loaded whole on the CPU instead."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from training.activations import enable_activation_checkpointing
+    from training.attention import ATTENTION_KERNELS, register_packed_sdpa
+    from training.loss import use_chunked_loss
+    from training.materialize import build_on_meta, checkpoint_files, parameter_names
     from training.model_configs import qwen2_config, rope_theta_of, set_rope_theta, shape_of, size_name_of
 
+    register_packed_sdpa()
+    kernel = ATTENTION_KERNELS[config.attn_implementation]
     if config.init_from is None:
-        torch.manual_seed(config.seed)  # the same initial weights on every rank and on every restart
         model_config = qwen2_config(
             config.model_size or "tiny", max_position_embeddings=seq_len, rope_theta=config.rope_theta
         )
-        return AutoModelForCausalLM.from_config(
-            model_config, attn_implementation=config.attn_implementation, dtype=torch.float32
-        )
-    init_dir = Path(config.init_from)
-    if not (init_dir / "config.json").exists():
-        raise ValueError(f"init_from={config.init_from}: no config.json there; give a save_pretrained folder")
-    model_config = AutoConfig.from_pretrained(init_dir, local_files_only=True)
-    if config.model_size is not None and size_name_of(model_config) != config.model_size:
-        raise ValueError(
-            f"model_size={config.model_size} but init_from holds a {size_name_of(model_config) or 'custom'} model "
-            f"({shape_of(model_config)}); drop model_size or pick the matching checkpoint"
-        )
-    # RoPE frequencies are computed when the model is built, so the new base must be in the config first.
-    set_rope_theta(model_config, config.rope_theta or rope_theta_of(model_config))
-    model_config.max_position_embeddings = seq_len
-    return AutoModelForCausalLM.from_pretrained(
-        init_dir,
-        config=model_config,
-        dtype=torch.float32,
-        attn_implementation=config.attn_implementation,
-        local_files_only=True,
-    )
+        model = build_on_meta(model_config, kernel)  # no memory yet: 72B would be 290 GB per rank
+    else:
+        init_dir = Path(config.init_from)
+        if not (init_dir / "config.json").exists():
+            raise ValueError(f"init_from={config.init_from}: no config.json there; give a save_pretrained folder")
+        model_config = AutoConfig.from_pretrained(init_dir, local_files_only=True)
+        if config.model_size is not None and size_name_of(model_config) != config.model_size:
+            raise ValueError(
+                f"model_size={config.model_size} but init_from holds a {size_name_of(model_config) or 'custom'} "
+                f"model ({shape_of(model_config)}); drop model_size or pick the matching checkpoint"
+            )
+        # RoPE frequencies are computed when the model is built, so the new base must be in the config first.
+        set_rope_theta(model_config, config.rope_theta or rope_theta_of(model_config))
+        model_config.max_position_embeddings = seq_len
+        model = build_on_meta(model_config, kernel)
+        if not set(parameter_names(model)) <= set(checkpoint_files(init_dir)):
+            # Stored under other names (e.g. per-expert MoE weights that transformers converts while loading): read
+            # the whole checkpoint on every rank, as transformers does.
+            model = AutoModelForCausalLM.from_pretrained(
+                init_dir, config=model_config, dtype=torch.float32, attn_implementation=kernel, local_files_only=True
+            )
+    if config.activation_checkpointing:
+        enable_activation_checkpointing(model)
+    if config.loss_chunk_tokens:
+        use_chunked_loss(model, config.loss_chunk_tokens)
+    return model
 
 
-def wrap_model(model: Any, config: PretrainConfig, dist_info: Distributed) -> Any:
-    """DDP or FSDP2 around the model when there are several processes; the model itself otherwise."""
-    if dist_info.world_size == 1:
-        return model
-    if config.strategy == "ddp":
+def fsdp_mixed_precision(config: PretrainConfig, use_bf16: bool) -> Any:
+    """FSDP2's policy: bf16 gathered parameters and ``fsdp_reduce_dtype`` gradient reduction under bf16 precision;
+    fp32 throughout otherwise."""
+    import torch
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    if not use_bf16:
+        return MixedPrecisionPolicy()
+    reduce_dtype = torch.bfloat16 if config.fsdp_reduce_dtype == "bf16" else torch.float32
+    return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=reduce_dtype)
+
+
+def wrap_model(model: Any, config: PretrainConfig, dist_info: Distributed, use_bf16: bool = False) -> Any:
+    """The model's weights on this rank's device, and DDP or FSDP2 around it when there are several processes.
+
+    A model built on the meta device gets its weights here (``training.materialize``): under FSDP after sharding,
+    so each rank allocates, and initialises or reads from ``init_from``, only its own shard of every matrix. The
+    initial weights do not depend on the world size or strategy.
+    """
+    from training.materialize import materialize
+
+    on_meta = any(p.is_meta for p in model.parameters())
+    device = dist_info.device
+    weights = config.init_from  # read from the checkpoint rather than initialised
+    if dist_info.world_size == 1 or config.strategy == "ddp":
+        materialize(model, device, config.seed, weights) if on_meta else model.to(device)
+        if dist_info.world_size == 1:
+            return model
         from torch.nn.parallel import DistributedDataParallel
 
-        device_ids = [dist_info.local_rank] if dist_info.device.type == "cuda" else None
+        device_ids = [dist_info.local_rank] if device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids)
     from torch.distributed.fsdp import fully_shard
 
-    # FSDP2 works on CPU with gloo (torch 2.13). Every rank builds the full model before sharding it: fine up to a
-    # few billion parameters; for 72B build under torch.device("meta") and load shards instead.
+    # FSDP2 works on CPU with gloo (torch 2.13). One unit per decoder layer, the root holds embeddings, final norm
+    # and output layer (tied or not).
+    if not on_meta:
+        model.to(device)  # a checkpoint transformers had to convert: loaded whole on every rank, then sharded
+    policy = fsdp_mixed_precision(config, use_bf16)
     for layer in model.model.layers:
-        fully_shard(layer)
-    fully_shard(model)
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    if on_meta:
+        materialize(model, device, config.seed, weights)
     return model
 
 
@@ -444,6 +635,7 @@ def run(config: PretrainConfig, progress: Callable[[dict], None] | None = None) 
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
+    from training.attention import model_inputs
     from training.checkpoint import latest_checkpoint, load_checkpoint, remove_partial_checkpoints, save_checkpoint
     from training.data import IGNORE_INDEX, PackedShards
     from training.model_configs import rope_theta_of, size_name_of
@@ -465,7 +657,9 @@ def run(config: PretrainConfig, progress: Callable[[dict], None] | None = None) 
         if dist_info.owns_group:
             stack.callback(dist.destroy_process_group)
         rank, world, device = dist_info.rank, dist_info.world_size, dist_info.device
-        key = run_key(config)
+        key = run_key(config, world)
+        resume_plan = plan_resume(output_dir, config, world)  # on every rank: a refusal before any weights load
+        schedule = resume_plan.schedule
         superseded = None
         if dist_info.is_main:
             output_dir.mkdir(parents=True, exist_ok=True)
@@ -474,17 +668,21 @@ def run(config: PretrainConfig, progress: Callable[[dict], None] | None = None) 
         if world > 1:
             dist.barrier()
 
-        model = build_model(config, seq_len).to(device)
-        n_params = sum(p.numel() for p in model.parameters())
-        model = wrap_model(model, config, dist_info)
-        base_model = model.module if isinstance(model, DistributedDataParallel) else model
-        optimizer = make_optimizer(model, config, fused=config.strategy != "fsdp" or world == 1)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_at(i + 1, config) / config.lr)
-
+        if config.attn_implementation == "flex_attention" and device.type == "cpu":
+            raise ValueError(
+                "attn_implementation=flex_attention trains on GPU only: torch 2.13 has no flex attention backward "
+                "on CPU; use sdpa (also no T x T mask) or run on a GPU"
+            )
         use_bf16 = config.precision == "bf16" or (
             config.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
         )
         autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+        model = build_model(config, seq_len)
+        n_params = sum(p.numel() for p in model.parameters())
+        model = wrap_model(model, config, dist_info, use_bf16)
+        base_model = model.module if isinstance(model, DistributedDataParallel) else model
+        optimizer = make_optimizer(model, config, fused=config.strategy != "fsdp" or world == 1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_at(i + 1, config, schedule) / config.lr)
         rows_per_step = config.micro_batch_size * config.grad_accum_steps * world
         tokens_per_step = rows_per_step * seq_len
 
@@ -500,11 +698,21 @@ def run(config: PretrainConfig, progress: Callable[[dict], None] | None = None) 
                 )
             scheduler.load_state_dict(state["scheduler"])
             step, samples_seen, elapsed_before = state["step"], state["samples_seen"], state["elapsed_s"]
+            if resume_plan.new_segment:  # the optimizer holds the next rate of the finished schedule: replace it
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step + 1, config, schedule)
         log = RunLog(output_dir, step, stack, progress) if dist_info.is_main else None
         if log is not None:
             where = f"resuming from {resume_dir.name}" if resume_dir else "starting"
             if superseded is not None:
                 where += f" (checkpoints of other data or settings moved to {superseded})"
+            if resume_plan.new_segment:
+                seg = schedule[-1]
+                where += (
+                    f" (max_steps raised: new schedule segment, steps {seg['start'] + 1}-{seg['end']}: re-warmup "
+                    f"from {seg['from_lr']:.2e} to {seg['peak_lr']:.2e} over {seg['warmup']} steps, cosine to "
+                    f"{seg['min_lr']:.2e})"
+                )
             log.info(
                 f"{where}: {n_params:,} parameters, {len(data):,} rows x {seq_len} tokens, "
                 f"{rows_per_step} rows/step on {world} x {device.type}, {'bf16' if use_bf16 else 'fp32'}"
@@ -516,7 +724,7 @@ def run(config: PretrainConfig, progress: Callable[[dict], None] | None = None) 
             for m in range(config.grad_accum_steps):
                 first = position + (m * world + rank) * config.micro_batch_size
                 batch = data.batch(data.indices_at(first, config.micro_batch_size, config.seed))
-                out.append({k: v.to(device, non_blocking=True) for k, v in batch.items()})
+                out.append(model_inputs(batch, config.attn_implementation, device))  # flattened, with boundaries
             return out
 
         def all_reduce_sum(values: list[float]) -> list[float]:
@@ -533,7 +741,7 @@ def run(config: PretrainConfig, progress: Callable[[dict], None] | None = None) 
                 for b in range(config.eval_batches):
                     first = (b * world + rank) * config.micro_batch_size
                     rows = [i % len(val) for i in range(first, first + config.micro_batch_size)]
-                    batch = {k: v.to(device) for k, v in val.batch(rows).items()}
+                    batch = model_inputs(val.batch(rows), config.attn_implementation, device)
                     n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
                     with autocast():
                         out = model(**batch, use_cache=False)
@@ -554,6 +762,7 @@ def run(config: PretrainConfig, progress: Callable[[dict], None] | None = None) 
                 "world_size": world,
                 "config": asdict(config),
                 "run_key": key,
+                "schedule": schedule,
             }
             save_checkpoint(ckpt_root, step, model, optimizer, trainer_state, rank=rank, keep=config.keep_checkpoints)
 
@@ -667,25 +876,13 @@ def run(config: PretrainConfig, progress: Callable[[dict], None] | None = None) 
         return summary
 
 
-def save_final(model: Any, state_dict: dict, output_dir: Path) -> Path:
-    """``output_dir/final``: safetensors weights + config (transformers 5 always writes safetensors) + tokenizer."""
-    import shutil
+def save_final(model: Any, state_dict: dict, output_dir: Path, kind: str = "base") -> Path:
+    """``output_dir/final``: safetensors weights + config (transformers 5 always writes safetensors), the Qwen2
+    tokenizer with the project's ChatML template, and a generation config that stops where a ``base`` model's
+    documents end (``<|endoftext|>``; ``kind="chat"``: ``<|im_end|>``). See ``training.checkpoint``."""
+    from training.checkpoint import save_pretrained_folder
 
-    from transformers.utils import logging as hf_logging
-
-    from pipelines.tokenizer import load_hf_tokenizer
-
-    hf_logging.disable_progress_bar()
-
-    final_dir = output_dir / "final"
-    tmp = output_dir / ".tmp-final"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, state_dict=state_dict)
-    load_hf_tokenizer().save_pretrained(tmp)
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
-    os.replace(tmp, final_dir)
-    return final_dir
+    return save_pretrained_folder(model, state_dict, output_dir / "final", kind=kind)
 
 
 def _last_logged_loss(output_dir: Path) -> float | None:
@@ -711,11 +908,25 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + f.name.replace("_", "-")
         names = [flag, "--output"] if f.name == "output_dir" else [flag]
         choices = {"model_size": MODEL_SIZES, "precision": PRECISIONS, "strategy": STRATEGIES, "device": DEVICES}
+        choices |= {"attn_implementation": ATTENTION_IMPLEMENTATIONS, "fsdp_reduce_dtype": REDUCE_DTYPES}
         default = "" if f.default is MISSING else f" (default: {f.default})"
         parser.add_argument(
-            *names, dest=f.name, type=base, choices=choices.get(f.name), help=docs.get(f.name, "") + default
+            *names,
+            dest=f.name,
+            type=_parse_bool if base is bool else base,
+            choices=choices.get(f.name),
+            help=docs.get(f.name, "") + default,
         )
     return parser
+
+
+def _parse_bool(text: str) -> bool:
+    """``--flag true`` / ``--flag false`` (argparse's ``type=bool`` would read "false" as True)."""
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def config_from_args(argv: list[str] | None = None) -> PretrainConfig:
