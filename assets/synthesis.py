@@ -428,6 +428,12 @@ def quality_tiers(config: QualityTiersConfig, curation: CurationResource):
             "strict_languages": _table(strict.get("languages", {}), ("language", "documents")),
             "relaxed_languages": _table(relaxed.get("languages", {}), ("language", "documents")),
             "classifier_sha256": scored.get("classifier_sha256", ""),
+            # kept documents the web chain's heuristics would have dropped, and how many of them a tier keeps
+            "flagged_documents": relaxed.get("flagged_docs", 0),
+            "strict_flagged_kept": strict.get("flagged_kept", 0),
+            "relaxed_flagged_kept": relaxed.get("flagged_kept", 0),
+            "relaxed_flagged_kept_by_rule": _table(relaxed.get("flagged_kept_by_rule", {}), ("rule", "documents")),
+            "flagged_sample": dg.MetadataValue.json(relaxed.get("flagged_sample", [])),
             "path": dg.MetadataValue.path(curation.tiers_dir()),
             "seconds": round(scored.get("seconds", 0.0) + sum(s.get("seconds", 0.0) for s in tiers.values()), 2),
         },

@@ -148,6 +148,8 @@ def test_quality_assets_show_labels_agreement_and_tier_sizes(materialized):
     assert tiers["dagster/row_count"] == 52  # every document scored once
     assert 0 <= tiers["strict_documents"] <= tiers["relaxed_documents"] <= 52
     assert "| strict |" in tiers["tiers"] and "| relaxed |" in tiers["tiers"]
+    assert 0 <= tiers["strict_flagged_kept"] <= tiers["relaxed_flagged_kept"] <= tiers["flagged_documents"] <= 52
+    assert len(tiers["flagged_sample"]) <= min(10, tiers["flagged_documents"])
     scored = pq.read_table(root / "curated" / "quality_scored" / "data").column("quality_score").to_pylist()
     assert len(scored) == 52 and all(0.0 <= s <= 5.0 for s in scored)
     strict = pq.read_table(root / "curated" / "tiers" / "strict" / "data") if tiers["strict_documents"] else None
