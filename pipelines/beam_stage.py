@@ -258,6 +258,17 @@ def run_file_stage(
         return finish_stage(output_dir, stage, sorted(keys), beam_counters, time.time() - started, resumed, extra)
 
 
+def committed_summary(output_dir: str, stage: str, keys: list[str]) -> dict:
+    """The shards' committed counters, summed; every shard must be committed once the pipeline has finished."""
+    shard_stats = []
+    for key in keys:
+        marker = read_json(done_marker(output_dir, key))
+        if marker is None:
+            raise RuntimeError(f"{stage}: shard {key} has no commit marker after the pipeline finished")
+        shard_stats.append(marker["stats"])
+    return merge_stats(shard_stats)
+
+
 def finish_stage(
     output_dir: str,
     stage: str,
@@ -268,13 +279,7 @@ def finish_stage(
     extra: dict | None = None,
 ) -> dict:
     """Sum the shards' committed counters and commit the stage with ``_SUCCESS.json``."""
-    shard_stats = []
-    for key in keys:
-        marker = read_json(done_marker(output_dir, key))
-        if marker is None:
-            raise RuntimeError(f"{stage}: shard {key} has no commit marker after the pipeline finished")
-        shard_stats.append(marker["stats"])
-    summary = merge_stats(shard_stats)
+    summary = committed_summary(output_dir, stage, keys)
     summary.update(
         stage=stage,
         output=output_dir,

@@ -45,7 +45,15 @@ import regex
 import xxhash
 
 from pipelines import dedup as dedup_stage
-from pipelines.beam_stage import ArgumentParser, bounded, cli, parse_stage_args, print_summary, run_pipeline
+from pipelines.beam_stage import (
+    ArgumentParser,
+    bounded,
+    cli,
+    committed_summary,
+    parse_stage_args,
+    print_summary,
+    run_pipeline,
+)
 from pipelines.dedup import DedupConfig
 from pipelines.readers import DEFAULT_MAX_DOC_BYTES
 from pipelines.schema import DOCUMENT_SCHEMA, PREFERENCE_SCHEMA, SFT_SCHEMA, SYNTH_REJECTED_SCHEMA, empty_document
@@ -55,14 +63,12 @@ from pipelines.shards import (
     ShardWriter,
     commit_shard,
     committed_stats,
-    done_marker,
     expand_inputs,
     filesystem,
     input_fingerprint,
     iter_parquet_rows,
     join,
     list_shards,
-    merge_stats,
     open_stage,
     read_json,
     remove_stale_shards,
@@ -411,13 +417,7 @@ def clean_stage(
             beam_args,
             workers,
         )
-        shard_stats = []
-        for key in keys:
-            marker = read_json(done_marker(out_dir, key))
-            if marker is None:
-                raise RuntimeError(f"{STAGE}: shard {key} has no commit marker after the pipeline finished")
-            shard_stats.append(marker["stats"])
-        summary = merge_stats(shard_stats)
+        summary = committed_summary(out_dir, STAGE, keys)
         summary["contaminated"] = {name: summary.get("contaminated", {}).get(name, 0) for name in index.names}
         finished = time.time()
         summary.update(
