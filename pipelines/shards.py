@@ -414,7 +414,7 @@ def check_output(stage_dir: str, stage: str | None, inputs: str | Iterable = ())
     fs, path = filesystem(stage_dir)
     out = _local_real(stage_dir)
     for item in _split_patterns(inputs):
-        if item.startswith(("hf:", "items:")):
+        if item.startswith("hf:"):
             continue
         real = _local_real(item)
         if real == out:
