@@ -11,8 +11,8 @@ before  transformers' own path, what ``training.pretrain`` did until now: ``attn
         [T, T] per-document mask built from ``position_ids``), ``model(input_ids, position_ids, labels)`` (fp32
         logits over the full vocabulary, then cross-entropy), no activation checkpointing.
 after   ours, as ``training.pretrain`` builds it: ``packed_sdpa`` (causal SDPA per document, no mask),
-        ``training.loss`` (output layer + cross-entropy in chunks of --chunk positions, default PretrainConfig's
-        ``loss_chunk_tokens``), activation checkpointing (``training.activations``: decoder layers recomputed,
+        ``training.loss`` (output layer + cross-entropy in chunks of --chunk positions, default training's on
+        CPU, 256), activation checkpointing (``training.activations``: decoder layers recomputed,
         MLPs in tiles of 2,048 tokens).
 after-noac  ours without activation checkpointing (shows what checkpointing adds).
 
@@ -32,7 +32,6 @@ import os
 import resource
 import shutil
 import time
-from dataclasses import fields
 
 import numpy as np
 import psutil
@@ -49,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--after-lengths", default="8192,32768", help="row lengths for our path")
     parser.add_argument("--before-lengths", default="1024,2048,4096", help="row lengths for transformers' path")
     parser.add_argument("--both-at", type=int, default=4096, help="a length measured on every path, for the ratio")
-    parser.add_argument("--chunk", type=int, default=None, help="loss_chunk_tokens (default: PretrainConfig's)")
+    parser.add_argument("--chunk", type=int, default=None, help="loss_chunk_tokens (default: training's, on CPU)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--corpora", default=str(DEFAULT_CORPORA), help="folder of the prepared JSONL.gz corpora")
     parser.add_argument("--workdir", default=None, help="where the packed rows go (default: a new temp dir)")
@@ -70,9 +69,9 @@ def side(args: argparse.Namespace) -> dict:
     from training.loss import use_chunked_loss
     from training.materialize import build_on_meta, materialize
     from training.model_configs import qwen2_config
-    from training.pretrain import PretrainConfig
+    from training.pretrain import PretrainConfig, loss_chunk_tokens
 
-    chunk = args.chunk or next(f.default for f in fields(PretrainConfig) if f.name == "loss_chunk_tokens")
+    chunk = args.chunk or loss_chunk_tokens(PretrainConfig(data="-", output_dir="-"), "cpu")
     path, length = args.side.split(":")
     seq_len = int(length)
     torch.set_num_threads(args.threads)

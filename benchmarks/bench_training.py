@@ -1,7 +1,7 @@
 """Training throughput: our pretraining loop vs transformers' Trainer on the same packed shards, and MFU.
 
     python benchmarks/bench_training.py [--seq-len 256] [--batch-size 4] [--steps 12] [--skip 2] [--threads 2] \
-        [--loss-chunk-tokens 1024] [--ablate]
+        [--loss-chunk-tokens N] [--ablate]
 
 Data: debian_reference (../shared/corpora) tokenized with the Qwen2 tokenizer (``pipelines.tokenizer``), every
 document followed by <|endoftext|>, the stream cut into rows of --seq-len tokens (a document cut at a row end
@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip", type=int, default=2, help="warm-up steps left out of the timing (default 2)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads on each side (default 2)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each side, alternating (default 2)")
-    parser.add_argument("--loss-chunk-tokens", type=int, default=None, help="ours: default PretrainConfig's")
+    parser.add_argument("--loss-chunk-tokens", type=int, default=None, help="ours (default: training's, 256 on CPU)")
     parser.add_argument("--ablate", action="store_true", help="also run ours with the full-logits loss")
     parser.add_argument("--corpora", default=str(DEFAULT_CORPORA), help="folder of the prepared JSONL.gz corpora")
     parser.add_argument("--workdir", default=None, help="where shards and outputs go (default: a new temp dir)")

@@ -604,7 +604,7 @@ def test_meta_built_model_materialises_deterministically_and_independently_of_sh
 
 
 def test_new_settings_are_checked_keyed_and_parsed(tmp_path, data16):
-    from training.pretrain import fsdp_mixed_precision, run_key
+    from training.pretrain import fsdp_mixed_precision, loss_chunk_tokens, run_key
 
     with pytest.raises(ValueError, match="attn_implementation='flash'.*flex_attention"):
         tiny_config(data16, tmp_path, attn_implementation="flash")
@@ -613,6 +613,8 @@ def test_new_settings_are_checked_keyed_and_parsed(tmp_path, data16):
     with pytest.raises(ValueError, match="fsdp_reduce_dtype='fp16'"):
         tiny_config(data16, tmp_path, fsdp_reduce_dtype="fp16")
     base = tiny_config(data16, tmp_path)
+    assert (loss_chunk_tokens(base, "cpu"), loss_chunk_tokens(base, torch.device("cuda", 1))) == (256, 4096)
+    assert loss_chunk_tokens(tiny_config(data16, tmp_path, loss_chunk_tokens=0), "cuda") == 0  # full logits
     for change in ({"loss_chunk_tokens": 0}, {"attn_implementation": "eager"}, {"fsdp_reduce_dtype": "bf16"}):
         assert run_key(tiny_config(data16, tmp_path, **change)) != run_key(base), change
     cli = ["--data", str(data16), "--output", str(tmp_path), "--activation-checkpointing", "false"]
