@@ -11,7 +11,7 @@ import json
 import sys
 
 from pipelines.shards import iter_stage_rows
-from synth.chat import validate_chat
+from synth.llm.chat import validate_chat
 
 KINDS = ("sft", "preference")
 

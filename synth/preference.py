@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipelines.schema import PREFERENCE_SCHEMA
-from synth.generate import GenerationRequest, Generator
+from synth.llm.base import GenerationRequest, Generator
 from synth.records import chunk_counters, provenance, record_id, rejected, run_chunked_stage
 from synth.seeds import language_name, load_seeds, sample_seeds, seed_messages
-from synth.sft import (
+from synth.sft.common import (
     add_generator_args,
     ask_messages,
     check_output,

@@ -1,11 +1,11 @@
 """Synthetic-data stages: work in committed chunks, rows with provenance, rejected samples kept with a reason.
 
-Every synthesis method (``synth.sft``, ``synth.verified``, ``synth.preference``, ``synth.rephrase``) is a list of
+Every synthesis method (``synth.sft``, ``synth.preference``, ``synth.rephrase``) is a list of
 work items (seed prompts, documents, tasks) turned into rows by ``process_chunk``. ``run_chunked_stage`` writes the
 rows of each chunk of items as one Parquet shard under ``<stage_dir>/data/`` (what was not kept goes to
 ``excluded/`` as ``SYNTH_REJECTED_SCHEMA`` rows with a reason) and commits the chunk with a marker that names its
 items. A killed run resumes at the first uncommitted chunk; requests of the chunk in flight are answered from the
-generator's request cache (``synth.generate.CachedGenerator``), so nothing is asked twice. A changed config starts
+generator's request cache (``synth.llm.cache.CachedGenerator``), so nothing is asked twice. A changed config starts
 the stage afresh. The stage ends with ``_SUCCESS.json``: counters summed over chunks plus what the caller adds.
 
 Counters a method returns per chunk (merged by ``pipelines.shards.merge_stats``):
@@ -35,7 +35,7 @@ from pipelines.shards import (
     shard_writers,
     write_json_atomic,
 )
-from synth.generate import GenerationResult
+from synth.llm.base import GenerationResult
 
 ChunkResult = tuple[list[dict], list[dict], dict]
 """(rows of the stage's schema, rejected rows of SYNTH_REJECTED_SCHEMA, counters)"""

@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipelines.schema import DOCUMENT_SCHEMA, empty_document
-from synth.generate import Generator
+from synth.llm.base import Generator
 from synth.records import chunk_counters, record_id, rejected, run_chunked_stage
 from synth.seeds import language_name
-from synth.sft import (
+from synth.sft.common import (
     add_generator_args,
     ask,
     check_output,

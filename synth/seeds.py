@@ -229,7 +229,7 @@ def seeds_manifest(cache_dir: str | os.PathLike | None = None) -> dict | None:
 def _user_seed(row: Mapping, line_no: int, path: str) -> dict:
     """A seed record from one row of a user JSONL ({lang, text} or {messages}); ValueError when unusable."""
     if "messages" in row:
-        from synth.chat import validate_chat
+        from synth.llm.chat import validate_chat
 
         msgs = row["messages"]
         problems = validate_chat(msgs, final_role="user")

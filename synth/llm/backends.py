@@ -426,7 +426,7 @@ class OpenAIGenerator(Generator):
 
 
 class VLLMGenerator(Generator):
-    """vLLM in this process (GPU). Prompts are rendered with ``synth.chat`` so every backend sees the same text."""
+    """vLLM in this process (GPU). Prompts are rendered with ``synth.llm.chat`` so every backend sees the same text."""
 
     backend = "vllm"
 

@@ -26,7 +26,7 @@ from typing import Any
 from pipelines.tokenizer import ENDOFTEXT_ID, IM_END_ID
 from synth.llm.chat import validate_chat
 
-# Identifies how messages become a prompt (synth.chat); part of every cache key, next to the caller's version.
+# Identifies how messages become a prompt (synth.llm.chat); part of every cache key, next to the caller's version.
 CHAT_TEMPLATE_ID = "qwen2-chatml-v1"
 # Default prompt-template version of a request: callers set their own (e.g. "sft-rewrite-v2").
 PROMPT_TEMPLATE_VERSION = "none"

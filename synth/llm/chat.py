@@ -17,7 +17,7 @@ return_assistant_tokens_mask=True)`` then marks exactly those tokens, which is w
 trains on. The newline after ``<|im_end|>`` and the ``<|im_start|>assistant`` header are the template's, not the
 model's, so they stay unmarked.
 
-    python -m synth.chat     # print a rendered example conversation
+    python -m synth.llm.chat     # print a rendered example conversation
 """
 
 from __future__ import annotations

@@ -1,0 +1,359 @@
+"""The fastText quality classifier: trained on the teacher's labels, checked against the held-out ones (exact and
+within-1 accuracy, MAE, Pearson and Spearman from ``scipy.stats`` with a Fisher-z interval of rho, keep/drop
+agreement at the tier thresholds), committed by ``metrics.json`` (``python -m synth.labels train``).
+
+Own code where a library would do: ``_zero_filled_mallocs`` sets glibc's ``M_PERTURB`` because the fastText build
+installed here (fasttext-numpy2-wheel 0.9.2) leaves its input matrix uninitialised, and no fastText option fixes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import math
+import os
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import regex
+
+from pipelines.shards import (
+    SUCCESS_FILE,
+    join,
+    read_json,
+    write_json_atomic,
+)
+from pipelines.wheels import sha256_file
+from synth.labels.label import expected_score, read_labels, unit_hash
+from synth.labels.rubric import RELAXED_THRESHOLD, STRICT_THRESHOLD
+
+NORMALIZE_VERSION = "lower-punct-cjk-v1"
+MODEL_FILE = "model.bin"
+METRICS_FILE = "metrics.json"
+
+
+# ---------------------------------------------------------------------------------------------------- classifier
+
+_SPLIT_OFF = regex.compile(r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}]|[^\w\s]")
+_SPACES = regex.compile(r"\s+")
+
+
+def normalize_text(text: str, max_chars: int) -> str:
+    """The classifier's view of a text (training and scoring alike): the first ``max_chars`` characters,
+    lowercased, punctuation and CJK/Thai characters split off as tokens, all whitespace one space."""
+    text = text[:max_chars].lower().replace("__label__", " ")
+    text = _SPLIT_OFF.sub(lambda m: f" {m.group(0)} ", text)
+    return _SPACES.sub(" ", text).strip()
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    max_chars: int = 2000
+    """Characters of a document the classifier reads (as the teacher saw them)."""
+    epoch: int = 25
+    lr: float = 0.5
+    dim: int = 32
+    word_ngrams: int = 2
+    min_count: int = 1
+    bucket: int = 100_000
+    """Hash buckets for word n-grams: model size ~ (words + bucket) x dim x 4 bytes (~13 MB at the defaults)."""
+    minn: int = 0
+    maxn: int = 0
+    seed: int = 0
+    threads: int = 1
+    """fastText threads; 1 makes training reproducible bit for bit."""
+    target: str = "label"
+    """Training class: the teacher's ``label`` (most probable digit) or ``rounded_score`` (its rounded expected
+    score, steadier when the teacher's distribution is flat)."""
+    strict_threshold: float = STRICT_THRESHOLD
+    relaxed_threshold: float = RELAXED_THRESHOLD
+    confidence: float = 0.95
+    """Level of the confidence interval of Spearman's rho between the classifier's and the teacher's scores on the
+    held-out labels (``metrics.json``: ``heldout.spearman_ci``)."""
+
+    def __post_init__(self) -> None:
+        if not 0.5 <= self.confidence < 1.0:
+            raise ValueError(f"confidence must be in [0.5, 1), got {self.confidence}")
+        if self.target not in ("label", "rounded_score"):
+            raise ValueError(f"target must be 'label' or 'rounded_score', got {self.target!r}")
+        if self.max_chars < 1 or self.epoch < 1 or self.dim < 1 or self.threads < 1 or self.bucket < 1:
+            raise ValueError("max_chars, epoch, dim, threads and bucket must be >= 1")
+
+
+def _target(row: Mapping[str, Any], target: str) -> int:
+    if target == "label":
+        return int(row["label"])
+    return int(min(5, max(0, math.floor(float(row["score"]) + 0.5))))
+
+
+def _load_fasttext(path: str):
+    import fasttext
+
+    fasttext.FastText.eprint = lambda *a, **k: None  # silence the "load_model does not return" warning
+    return fasttext.load_model(path)
+
+
+def predict_scores(model, texts: Sequence[str], max_chars: int) -> list[tuple[float, int]]:
+    """(expected score over all classes, most probable class) of each text, one batched fastText call."""
+    if not texts:
+        return []
+    labels, probs = model.predict([normalize_text(t, max_chars) for t in texts], k=-1, threshold=0.0)
+    out = []
+    for names, values in zip(labels, probs):
+        classes = [int(n.removeprefix("__label__")) for n in names]
+        values = [float(v) for v in values]
+        best = classes[max(range(len(values)), key=lambda k: values[k])] if values else 0
+        out.append((min(5.0, max(0.0, expected_score(values, classes))), best))
+    return out
+
+
+M_PERTURB = -6  # glibc mallopt parameter
+
+
+@contextlib.contextmanager
+def _zero_filled_mallocs() -> Iterator[None]:
+    """While active, glibc's malloc returns zero-filled memory (``mallopt(M_PERTURB, 0xff)``: chunks are filled
+    with ``0xff ^ 0xff`` when handed out). The fastText build installed here (fasttext-numpy2-wheel 0.9.2) does not
+    zero the input matrix before its partial uniform initialisation, so rows reused from freed heap memory start
+    as garbage (1e36, NaN): training then fails with "Encountered NaN", or worse, n-gram rows that training never
+    touches keep garbage that wrecks later predictions. Stock fastText zero-fills; this restores that. A no-op
+    where there is no glibc."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        mallopt = None
+    if mallopt is not None:
+        mallopt(M_PERTURB, 0xFF)
+    try:
+        yield
+    finally:
+        if mallopt is not None:
+            mallopt(M_PERTURB, 0)
+
+
+def _train_fasttext(**kwargs: Any):
+    """``fasttext.train_supervised`` with zero-filled allocations, checked: a model whose input matrix holds
+    non-finite or absurd values (uninitialised memory, divergence) is refused instead of saved."""
+    import fasttext
+    import numpy as np
+
+    try:
+        with _zero_filled_mallocs():
+            model = fasttext.train_supervised(**kwargs)
+    except RuntimeError as exc:
+        raise ValueError(f"fastText training diverged ({exc}); try a lower lr than {kwargs.get('lr')}") from exc
+    weights = model.get_input_matrix()
+    if not np.isfinite(weights).all() or float(np.abs(weights).max(initial=0.0)) > 1e4:
+        raise RuntimeError(
+            "fastText produced a model with garbage weights (uninitialised memory in this fasttext build); "
+            "install a fastText build that zero-fills its matrices"
+        )
+    return model
+
+
+MIN_CI_PAIRS = 10
+"""Fewest held-out labels for a confidence interval of Spearman's rho: with fewer, the normal approximation behind
+the Fisher-z interval is poor, so no interval is given (and the classifier's check fails, saying why)."""
+
+
+def _varies(values: Sequence[float]) -> bool:
+    return len(set(values)) > 1
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Pearson's r (``scipy.stats.pearsonr``); None when there are fewer than 2 pairs or a side is constant."""
+    from scipy import stats
+
+    if len(x) < 2 or not _varies(x) or not _varies(y):
+        return None
+    return round(float(stats.pearsonr(x, y).statistic), 6)
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman's rho (``scipy.stats.spearmanr``, ties get their average rank); None as for ``pearson``."""
+    from scipy import stats
+
+    if len(x) < 2 or not _varies(x) or not _varies(y):
+        return None
+    return round(float(stats.spearmanr(x, y).statistic), 6)
+
+
+def spearman_interval(x: Sequence[float], y: Sequence[float], confidence: float = 0.95) -> dict:
+    """Spearman's rho with a ``confidence`` interval: Fisher's z = atanh(rho) is about normal with variance
+    (1 + rho**2 / 2) / (n - 3) for Spearman's rho (Bonett & Wright 2000, Psychometrika 65:23), so the interval is
+    tanh(z -+ q * sd), q the normal quantile. ``low``/``high`` are None, and ``problem`` says why, when there are
+    fewer than ``MIN_CI_PAIRS`` pairs or a side is constant (then rho says nothing)."""
+    from scipy import stats
+
+    n = len(x)
+    out: dict[str, Any] = {"n": n, "confidence": confidence, "method": "fisher-z, Bonett-Wright variance"}
+    out.update(rho=None, low=None, high=None, p_value=None, problem=None)
+    if n < MIN_CI_PAIRS:
+        out["problem"] = f"{n} labels: at least {MIN_CI_PAIRS} are needed for a confidence interval"
+        return out
+    if not _varies(x) or not _varies(y):
+        side = "the teacher's" if not _varies(x) else "the classifier's"
+        out["problem"] = f"{side} scores are all equal on the {n} labels: no rank correlation"
+        return out
+    result = stats.spearmanr(x, y)
+    rho = float(result.statistic)
+    z = math.atanh(max(-0.999999, min(0.999999, rho)))
+    half = float(stats.norm.ppf(0.5 + confidence / 2)) * math.sqrt((1 + rho * rho / 2) / (n - 3))
+    out.update(
+        rho=round(rho, 6),
+        low=round(math.tanh(z - half), 6),
+        high=round(math.tanh(z + half), 6),
+        p_value=float(f"{float(result.pvalue):.6g}"),
+    )
+    return out
+
+
+def _ratio(a: int, b: int) -> float | None:
+    return round(a / b, 6) if b else None
+
+
+def binary_agreement(teacher: Sequence[float], predicted: Sequence[float], threshold: float) -> dict:
+    """Keep/drop agreement at ``threshold`` with the teacher's decision as the truth."""
+    tp = sum(t >= threshold and p >= threshold for t, p in zip(teacher, predicted))
+    fp = sum(t < threshold <= p for t, p in zip(teacher, predicted))
+    fn = sum(p < threshold <= t for t, p in zip(teacher, predicted))
+    tn = len(teacher) - tp - fp - fn
+    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+    f1 = round(2 * precision * recall / (precision + recall), 6) if precision and recall else None
+    return {
+        "threshold": threshold,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "accuracy": _ratio(tp + tn, len(teacher)),
+        "teacher_keeps": tp + fn,
+        "classifier_keeps": tp + fp,
+    }
+
+
+def agreement(
+    teacher_scores: Sequence[float],
+    teacher_labels: Sequence[int],
+    predicted_scores: Sequence[float],
+    predicted_labels: Sequence[int],
+    thresholds: Mapping[str, float],
+    confidence: float = 0.95,
+) -> dict:
+    """How well the classifier reproduces the teacher: labels, score correlation (with a ``confidence`` interval of
+    Spearman's rho), tier decisions."""
+    n = len(teacher_scores)
+    return {
+        "n": n,
+        "exact_accuracy": _ratio(sum(a == b for a, b in zip(teacher_labels, predicted_labels)), n),
+        "within1_accuracy": _ratio(sum(abs(a - b) <= 1 for a, b in zip(teacher_labels, predicted_labels)), n),
+        "mae": round(sum(abs(a - b) for a, b in zip(teacher_scores, predicted_scores)) / n, 6) if n else None,
+        "pearson": pearson(teacher_scores, predicted_scores),
+        "spearman": spearman(teacher_scores, predicted_scores),
+        "spearman_ci": spearman_interval(teacher_scores, predicted_scores, confidence),
+        "binary": {name: binary_agreement(teacher_scores, predicted_scores, t) for name, t in thresholds.items()},
+    }
+
+
+def train_classifier(labels_dir: str, out_dir: str, config: ClassifierConfig = ClassifierConfig()) -> dict:
+    """Train the fastText quality classifier on the ``train`` split of a label stage; write ``model.bin`` and
+    ``metrics.json`` (agreement with the teacher on the ``heldout`` split) into ``out_dir``; return the metrics."""
+    started = time.time()
+    rows = read_labels(labels_dir)
+    train = sorted((r for r in rows if r["split"] == "train"), key=lambda r: unit_hash("order", config.seed, r["id"]))
+    heldout = sorted((r for r in rows if r["split"] == "heldout"), key=lambda r: r["id"])
+    if not train:
+        raise ValueError(f"{labels_dir} has no labels in the train split ({len(rows)} rows in all)")
+    os.makedirs(out_dir, exist_ok=True)
+    metrics_path, model_path = os.path.join(out_dir, METRICS_FILE), os.path.join(out_dir, MODEL_FILE)
+    if os.path.exists(metrics_path):
+        os.remove(metrics_path)  # uncommit the old model before replacing it
+    for name in os.listdir(out_dir):  # a killed run's training text or half-saved model
+        if name.startswith(".tmp-"):
+            os.remove(os.path.join(out_dir, name))
+    tmp = os.path.join(out_dir, f".tmp-{uuid.uuid4().hex}")
+    try:
+        with open(f"{tmp}.txt", "w", encoding="utf-8") as f:
+            for row in train:
+                f.write(
+                    f"__label__{_target(row, config.target)} {normalize_text(row['text'] or '', config.max_chars)}\n"
+                )
+        model = _train_fasttext(
+            input=f"{tmp}.txt",
+            lr=config.lr,
+            epoch=config.epoch,
+            dim=config.dim,
+            wordNgrams=config.word_ngrams,
+            minCount=config.min_count,
+            bucket=config.bucket,
+            minn=config.minn,
+            maxn=config.maxn,
+            seed=config.seed,
+            thread=config.threads,
+            loss="softmax",
+            verbose=0,
+        )
+        model.save_model(f"{tmp}.bin")
+        os.replace(f"{tmp}.bin", model_path)
+    finally:
+        for suffix in (".txt", ".bin"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp + suffix)
+    thresholds = {"strict": config.strict_threshold, "relaxed": config.relaxed_threshold}
+
+    def evaluate(split_rows: list[dict]) -> dict | None:
+        if not split_rows:
+            return None
+        predicted = predict_scores(model, [r["text"] or "" for r in split_rows], config.max_chars)
+        return agreement(
+            [float(r["score"]) for r in split_rows],
+            [_target(r, config.target) for r in split_rows],
+            [p[0] for p in predicted],
+            [p[1] for p in predicted],
+            thresholds,
+            config.confidence,
+        )
+
+    labels_summary = read_json(join(labels_dir, SUCCESS_FILE)) or {}
+    metrics = {
+        "model_sha256": sha256_file(model_path),
+        "model_bytes": os.path.getsize(model_path),
+        "config": dataclasses.asdict(config),
+        "normalize": NORMALIZE_VERSION,
+        "labels_dir": labels_dir,
+        "teacher": labels_summary.get("model"),
+        "rubric_version": labels_summary.get("rubric_version"),
+        "counts": {
+            "labels": len(rows),
+            "train": len(train),
+            "heldout": len(heldout),
+            "train_classes": dict(sorted(Counter(str(_target(r, config.target)) for r in train).items())),
+            "heldout_classes": dict(sorted(Counter(str(_target(r, config.target)) for r in heldout).items())),
+        },
+        "classes": sorted(int(label.removeprefix("__label__")) for label in model.labels),
+        "heldout": evaluate(heldout),
+        "train": evaluate(train),
+        "seconds": round(time.time() - started, 2),
+    }
+    write_json_atomic(metrics_path, metrics)  # last: it commits model.bin
+    return metrics
+
+
+def classifier_fingerprint(classifier_dir: str) -> str:
+    """sha256 of a committed classifier's ``model.bin`` (checked against its ``metrics.json``)."""
+    metrics = read_json(os.path.join(classifier_dir, METRICS_FILE))
+    model_path = os.path.join(classifier_dir, MODEL_FILE)
+    if metrics is None or not os.path.exists(model_path):
+        raise ValueError(f"{classifier_dir} holds no trained classifier ({METRICS_FILE} + {MODEL_FILE}): run `train`")
+    sha = sha256_file(model_path)
+    if sha != metrics.get("model_sha256"):
+        raise ValueError(f"{model_path} does not match its {METRICS_FILE} (a training run was cut short): retrain")
+    return sha
