@@ -31,7 +31,7 @@ class QualityLabelsConfig(dg.Config):
     sample_size: int = Field(
         default=DEMO_LABELS,
         description="Curated documents the teacher rates (0-5 rubric), stratified by language and domain. The "
-        "default is sized for the CPU demo (3-7 minutes on 2 cores); rate at least 500 (synth.quality's own "
+        "default is sized for the CPU demo (3-7 minutes on 2 cores); rate at least 500 (synth.labels' own "
         "default) for a classifier worth using.",
     )
     temperature: float = Field(
@@ -43,7 +43,7 @@ class QualityLabelsConfig(dg.Config):
     excerpt_tokens: int = Field(
         default=DEMO_EXCERPT_TOKENS,
         description="The teacher sees the first this many Qwen2 tokens of each document, so every rating costs the "
-        "same whatever the script (the rubric around it is 220-300 tokens). synth.quality's default is 256.",
+        "same whatever the script (the rubric around it is 220-300 tokens). synth.labels' default is 256.",
     )
     heldout_share: float = Field(
         default=0.3,
@@ -187,8 +187,8 @@ def teacher_model(context: dg.AssetExecutionContext, synthesis: SynthesisResourc
     rebuilt offline from PyPI wheels once), loaded, and asked one question."""
     import time
 
-    from synth.generate import GenerationRequest
-    from synth.teacher import describe_teacher
+    from synth.llm.base import GenerationRequest
+    from synth.llm.teacher import describe_teacher
 
     started = time.time()
     info = describe_teacher(synthesis.backend, synthesis.model or None, synthesis.base_url or None)
@@ -228,7 +228,7 @@ def quality_labels(
     """The teacher rates a language-balanced sample of the deduplicated documents for educational and
     informational value (0-5, an additive rubric written in each document's own language). The label is the
     most probable digit; the score its expected value under the teacher's next-token distribution."""
-    from synth.quality import LabelConfig, label_documents, read_labels
+    from synth.labels.label import LabelConfig, label_documents, read_labels
 
     generator = synthesis.generator(curation.data_root)
     try:
@@ -320,7 +320,7 @@ def _agreement_md(metrics: dict) -> str:
 def quality_classifier(config: QualityClassifierConfig, curation: CurationResource):
     """A fastText classifier trained on the teacher's labels: it scores every document in milliseconds where
     the teacher takes seconds. Agreement with the teacher is measured on the held-out labels."""
-    from synth.quality import ClassifierConfig, train_classifier
+    from synth.labels.classifier import ClassifierConfig, train_classifier
 
     metrics = train_classifier(
         curation.quality_dir("labels"),
@@ -385,7 +385,7 @@ def quality_tiers(config: QualityTiersConfig, curation: CurationResource):
     tiers cut from those stored scores in one pass: strict (Qwen2 chose its 7T-token set) and relaxed (the 12T
     one). Pretraining mixes a tier when mixture_index's quality_tier names it."""
     from pipelines.schema import DOCUMENT_SCHEMA
-    from synth.quality import TierConfig, score_and_tier, tier_subset_problems
+    from synth.labels.tiers import TierConfig, score_and_tier, tier_subset_problems
 
     result = score_and_tier(
         curation.stage_dir("dedup"),
@@ -454,7 +454,11 @@ def quality_tiers(config: QualityTiersConfig, curation: CurationResource):
 
 def _sft_methods(context, config: SFTDataConfig, generator, curation: CurationResource) -> dict[str, dict]:
     """Run the chosen SFT methods, each into its own stage folder under <data_root>/synthetic/sft/."""
-    from synth import sft, verified
+    from synth.sft.code_execution import CodeConfig, run_code
+    from synth.sft.constitutional import ConstitutionalConfig, run_constitutional
+    from synth.sft.instruction import InstructionConfig, run_instruction
+    from synth.sft.math_rejection import MathConfig, run_math
+    from synth.sft.repurpose import RepurposeConfig, run_repurpose
 
     unknown = sorted(set(config.methods) - set(SFT_METHODS))
     if not config.methods:
@@ -469,18 +473,18 @@ def _sft_methods(context, config: SFTDataConfig, generator, curation: CurationRe
         out = curation.synthetic_dir(f"sft/{method}")
         context.log.info(f"SFT method {method} -> {out}")
         if method == "instruction":
-            cfg = sft.InstructionConfig(num_seeds=config.instructions, seed=seed, max_new_tokens_answer=n_tokens)
-            summaries[method] = sft.run_instruction(generator, out, cfg, log=log)
+            cfg = InstructionConfig(num_seeds=config.instructions, seed=seed, max_new_tokens_answer=n_tokens)
+            summaries[method] = run_instruction(generator, out, cfg, log=log)
         elif method == "math_rejection":
-            cfg = verified.MathConfig(
+            cfg = MathConfig(
                 num_problems=config.math_problems,
                 samples_per_problem=config.math_samples,
                 max_new_tokens=config.reasoning_max_new_tokens,
                 seed=seed,
             )
-            summaries[method] = verified.run_math(generator, out, cfg, log=log)
+            summaries[method] = run_math(generator, out, cfg, log=log)
         elif method == "code_execution":
-            cfg = verified.CodeConfig(
+            cfg = CodeConfig(
                 num_tasks=config.code_tasks,
                 max_doc_tasks=config.code_document_tasks,
                 samples_per_task=config.code_samples,
@@ -489,23 +493,23 @@ def _sft_methods(context, config: SFTDataConfig, generator, curation: CurationRe
                 seed=seed,
             )
             code_docs = docs if config.code_document_tasks else None
-            summaries[method] = verified.run_code(generator, out, cfg, code_docs_dir=code_docs, log=log)
+            summaries[method] = run_code(generator, out, cfg, code_docs_dir=code_docs, log=log)
         elif method == "repurpose":
-            cfg = sft.RepurposeConfig(
+            cfg = RepurposeConfig(
                 input_dir=docs, num_documents=config.repurpose_documents, seed=seed, max_new_tokens=n_tokens
             )
-            summaries[method] = sft.run_repurpose(generator, out, cfg, log=log)
+            summaries[method] = run_repurpose(generator, out, cfg, log=log)
         elif method == "constitutional":
             # Revise the instruction method's answers when it produced some, else answer seed prompts first.
             answered = summaries.get("instruction", {}).get("accepted", 0) > 0
-            cfg = sft.ConstitutionalConfig(
+            cfg = ConstitutionalConfig(
                 input_dir=summaries["instruction"]["output"] if answered else "",
                 keep_unchanged=not answered,  # an unchanged revision of an instruction row is that row again
                 num_items=config.constitutional,
                 seed=seed,
                 max_new_tokens_response=n_tokens,
             )
-            summaries[method] = sft.run_constitutional(generator, out, cfg, log=log)
+            summaries[method] = run_constitutional(generator, out, cfg, log=log)
     return summaries
 
 

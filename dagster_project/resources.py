@@ -133,7 +133,7 @@ class SynthesisResource(dg.ConfigurableResource):
 
     def generator(self, data_root: str, use_cache: bool = True):
         """The configured generator, wrapped in the request cache (when ``cache`` and ``use_cache``)."""
-        from synth.generate import make_generator
+        from synth.llm.generate import make_generator
 
         cache_dir = f"{data_root.rstrip('/')}/synthetic/request_cache" if self.cache and use_cache else None
         return make_generator(

