@@ -2,12 +2,12 @@
 
     python benchmarks/bench_generate.py [--prompts 16] [--max-new-tokens 32] [--batch-sizes 8,16] [--threads 2]
 
-Model: the default CPU teacher (Qwen2.5-Coder-0.5B-Instruct, ``python -m synth.teacher``) when it is in the cache,
+Model: the default CPU teacher (Qwen2.5-Coder-0.5B-Instruct, ``python -m synth.llm.teacher``) when it is in the cache,
 else the ``tiny`` random Qwen2 (said so in the output), fp32, loaded once; both sides use the same model object.
 Prompts: the first user turn of --prompts conversations drawn with seed 0 from chatterbot_sft.jsonl.gz
-(../shared/corpora), rendered with the Qwen2 ChatML template (``synth.chat``).
+(../shared/corpora), rendered with the Qwen2 ChatML template (``synth.llm.chat``).
 
-Ours: ``synth.generate.TransformersGenerator.generate`` over all prompts at each --batch-sizes (sorted by length,
+Ours: ``synth.llm.backends.TransformersGenerator.generate`` over all prompts at each --batch-sizes (sorted by length,
 left-padded, one ``model.generate`` per batch, our per-row seeded token picker). Peer: a loop over the prompts, each
 its own ``model.generate(do_sample=False)``, batch 1, no padding. Both greedy, the same max_new_tokens, both stop at
 <|im_end|>. tokens/s = generated tokens (each sample's own, up to and including its stop token; padding after a
@@ -31,7 +31,7 @@ DEFAULT_CORPUS = REPO.parent / "shared" / "corpora" / "chatterbot_sft.jsonl.gz"
 
 
 def load_prompts(path: Path, count: int, seed: int = 0) -> list[list[dict]]:
-    from synth.chat import validate_chat
+    from synth.llm.chat import validate_chat
 
     with gzip.open(path, "rt", encoding="utf-8") as f:
         records = [json.loads(line) for line in f]
@@ -48,7 +48,7 @@ def load_prompts(path: Path, count: int, seed: int = 0) -> list[list[dict]]:
 
 def model_folder(tmp: Path) -> tuple[str, str]:
     """The teacher if it is set up, else a freshly saved tiny random Qwen2: (folder, description)."""
-    from synth.teacher import default_teacher_dir, is_set_up
+    from synth.llm.teacher import default_teacher_dir, is_set_up
 
     if is_set_up():
         return str(default_teacher_dir()), "teacher Qwen2.5-Coder-0.5B-Instruct (fp32)"
@@ -58,7 +58,7 @@ def model_folder(tmp: Path) -> tuple[str, str]:
     from pipelines.tokenizer import load_hf_tokenizer
     from training.model_configs import qwen2_config
 
-    print("the teacher is not set up (python -m synth.teacher): using the tiny random Qwen2 instead")
+    print("the teacher is not set up (python -m synth.llm.teacher): using the tiny random Qwen2 instead")
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(qwen2_config("tiny")).save_pretrained(tmp)
     load_hf_tokenizer().save_pretrained(tmp)
@@ -68,8 +68,8 @@ def model_folder(tmp: Path) -> tuple[str, str]:
 def one_at_a_time(generator, prompts: list[list[dict]], max_new_tokens: int) -> tuple[list[str], int, float]:
     import torch
 
-    from synth.chat import render_chat
-    from synth.generate import STOP_TOKEN_IDS
+    from synth.llm.base import STOP_TOKEN_IDS
+    from synth.llm.chat import render_chat
 
     texts, tokens = [], 0
     started = time.perf_counter()
@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from synth.generate import GenerationRequest, TransformersGenerator
+    from synth.llm.backends import TransformersGenerator
+    from synth.llm.base import GenerationRequest
 
     torch.set_num_threads(args.threads)
     prompts = load_prompts(Path(args.corpus), args.prompts)

@@ -14,7 +14,7 @@ every non-code document), on the same documents in the same run.
 Tables: the set's make-up; per profile (the profile each document is routed to) real kept and junk dropped, new
 and old; the same per profile and language; per junk kind; each clear-junk profile forced onto every document of
 its script (a misrouted page still meets the junk rules); documents the old chain dropped and the new one keeps.
-With --classifier (a ``synth.quality train`` folder), kept documents scoring under the relaxed tier (2.0) also
+With --classifier (a ``python -m synth.labels train`` folder), kept documents scoring under the relaxed tier (2.0) also
 count as dropped in an extra column: the model-based score decides the middle. Targets: junk dropped >= 0.95 and
 real kept >= 0.85, per profile and overall.
 """
@@ -96,7 +96,7 @@ def verdicts(rows: list[dict], profile: str) -> tuple[list[tuple[str | None, dic
 
 
 def score_kept(rows: list[dict], new: list, classifier: str) -> dict[int, float]:
-    from synth.quality import METRICS_FILE, MODEL_FILE, _load_fasttext, predict_scores
+    from synth.labels.classifier import METRICS_FILE, MODEL_FILE, _load_fasttext, predict_scores
 
     with open(os.path.join(classifier, METRICS_FILE)) as f:
         max_chars = int(json.load(f)["config"]["max_chars"])
@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--devset", default=DEFAULT_DEVSET, help=f"development set folder (default {DEFAULT_DEVSET})")
     parser.add_argument("--cache", default=DEFAULT_CACHE, help=f".deb cache (default {DEFAULT_CACHE})")
     parser.add_argument("--examples", type=int, default=10, help="real documents the old chain dropped, shown")
-    parser.add_argument("--classifier", help="a synth.quality classifier folder: add the relaxed-tier verdict")
+    parser.add_argument("--classifier", help="a synth.labels classifier folder: add the relaxed-tier verdict")
     parser.add_argument("--relaxed", type=float, default=2.0, help="relaxed-tier threshold with --classifier")
     parser.add_argument("--write-sample", help="write a small stratified sample (JSONL.gz) for tests, then stop")
     args = parser.parse_args()

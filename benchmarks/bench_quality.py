@@ -1,4 +1,4 @@
-"""Quality scoring throughput: the fastText classifier vs the teacher rating each document (``synth.quality``).
+"""Quality scoring throughput: the fastText classifier vs the teacher rating each document (``synth.labels``).
 
     python benchmarks/bench_quality.py [--teacher-docs 16] [--docs 3000] [--threads 2] [--no-stage]
         [--excerpt-tokens 256] [--baseline-chars 800]
@@ -7,10 +7,10 @@ Documents: a seeded sample of ``--docs`` from the prepared corpora in ../shared/
 ``text`` field, an equal share from each, python_stdlib as ``code``), else the demo's curated stage
 (``$QWEN2_DATA_ROOT/curated/dedup``). The teacher rates the first ``--teacher-docs`` of them.
 
-Teacher: the default CPU teacher (Qwen2.5-Coder-0.5B-Instruct, fp32, ``synth.teacher.teacher_path()``; the tiny
-random Qwen2 when it is not set up, said so) rating each document exactly as ``synth.quality.label_documents``
+Teacher: the default CPU teacher (Qwen2.5-Coder-0.5B-Instruct, fp32, ``synth.llm.teacher.teacher_path()``; the tiny
+random Qwen2 when it is not set up, said so) rating each document exactly as ``synth.labels.label.label_documents``
 does: the rubric prompt in the document's language, documents cut to their first ``--excerpt-tokens`` Qwen2 tokens
-(``synth.quality.excerpts``), one scoring request (``choices`` "0".."5": one forward pass, no generation) per
+(``synth.labels.label.excerpts``), one scoring request (``choices`` "0".."5": one forward pass, no generation) per
 document, all of them in one ``generate`` call that ``TransformersGenerator`` runs in batches of ``--batch-size``
 sorted by length. With ``--baseline-chars N`` the same documents are rated again cut to their first N characters
 (how labelling cut them before excerpts were counted in tokens; 0 skips it): labels/minute side by side. One
@@ -68,7 +68,7 @@ def load_documents(corpora: Path, count: int, seed: int) -> tuple[list[dict], st
         docs += leftovers[: max(0, count - len(docs))]
         rng.shuffle(docs)
         return docs[:count], f"{len(files)} corpora in {corpora}"
-    from synth.quality import iter_documents
+    from synth.labels.label import iter_documents
 
     stage = Path(os.environ.get("QWEN2_DATA_ROOT", REPO / "data")) / "curated" / "dedup"
     docs = list(iter_documents(str(stage)))
@@ -77,7 +77,7 @@ def load_documents(corpora: Path, count: int, seed: int) -> tuple[list[dict], st
 
 
 def teacher_folder(tmp: Path) -> tuple[str, str]:
-    from synth.teacher import is_set_up, teacher_path
+    from synth.llm.teacher import is_set_up, teacher_path
 
     if is_set_up():
         return teacher_path(), "teacher Qwen2.5-Coder-0.5B-Instruct (fp32)"
@@ -87,7 +87,7 @@ def teacher_folder(tmp: Path) -> tuple[str, str]:
     from pipelines.tokenizer import load_hf_tokenizer
     from training.model_configs import qwen2_config
 
-    print("the teacher is not set up (python -m synth.teacher): using the tiny random Qwen2 instead")
+    print("the teacher is not set up (python -m synth.llm.teacher): using the tiny random Qwen2 instead")
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(qwen2_config("tiny")).save_pretrained(tmp)
     load_hf_tokenizer().save_pretrained(tmp)
@@ -130,20 +130,12 @@ def main(argv: list[str] | None = None) -> None:
     from transformers.utils import logging as hf_logging
 
     from pipelines.schema import DOCUMENT_SCHEMA
-    from synth.generate import GenerationRequest, TransformersGenerator
-    from synth.quality import (
-        LABELS_SCHEMA,
-        RUBRIC_VERSION,
-        SCORE_CHOICES,
-        _load_fasttext,
-        excerpts,
-        expected_score,
-        predict_scores,
-        rubric_messages,
-        score_and_tier,
-        split_of,
-        train_classifier,
-    )
+    from synth.labels.classifier import _load_fasttext, predict_scores, train_classifier
+    from synth.labels.label import LABELS_SCHEMA, excerpts, expected_score, split_of
+    from synth.labels.rubric import RUBRIC_VERSION, SCORE_CHOICES, rubric_messages
+    from synth.labels.tiers import score_and_tier
+    from synth.llm.backends import TransformersGenerator
+    from synth.llm.base import GenerationRequest
 
     hf_logging.disable_progress_bar()
     warn_if_busy()

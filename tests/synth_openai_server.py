@@ -1,4 +1,4 @@
-"""A small, real OpenAI-compatible server for the tests of ``synth.generate``'s openai backend.
+"""A small, real OpenAI-compatible server for the tests of ``synth.llm.backends``' openai backend.
 
 ``transformers serve`` (transformers 5.24) needs FastAPI (the ``transformers[serving]`` extra), which this project
 does not install; this server speaks the same wire protocol (``POST /v1/chat/completions``, ``GET /v1/models``,
@@ -26,7 +26,7 @@ def build_app(generator, served_name: str, fail_first: int = 0):
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from synth.generate import GenerationRequest
+    from synth.llm.base import GenerationRequest
 
     lock = threading.Lock()  # one generate at a time on the shared model
     state = {"completions": 0, "failures_left": fail_first, "authorization": None}
@@ -146,7 +146,7 @@ class ServerThread:
 def main() -> None:
     import uvicorn
 
-    from synth.generate import TransformersGenerator
+    from synth.llm.backends import TransformersGenerator
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_dir")

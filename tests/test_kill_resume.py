@@ -37,18 +37,15 @@ from test_training import random_packed, tiny_config
 from pipelines.mixing import MixtureConfig, run_index, run_select
 from pipelines.schema import DOCUMENT_SCHEMA
 from pipelines.tokenize_shards import run_tokenize_stage
-from synth.generate import CachedGenerator, TransformersGenerator
+from synth.labels.classifier import ClassifierConfig, classifier_fingerprint, train_classifier
+from synth.labels.label import LabelConfig, label_documents
+from synth.llm.backends import TransformersGenerator
+from synth.llm.cache import CachedGenerator
 from synth.preference import PreferenceConfig, run_preference
-from synth.quality import ClassifierConfig, LabelConfig, classifier_fingerprint, label_documents, train_classifier
 from synth.rephrase import RephraseConfig, run_rephrase
-from synth.sft import (
-    ConstitutionalConfig,
-    InstructionConfig,
-    RepurposeConfig,
-    run_constitutional,
-    run_instruction,
-    run_repurpose,
-)
+from synth.sft.constitutional import ConstitutionalConfig, run_constitutional
+from synth.sft.instruction import InstructionConfig, run_instruction
+from synth.sft.repurpose import RepurposeConfig, run_repurpose
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
@@ -198,13 +195,13 @@ def run_synth(method: str, generator, out: str, docs_dir: str) -> dict:
     if method == "instruction":
         return run_instruction(generator, out, INSTRUCTION, seeds=SEEDS)
     if method == "math_rejection":
-        from synth.verified import MathConfig, run_math
+        from synth.sft.math_rejection import MathConfig, run_math
 
         return run_math(
             generator, out, MathConfig(num_problems=4, samples_per_problem=2, max_new_tokens=10, chunk_size=2)
         )
     if method == "code_execution":
-        from synth.verified import CodeConfig, run_code
+        from synth.sft.code_execution import CodeConfig, run_code
 
         config = CodeConfig(num_tasks=4, samples_per_task=2, max_new_tokens=10, tests_max_new_tokens=10, chunk_size=2)
         return run_code(generator, out, config)
@@ -222,13 +219,14 @@ def run_synth(method: str, generator, out: str, docs_dir: str) -> dict:
 SYNTH_RUN = """
 import torch
 torch.set_num_threads(1)
-from synth.generate import CachedGenerator, TransformersGenerator
+from synth.llm.backends import TransformersGenerator
+from synth.llm.cache import CachedGenerator
 from test_kill_resume import run_synth
 generator = CachedGenerator(TransformersGenerator(ARGS["model"], batch_size=8), ARGS["cache"])
 run_synth(ARGS["method"], generator, ARGS["out"], ARGS["docs"])
 """
 
-GENERATE = "synth.generate:TransformersGenerator.generate"  # one call per batch the request cache could not answer
+GENERATE = "synth.llm.backends:TransformersGenerator.generate"  # one call per batch the request cache could not answer
 WRITER_COMMIT = "pipelines.shards:ShardWriter.commit"  # data/, excluded/, errors/ of each chunk, in that order
 # method: (kill target, n, before/after, chunks committed when killed, the chunk in flight had a round cached)
 SYNTH_KILLS = {
@@ -299,7 +297,7 @@ def run_scripted_code(out: str) -> dict:
     sandbox runs (the tiny model never writes a code block)."""
     from test_synth_verified import Scripted, code_script
 
-    from synth.verified import CodeConfig, run_code
+    from synth.sft.code_execution import CodeConfig, run_code
 
     config = CodeConfig(task_names=CODE_TASKS, chunk_size=2, sandbox_cpu_s=1, sandbox_wall_s=10)
     return run_code(Scripted(code_script), out, config)
@@ -309,7 +307,7 @@ def test_killed_code_execution_with_sandbox_runs_resumes_to_identical_output(tmp
     reference = run_scripted_code(str(tmp_path / "reference"))
     assert reference["accepted"] > 0 and reference["tests_run"] > reference["accepted"]
     out = tmp_path / "killed"
-    run_killed(SCRIPTED_CODE_RUN, {"out": str(out)}, "synth.verified:run_many", 2)  # 2nd chunk, before its sandbox
+    run_killed(SCRIPTED_CODE_RUN, {"out": str(out)}, "synth.sft.code_execution:run_many", 2)  # 2nd chunk, before its sandbox
     assert committed(out) == 1
     summary = run_scripted_code(str(out))
     assert summary["chunks_reused"] == 1
@@ -320,7 +318,7 @@ def test_killed_code_execution_with_sandbox_runs_resumes_to_identical_output(tmp
 
 CLASSIFIER = ClassifierConfig(bucket=20_000, dim=16, epoch=10)
 CLASSIFIER_RUN = """
-from synth.quality import train_classifier
+from synth.labels.classifier import train_classifier
 from test_kill_resume import CLASSIFIER
 train_classifier(ARGS["labels"], ARGS["out"], CLASSIFIER)
 """
@@ -340,8 +338,8 @@ def test_killed_classifier_training_resumes_to_the_identical_model(uninterrupted
     train_classifier(labels, str(reference), CLASSIFIER)
     out = tmp_path / "killed"
     args = {"labels": labels, "out": str(out)}
-    run_killed(CLASSIFIER_RUN, args, "synth.quality:_train_fasttext", 1)  # training file written, not trained
-    run_killed(CLASSIFIER_RUN, args, "synth.quality:sha256_file", 1)  # model.bin in place, metrics.json not
+    run_killed(CLASSIFIER_RUN, args, "synth.labels.classifier:_train_fasttext", 1)  # training file written, not trained
+    run_killed(CLASSIFIER_RUN, args, "synth.labels.classifier:sha256_file", 1)  # model.bin in place, metrics.json not
     assert (out / "model.bin").exists() and not (out / "metrics.json").exists()
     with pytest.raises(ValueError, match="no trained classifier"):
         classifier_fingerprint(str(out))  # a model without its metrics is never taken as committed

@@ -259,7 +259,7 @@ def test_tier_pass_counts_flagged_documents_the_classifier_keeps(tmp_path):
     import pyarrow.parquet as pq
 
     from pipelines.shards import write_json_atomic
-    from synth.quality import SCORED_SCHEMA, TierConfig, write_tiers
+    from synth.labels.tiers import SCORED_SCHEMA, TierConfig, write_tiers
 
     def meta(*flags):
         return json.dumps({"quality_profile": "docs", **({"quality_flags": list(flags)} if flags else {})})

@@ -18,10 +18,10 @@ import pytest
 from pipelines.schema import DOCUMENT_SCHEMA, PREFERENCE_SCHEMA, SFT_SCHEMA, SYNTH_REJECTED_SCHEMA, empty_document
 from pipelines.shards import iter_stage_rows, list_shards
 from synth import decontam, eval_sets
-from synth.chat import validate_chat
 from synth.decontam import NgramIndex, clean_stage, ngram_hashes, ngram_tokens
 from synth.eval_sets import EvalSet, EvalSetUnavailable, load_eval_sets
-from synth.generate import GenerationResult
+from synth.llm.base import GenerationResult
+from synth.llm.chat import validate_chat
 from synth.records import messages, provenance, record_id, run_chunked_stage
 from tests.conftest import EN, ZH, paragraph_doc
 

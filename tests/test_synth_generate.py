@@ -21,18 +21,12 @@ from pathlib import Path
 import pytest
 
 from pipelines.tokenizer import IM_END_ID
-from synth.chat import DEFAULT_SYSTEM_PROMPT, QWEN2_CHAT_TEMPLATE, render_chat, validate_chat
-from synth.generate import (
-    VLLM_MISSING,
-    CachedGenerator,
-    GenerationError,
-    GenerationRequest,
-    Generator,
-    OpenAIGenerator,
-    TransformersGenerator,
-    make_generator,
-)
-from synth.teacher import GGUF_SHA256, MARKER, TeacherUnavailable, is_set_up, setup_teacher, teacher_path
+from synth.llm.backends import OpenAIGenerator, TransformersGenerator
+from synth.llm.base import VLLM_MISSING, GenerationError, GenerationRequest, Generator, TeacherUnavailable
+from synth.llm.cache import CachedGenerator
+from synth.llm.chat import DEFAULT_SYSTEM_PROMPT, QWEN2_CHAT_TEMPLATE, render_chat, validate_chat
+from synth.llm.generate import make_generator
+from synth.llm.teacher import GGUF_SHA256, MARKER, is_set_up, setup_teacher, teacher_path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -221,7 +215,9 @@ def test_cache_hits_do_not_call_the_model(generator, tmp_path):
 KILLED_RUN = textwrap.dedent(
     """
     import json, sys, time
-    from synth.generate import CachedGenerator, GenerationRequest, Generator, TransformersGenerator
+    from synth.llm.backends import TransformersGenerator
+    from synth.llm.base import GenerationRequest, Generator
+    from synth.llm.cache import CachedGenerator
 
     model_dir, cache_dir, log = sys.argv[1:4]
     inner = TransformersGenerator(model_dir, batch_size=2)

@@ -1,4 +1,4 @@
-"""Tests of model-based quality scoring (synth/quality.py): rubric prompts, teacher labels with the tiny random
+"""Tests of model-based quality scoring (synth/labels/): rubric prompts, teacher labels with the tiny random
 Qwen2, the fastText classifier, and the Beam scoring + tier stages.
 
     .venv/bin/python -m pytest tests/test_synth_quality.py -q
@@ -19,33 +19,30 @@ import pytest
 from pipelines.schema import DOCUMENT_SCHEMA
 from pipelines.shards import expand_inputs, list_shards, write_json_atomic
 from pipelines.wheels import sha256_file
-from synth.generate import TransformersGenerator
-from synth.quality import (
-    CODE_NOTE,
-    LABELS_SCHEMA,
+from synth.labels.__main__ import main
+from synth.labels.classifier import (
     MIN_CI_PAIRS,
-    RUBRIC_VERSION,
-    RUBRICS,
-    SCORED_SCHEMA,
     ClassifierConfig,
-    LabelConfig,
-    TierConfig,
-    balanced_quotas,
     classifier_fingerprint,
+    normalize_text,
+    spearman_interval,
+    train_classifier,
+)
+from synth.labels.label import (
+    LABELS_SCHEMA,
+    LabelConfig,
+    balanced_quotas,
     excerpts,
     heldout_ids,
     label_documents,
-    main,
-    normalize_text,
     read_labels,
-    rubric_messages,
     sample_documents,
-    score_and_tier,
-    spearman_interval,
     split_of,
     stratified_quotas,
-    train_classifier,
 )
+from synth.labels.rubric import CODE_NOTE, RUBRIC_VERSION, RUBRICS, rubric_messages
+from synth.labels.tiers import SCORED_SCHEMA, TierConfig, score_and_tier
+from synth.llm.backends import TransformersGenerator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import CODE, DE, EN, PYTHON_CODE, ZH, paragraph_doc  # noqa: E402

@@ -373,8 +373,8 @@ def test_a_sandbox_that_fails_to_start_is_an_error_not_a_verdict(monkeypatch):
 
 
 def test_code_stage_stops_before_the_teacher_without_bwrap(monkeypatch, tmp_path):
-    from synth.generate import Generator
-    from synth.verified import CodeConfig, run_code
+    from synth.llm.base import Generator
+    from synth.sft.code_execution import CodeConfig, run_code
 
     class Teacher(Generator):
         backend, model_id = "recording", "recording-teacher"

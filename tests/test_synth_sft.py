@@ -22,21 +22,15 @@ import pytest
 
 from pipelines.schema import DOCUMENT_SCHEMA, PREFERENCE_SCHEMA, SFT_SCHEMA, SYNTH_REJECTED_SCHEMA, empty_document
 from pipelines.shards import SUCCESS_FILE, list_shards, write_json_atomic
-from synth.chat import validate_chat
-from synth.generate import GenerationRequest, GenerationResult, Generator, TransformersGenerator
+from synth.llm.backends import TransformersGenerator
+from synth.llm.base import GenerationRequest, GenerationResult, Generator
+from synth.llm.chat import validate_chat
 from synth.preference import CHOICES, PreferenceConfig, expected_score, pick_pair, run_preference
 from synth.rephrase import RephraseConfig, copy_overlap, run_rephrase
-from synth.sft import (
-    PRINCIPLES,
-    ConstitutionalConfig,
-    InstructionConfig,
-    RepurposeConfig,
-    grounding_score,
-    parse_qa,
-    run_constitutional,
-    run_instruction,
-    run_repurpose,
-)
+from synth.sft.common import grounding_score
+from synth.sft.constitutional import PRINCIPLES, ConstitutionalConfig, run_constitutional
+from synth.sft.instruction import InstructionConfig, run_instruction
+from synth.sft.repurpose import RepurposeConfig, parse_qa, run_repurpose
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import DE, EN, ZH, paragraph_doc  # noqa: E402

@@ -1,4 +1,4 @@
-"""Tests of synth.verified: math rejection sampling and code execution feedback.
+"""Tests of synth.sft.math_rejection and synth.sft.code_execution: math rejection sampling and code execution feedback.
 
 The accept/reject logic runs with a scripted ``Generator`` whose fixed texts stand in for the teacher's answers
 (right, wrong, missing, truncated; passing, failing, broken code); both methods also run end to end with the tiny
@@ -19,23 +19,26 @@ import pytest
 
 from pipelines.schema import DOCUMENT_SCHEMA, SFT_SCHEMA, SYNTH_REJECTED_SCHEMA, empty_document
 from pipelines.shards import list_shards, read_json
-from synth.chat import validate_chat
-from synth.generate import GenerationResult, Generator, TransformersGenerator
-from synth.verified import (
+from synth.llm.backends import TransformersGenerator
+from synth.llm.base import GenerationResult, Generator
+from synth.llm.chat import validate_chat
+from synth.sft.code_execution import (
     BUILTIN_TASKS,
-    MATH_FAMILIES,
     METHOD_CODE,
-    METHOD_MATH,
     CodeConfig,
-    MathConfig,
-    answers_match,
     clean_tests,
     document_tasks,
-    extract_answer,
     extract_code,
+    run_code,
+)
+from synth.sft.math_rejection import (
+    MATH_FAMILIES,
+    METHOD_MATH,
+    MathConfig,
+    answers_match,
+    extract_answer,
     make_problems,
     parse_number,
-    run_code,
     run_math,
 )
 
@@ -163,7 +166,7 @@ def test_problems_are_seeded_multilingual_and_right():
     assert any(p.lang == "zh" and re.search(r"[\u4e00-\u9fff]", p.question) for p in problems)
     for p in problems:
         v, ref = p.values, Fraction(p.answer)
-        expected = expected_answer(p.family, v)  # recomputed here, independently of synth.verified
+        expected = expected_answer(p.family, v)  # recomputed here, independently of synth.sft.math_rejection
         assert ref == expected, p
         for key in ("a", "b", "p", "q", "s", "x", "n", "m", "s1"):
             if key in v and p.family != "equation":
@@ -394,7 +397,7 @@ def test_code_end_to_end_with_the_tiny_model(tiny_generator, tmp_path):
 
 
 def test_a_block_cut_off_at_max_new_tokens_keeps_its_complete_statements():
-    from synth.verified import extract_code
+    from synth.sft.code_execution import extract_code
 
     cut = "```python\ndef f(x):\n    return x + 1\n\nassert f(1) == 2\nassert f(2) == 3\nassert f(3"
     assert extract_code(cut) == "def f(x):\n    return x + 1\n\nassert f(1) == 2\nassert f(2) == 3"

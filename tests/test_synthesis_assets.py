@@ -213,7 +213,7 @@ def _classifier_check(tmp_path, labels: list[dict]) -> tuple[bool, dict]:
     """Materialize quality_classifier alone on ``labels`` (a finished label stage); its check's verdict and metadata."""
     from test_synth_quality import write_stage
 
-    from synth.quality import LABELS_SCHEMA
+    from synth.labels.label import LABELS_SCHEMA
 
     root = tmp_path / "data"
     write_stage(root / "quality" / "labels", labels, LABELS_SCHEMA, shards=2)
