@@ -149,11 +149,13 @@ def use_chunked_loss(model: torch.nn.Module, chunk_tokens: int) -> None:
     """Make ``model(...)`` with ``labels`` compute ``chunked_causal_lm_loss`` from the base model's hidden states.
 
     Replaces ``forward`` on this instance only (other models in the process keep transformers' forward); calls
-    without labels still go to the original forward. The output has ``loss`` and no ``logits``.
+    without labels still go to the original forward. The output has ``loss`` and no ``logits``; for Qwen2-MoE (with
+    ``output_router_logits``) ``loss`` includes ``router_aux_loss_coef * aux_loss`` and ``aux_loss`` is returned too,
+    as transformers' forward does (``split_router_loss`` takes them apart for the training loop).
     """
     import sys
 
-    from transformers.modeling_outputs import CausalLMOutputWithPast
+    from transformers.modeling_outputs import CausalLMOutputWithPast, MoeCausalLMOutputWithPast
 
     original = model.forward
     # Qwen2-MoE adds the router's load-balancing loss to the LM loss; its function lives in the model's module.
@@ -170,17 +172,41 @@ def use_chunked_loss(model: torch.nn.Module, chunk_tokens: int) -> None:
         if labels is None:
             return original(input_ids=input_ids, num_items_in_batch=num_items_in_batch, **kwargs)
         kwargs.pop("logits_to_keep", None)
-        if with_router:
+        asked = kwargs.pop("output_router_logits", None)  # None: the config's choice, as transformers
+        router = with_router if asked is None else bool(asked) and moe_aux_loss is not None
+        if router:
             kwargs["output_router_logits"] = True
         outputs = self.model(input_ids=input_ids, **kwargs)
         loss = chunked_causal_lm_loss(
             outputs.last_hidden_state, self.lm_head.weight, labels, chunk_tokens, num_items_in_batch
         )
-        if with_router:  # as Qwen2MoeForCausalLM.forward
-            aux = moe_aux_loss(
-                outputs.router_logits, self.num_experts, self.num_experts_per_tok, kwargs.get("attention_mask")
-            )
-            loss = loss + self.router_aux_loss_coef * aux.to(loss.device)
-        return CausalLMOutputWithPast(loss=loss, logits=None)
+        if not router:
+            return CausalLMOutputWithPast(loss=loss, logits=None)
+        # As Qwen2MoeForCausalLM.forward: loss = LM loss + coef * aux_loss, and aux_loss returned beside it. Only a
+        # [B, T] padding mask goes to the aux loss (flex attention's document BlockMask is not one; packed rows
+        # have no padding).
+        mask = kwargs.get("attention_mask")
+        mask = mask if torch.is_tensor(mask) and mask.dim() == 2 else None
+        aux = moe_aux_loss(outputs.router_logits, self.num_experts, self.num_experts_per_tok, mask).to(loss.device)
+        return MoeCausalLMOutputWithPast(loss=loss + self.router_aux_loss_coef * aux, aux_loss=aux, logits=None)
 
     model.forward = types.MethodType(forward, model)
+
+
+def router_aux_loss_coef(model: torch.nn.Module) -> float:
+    """Weight of the router's load-balancing loss in ``model``'s training objective: the config's
+    ``router_aux_loss_coef`` for an MoE model whose forward returns it (``output_router_logits``), else 0."""
+    config = model.config
+    if not getattr(config, "output_router_logits", False):
+        return 0.0
+    return float(getattr(config, "router_aux_loss_coef", 0.0))
+
+
+def split_router_loss(output: Any, coef: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(language-model loss, router aux loss) of a causal-LM output. Qwen2-MoE's forward (transformers' or the
+    chunked one above) returns ``loss = LM loss + coef * aux_loss``; the training loop needs the two apart to scale
+    the aux loss like the LM loss under gradient accumulation and to log them. A dense model: (loss, None)."""
+    aux = getattr(output, "aux_loss", None)
+    if not torch.is_tensor(aux):
+        return output.loss, None
+    return output.loss - coef * aux, aux

@@ -646,6 +646,7 @@ def run(config: PretrainConfig, progress: Callable[[dict], None] | None = None) 
     from training.attention import model_inputs
     from training.checkpoint import latest_checkpoint, load_checkpoint, remove_partial_checkpoints, save_checkpoint
     from training.data import IGNORE_INDEX, PackedShards
+    from training.loss import router_aux_loss_coef, split_router_loss
     from training.model_configs import rope_theta_of, size_name_of
 
     started = time.perf_counter()
@@ -687,6 +688,7 @@ def run(config: PretrainConfig, progress: Callable[[dict], None] | None = None) 
         autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
         model = build_model(config, seq_len, device)
         n_params = sum(p.numel() for p in model.parameters())
+        aux_coef = router_aux_loss_coef(model)  # MoE: weight of the router's load-balancing loss; dense: 0
         model = wrap_model(model, config, dist_info, use_bf16)
         base_model = model.module if isinstance(model, DistributedDataParallel) else model
         optimizer = make_optimizer(model, config, fused=config.strategy != "fsdp" or world == 1)
@@ -753,7 +755,7 @@ def run(config: PretrainConfig, progress: Callable[[dict], None] | None = None) 
                     n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
                     with autocast():
                         out = model(**batch, use_cache=False)
-                    loss_sum += float(out.loss) * n
+                    loss_sum += float(split_router_loss(out, aux_coef)[0]) * n  # the LM loss (MoE: without aux)
                     count += n
             model.train()
             loss_sum, count = all_reduce_sum([loss_sum, count])
@@ -787,18 +789,9 @@ def run(config: PretrainConfig, progress: Callable[[dict], None] | None = None) 
             if stop_votes:
                 raise TrainingInterrupted(stop.signum or signal.SIGTERM)
             num_items = max(int(global_targets), 1)
-            loss_sum = torch.zeros((), device=device)
-            for m, batch in enumerate(micro_batches):
-                sync = m == len(micro_batches) - 1  # all-reduce (DDP) / reduce-scatter (FSDP) gradients once
-                if world > 1 and config.strategy == "fsdp":
-                    model.set_requires_gradient_sync(sync)
-                with model.no_sync() if world > 1 and config.strategy == "ddp" and not sync else nullcontext():
-                    with autocast():
-                        # loss = this micro-batch's summed token loss / predicted tokens in the global batch
-                        loss = model(**batch, use_cache=False, num_items_in_batch=num_items).loss
-                    # DDP and FSDP average gradients over ranks; scale back up to the global token mean.
-                    (loss * world).backward()
-                loss_sum += loss.detach()
+            loss_sum, aux_sum = accumulate_gradients(
+                model, micro_batches, num_items, world, config.strategy, aux_coef, autocast
+            )
             max_norm = config.grad_clip if config.grad_clip > 0 else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
             if hasattr(grad_norm, "full_tensor"):  # FSDP2 returns a DTensor
@@ -809,7 +802,7 @@ def run(config: PretrainConfig, progress: Callable[[dict], None] | None = None) 
             optimizer.zero_grad(set_to_none=True)
             step += 1
             samples_seen += rows_per_step
-            (last_loss,) = all_reduce_sum([float(loss_sum)])
+            last_loss, aux_total = all_reduce_sum([float(loss_sum), float(aux_sum) if aux_sum is not None else 0.0])
             seconds = time.perf_counter() - t0
             session_tokens += tokens_per_step
             session_seconds += seconds
@@ -817,6 +810,7 @@ def run(config: PretrainConfig, progress: Callable[[dict], None] | None = None) 
                 "step": step,
                 "loss": last_loss,
                 "lr": lr,
+                **({"aux_loss": aux_total / (config.grad_accum_steps * world)} if aux_sum is not None else {}),
                 "grad_norm": float(grad_norm),
                 "tokens": samples_seen * seq_len,
                 "tokens_per_s": tokens_per_step / seconds,
@@ -882,6 +876,47 @@ def run(config: PretrainConfig, progress: Callable[[dict], None] | None = None) 
         if world > 1:
             dist.barrier()
         return summary
+
+
+def accumulate_gradients(
+    model: Any,
+    micro_batches: list[dict],
+    num_items: int,
+    world: int,
+    strategy: str,
+    aux_coef: float,
+    autocast: Callable[[], Any] = nullcontext,
+) -> tuple[Any, Any]:
+    """Forward + backward of this rank's micro-batches of one step; gradients synchronised once, after the last.
+
+    Objective: the global batch's token-mean LM loss (each micro-batch's summed token loss / ``num_items``, the
+    predicted tokens of the whole global batch) plus, for an MoE model, ``aux_coef`` times the mean of the router's
+    load-balancing loss over all ``grad_accum_steps * world`` micro-batches: each micro-batch's aux loss enters
+    divided by their number, as its LM loss is divided by the global token count (transformers' forward adds it
+    undivided, which would weigh it ``grad_accum_steps * world`` times too much). Returns this rank's summed LM
+    loss and summed aux loss (None for a dense model), detached.
+    """
+    import torch
+
+    from training.loss import split_router_loss
+
+    aux_scale = 1.0 / (len(micro_batches) * world)
+    loss_sum, aux_sum = torch.zeros(()), None
+    for m, batch in enumerate(micro_batches):
+        sync = m == len(micro_batches) - 1  # all-reduce (DDP) / reduce-scatter (FSDP) gradients once
+        if world > 1 and strategy == "fsdp":
+            model.set_requires_gradient_sync(sync)
+        with model.no_sync() if world > 1 and strategy == "ddp" and not sync else nullcontext():
+            with autocast():
+                # loss = this micro-batch's summed token loss / predicted tokens in the global batch
+                loss, aux = split_router_loss(model(**batch, use_cache=False, num_items_in_batch=num_items), aux_coef)
+            objective = loss if aux is None else loss + (aux_coef * aux_scale) * aux
+            # DDP and FSDP average gradients over ranks; scale back up to the global token mean.
+            (objective * world).backward()
+        loss_sum = loss_sum.to(loss.device) + loss.detach()
+        if aux is not None:
+            aux_sum = aux.detach() if aux_sum is None else aux_sum + aux.detach()
+    return loss_sum, aux_sum
 
 
 def save_final(model: Any, state_dict: dict, output_dir: Path, kind: str = "base") -> Path:
