@@ -40,7 +40,7 @@ def main_sft(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m synth.sft", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("method", choices=sorted(METHODS))
+    parser.add_argument("method", choices=sorted(METHODS), help="math and code: see python -m synth.sft math --help")
     parser.add_argument("--output", required=True, help="stage folder to write")
     parser.add_argument("--input", default=None, help="repurpose: DOCUMENT stage; constitutional: SFT stage")
     parser.add_argument("--seeds", default=None, help="user JSONL of seed prompts (instruction, constitutional)")
