@@ -1,8 +1,13 @@
-"""The user turn holds the excerpt and the question ("Read the text and answer the question ...").
-Constitutional feedback: (prompt, response) pairs from an SFT stage folder, or seed prompts answered by the teacher
+"""Constitutional feedback (SFT).
+
+(Prompt, response) pairs from an SFT stage folder, or seed prompts answered by the teacher
 first; the teacher critiques the response against written ``PRINCIPLES``, then revises it given the critique. The
 revised response is kept (meta: principle ids, principles the critique cites, critique, original, ``changed``).
 A revision identical to the original is kept (the critique found nothing to fix, so it is a compliant example)
+and counted as ``unchanged``; ``keep_unchanged=False`` rejects it instead.
+
+The stage counts ``items``, ``samples`` (one candidate per item), ``accepted`` and ``rejected`` {reason: n};
+``accepted + sum(rejected) == samples``. Rejected candidates go to ``excluded/`` with their reason.
 
     python -m synth.sft constitutional --input data/synth/sft_instruction --output data/synth/sft_constitutional
 """

@@ -1,7 +1,12 @@
-"""
-Instruction synthesis: for a seeded, language-balanced sample of seed prompts (``synth.seeds``), the teacher writes ONE
+"""Instruction synthesis (SFT).
+
+For a seeded, language-balanced sample of seed prompts (``synth.seeds``), the teacher writes ONE
 new self-contained instruction on the seed's topic in the seed's language, then (a second batched round) answers
 it. Kept when both pass the filters (non-empty, length bounds, not a copy of the seed, no ChatML control token,
+not cut off at ``max_new_tokens``).
+
+The stage counts ``items``, ``samples`` (one candidate per item), ``accepted`` and ``rejected`` {reason: n};
+``accepted + sum(rejected) == samples``. Rejected candidates go to ``excluded/`` with their reason.
 
     python -m synth.sft instruction --output data/synth/sft_instruction --num 8
     python -m synth.sft instruction --output out/instr --seeds my_seeds.jsonl --backend openai \\

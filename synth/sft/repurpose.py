@@ -1,8 +1,13 @@
-"""not cut off at ``max_new_tokens``).
-Data repurposing: long curated documents (a ``DOCUMENT_SCHEMA`` stage folder, streamed) -> an excerpt -> the teacher
+"""Data repurposing (SFT).
+
+Long curated documents (a ``DOCUMENT_SCHEMA`` stage folder, streamed) -> an excerpt -> the teacher
 writes a question answerable from it and the answer, strictly as ``Question: ...\\nAnswer: ...``, in the
 document's language. Kept when it parses and is grounded: at least ``min_grounding`` of the answer's content
 units (words of 3+ letters or with a digit; character bigrams for CJK/Thai/... scripts) occur in the excerpt.
+The user turn holds the excerpt and the question ("Read the text and answer the question ...").
+
+The stage counts ``items``, ``samples`` (one candidate per item), ``accepted`` and ``rejected`` {reason: n};
+``accepted + sum(rejected) == samples``. Rejected candidates go to ``excluded/`` with their reason.
 
     python -m synth.sft repurpose --input data/curated/dedup --output data/synth/sft_repurpose --num 8
 """
