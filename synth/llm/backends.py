@@ -11,6 +11,9 @@ vLLM in process.
 
 Scoring requests (``choices``): transformers reads one batched forward pass; openai the ``logprobs``/``top_logprobs``
 of one token; vllm ``SamplingParams(logprobs=20)``.
+
+Own code where a library would do: the transformers backend picks each token itself (``_make_sampler``) because
+torch's sampling in ``generate`` draws for the whole batch from one stream, so a sample would depend on its batch.
 """
 
 from __future__ import annotations

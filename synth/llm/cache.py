@@ -3,6 +3,9 @@
 Each request is keyed by content (model id, messages, sampling parameters with seed and n, template versions) and its
 result appended to JSONL shards, flushed and fsynced after every chunk, so a killed run resumes without asking the
 model again for what it already answered.
+
+Own code, not a caching library: the key must not depend on the backend serving the model, and a run killed
+mid-write must lose at most one chunk (append-only JSONL, fsynced, torn lines skipped).
 """
 
 from __future__ import annotations
