@@ -141,18 +141,11 @@ def _load_table(name: str, path: str, mtime_ns: int, size: int) -> ThresholdTabl
             raise ValueError(f"{path}: {lang} = ... must be a [{lang}] section of values")
         missing = [key for key in kinds if key not in section]
         unknown = [key for key in section if key not in kinds]
-        if missing or unknown:
-            raise ValueError(
-                f"{path}: [{lang}] "
-                + "; ".join(
-                    part
-                    for part in (
-                        missing and f"lacks {', '.join(missing)}",
-                        unknown and f"has unknown key(s) {', '.join(unknown)} (expected {', '.join(kinds)})",
-                    )
-                    if part
-                )
-            )
+        problems = [f"lacks {', '.join(missing)}"] if missing else []
+        if unknown:
+            problems.append(f"has unknown key(s) {', '.join(unknown)} (expected {', '.join(kinds)})")
+        if problems:
+            raise ValueError(f"{path}: [{lang}] {'; '.join(problems)}")
         values[lang], sources[lang] = {}, {}
         for key, entry in section.items():
             where = f"{path}: [{lang}] {key}"
@@ -176,7 +169,8 @@ def _checked(value, kind: str, where: str):
     """The value as the filters take it (floats; tuples for lists), or ValueError saying what was expected."""
     if kind in ("share", "number"):
         if not _is_number(value) or value < 0 or (kind == "share" and value > 1):
-            raise ValueError(f"{where} must be a number in {'[0, 1]' if kind == 'share' else '[0, inf)'}, got {value!r}")
+            allowed = "[0, 1]" if kind == "share" else "[0, inf)"
+            raise ValueError(f"{where} must be a number in {allowed}, got {value!r}")
         return float(value)
     if kind == "words":
         if not isinstance(value, list) or not all(isinstance(w, str) and w for w in value):
