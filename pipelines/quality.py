@@ -55,7 +55,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import regex
@@ -718,6 +718,13 @@ class JunkFilter:
 # ----------------------------------------------------------------------------------------------------- the stage
 
 
+def _installed_version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:  # spaCy is optional: without it the tokenizers fall back (word_tokenizer_for)
+        return None
+
+
 def _metadata(doc: dict) -> dict:
     raw = doc.get("metadata")
     if not raw:
@@ -763,7 +770,7 @@ class QualityFilter(DocumentProcessor):
         (``processor.thresholds.de.dup_line_frac``, ``processor.profiles.docs.rules.min_letters``)."""
         return {
             "code_version": QUALITY_CODE_VERSION,
-            "libraries": {name: version(name) for name in FILTER_LIBRARIES},
+            "libraries": {name: _installed_version(name) for name in FILTER_LIBRARIES},
             "chain": ["gopher_repetition", "gopher_quality", "c4", "fineweb"],
             "character_script_languages": sorted(CHARACTER_SCRIPT_LANGUAGES),
             "code_filter": self.code_filter,
