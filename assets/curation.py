@@ -8,6 +8,7 @@ and each asset returns the shard folder with the counts a person wants to see.
 import dagster as dg
 from pydantic import Field
 
+from assets.metadata import counts_table
 from dagster_project.resources import CurationResource
 
 GROUP = "curation"
@@ -47,14 +48,6 @@ class DedupAssetConfig(dg.Config):
     max_duplicate_rate: float = Field(default=0.001, description="Asset check: most exact duplicates left after.")
 
 
-def _table(counts: dict, header: tuple[str, str], limit: int = 40) -> dg.MetadataValue:
-    rows = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
-    total = sum(counts.values()) or 1
-    lines = [f"| {header[0]} | {header[1]} | share |", "|---|---:|---:|"]
-    lines += [f"| {k} | {v:,} | {v / total:.1%} |" for k, v in rows]
-    return dg.MetadataValue.md("\n".join(lines) if rows else "_none_")
-
-
 def stage_metadata(summary: dict) -> dict:
     docs_in, docs_out = summary.get("docs_in", 0), summary.get("docs_out", 0)
     return {
@@ -64,9 +57,9 @@ def stage_metadata(summary: dict) -> dict:
         "kept_share": round(docs_out / docs_in, 4) if docs_in else 0.0,
         "bytes_out": summary.get("bytes_out", 0),
         "quarantined_records": summary.get("errors", 0),
-        "drops_by_reason": _table(summary.get("dropped", {}), ("reason", "documents")),
-        "quarantined_by_reason": _table(summary.get("errors_by_reason", {}), ("reason", "records")),
-        "languages": _table(summary.get("languages", {}), ("language", "documents")),
+        "drops_by_reason": counts_table(summary.get("dropped", {}), "reason", "documents"),
+        "quarantined_by_reason": counts_table(summary.get("errors_by_reason", {}), "reason", "records"),
+        "languages": counts_table(summary.get("languages", {}), "language", "documents"),
         "shards": summary.get("shards", 0),
         "resumed_from_earlier_run": bool(summary.get("resumed")),
         "seconds": summary.get("seconds", 0.0),
@@ -188,10 +181,10 @@ def quality_filtered_documents(config: QualityConfig, curation: CurationResource
     summary = quality.run(curation.stage_dir("langid"), out, code_filter=config.code_filter, **curation.run_kwargs())
     flagged = summary.get("flagged_docs", {})
     metadata = stage_metadata(summary) | {
-        "documents_by_profile": _table(summary.get("profiles", {}), ("profile", "kept documents")),
-        "profile_chosen_by": _table(summary.get("profile_evidence", {}), ("profile:signal", "kept documents")),
+        "documents_by_profile": counts_table(summary.get("profiles", {}), "profile", "kept documents"),
+        "profile_chosen_by": counts_table(summary.get("profile_evidence", {}), "profile:signal", "kept documents"),
         "kept_but_web_chain_would_drop": sum(flagged.values()),
-        "web_chain_rules_failed_by_kept": _table(summary.get("flags", {}), ("web-chain rule", "kept documents")),
+        "web_chain_rules_failed_by_kept": counts_table(summary.get("flags", {}), "web-chain rule", "kept documents"),
     }
     return dg.MaterializeResult(metadata=metadata, check_results=_schema_and_size_checks(out, summary))
 
@@ -226,7 +219,7 @@ def deduplicated_documents(config: DedupAssetConfig, curation: CurationResource)
         "duplicate_clusters": clusters.get("clusters", 0),
         "documents_in_clusters": clusters.get("documents_in_clusters", 0),
         "largest_cluster": clusters.get("largest_cluster", 0),
-        "cluster_sizes": _table(clusters.get("cluster_size_histogram", {}), ("cluster size", "clusters")),
+        "cluster_sizes": counts_table(clusters.get("cluster_size_histogram", {}), "cluster size", "clusters"),
     }
     checks = _schema_and_size_checks(out, summary) + [
         dg.AssetCheckResult(

@@ -13,7 +13,8 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from assets.curation import _table, deduplicated_documents
+from assets.curation import deduplicated_documents
+from assets.metadata import counts_table, rows_table
 from dagster_project.resources import CurationResource, TrainingResource
 
 GROUP = "pretraining"
@@ -145,18 +146,33 @@ def _mixture_from(config: MixtureAssetConfig, name: str, long_only: bool, search
     )
 
 
+_MIX_COLUMNS = [
+    ("bucket", "string", "<domain>/<language>"),
+    ("weight", "float", "share of the token budget"),
+    ("available tokens", "int"),
+    ("target tokens", "int"),
+    ("realised tokens", "int"),
+    ("deviation", "float", "realised / target - 1; empty without a target"),
+    ("epochs", "float", "times the bucket's documents are used"),
+    ("capped", "bool", "the repeat cap kept the bucket under its target"),
+]
+
+
 def _mix_metadata(summary: dict) -> dict:
     check = summary["mix_check"]
-    lines = [
-        "| bucket | weight | available | target | realised | deviation | epochs | capped |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+    rows = [
+        {
+            "bucket": b["bucket"],
+            "weight": b["weight"] or 0.0,
+            "available tokens": b["available_tokens"] or 0,
+            "target tokens": b["target_tokens"],
+            "realised tokens": b["realised_tokens"],
+            "deviation": b["deviation"],
+            "epochs": b["epochs"],
+            "capped": b["capped"],
+        }
+        for b in check["buckets"]
     ]
-    for b in check["buckets"]:
-        dev = "" if b["deviation"] is None else f"{b['deviation']:+.1%}"
-        lines.append(
-            f"| {b['bucket']} | {b['weight'] or 0:.3f} | {b['available_tokens'] or 0:,} | {b['target_tokens']:,} | "
-            f"{b['realised_tokens']:,} | {dev} | {b['epochs']:.2f} | {'yes' if b['capped'] else ''} |"
-        )
     plan = summary["plan"]
     return {
         "dagster/row_count": summary.get("docs_out", 0),
@@ -164,8 +180,8 @@ def _mix_metadata(summary: dict) -> dict:
         "mixture_fingerprint": plan["mixture_fingerprint"],
         "target_tokens": check["target_tokens"],
         "realised_tokens": check["realised_tokens"],
-        "realised_mix": dg.MetadataValue.md("\n".join(lines)),
-        "tokens_per_language": _table(summary.get("languages", {}), ("language", "tokens")),
+        "realised_mix": rows_table(rows, _MIX_COLUMNS),
+        "tokens_per_language": counts_table(summary.get("languages", {}), "language", "tokens"),
         "missing_domains": ", ".join(plan.get("missing_domains", [])) or "none",
         "document_copies": dg.MetadataValue.json(summary.get("copies", {})),
         "path": dg.MetadataValue.path(summary["output"]),
@@ -210,8 +226,8 @@ def _shards_metadata(summary: dict) -> dict:
         "seq_len": summary.get("seq_len", 0),
         "tokens": summary.get("tokens", 0),
         "tokens_dropped_tail": summary.get("tokens_dropped_tail", 0),
-        "tokens_per_language": _table(summary.get("tokens_by_lang", {}), ("language", "tokens")),
-        "tokens_per_bucket": _table(summary.get("tokens_by_bucket", {}), ("bucket", "tokens")),
+        "tokens_per_language": counts_table(summary.get("tokens_by_lang", {}), "language", "tokens"),
+        "tokens_per_bucket": counts_table(summary.get("tokens_by_bucket", {}), "bucket", "tokens"),
         "path": dg.MetadataValue.path(summary["output"]),
         "seconds": summary.get("seconds", 0.0),
     }
@@ -353,15 +369,19 @@ def mixture_index(config: MixtureIndexConfig, curation: CurationResource, traini
         **curation.run_kwargs(),
     )
     buckets = summary["buckets"]
-    lines = [
-        "| bucket | documents | tokens | long documents | long tokens | held out |",
-        "|---|---:|---:|---:|---:|---:|",
+    rows = [
+        {
+            "bucket": name,
+            "documents": b["docs"],
+            "tokens": b["tokens"],
+            "long documents": b["long_docs"],
+            "long tokens": b["long_tokens"],
+            "held out documents": b["heldout_docs"],
+        }
+        for name, b in sorted(buckets.items(), key=lambda kv: -kv[1]["tokens"])
     ]
-    for name, b in sorted(buckets.items(), key=lambda kv: -kv[1]["tokens"]):
-        lines.append(
-            f"| {name} | {b['docs']:,} | {b['tokens']:,} | {b['long_docs']:,} | {b['long_tokens']:,} | "
-            f"{b['heldout_docs']:,} |"
-        )
+    columns = [("bucket", "string"), ("documents", "int"), ("tokens", "int"), ("long documents", "int")]
+    columns += [("long tokens", "int"), ("held out documents", "int")]
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": summary.get("docs_out", 0),
@@ -369,7 +389,7 @@ def mixture_index(config: MixtureIndexConfig, curation: CurationResource, traini
             "training_tokens": sum(b["tokens"] for b in buckets.values()),
             "long_document_tokens": sum(b["long_tokens"] for b in buckets.values()),
             "heldout_tokens": sum(b["heldout_tokens"] for b in buckets.values()),
-            "buckets": dg.MetadataValue.md("\n".join(lines)),
+            "buckets": rows_table(rows, columns),
             "path": dg.MetadataValue.path(summary["output"]),
             "seconds": summary.get("seconds", 0.0),
         }
@@ -454,31 +474,41 @@ def mixture_search(
     command = TrainingResource(nproc_per_node=1).launch_command("training.mixture_search", *args)
     pipes_subprocess_client.run(command=command, context=context, env={"PYTHONUNBUFFERED": "1"})
     result = json.loads((Path(work) / "search.json").read_text())
-    lines = [
-        "| candidate | domain weights | temperature | tokens | train loss | "
-        f"validation loss ({result['target']['kind']} target), mean ± sd over seeds | "
-        "gap to winner (standard errors) | natural-mix loss |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
     tied = set(result["tied_with_winner"])
-    for row in result["candidates"]:
-        weights = ", ".join(f"{k} {v:g}" for k, v in row["mixture"]["domain_weights"].items())
-        mark = " **(winner)**" if row["name"] == result["winner"] else ""
-        mark += " (tie: within the noise)" if row["name"] in tied else ""
-        gap = row.get("gap_standard_errors")
-        lines.append(
-            f"| {row['name']}{mark} | {weights} | {row['mixture']['language_temperature']:g} | "
-            f"{row['realised_tokens']:,} | {row['train_loss']:.4f} | "
-            f"{row['val_loss']:.4f} ± {row['val_loss_std']:.4f} | {'' if gap is None else f'{gap:.1f}'} | "
-            f"{row['natural_val_loss']:.4f} |"
-        )
+    rows = [
+        {
+            "candidate": row["name"],
+            "verdict": "winner" if row["name"] == result["winner"] else ("tie" if row["name"] in tied else ""),
+            "domain weights": row["mixture"]["domain_weights"],
+            "temperature": row["mixture"]["language_temperature"],
+            "tokens": row["realised_tokens"],
+            "train loss": row["train_loss"],
+            "validation loss": row["val_loss"],
+            "validation loss sd": row["val_loss_std"],
+            "gap to winner": row.get("gap_standard_errors"),
+            "natural-mix loss": row["natural_val_loss"],
+        }
+        for row in result["candidates"]
+    ]
+    columns = [
+        ("candidate", "string"),
+        ("verdict", "string", "winner, or tie: within the seeds' noise of the winner"),
+        ("domain weights", "string"),
+        ("temperature", "float", "language temperature"),
+        ("tokens", "int", "realised tokens"),
+        ("train loss", "float"),
+        ("validation loss", "float", f"mean over seeds, {result['target']['kind']} target mix"),
+        ("validation loss sd", "float", "standard deviation over seeds"),
+        ("gap to winner", "float", "in standard errors"),
+        ("natural-mix loss", "float", "validation loss on the held-out slice as it is"),
+    ]
     return dg.MaterializeResult(
         metadata={
             "winner": result["winner"],
             "decision": result["decision"],
             "tied_with_winner": ", ".join(result["tied_with_winner"]) or "none",
             "validation_target": dg.MetadataValue.json(result["target"]["weights"]),
-            "candidates": dg.MetadataValue.md("\n".join(lines)),
+            "candidates": rows_table(rows, columns),
             "winner_mixture": dg.MetadataValue.json(result["winner_mixture"]),
             "path": dg.MetadataValue.path(str(Path(work) / "search.json")),
         }

@@ -10,7 +10,8 @@ through the same MinHash dedup as curation and a 13-gram decontamination against
 import dagster as dg
 from pydantic import Field
 
-from assets.curation import _table, deduplicated_documents
+from assets.curation import deduplicated_documents
+from assets.metadata import counts_table, rows_table
 from dagster_project.resources import CurationResource, SynthesisResource
 from synth import SFT_METHODS
 
@@ -122,17 +123,20 @@ class PreferencePairsConfig(dg.Config):
 
 
 def _method_table(summaries: dict[str, dict]) -> dg.MetadataValue:
-    lines = [
-        "| method | items | samples | accepted | acceptance rate | rejected (by reason) |",
-        "|---|---:|---:|---:|---:|---|",
+    rows = [
+        {
+            "method": method,
+            "items": s.get("items", 0),
+            "samples": s.get("samples", 0),
+            "accepted": s.get("accepted", 0),
+            "acceptance rate": s.get("acceptance_rate", 0.0),
+            "rejected (by reason)": dict(sorted(s.get("rejected", {}).items(), key=lambda kv: -kv[1])),
+        }
+        for method, s in summaries.items()
     ]
-    for method, s in summaries.items():
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(s.get("rejected", {}).items(), key=lambda kv: -kv[1]))
-        lines.append(
-            f"| {method} | {s.get('items', 0):,} | {s.get('samples', 0):,} | {s.get('accepted', 0):,} | "
-            f"{s.get('acceptance_rate', 0.0):.1%} | {reasons or '-'} |"
-        )
-    return dg.MetadataValue.md("\n".join(lines))
+    columns = [("method", "string"), ("items", "int"), ("samples", "int"), ("accepted", "int")]
+    columns += [("acceptance rate", "float", "accepted / samples"), ("rejected (by reason)", "string")]
+    return rows_table(rows, columns)
 
 
 def _clean_metadata(summary: dict) -> dict:
@@ -141,7 +145,7 @@ def _clean_metadata(summary: dict) -> dict:
         "dedup_exact_duplicates": summary.get("exact_duplicate", 0),
         "dedup_near_duplicates": summary.get("near_duplicate", 0),
         "decontaminated": sum(contaminated.values()),
-        "contaminated_by_eval_set": _table(contaminated, ("eval set", "records")),
+        "contaminated_by_eval_set": counts_table(contaminated, "eval set", "records"),
         "eval_sets": dg.MetadataValue.json(summary.get("eval_sets", {})),
     }
 
@@ -258,9 +262,9 @@ def quality_labels(
             "dagster/row_count": summary["accepted"],
             "documents_rated": summary["accepted"],
             "off_format": summary["rejected"].get("off_format", 0),
-            "labels": _table({str(k): v for k, v in summary.get("labels", {}).items()}, ("label", "documents")),
-            "languages": _table(summary.get("languages", {}), ("language", "documents")),
-            "domains": _table(summary.get("domains", {}), ("domain", "documents")),
+            "labels": counts_table({str(k): v for k, v in summary.get("labels", {}).items()}, "label", "documents"),
+            "languages": counts_table(summary.get("languages", {}), "language", "documents"),
+            "domains": counts_table(summary.get("domains", {}), "domain", "documents"),
             "splits": dg.MetadataValue.json(summary.get("splits", {})),
             "labels_per_minute": summary.get("labels_per_minute"),
             "mean_prompt_tokens": summary.get("mean_prompt_tokens"),
@@ -274,34 +278,35 @@ def quality_labels(
     )
 
 
-def _agreement_md(metrics: dict) -> str:
-    lines = ["| metric | held out | train |", "|---|---:|---:|"]
+_AGREEMENT_METRICS = ("n", "exact_accuracy", "within1_accuracy", "mae", "pearson", "spearman")
+
+
+def _agreement_table(metrics: dict) -> dg.MetadataValue:
+    """Classifier vs teacher on the held-out and the training labels: one metric a row, numbers as numbers
+    (the interval of Spearman's rho as its low and high ends; an empty cell where it could not be computed)."""
     held, train = metrics.get("heldout") or {}, metrics.get("train") or {}
-
-    def fmt(v):
-        return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
-
-    for key in ("n", "exact_accuracy", "within1_accuracy", "mae", "pearson", "spearman"):
-        lines.append(f"| {key} | {fmt(held.get(key))} | {fmt(train.get(key))} |")
-
-    def interval(ci):
-        if not ci or ci.get("low") is None:
-            return (ci or {}).get("problem") or "-"
-        return f"[{ci['low']:.3f}, {ci['high']:.3f}]"
-
-    ci = held.get("spearman_ci") or {}
-    lines.append(
-        f"| spearman {ci.get('confidence', 0.95):.0%} CI | {interval(ci)} | {interval(train.get('spearman_ci'))} |"
-    )
+    rows = [{"metric": k, "held out": held.get(k), "train": train.get(k)} for k in _AGREEMENT_METRICS]
+    ci, ci_train = held.get("spearman_ci") or {}, train.get("spearman_ci") or {}
+    for end in ("low", "high"):
+        rows.append(
+            {
+                "metric": f"spearman {ci.get('confidence', 0.95):.0%} CI {end}",
+                "held out": ci.get(end),
+                "train": ci_train.get(end),
+            }
+        )
     for tier in ("strict", "relaxed"):
         b = (held.get("binary") or {}).get(tier) or {}
         bt = (train.get("binary") or {}).get(tier) or {}
-        lines.append(
-            f"| {tier} tier agreement (>= {b.get('threshold')}) | {fmt(b.get('accuracy'))} | "
-            f"{fmt(bt.get('accuracy'))} |"
+        rows.append(
+            {
+                "metric": f"{tier} tier agreement (>= {b.get('threshold')})",
+                "held out": b.get("accuracy"),
+                "train": bt.get("accuracy"),
+            }
         )
-        lines.append(f"| {tier} tier F1 | {fmt(b.get('f1'))} | {fmt(bt.get('f1'))} |")
-    return "\n".join(lines)
+        rows.append({"metric": f"{tier} tier F1", "held out": b.get("f1"), "train": bt.get("f1")})
+    return rows_table(rows, [("metric", "string"), ("held out", "float"), ("train", "float")])
 
 
 @dg.asset(
@@ -341,7 +346,7 @@ def quality_classifier(config: QualityClassifierConfig, curation: CurationResour
             problem = f"{interval} includes zero: no evidence that the classifier agrees with the teacher"
     return dg.MaterializeResult(
         metadata={
-            "agreement_with_teacher": dg.MetadataValue.md(_agreement_md(metrics)),
+            "agreement_with_teacher": _agreement_table(metrics),
             "labels": dg.MetadataValue.json(metrics["counts"]),
             "model_sha256": metrics["model_sha256"],
             "model_bytes": metrics["model_bytes"],
@@ -396,16 +401,32 @@ def quality_tiers(config: QualityTiersConfig, curation: CurationResource):
         **curation.run_kwargs(),
     )
     scored, tiers = result["scored"], result["tiers"]
-    lines = ["| tier | threshold | documents | share | bytes | share of bytes |", "|---|---:|---:|---:|---:|---:|"]
-    lines.append(f"| all scored | - | {scored.get('docs_out', 0):,} | 100% | {scored.get('bytes_out', 0):,} | 100% |")
-    for name, s in tiers.items():
-        lines.append(
-            f"| {name} | {s['threshold']} | {s.get('docs_out', 0):,} | {s['share_docs']:.1%} | "
-            f"{s.get('bytes_out', 0):,} | {s['share_bytes']:.1%} |"
-        )
+    tier_rows = [
+        {
+            "tier": "all scored",
+            "documents": scored.get("docs_out", 0),
+            "share": 1.0,
+            "bytes": scored.get("bytes_out", 0),
+            "share of bytes": 1.0,
+        }
+    ]
+    tier_rows += [
+        {
+            "tier": name,
+            "threshold": s["threshold"],
+            "documents": s.get("docs_out", 0),
+            "share": s["share_docs"],
+            "bytes": s.get("bytes_out", 0),
+            "share of bytes": s["share_bytes"],
+        }
+        for name, s in tiers.items()
+    ]
+    tier_columns = [("tier", "string"), ("threshold", "float", "lowest quality score kept"), ("documents", "int")]
+    tier_columns += [("share", "float"), ("bytes", "int"), ("share of bytes", "float")]
     edges = scored.get("histogram_edges") or []
-    hist_lines = ["| score | documents |", "|---|---:|"] + [
-        f"| {edges[k]:.1f}-{edges[k + 1]:.1f} | {n:,} |" for k, n in enumerate(scored.get("score_histogram", []))
+    histogram = [
+        {"score from": edges[k], "score to": edges[k + 1], "documents": n}
+        for k, n in enumerate(scored.get("score_histogram", []))
     ]
     strict, relaxed = tiers["strict"], tiers["relaxed"]
     not_in_relaxed = tier_subset_problems(strict["output"], relaxed["output"])
@@ -418,21 +439,23 @@ def quality_tiers(config: QualityTiersConfig, curation: CurationResource):
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": scored.get("docs_out", 0),
-            "tiers": dg.MetadataValue.md("\n".join(lines)),
+            "tiers": rows_table(tier_rows, tier_columns),
             "strict_documents": strict.get("docs_out", 0),
             "relaxed_documents": relaxed.get("docs_out", 0),
             "strict_bytes": strict.get("bytes_out", 0),
             "relaxed_bytes": relaxed.get("bytes_out", 0),
             "mean_score": scored.get("mean_score") or 0.0,
-            "score_histogram": dg.MetadataValue.md("\n".join(hist_lines)),
-            "strict_languages": _table(strict.get("languages", {}), ("language", "documents")),
-            "relaxed_languages": _table(relaxed.get("languages", {}), ("language", "documents")),
+            "score_histogram": rows_table(
+                histogram, [("score from", "float"), ("score to", "float"), ("documents", "int")]
+            ),
+            "strict_languages": counts_table(strict.get("languages", {}), "language", "documents"),
+            "relaxed_languages": counts_table(relaxed.get("languages", {}), "language", "documents"),
             "classifier_sha256": scored.get("classifier_sha256", ""),
             # kept documents the web chain's heuristics would have dropped, and how many of them a tier keeps
             "flagged_documents": relaxed.get("flagged_docs", 0),
             "strict_flagged_kept": strict.get("flagged_kept", 0),
             "relaxed_flagged_kept": relaxed.get("flagged_kept", 0),
-            "relaxed_flagged_kept_by_rule": _table(relaxed.get("flagged_kept_by_rule", {}), ("rule", "documents")),
+            "relaxed_flagged_kept_by_rule": counts_table(relaxed.get("flagged_kept_by_rule", {}), "rule", "documents"),
             "flagged_sample": dg.MetadataValue.json(relaxed.get("flagged_sample", [])),
             "path": dg.MetadataValue.path(curation.tiers_dir()),
             "seconds": round(scored.get("seconds", 0.0) + sum(s.get("seconds", 0.0) for s in tiers.values()), 2),
@@ -559,7 +582,7 @@ def sft_data(
             "dagster/row_count": clean["output"],
             "conversations": clean["output"],
             "by_method": _method_table(summaries),
-            "conversations_per_method": _table(clean.get("methods_out", {}), ("method", "conversations")),
+            "conversations_per_method": counts_table(clean.get("methods_out", {}), "method", "conversations"),
             "math_samples_passed": f"{math.get('accepted', 0)} of {math.get('samples', 0)}",
             "code_samples_passed": f"{code.get('accepted', 0)} of {code.get('samples', 0)}",
             "code_tests_passed": f"{code.get('tests_passed', 0)} of {code.get('tests_run', 0)} sandbox runs",
@@ -616,7 +639,7 @@ def synthetic_pretraining_data(
             "dagster/row_count": clean["output"],
             "documents": clean["output"],
             "by_method": _method_table({"rephrase": summary}),
-            "documents_per_style": _table(clean.get("methods_out", {}), ("source", "documents")),
+            "documents_per_style": counts_table(clean.get("methods_out", {}), "source", "documents"),
             **_clean_metadata(clean),
             "examples": dg.MetadataValue.md("\n\n".join(previews) or "_no document was kept_"),
             "teacher": generator.model_id,

@@ -18,6 +18,7 @@ import pytest
 from conftest import make_mix_corpus
 
 from assets.curation import curation_assets
+from assets.metadata import column, table_rows
 from assets.pretraining import pretraining_assets
 from dagster_project.resources import CurationResource, TrainingResource
 
@@ -85,19 +86,24 @@ def test_search_compares_candidates_and_the_mix_follows_the_winner(materialized)
     result, root = materialized
     search = _metadata(result, "mixture_search")
     assert search["winner"] in {"web-heavy", "code-heavy"}
-    assert "web-heavy" in search["candidates"] and "code-heavy" in search["candidates"]
+    candidates = {row["candidate"]: row for row in table_rows(search["candidates"])}
+    assert set(candidates) == {"web-heavy", "code-heavy"}
+    assert candidates[search["winner"]]["verdict"] == "winner"
+    assert all(isinstance(row["validation loss"], float) for row in candidates.values())
     summary = json.loads((root / "data/mix/search/search.json").read_text())
     assert len({round(c["val_loss"], 6) for c in summary["candidates"]}) == 2  # really different runs
     mix = _metadata(result, "pretraining_mixture")
     assert json.loads(json.dumps(mix["mixture"]))["domain_weights"] == summary["winner_mixture"]["domain_weights"]
-    assert "| web/en |" in mix["realised_mix"]
+    realised = {row["bucket"]: row for row in table_rows(mix["realised_mix"])}
+    assert realised["web/en"]["realised tokens"] > 0
+    assert sum(row["realised tokens"] for row in realised.values()) == mix["realised_tokens"]
 
 
 def test_shards_models_and_rope_base(materialized):
     result, root = materialized
     shards = _metadata(result, "pretraining_shards")
     assert shards["seq_len"] == SEQ_LEN and shards["sequences"] > 0
-    assert "| zh |" in shards["tokens_per_language"]
+    assert "zh" in column(shards["tokens_per_language"], "language")
     long_shards = _metadata(result, "long_context_shards")
     assert long_shards["seq_len"] == SEQ_LEN * 8
 

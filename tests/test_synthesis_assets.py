@@ -15,6 +15,7 @@ import pytest
 from conftest import CODE, DE, EN, ZH, paragraph_doc
 
 from assets.curation import curation_assets
+from assets.metadata import column, table_rows
 from assets.pretraining import pretraining_assets
 from assets.synthesis import SFT_METHODS, quality_classifier, synthesis_assets
 from dagster_project.resources import CurationResource, SynthesisResource, TrainingResource
@@ -140,14 +141,17 @@ def test_quality_assets_show_labels_agreement_and_tier_sizes(materialized):
     assert labels["documents_rated"] == 36 and labels["off_format"] == 0
     assert labels["excerpt_tokens"] == 64 and labels["labels_per_minute"] > 0 and labels["mean_prompt_tokens"] > 64
     classifier = _metadata(result, "quality_classifier")
-    assert "within1_accuracy" in classifier["agreement_with_teacher"]
-    assert "| spearman 95% CI |" in classifier["agreement_with_teacher"]
+    agreement = {row["metric"]: row for row in table_rows(classifier["agreement_with_teacher"])}
+    assert "within1_accuracy" in agreement and "spearman 95% CI low" in agreement
     metrics = json.loads((root / "quality" / "classifier" / "metrics.json").read_text())
+    assert agreement["n"]["held out"] == metrics["heldout"]["n"]
     assert metrics["counts"]["labels"] == 36 and metrics["heldout"]["n"] == metrics["counts"]["heldout"] > 0
     tiers = _metadata(result, "quality_tiers")
     assert tiers["dagster/row_count"] == 52  # every document scored once
     assert 0 <= tiers["strict_documents"] <= tiers["relaxed_documents"] <= 52
-    assert "| strict |" in tiers["tiers"] and "| relaxed |" in tiers["tiers"]
+    tier_rows = {row["tier"]: row for row in table_rows(tiers["tiers"])}
+    assert tier_rows["strict"]["documents"] == tiers["strict_documents"]
+    assert tier_rows["relaxed"]["documents"] == tiers["relaxed_documents"]
     assert 0 <= tiers["strict_flagged_kept"] <= tiers["relaxed_flagged_kept"] <= tiers["flagged_documents"] <= 52
     assert len(tiers["flagged_sample"]) <= min(10, tiers["flagged_documents"])
     scored = pq.read_table(root / "curated" / "quality_scored" / "data").column("quality_score").to_pylist()
@@ -161,7 +165,7 @@ def test_sft_data_reports_every_method(materialized):
     result, root, _ = materialized
     meta = _metadata(result, "sft_data")
     for method in SFT_METHODS:
-        assert f"| {method} |" in meta["by_method"]
+        assert method in column(meta["by_method"], "method")
         assert (root / "synthetic" / "sft" / method / "_SUCCESS.json").exists()
     assert " of " in meta["math_samples_passed"] and " of " in meta["code_samples_passed"]
     summary = json.loads((root / "synthetic" / "sft" / "final" / "_SUCCESS.json").read_text())
