@@ -2,14 +2,20 @@
 
 import hashlib
 import json
-import os
 
 import dagster as dg
 
 from assets.curation import curation_assets
 from assets.pretraining import pretraining_assets
 from assets.synthesis import TEACHER_TAG, synthesis_assets
-from dagster_project.resources import CurationResource, SynthesisResource, TrainingResource
+from dagster_project.resources import (
+    DATA_ROOT_ENV,
+    DEFAULT_DATA_ROOT,
+    CurationResource,
+    SynthesisResource,
+    TrainingResource,
+    env_or_default,
+)
 
 curation_job = dg.define_asset_job(
     "curation_job",
@@ -20,13 +26,15 @@ curation_job = dg.define_asset_job(
 data_refresh_schedule = dg.ScheduleDefinition(
     name="data_refresh_schedule",
     job=curation_job,
-    cron_schedule=os.environ.get("QWEN2_REFRESH_CRON", "0 3 * * *"),
+    # A schedule's cron and default status are part of the definition (no run config), so these two are read
+    # when the code location loads, through dg.EnvVar like the resources' variables.
+    cron_schedule=dg.EnvVar("QWEN2_REFRESH_CRON").get_value(default="0 3 * * *"),
     execution_timezone="UTC",
     description="Re-runs curation daily. Unchanged shards are resumed, not redone. Turn it on in the UI "
     "(Automation) or set QWEN2_REFRESH_SCHEDULE=on.",
     default_status=(
         dg.DefaultScheduleStatus.RUNNING
-        if os.environ.get("QWEN2_REFRESH_SCHEDULE") == "on"
+        if dg.EnvVar("QWEN2_REFRESH_SCHEDULE").get_value() == "on"
         else dg.DefaultScheduleStatus.STOPPED
     ),
 )
@@ -74,9 +82,11 @@ defs = dg.Definitions(
         {"tag_concurrency_limits": [{"key": k, "value": v, "limit": 1} for k, v in TEACHER_TAG.items()]}
     ),
     resources={
-        "curation": CurationResource(),
+        # Environment variables reach the resources as dg.EnvVar (resolved when a run starts, shown as such in
+        # the UI); an unset one leaves the field's default (./data; no base URL).
+        "curation": CurationResource(data_root=env_or_default(DATA_ROOT_ENV, DEFAULT_DATA_ROOT)),
         "training": TrainingResource(),
-        "synthesis": SynthesisResource(),
+        "synthesis": SynthesisResource(base_url=env_or_default("OPENAI_BASE_URL", "")),
         # SIGINT to the trainer when a run is cancelled; it stops within one step and keeps its last checkpoint.
         "pipes_subprocess_client": dg.PipesSubprocessClient(forward_termination=True, termination_timeout_seconds=60),
     },

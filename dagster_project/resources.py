@@ -1,6 +1,5 @@
 """Resources shared by the assets. Kept light: nothing here imports Beam, torch or pyarrow."""
 
-import os
 import sys
 from pathlib import Path
 
@@ -10,17 +9,27 @@ from pydantic import Field
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def default_data_root() -> str:
-    return os.environ.get("QWEN2_DATA_ROOT", str(PROJECT_ROOT / "data"))
+DEFAULT_DATA_ROOT = str(PROJECT_ROOT / "data")
+DATA_ROOT_ENV = "QWEN2_DATA_ROOT"
+
+
+def env_or_default(name: str, default):
+    """``dg.EnvVar(name)`` where the variable is set, else ``default``.
+
+    Dagster resolves an EnvVar when a run starts (and the UI shows the resource field as taken from that
+    variable); an EnvVar whose variable is unset fails the run's config, so an unset variable keeps the field's
+    own default instead. Only the variable's presence is looked at here, never its value.
+    """
+    return dg.EnvVar(name) if dg.EnvVar(name).get_value() is not None else default
 
 
 class CurationResource(dg.ConfigurableResource):
     """Where the curated shards live and how the Beam pipelines run."""
 
     data_root: str = Field(
-        default_factory=default_data_root,
+        default=DEFAULT_DATA_ROOT,
         description="Folder or fsspec URI (s3://bucket/prefix, gs://...) under which every stage writes. "
-        "Defaults to $QWEN2_DATA_ROOT, else ./data in the project.",
+        "The code location sets it from $QWEN2_DATA_ROOT (dg.EnvVar) when that is set; else ./data in the project.",
     )
     beam_args: list[str] = Field(
         default_factory=list,
@@ -117,7 +126,11 @@ class SynthesisResource(dg.ConfigurableResource):
         "Else a checkpoint folder (an earlier run's SFT model can teach the next refresh), a model in the local "
         "Hugging Face cache, or (openai) the model name the server serves.",
     )
-    base_url: str = Field(default="", description="openai backend: server URL ending in /v1 (or $OPENAI_BASE_URL).")
+    base_url: str = Field(
+        default="",
+        description="openai backend: server URL ending in /v1. The code location sets it from $OPENAI_BASE_URL "
+        "(dg.EnvVar) when that is set.",
+    )
     batch_size: int = Field(default=8, description="transformers backend: prompts per generate call.")
     cache: bool = Field(
         default=True,

@@ -104,3 +104,50 @@ def test_code_location_imports_no_heavy_modules():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _resources_in_a_fresh_process(env: dict) -> dict:
+    """Load the code location with ``env`` (QWEN2_DATA_ROOT / OPENAI_BASE_URL set or unset) and describe its
+    resources' fields: an EnvVar as {"env": name}, else the value."""
+    import json
+    import os
+
+    code = (
+        "import json, dagster as dg\n"
+        "from dagster_project.definitions import defs\n"
+        "def show(v):\n"
+        "    return {'env': v.env_var_name} if isinstance(v, dg.EnvVar) else v\n"
+        "print(json.dumps({'data_root': show(defs.resources['curation'].data_root),\n"
+        "                  'base_url': show(defs.resources['synthesis'].base_url)}))\n"
+    )
+    base = {k: v for k, v in os.environ.items() if k not in ("QWEN2_DATA_ROOT", "OPENAI_BASE_URL")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**base, **env})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_environment_reaches_resources_through_envvar(tmp_path):
+    from dagster_project.resources import DEFAULT_DATA_ROOT
+
+    unset = _resources_in_a_fresh_process({})
+    assert unset == {"data_root": DEFAULT_DATA_ROOT, "base_url": ""}
+    root = str(tmp_path / "root")
+    set_ = _resources_in_a_fresh_process({"QWEN2_DATA_ROOT": root, "OPENAI_BASE_URL": "http://h:1/v1"})
+    assert set_ == {"data_root": {"env": "QWEN2_DATA_ROOT"}, "base_url": {"env": "OPENAI_BASE_URL"}}
+
+
+def test_an_envvar_data_root_is_resolved_when_the_run_starts(tmp_path, monkeypatch):
+    from dagster_project.resources import CurationResource, env_or_default
+
+    seen = []
+
+    @dg.asset
+    def where(curation: CurationResource):
+        seen.append(curation.mix_dir("index"))
+
+    resource = CurationResource(data_root=env_or_default("QWEN2_TEST_ROOT_H2B", "unused"))
+    assert resource.data_root == "unused"  # unset: the default, not an EnvVar that would fail the run
+    monkeypatch.setenv("QWEN2_TEST_ROOT_H2B", str(tmp_path))
+    resource = CurationResource(data_root=env_or_default("QWEN2_TEST_ROOT_H2B", "unused"))
+    monkeypatch.setenv("QWEN2_TEST_ROOT_H2B", str(tmp_path / "later"))  # the value at launch counts
+    assert dg.materialize([where], resources={"curation": resource}).success
+    assert seen == [f"{tmp_path}/later/mix/index"]
