@@ -24,13 +24,18 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(BIN)/python -m synth.eval_sets --setup
 	touch $@
 
+# The demo's sizes are the `demo` settings profile (dagster_project/profiles/demo.toml), passed as run config.
 demo: setup
 	$(BIN)/python -m pipelines.demo_corpus --output $(QWEN2_DATA_ROOT)/crawl --cache $(DEB_CACHE)
-	$(BIN)/dagster asset materialize -m dagster_project.definitions --select 'group:curation'
+	mkdir -p $(DAGSTER_HOME)
+	for group in curation synthesis pretraining; do \
+	  $(BIN)/python -m dagster_project.profiles demo --select group:$$group > $(DAGSTER_HOME)/demo_$$group.yaml || exit 1; \
+	done
+	$(BIN)/dagster asset materialize -m dagster_project.definitions --select 'group:curation' -c $(DAGSTER_HOME)/demo_curation.yaml
 	$(BIN)/python -m pipelines.report --data-root $(QWEN2_DATA_ROOT)
-	$(BIN)/dagster asset materialize -m dagster_project.definitions --select 'group:synthesis'
+	$(BIN)/dagster asset materialize -m dagster_project.definitions --select 'group:synthesis' -c $(DAGSTER_HOME)/demo_synthesis.yaml
 	$(BIN)/python -m synth.report --data-root $(QWEN2_DATA_ROOT)
-	$(BIN)/dagster asset materialize -m dagster_project.definitions --select 'group:pretraining'
+	$(BIN)/dagster asset materialize -m dagster_project.definitions --select 'group:pretraining' -c $(DAGSTER_HOME)/demo_pretraining.yaml
 	$(BIN)/python -m training.report --data-root $(QWEN2_DATA_ROOT)
 	@echo
 	@echo "Open the UI:  make ui   (dagster dev on http://127.0.0.1:3000, runs kept in $(DAGSTER_HOME))"

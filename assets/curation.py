@@ -10,42 +10,37 @@ from pydantic import Field
 
 from assets.metadata import counts_table
 from dagster_project.resources import CurationResource
+from pipelines.curation_settings import DedupSettings, IngestSettings, LanguageIdSettings, QualitySettings
+from pipelines.settings import dagster_config, to_settings
 
 GROUP = "curation"
 KINDS = {"beam", "parquet"}
 
 
-class IngestConfig(dg.Config):
-    inputs: list[str] = Field(
-        default_factory=list,
-        description="Globs or fsspec URIs of .warc[.gz], .wet[.gz], .jsonl[.gz] or .parquet files, or "
-        "hf:<dataset>:<split>. Empty: every file under <data_root>/crawl.",
-    )
-    max_doc_bytes: int = Field(default=10_000_000, description="Larger documents are quarantined to errors/.")
-
-
-class LanguageIdConfig(dg.Config):
-    languages: list[str] = Field(
-        default_factory=list, description="ISO 639-1 codes to keep. Empty: the ~30 languages of Qwen2."
-    )
-    keep_all_languages: bool = Field(default=False, description="Keep every language that passes its threshold.")
-    default_threshold: float | None = Field(
-        default=None, description="One minimum lid.176 score for every language (default: FineWeb-2's per language)."
-    )
-    thresholds: dict[str, float] = Field(default_factory=dict, description="Per-language minimum scores.")
-
-
-class QualityConfig(dg.Config):
-    code_filter: bool = Field(default=True, description="Apply the StarCoder rules to source files.")
-
-
-class DedupAssetConfig(dg.Config):
-    bands: int = Field(default=14, description="LSH bands.")
-    rows: int = Field(default=8, description="MinHash values per band (bands x rows permutations).")
-    ngram: int = Field(default=5, description="Words per shingle.")
-    seed: int = Field(default=1, description="MinHash seed.")
-    exact: bool = Field(default=True, description="Also remove exact duplicates of the normalized text.")
-    max_duplicate_rate: float = Field(default=0.001, description="Asset check: most exact duplicates left after.")
+# The Launchpad config of each asset is generated from the stage's settings (pipelines/curation_settings.py), the
+# same model as the stage's command line: same names, defaults, bounds and docs (tests/test_config_parity.py).
+IngestConfig = dagster_config(
+    IngestSettings,
+    "IngestConfig",
+    inputs=(
+        list[str],
+        Field(
+            default=[],
+            description="Globs or fsspec URIs of .warc[.gz], .wet[.gz], .jsonl[.gz] or .parquet files, or "
+            "hf:<dataset>:<split>. Empty: every file under <data_root>/crawl.",
+        ),
+    ),
+)
+LanguageIdConfig = dagster_config(LanguageIdSettings, "LanguageIdConfig")
+QualityConfig = dagster_config(QualitySettings, "QualityConfig")
+DedupAssetConfig = dagster_config(
+    DedupSettings,
+    "DedupAssetConfig",
+    max_duplicate_rate=(
+        float,
+        Field(default=0.001, ge=0, le=1, description="Asset check: most exact duplicates left after dedup (share)."),
+    ),
+)
 
 
 def stage_metadata(summary: dict) -> dict:
@@ -114,9 +109,8 @@ def raw_documents(config: IngestConfig, curation: CurationResource) -> dg.Materi
     from pipelines import ingest
 
     out = curation.stage_dir("ingested")
-    summary = ingest.run(
-        config.inputs or [curation.crawl_dir()], out, max_doc_bytes=config.max_doc_bytes, **curation.run_kwargs()
-    )
+    settings = to_settings(IngestSettings, config)
+    summary = ingest.run(config.inputs or [curation.crawl_dir()], out, settings=settings, **curation.run_kwargs())
     return dg.MaterializeResult(metadata=stage_metadata(summary), check_results=_schema_and_size_checks(out, summary))
 
 
@@ -137,18 +131,10 @@ def language_filtered_documents(config: LanguageIdConfig, curation: CurationReso
     """Documents labelled with fastText lid.176 (``lang``, ``lang_score``), kept when the language is wanted
     and its score passes that language's threshold (FineWeb-2's values by default)."""
     from pipelines import langid
-    from pipelines.lang_config import QWEN2_LANGUAGES
 
     out = curation.stage_dir("langid")
-    languages = None if config.keep_all_languages else (config.languages or list(QWEN2_LANGUAGES))
-    summary = langid.run(
-        curation.stage_dir("ingested"),
-        out,
-        languages=languages,
-        thresholds=config.thresholds,
-        default_threshold=config.default_threshold,
-        **curation.run_kwargs(),
-    )
+    settings = to_settings(LanguageIdSettings, config)
+    summary = langid.run(curation.stage_dir("ingested"), out, settings=settings, **curation.run_kwargs())
     below = summary.get("dropped", {}).get("lang_below_threshold", 0)
     share = below / summary["docs_in"] if summary.get("docs_in") else 0.0
     checks = _schema_and_size_checks(out, summary) + [
@@ -178,7 +164,8 @@ def quality_filtered_documents(config: QualityConfig, curation: CurationResource
     from pipelines import quality
 
     out = curation.stage_dir("quality")
-    summary = quality.run(curation.stage_dir("langid"), out, code_filter=config.code_filter, **curation.run_kwargs())
+    settings = to_settings(QualitySettings, config)
+    summary = quality.run(curation.stage_dir("langid"), out, settings=settings, **curation.run_kwargs())
     flagged = summary.get("flagged_docs", {})
     metadata = stage_metadata(summary) | {
         "documents_by_profile": counts_table(summary.get("profiles", {}), "profile", "kept documents"),
@@ -209,10 +196,8 @@ def deduplicated_documents(config: DedupAssetConfig, curation: CurationResource)
     from pipelines.checks import remaining_duplicate_rate
 
     out = curation.stage_dir("dedup")
-    params = dedup.DedupConfig(
-        bands=config.bands, rows=config.rows, ngram=config.ngram, seed=config.seed, exact=config.exact
-    )
-    summary = dedup.run(curation.stage_dir("quality"), out, config=params, **curation.run_kwargs())
+    settings = to_settings(DedupSettings, config)
+    summary = dedup.run(curation.stage_dir("quality"), out, settings=settings, **curation.run_kwargs())
     rate, remaining = remaining_duplicate_rate(out)
     clusters = summary.get("clusters", {})
     metadata = stage_metadata(summary) | {

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from pipelines.readers import DEFAULT_MAX_DOC_BYTES, read_documents
 from pipelines.schema import excluded_row
+from pipelines.settings import ArgumentParser, Settings, bounded, settings_from_args, settings_parser
 from pipelines.shards import (
     SUCCESS_FILE,
     ShardStats,
@@ -293,36 +294,9 @@ def finish_stage(
     return summary
 
 
-def bounded(kind: type = int, low: float | None = None, high: float | None = None):
-    """An argparse ``type`` that parses ``kind`` and refuses NaN and values outside [low, high], naming the range."""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
-        if value != value or (low is not None and value < low) or (high is not None and value > high):
-            lo = "-inf" if low is None else low
-            hi = "inf" if high is None else high
-            raise argparse.ArgumentTypeError(f"{text} is outside the valid range [{lo}, {hi}]")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in its messages
-    return parse
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse that takes no abbreviations and reports a mistake in one line (``error: ...``, exit 2)."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
-def stage_arg_parser(description: str) -> argparse.ArgumentParser:
+def stage_arg_parser(description: str, settings: type[Settings] | None = None) -> argparse.ArgumentParser:
+    """The run options every shard stage takes (input, output, workers), then ``settings``'s fields, generated
+    by ``pipelines.settings.settings_parser``; ``parse_stage_args`` validates them into ``args.settings``."""
     parser = ArgumentParser(description=description)
     parser.add_argument(
         "--input",
@@ -333,17 +307,14 @@ def stage_arg_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers", type=bounded(int, 1), default=None, help="local worker processes (default: all cores)"
     )
-    parser.add_argument(
-        "--max-doc-bytes",
-        type=bounded(int, 1),
-        default=DEFAULT_MAX_DOC_BYTES,
-        help="documents larger than this are quarantined",
-    )
+    if settings is not None:
+        settings_parser(settings, parser=parser)
     return parser
 
 
 def parse_stage_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[argparse.Namespace, list]:
-    """The stage's own options, and the rest as Beam pipeline options; a flag that is neither is an error."""
+    """The stage's own options, and the rest as Beam pipeline options; a flag that is neither is an error. With
+    settings (``stage_arg_parser(..., settings=cls)``), ``args.settings`` is the validated ``cls``."""
     args, rest = parser.parse_known_args(argv)
     if rest:
         from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
@@ -358,6 +329,8 @@ def parse_stage_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None
                 f"unrecognized arguments: {' '.join(unknown)} (neither an option of this command, see --help, "
                 "nor a Beam pipeline option)"
             )
+    if getattr(args, "settings_class", None) is not None:
+        args.settings = settings_from_args(parser, args)
     return args, rest
 
 

@@ -2,6 +2,9 @@
 
     python -m pipelines.dedup --input data/quality --output data/dedup [--bands 14 --rows 8 --ngram 5]
 
+Settings: ``DedupSettings`` (``pipelines/curation_settings.py``), the same as the Dagster asset
+``deduplicated_documents``; ``DedupConfig`` below is the algorithm's part of them, with the same defaults.
+
 1. ``Signatures``: each worker streams its shards and emits, per document, one bucket key for its
    normalized-text hash and one per LSH band of its MinHash (datasketch's, in numpy; word 5-gram shingles,
    ``bands x rows`` permutations; 14 x 8 by default, as FineWeb). Only keys and small member
@@ -29,7 +32,8 @@ import numpy as np
 import regex
 import xxhash
 
-from pipelines.beam_stage import bounded, cli, parse_stage_args, print_summary, run_pipeline, stage_arg_parser
+from pipelines.beam_stage import cli, parse_stage_args, print_summary, run_pipeline, stage_arg_parser
+from pipelines.curation_settings import DedupSettings
 from pipelines.readers import DEFAULT_MAX_DOC_BYTES, read_documents
 from pipelines.schema import excluded_row
 from pipelines.shards import (
@@ -54,13 +58,23 @@ _WORD = regex.compile(
 _PUNCT_SPACE = regex.compile(r"[\p{P}\p{S}\s]+")
 
 
+_SETTINGS = DedupSettings.model_fields
+
+
 @dataclass(frozen=True)
 class DedupConfig:
-    bands: int = 14  # LSH bands (buckets per document)
-    rows: int = 8  # MinHash values per band; bands * rows permutations in all
-    ngram: int = 5  # words per shingle
-    seed: int = 1  # MinHash permutation seed
-    exact: bool = True  # also merge documents whose normalized text is identical
+    """The MinHash/LSH part of ``DedupSettings`` (defaults and docs there), as a plain dataclass: it is part of
+    the stage identity (``asdict``) here and in ``synth.decontam``'s config."""
+
+    bands: int = _SETTINGS["bands"].default
+    rows: int = _SETTINGS["rows"].default
+    ngram: int = _SETTINGS["ngram"].default
+    seed: int = _SETTINGS["seed"].default
+    exact: bool = _SETTINGS["exact"].default
+
+    @classmethod
+    def from_settings(cls, settings: DedupSettings) -> DedupConfig:
+        return cls(**{name: getattr(settings, name) for name in cls.__dataclass_fields__})
 
     def __post_init__(self):
         if self.bands < 1 or self.rows < 1 or self.ngram < 1:
@@ -256,13 +270,17 @@ def run(
     workers: int | None = None,
     config: DedupConfig | None = None,
     max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
+    settings: DedupSettings | None = None,
 ) -> dict:
+    """``settings``: the stage's settings, in place of ``config`` and ``max_doc_bytes``."""
     import time
 
     import apache_beam as beam
 
     from pipelines.beam_stage import finish_stage
 
+    if settings is not None:
+        config, max_doc_bytes = DedupConfig.from_settings(settings), settings.max_doc_bytes
     config = config or DedupConfig()
     files = expand_inputs(inputs)
     # Which document of a cluster is kept depends on every input, so any input change starts afresh.
@@ -310,16 +328,8 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = stage_arg_parser(__doc__.splitlines()[0])
-    defaults = DedupConfig()
-    parser.add_argument("--bands", type=bounded(int, 1), default=defaults.bands)
-    parser.add_argument("--rows", type=bounded(int, 1), default=defaults.rows)
-    parser.add_argument("--ngram", type=bounded(int, 1), default=defaults.ngram)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--no-exact", action="store_true", help="fuzzy (MinHash) dedup only")
-    args, beam_args = parse_stage_args(parser, argv)
-    config = DedupConfig(bands=args.bands, rows=args.rows, ngram=args.ngram, seed=args.seed, exact=not args.no_exact)
-    print_summary(run(args.input, args.output, beam_args, args.workers, config, args.max_doc_bytes))
+    args, beam_args = parse_stage_args(stage_arg_parser(__doc__.splitlines()[0], DedupSettings), argv)
+    print_summary(run(args.input, args.output, beam_args, args.workers, settings=args.settings))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Stage 1, ingest: raw crawl files and datasets -> Parquet shards of DOCUMENT_SCHEMA.
 
-    python -m pipelines.ingest --input 'crawl/*.warc.gz' --output data/ingested [beam flags]
+    python -m pipelines.ingest --input 'crawl/*.warc.gz' --output data/ingested [--max-doc-bytes N] [beam flags]
+
+Settings: ``IngestSettings`` (``pipelines/curation_settings.py``), the same as the Dagster asset ``raw_documents``.
 
 One output shard per input file; unreadable records go to ``errors/`` with a reason (see ``pipelines.readers``:
 every record is validated and coerced on its own, damaged WARC/gzip data costs only the damaged record) and the
@@ -29,6 +31,7 @@ from pipelines.beam_stage import (
     run_shard_stage,
     stage_arg_parser,
 )
+from pipelines.curation_settings import IngestSettings
 from pipelines.readers import EXTRACTOR, READER_VERSION, read_hf
 from pipelines.shards import filesystem, iter_parquet_rows, list_shards
 
@@ -127,7 +130,17 @@ def _count_repeats_on_beam(shards: list[str], beam_args, workers: int | None) ->
     return {name: counters.get(f"ingest/{name}", 0) for name in names}
 
 
-def run(inputs, output_dir: str, beam_args=None, workers: int | None = None, **kwargs) -> dict:
+def run(
+    inputs,
+    output_dir: str,
+    beam_args=None,
+    workers: int | None = None,
+    settings: IngestSettings | None = None,
+    **kwargs,
+) -> dict:
+    """``settings``: the stage's settings (``max_doc_bytes``); a keyword of the same name overrides it."""
+    if settings is not None:
+        kwargs = {"max_doc_bytes": settings.max_doc_bytes, **kwargs}
     for spec in [inputs] if isinstance(inputs, str) else inputs:
         for part in spec.split(","):
             if part.strip().startswith("hf:"):
@@ -144,8 +157,8 @@ def run(inputs, output_dir: str, beam_args=None, workers: int | None = None, **k
 
 
 def main(argv: list[str] | None = None) -> None:
-    args, beam_args = parse_stage_args(stage_arg_parser(__doc__.splitlines()[0]), argv)
-    print_summary(run(args.input, args.output, beam_args, args.workers, max_doc_bytes=args.max_doc_bytes))
+    args, beam_args = parse_stage_args(stage_arg_parser(__doc__.splitlines()[0], IngestSettings), argv)
+    print_summary(run(args.input, args.output, beam_args, args.workers, settings=args.settings))
 
 
 if __name__ == "__main__":

