@@ -617,9 +617,9 @@ def test_new_settings_are_checked_keyed_and_parsed(tmp_path, data16):
     assert loss_chunk_tokens(tiny_config(data16, tmp_path, loss_chunk_tokens=0), "cuda") == 0  # full logits
     for change in ({"loss_chunk_tokens": 0}, {"attn_implementation": "eager"}, {"fsdp_reduce_dtype": "bf16"}):
         assert run_key(tiny_config(data16, tmp_path, **change)) != run_key(base), change
-    cli = ["--data", str(data16), "--output", str(tmp_path), "--activation-checkpointing", "false"]
+    cli = ["--data", str(data16), "--output", str(tmp_path), "--no-activation-checkpointing"]
     assert config_from_args(cli).activation_checkpointing is False
-    assert config_from_args(cli[:-1] + ["true"]).activation_checkpointing is True
+    assert config_from_args(cli[:-1] + ["--activation-checkpointing"]).activation_checkpointing is True
     policy = fsdp_mixed_precision(tiny_config(data16, tmp_path, fsdp_reduce_dtype="bf16"), use_bf16=True)
     assert (policy.param_dtype, policy.reduce_dtype) == (torch.bfloat16, torch.bfloat16)
     policy = fsdp_mixed_precision(base, use_bf16=True)
@@ -637,7 +637,7 @@ def test_torchrun_fsdp_with_bf16_mixed_precision_and_activation_checkpointing_tr
     cmd = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "training.pretrain"]
     cmd += ["--data", str(data16), "--output", str(out), "--strategy", "fsdp", "--max-steps", "3"]
     cmd += ["--micro-batch-size", "2", "--warmup-steps", "1", "--lr", "3e-3", "--num-threads", "1"]
-    cmd += ["--precision", "bf16", "--activation-checkpointing", "true", "--checkpoint-every", "0"]
+    cmd += ["--precision", "bf16", "--activation-checkpointing", "--checkpoint-every", "0"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=300)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -688,3 +688,29 @@ def test_init_from_reads_the_checkpoint_weights_into_the_meta_built_model(refere
         assert torch.equal(p, q), name
     assert model.lm_head.weight is model.model.embed_tokens.weight
     torch.testing.assert_close(model.model.rotary_emb.inv_freq, expected.model.rotary_emb.inv_freq)
+
+
+def test_pretrain_cli_reads_a_config_file_flags_win_and_bad_values_are_one_line(tmp_path, capsys):
+    from training.pretrain import RUN_FIELDS, PretrainSettings
+
+    settings = tmp_path / "run.json"
+    settings.write_text(json.dumps({"data": "d", "output_dir": "o", "lr": 0.01, "max_steps": 7, "strategy": "fsdp"}))
+    config = config_from_args(["--config", str(settings), "--max-steps", "9", "--output", "elsewhere"])
+    assert (config.data, config.output_dir, config.lr, config.max_steps, config.strategy) == (
+        "d", "elsewhere", 0.01, 9, "fsdp"
+    )  # fmt: skip
+    assert config.min_lr == PretrainSettings().min_lr  # untouched fields keep the recipe default
+    assert set(PretrainConfig.model_fields) == set(PretrainSettings.model_fields) | set(RUN_FIELDS)
+    for argv, message in (
+        (["--output", "o"], "data='': give the packed stage folder to train on"),
+        (["--data", "d", "--output", "o", "--lr", "1e-3", "--min-lr", "0.1"], "min_lr=0.1: must be between 0 and lr"),
+        (["--data", "d", "--output", "o", "--precision", "fp16"], "precision"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            config_from_args(argv)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+    settings.write_text(json.dumps({"data": "d", "output_dir": "o", "lerning_rate": 1}))
+    with pytest.raises(SystemExit):
+        config_from_args(["--config", str(settings)])
+    assert "unknown setting 'lerning_rate'" in capsys.readouterr().err

@@ -12,9 +12,11 @@ Several processes (DDP by default; ``--strategy fsdp`` shards parameters, gradie
 Stage 2 continues stage 1 on long documents packed 8x longer, with the RoPE base raised to 1,000,000:
 
     python -m training.pretrain --data runs/tokenized-long --output runs/pretrain-s2 \\
-        --init-from runs/pretrain-s1/final --rope-theta 1000000 --lr 1e-4 --activation-checkpointing true
+        --init-from runs/pretrain-s1/final --rope-theta 1000000 --lr 1e-4 --activation-checkpointing
 
-``--config run.json`` reads any of the flags from a JSON object (flags given on the command line win).
+``--config run.json`` (or .toml/.yaml) reads any of the settings from a file, ``--settings-profile demo`` from
+the ``[base_model]`` table of ``dagster_project/profiles/demo.toml``; flags given on the command line win.
+The flags are generated from ``PretrainConfig`` (``pipelines.settings``), as is the assets' Launchpad config.
 A run resumes by itself from the newest checkpoint in ``--output``; rerunning a finished run with a larger
 ``--max-steps`` continues it in a new learning-rate segment (re-warmup, then a new cosine: ``lr_at``). It may
 resume on another number of processes only with the same global batch (change ``--grad-accum-steps`` to keep it);
@@ -41,9 +43,7 @@ torch and transformers are imported inside functions, so importing ``PretrainCon
 from __future__ import annotations
 
 import argparse
-import ast
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -53,157 +53,172 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Literal, get_args
 
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+from pipelines.settings import ArgumentParser, Settings, parse_settings, settings_parser
 from training.model_configs import MODEL_SIZES
 
-PRECISIONS = ("auto", "bf16", "fp32")
-STRATEGIES = ("ddp", "fsdp")
-DEVICES = ("auto", "cpu", "cuda")
-ATTENTION_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "flex_attention", "eager")  # training.attention
-REDUCE_DTYPES = ("fp32", "bf16")
+Precision = Literal["auto", "bf16", "fp32"]
+Strategy = Literal["ddp", "fsdp"]
+Device = Literal["auto", "cpu", "cuda"]
+AttentionImplementation = Literal["sdpa", "flash_attention_2", "flex_attention", "eager"]  # training.attention
+ReduceDtype = Literal["fp32", "bf16"]
+ModelSize = Literal[MODEL_SIZES]  # type: ignore[valid-type]
+PRECISIONS, STRATEGIES, DEVICES = get_args(Precision), get_args(Strategy), get_args(Device)
+ATTENTION_IMPLEMENTATIONS, REDUCE_DTYPES = get_args(AttentionImplementation), get_args(ReduceDtype)
 # Test hook: SIGKILL this process right after the given step (and its checkpoint), like a machine failure.
 KILL_AFTER_STEP_ENV = "PRETRAIN_SIGKILL_AFTER_STEP"
 
 
-@dataclass
-class PretrainConfig:
-    """Everything a pretraining run needs; ``main`` builds it from flags, Dagster from its launch config."""
+class PretrainSettings(Settings):
+    """How a model is trained: the hyperparameters and the machinery. The Launchpad config of ``base_model`` and
+    ``long_context_model`` (``dagster_config``) and the settings flags of ``python -m training.pretrain``."""
 
-    data: str
-    """Packed tokenize-stage folder to train on (``_config.json`` with ``seq_len``, ``data/*.parquet``,
-    ``_SUCCESS.json``); local path or fsspec URI."""
-    output_dir: str
-    """Folder for checkpoints, metrics, TensorBoard logs, ``final/`` and ``summary.json``; a rerun resumes here."""
-    val_data: str | None = None
-    """Optional packed stage folder for the validation loss (same ``seq_len`` as ``data``)."""
-    model_size: str | None = None
-    """Qwen2 size to train from scratch: tiny, proxy, 0.5B, 1.5B, 7B or 72B (default tiny). With ``init_from``
-    the checkpoint's shape is used and this, if given, must match it."""
-    init_from: str | None = None
-    """A ``save_pretrained`` folder to start from instead of random weights (stage 2 continues stage 1's
-    ``final``); its optimizer state is not loaded."""
-    rope_theta: float | None = None
-    """RoPE base; default 10,000 from scratch, the checkpoint's with ``init_from``. Stage 2 sets 1,000,000."""
-    max_steps: int = 100
-    """Optimizer steps in the whole run (counting steps done before a resume)."""
-    micro_batch_size: int = 4
-    """Rows per forward/backward pass on each rank."""
-    grad_accum_steps: int = 1
-    """Micro-batches accumulated per optimizer step on each rank."""
-    lr: float = 3e-4
-    """Peak learning rate, reached after the warmup."""
-    min_lr: float = 3e-5
-    """Learning rate at the last step: the cosine decays from ``lr`` to this."""
-    warmup_steps: int = 10
-    """Steps of linear warmup from lr/warmup_steps to ``lr`` (more than max_steps: the peak is never reached)."""
-    weight_decay: float = 0.1
-    """AdamW weight decay on matrices and embeddings (never on biases and norms)."""
-    grad_clip: float = 1.0
-    """Clip the global gradient norm to this; 0 disables clipping (the norm is still logged)."""
-    beta1: float = 0.9
-    """AdamW beta1."""
-    beta2: float = 0.95
-    """AdamW beta2."""
-    seed: int = 0
-    """Seed of the weight init and of the data order (every epoch has its own order from it)."""
-    precision: str = "auto"
-    """auto: bf16 autocast on a GPU that supports it, else fp32; bf16: bf16 autocast on any device (CPU too);
-    fp32: no autocast. Weights and optimizer state are always fp32."""
-    device: str = "auto"
-    """auto: one CUDA GPU per rank when there is one, else CPU; or cpu / cuda."""
-    attn_implementation: str = "sdpa"
-    """How attention keeps the documents of a packed micro-batch apart (``training.attention``). sdpa: the
-    micro-batch flattened into one row, causal SDPA per document (CPU and GPU; no T x T mask); flash_attention_2:
-    the flattened row and its document boundaries to flash-attn's varlen kernel (GPU, needs flash-attn);
-    flex_attention: a block-sparse document BlockMask (GPU: torch 2.13 has no flex backward on CPU); eager:
-    transformers' dense per-document mask (a reference for short rows)."""
-    loss_chunk_tokens: int | None = None
-    """Positions per chunk of output layer + cross-entropy (``training.loss``): one [chunk, vocab] fp32 buffer
-    instead of the micro-batch's whole logits (a 32,768-token row: 20 GB). Default: 256 on CPU (0.16 GB at
-    151,936 rows), 4,096 on GPU (fewer, larger kernels). 0: transformers' loss over the full logits."""
-    activation_checkpointing: bool = False
-    """Keep only each decoder layer's input in the forward pass and recompute the layer in the backward pass, its
-    MLP in tiles of 2,048 tokens (``training.activations``): more compute, activations of one layer (one MLP tile)
-    at a time instead of all (long rows, large models)."""
-    fsdp_reduce_dtype: str = "fp32"
-    """With strategy fsdp and bf16 precision FSDP gathers the parameters in bf16 for forward and backward, and
-    reduce-scatters gradients in this dtype: fp32 (exact sums over ranks) or bf16 (half the traffic). The sharded
-    weights and the optimizer state stay fp32."""
-    strategy: str = "ddp"
-    """With several processes: ddp (replicated model) or fsdp (FSDP2 ``fully_shard`` per decoder layer)."""
-    checkpoint_every: int = 100
-    """Save a resumable checkpoint every this many steps (and always at the last step)."""
-    keep_checkpoints: int = 2
-    """How many of the newest checkpoints to keep."""
-    eval_every: int = 0
-    """Validation loss every this many steps; 0: only at the end. Needs ``val_data``."""
-    eval_batches: int = 4
-    """Micro-batches per rank in one validation pass (always the same first rows of ``val_data``)."""
-    log_every: int = 10
-    """Progress line (stdout or Dagster Pipes) every this many steps; metrics.jsonl gets every step."""
-    num_threads: int | None = None
-    """torch intra-op CPU threads of each process (default: torch's choice; torchrun sets 1 per process)."""
+    max_steps: int = Field(
+        100, ge=1, description="Optimizer steps in the whole run (counting steps done before a resume)."
+    )
+    micro_batch_size: int = Field(4, ge=1, description="Rows per forward/backward pass on each rank.")
+    grad_accum_steps: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step on each rank.")
+    lr: float = Field(3e-4, gt=0, description="Peak learning rate, reached after the warmup.")
+    min_lr: float = Field(3e-5, ge=0, description="Learning rate at the last step: the cosine decays from lr to this.")
+    warmup_steps: int = Field(
+        10,
+        ge=0,
+        description="Steps of linear warmup from lr/warmup_steps to lr (more than max_steps: the peak is never "
+        "reached).",
+    )
+    weight_decay: float = Field(
+        0.1, ge=0, description="AdamW weight decay on matrices and embeddings (never on biases and norms)."
+    )
+    grad_clip: float = Field(
+        1.0, ge=0, description="Clip the global gradient norm to this; 0 disables clipping (the norm is still logged)."
+    )
+    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
+    beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2.")
+    seed: int = Field(
+        0, description="Seed of the weight init and of the data order (every epoch has its own order from it)."
+    )
+    device: Device = Field(
+        "auto", description="auto: one CUDA GPU per rank when there is one, else CPU; or cpu / cuda."
+    )
+    attn_implementation: AttentionImplementation = Field(
+        "sdpa",
+        description="How attention keeps the documents of a packed micro-batch apart (training.attention). sdpa: "
+        "the micro-batch flattened into one row, causal SDPA per document (CPU and GPU; no T x T mask); "
+        "flash_attention_2: the flattened row and its document boundaries to flash-attn's varlen kernel (GPU, needs "
+        "flash-attn); flex_attention: a block-sparse document BlockMask (GPU: torch 2.13 has no flex backward on "
+        "CPU); eager: transformers' dense per-document mask (a reference for short rows).",
+    )
+    loss_chunk_tokens: int | None = Field(
+        None,
+        ge=0,
+        description="Positions per chunk of output layer + cross-entropy (training.loss): one [chunk, vocab] fp32 "
+        "buffer instead of the micro-batch's whole logits (a 32,768-token row: 20 GB). Default: 256 on CPU (0.16 GB "
+        "at 151,936 rows), 4,096 on GPU (fewer, larger kernels). 0: transformers' loss over the full logits.",
+    )
+    activation_checkpointing: bool = Field(
+        False,
+        description="Keep only each decoder layer's input in the forward pass and recompute the layer in the "
+        "backward pass, its MLP in tiles of 2,048 tokens (training.activations): more compute, activations of one "
+        "layer (one MLP tile) at a time instead of all (long rows, large models).",
+    )
+    fsdp_reduce_dtype: ReduceDtype = Field(
+        "fp32",
+        description="With strategy fsdp and bf16 precision FSDP gathers the parameters in bf16 for forward and "
+        "backward, and reduce-scatters gradients in this dtype: fp32 (exact sums over ranks) or bf16 (half the "
+        "traffic). The sharded weights and the optimizer state stay fp32.",
+    )
+    strategy: Strategy = Field(
+        "ddp",
+        description="With several processes: ddp (replicated model) or fsdp (FSDP2 fully_shard per decoder layer).",
+    )
+    checkpoint_every: int = Field(
+        100, ge=0, description="Save a resumable checkpoint every this many steps (and always at the last step)."
+    )
+    keep_checkpoints: int = Field(
+        2, ge=1, description="How many of the newest checkpoints to keep (at least 1, or the run cannot resume)."
+    )
+    eval_every: int = Field(
+        0, ge=0, description="Validation loss every this many steps; 0: only at the end. Needs val_data."
+    )
+    eval_batches: int = Field(
+        4, ge=1, description="Micro-batches per rank in one validation pass (always the same first rows of val_data)."
+    )
+    log_every: int = Field(
+        10,
+        ge=1,
+        description="Progress line (stdout or Dagster Pipes) every this many steps; metrics.jsonl gets every step.",
+    )
+    num_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch intra-op CPU threads of each process (default: torch's choice; torchrun sets 1 per "
+        "process).",
+    )
 
-    def __post_init__(self) -> None:
-        problems = []
-        if not self.data:
-            problems.append("data: give the packed stage folder to train on")
-        if not self.output_dir:
-            problems.append("output_dir: give a folder for checkpoints and the final model")
-        if self.model_size is not None and self.model_size not in MODEL_SIZES:
-            problems.append(f"model_size={self.model_size!r}: choose one of {', '.join(MODEL_SIZES)}")
-        if self.rope_theta is not None and not self.rope_theta > 0:
-            problems.append(f"rope_theta={self.rope_theta}: must be positive (stage 2 uses 1000000)")
-        for name in ("max_steps", "micro_batch_size", "grad_accum_steps", "eval_batches", "log_every"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name}={getattr(self, name)}: must be at least 1")
-        for name in ("warmup_steps", "checkpoint_every", "eval_every", "keep_checkpoints"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name}={getattr(self, name)}: must be 0 or more")
-        if self.keep_checkpoints < 1:
-            problems.append("keep_checkpoints: keep at least 1, or the run cannot resume")
-        if not self.lr > 0:
-            problems.append(f"lr={self.lr}: must be positive")
-        if not 0 <= self.min_lr <= self.lr:
-            problems.append(f"min_lr={self.min_lr}: must be between 0 and lr={self.lr}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            problems.append("weight_decay and grad_clip must be 0 or more")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            problems.append(f"beta1={self.beta1}, beta2={self.beta2}: AdamW betas lie in [0, 1)")
-        if self.precision not in PRECISIONS:
-            problems.append(f"precision={self.precision!r}: choose one of {', '.join(PRECISIONS)}")
-        if self.device not in DEVICES:
-            problems.append(f"device={self.device!r}: choose one of {', '.join(DEVICES)}")
-        if self.strategy not in STRATEGIES:
-            problems.append(f"strategy={self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
-        if self.attn_implementation not in ATTENTION_IMPLEMENTATIONS:
-            choices = ", ".join(ATTENTION_IMPLEMENTATIONS)
-            problems.append(f"attn_implementation={self.attn_implementation!r}: choose one of {choices}")
-        if self.loss_chunk_tokens is not None and self.loss_chunk_tokens < 0:
-            problems.append(f"loss_chunk_tokens={self.loss_chunk_tokens}: tokens per chunk, or 0 for the full logits")
-        if self.fsdp_reduce_dtype not in REDUCE_DTYPES:
-            problems.append(f"fsdp_reduce_dtype={self.fsdp_reduce_dtype!r}: choose one of {', '.join(REDUCE_DTYPES)}")
-        if self.num_threads is not None and self.num_threads < 1:
-            problems.append(f"num_threads={self.num_threads}: must be at least 1")
-        if problems:
-            raise ValueError("invalid PretrainConfig:\n  " + "\n  ".join(problems))
+    @field_validator("min_lr")
+    @classmethod
+    def _min_lr_below_lr(cls, min_lr: float, info: ValidationInfo) -> float:
+        lr = info.data.get("lr")
+        if lr is not None and min_lr > lr:
+            raise PydanticCustomError("min_lr", "must be between 0 and lr={lr}", {"lr": lr})
+        return min_lr
 
 
-def field_docs(cls: type = PretrainConfig) -> dict[str, str]:
-    """The docstring under each dataclass field (for ``--help`` and for UIs), read from the source."""
-    try:
-        tree = ast.parse(inspect.getsource(cls))
-    except (OSError, TypeError):  # no source shipped (e.g. a frozen build): flags simply have no help text
-        return {}
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs = {}
-    for node, after in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
-            docs[node.target.id] = " ".join(after.value.value.split())  # type: ignore[union-attr]
-    return docs
+# What the Dagster assets supply from the curation and training resources, not from the Launchpad.
+RUN_FIELDS = ("data", "output_dir", "val_data", "model_size", "init_from", "rope_theta", "precision")
+
+
+class PretrainConfig(PretrainSettings):
+    """Everything a pretraining run needs: the settings plus the run's data, output and starting point (in
+    Dagster these come from the resources). ``main`` builds it from flags and ``--config``."""
+
+    data: str = Field(
+        "",
+        description="Packed tokenize-stage folder to train on (_config.json with seq_len, data/*.parquet, "
+        "_SUCCESS.json); local path or fsspec URI.",
+    )
+    output_dir: str = Field(
+        "",
+        description="Folder for checkpoints, metrics, TensorBoard logs, final/ and summary.json; a rerun resumes "
+        "here (--output is the same flag).",
+    )
+    val_data: str | None = Field(
+        None, description="Optional packed stage folder for the validation loss (same seq_len as data)."
+    )
+    model_size: ModelSize | None = Field(
+        None,
+        description="Qwen2 size to train from scratch: tiny, proxy, 0.5B, 1.5B, 7B or 72B (default tiny). With "
+        "init_from the checkpoint's shape is used and this, if given, must match it.",
+    )
+    init_from: str | None = Field(
+        None,
+        description="A save_pretrained folder to start from instead of random weights (stage 2 continues stage "
+        "1's final); its optimizer state is not loaded.",
+    )
+    rope_theta: float | None = Field(
+        None,
+        gt=0,
+        description="RoPE base; default 10,000 from scratch, the checkpoint's with init_from. Stage 2 sets 1,000,000.",
+    )
+    precision: Precision = Field(
+        "auto",
+        description="auto: bf16 autocast on a GPU that supports it, else fp32; bf16: bf16 autocast on any device "
+        "(CPU too); fp32: no autocast. Weights and optimizer state are always fp32.",
+    )
+
+    @field_validator("data", "output_dir")
+    @classmethod
+    def _given(cls, value: str, info: ValidationInfo) -> str:
+        if not value:
+            what = "the packed stage folder to train on" if info.field_name == "data" else "a folder for checkpoints"
+            raise PydanticCustomError("missing_folder", f"give {what}")
+        return value
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -268,7 +283,7 @@ def _run_key(config: PretrainConfig, global_batch_rows: int) -> str:
     from pipelines.shards import read_json
 
     factors = {"micro_batch_size", "grad_accum_steps"}
-    settings = {k: v for k, v in asdict(config).items() if k not in RESUMABLE_CHANGES | factors}
+    settings = {k: v for k, v in config.model_dump().items() if k not in RESUMABLE_CHANGES | factors}
     settings["global_batch_rows"] = global_batch_rows
     data = [read_json(f"{config.data.rstrip('/')}/{name}") for name in ("_config.json", "_SUCCESS.json")]
     payload = json.dumps([settings, data], sort_keys=True, default=str)
@@ -770,7 +785,7 @@ def run(config: PretrainConfig, progress: Callable[[dict], None] | None = None) 
                 "seq_len": seq_len,
                 "rows_per_step": rows_per_step,
                 "world_size": world,
-                "config": asdict(config),
+                "config": config.model_dump(),
                 "run_key": key,
                 "schedule": schedule,
             }
@@ -937,58 +952,19 @@ def _last_logged_loss(output_dir: Path) -> float | None:
 # ---- command line -----------------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m training.pretrain",
-        description=__doc__.split("\n\n")[0],
-        argument_default=argparse.SUPPRESS,  # unset flags fall back to --config, then to the dataclass default
-    )
-    parser.add_argument("--config", help="JSON file with any of the fields below (flags override it)")
-    docs, hints = field_docs(), get_type_hints(PretrainConfig)
-    for f in fields(PretrainConfig):
-        kind = hints[f.name]
-        base = next((t for t in getattr(kind, "__args__", (kind,)) if t is not type(None)), kind)
-        flag = "--" + f.name.replace("_", "-")
-        names = [flag, "--output"] if f.name == "output_dir" else [flag]
-        choices = {"model_size": MODEL_SIZES, "precision": PRECISIONS, "strategy": STRATEGIES, "device": DEVICES}
-        choices |= {"attn_implementation": ATTENTION_IMPLEMENTATIONS, "fsdp_reduce_dtype": REDUCE_DTYPES}
-        default = "" if f.default is MISSING else f" (default: {f.default})"
-        parser.add_argument(
-            *names,
-            dest=f.name,
-            type=_parse_bool if base is bool else base,
-            choices=choices.get(f.name),
-            help=docs.get(f.name, "") + default,
-        )
-    return parser
-
-
-def _parse_bool(text: str) -> bool:
-    """``--flag true`` / ``--flag false`` (argparse's ``type=bool`` would read "false" as True)."""
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+def build_parser() -> ArgumentParser:
+    """Flags generated from ``PretrainConfig`` (``pipelines.settings``): one per field, plus ``--config FILE``
+    (JSON, TOML or YAML; what the Dagster assets write) and ``--settings-profile NAME``; flags win over the file."""
+    parser = ArgumentParser(prog="python -m training.pretrain", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", dest="output_dir", default=argparse.SUPPRESS, help="same as --output-dir")
+    return settings_parser(PretrainConfig, parser=parser)
 
 
 def config_from_args(argv: list[str] | None = None) -> PretrainConfig:
-    args = vars(build_parser().parse_args(argv))
-    values: dict[str, Any] = {}
-    if "config" in args:
-        with open(args.pop("config")) as f:
-            values = json.load(f)
-        unknown = set(values) - {f.name for f in fields(PretrainConfig)}
-        if unknown:
-            raise SystemExit(f"--config has unknown fields: {', '.join(sorted(unknown))}")
-    values.update(args)
-    missing = [name for name in ("data", "output_dir") if not values.get(name)]
-    if missing:
-        raise SystemExit("missing " + " and ".join("--" + m.replace("_", "-") for m in missing))
-    try:
-        return PretrainConfig(**values)
-    except ValueError as e:
-        raise SystemExit(str(e)) from None
+    """The validated config of a command line; a bad or missing value exits with a one-line error (status 2)."""
+    parser = build_parser()
+    _, config = parse_settings(parser, argv)
+    return config
 
 
 def main(argv: list[str] | None = None) -> None:
