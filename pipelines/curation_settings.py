@@ -34,6 +34,7 @@ class IngestSettings(CurationStageSettings):
 class LanguageIdSettings(CurationStageSettings):
     languages: list[str] = Field(
         default_factory=lambda: list(QWEN2_LANGUAGES),
+        min_length=1,  # an empty list used to mean "the default" in the Launchpad: refused, not read as "all"
         description="ISO 639-1 codes to keep (default: the ~30 languages of Qwen2).",
     )
     keep_all_languages: bool = Field(

@@ -115,6 +115,7 @@ _RULES = {
     "bool_parsing": lambda c: "must be true or false",
     "bool_type": lambda c: "must be true or false",
     "list_type": lambda c: "must be a list",
+    "too_short": lambda c: f"must hold at least {c['min_length']} item(s)",
     "dict_type": lambda c: "must be a mapping of KEY=VALUE",
     "string_type": lambda c: "must be a string",
 }

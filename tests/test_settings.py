@@ -14,7 +14,7 @@ class Demo(st.Settings):
     bands: int = Field(14, ge=1, description="LSH bands.")
     rate: float = Field(0.5, ge=0, le=1, description="Share kept.", json_schema_extra={"unit": "fraction"})
     mode: Literal["auto", "web"] = Field("auto", description="Profile mode.")
-    languages: list[str] = Field(default_factory=lambda: ["en", "zh"], description="Languages to keep.")
+    languages: list[str] = Field(default_factory=lambda: ["en", "zh"], min_length=1, description="Languages to keep.")
     thresholds: dict[str, float] = Field(default_factory=dict, description="Per-language minimum scores.")
     default_threshold: float | None = Field(None, ge=0, le=1, description="One minimum score for all.")
     exact: bool = Field(True, description="Also remove exact duplicates.")
@@ -36,6 +36,7 @@ def registered(monkeypatch):
         ({"mode": "fast"}, "mode='fast': must be one of 'auto' or 'web'"),
         ({"thresholds": {"de": "high"}}, "thresholds.de='high': must be a number"),
         ({"default_threshold": -1}, "default_threshold=-1: must be >= 0"),
+        ({"languages": []}, "languages=[]: must hold at least 1 item(s)"),
         ({"band": 3}, "unknown setting 'band' (the settings are: bands, rate,"),
     ],
 )
