@@ -469,3 +469,29 @@ def test_accumulated_step_weighs_the_aux_loss_like_the_lm_loss():
     torch.testing.assert_close(got, router_grads(reference), rtol=1e-4, atol=1e-6)
     assert float(loss_sum) == pytest.approx(float(lm_total / num_items), rel=1e-5)
     assert float(aux_sum) == pytest.approx(float(sum(aux_terms)), rel=1e-5)
+
+
+def test_chunked_loss_is_exact_for_tokens_far_below_fp32_range():
+    """The chunked loss reads log p(target) off the softmax; a target whose probability underflows fp32 (a token
+    loss above ~87 nats) gets its log-sum-exp recomputed: loss and gradients still equal the full-logits path."""
+    from training.loss import chunked_causal_lm_loss
+
+    gen = torch.Generator().manual_seed(3)
+    weight = torch.randn(300, 16, generator=gen)
+    hidden = (torch.randn(2, 9, 16, generator=gen) * 12).requires_grad_()  # large logits: some p(target) ~ 0
+    labels = torch.randint(0, 300, (2, 9), generator=gen)
+    labels[0, 4] = -100
+    weight.requires_grad_()
+    logits = hidden[:, :-1] @ weight.t()
+    per_token = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, 300), labels[:, 1:].reshape(-1), reduction="none", ignore_index=-100
+    )
+    assert float(per_token.max()) > 120  # the case this is about
+    per_token.sum().div(20).backward()
+    grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    loss = chunked_causal_lm_loss(hidden, weight, labels, chunk_tokens=4, num_items_in_batch=20)
+    loss.backward()
+    assert float(loss) == pytest.approx(float(per_token.sum() / 20), rel=1e-6)
+    torch.testing.assert_close(hidden.grad, grads[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(weight.grad, grads[1], rtol=1e-5, atol=1e-6)
