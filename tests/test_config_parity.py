@@ -2,6 +2,7 @@
 (names, defaults, descriptions), and the demo profile is valid run config. A stage joins by adding one line to
 STAGES (its main must build its parser with the settings and parse it with parse_stage_args or parse_settings)."""
 
+import argparse
 import dataclasses
 import importlib
 import subprocess
@@ -19,35 +20,36 @@ ASSETS = sorted(st.STAGES)
 
 
 class _Captured(Exception):
-    def __init__(self, parser, args):
-        self.parser, self.namespace = parser, args
+    def __init__(self, parser):
+        self.parser = parser
 
 
 def stage_parser(asset: str, monkeypatch):
-    """The parser the stage's own ``main`` builds, and its result for a command line without settings flags."""
+    """The parser the stage's own ``main`` builds (caught as it is handed to parse_stage_args or parse_settings,
+    before any parsing, so the stage's required run options do not matter), and the settings it gives when no
+    settings flag is on the command line."""
     module = importlib.import_module(st.STAGES[asset][0])
-    wrapped = {name: getattr(module, name) for name in ("parse_stage_args", "parse_settings") if hasattr(module, name)}
-    assert wrapped, f"{module.__name__}.main parses with neither parse_stage_args nor parse_settings"
+    names = [name for name in ("parse_stage_args", "parse_settings") if hasattr(module, name)]
+    assert names, f"{module.__name__}.main parses with neither parse_stage_args nor parse_settings"
 
-    def capture(name):
-        def parse(parser, argv):
-            result = wrapped[name](parser, argv)
-            raise _Captured(parser, result[0])
+    def capture(parser, argv=None):
+        raise _Captured(parser)
 
-        return parse
-
-    for name in wrapped:
-        monkeypatch.setattr(module, name, capture(name))
+    for name in names:
+        monkeypatch.setattr(module, name, capture)
     with pytest.raises(_Captured) as caught:
-        module.main(["--input", "in", "--output", "out"])
-    return caught.value.parser, caught.value.namespace
+        module.main([])
+    parser = caught.value.parser
+    defaults = {a.dest: a.default for a in parser._actions if a.default is not argparse.SUPPRESS}
+    namespace = argparse.Namespace(**{**defaults, **parser._defaults})
+    return parser, st.settings_from_args(parser, namespace)
 
 
 @pytest.mark.parametrize("asset", ASSETS)
 def test_command_line_exposes_the_settings(asset, monkeypatch):
     cls = st.stage_settings(asset)
-    parser, args = stage_parser(asset, monkeypatch)
-    assert args.settings == cls()  # no flags: the recipe values
+    parser, settings = stage_parser(asset, monkeypatch)
+    assert settings == cls()  # no flags: the recipe values
     group = next(g for g in parser._action_groups if g.title == "settings")
     dests = {action.dest: action for action in group._group_actions}
     assert set(dests) == set(cls.model_fields) | {"settings_config", "settings_profile"}
