@@ -50,6 +50,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "language_filtered_documents": ("pipelines.langid", "pipelines.curation_settings:LanguageIdSettings"),
     "quality_filtered_documents": ("pipelines.quality", "pipelines.curation_settings:QualitySettings"),
     "deduplicated_documents": ("pipelines.dedup", "pipelines.curation_settings:DedupSettings"),
+    "sft_model": ("training.sft", "training.sft:SftSettings"),
 }
 
 
