@@ -111,3 +111,22 @@ def test_a_stage_reads_its_profile_table(tmp_path, monkeypatch):
         parser, ["--input", "i", "--output", "o", "--settings-profile", str(profile), "--rows", "4"]
     )
     assert (args.settings.bands, args.settings.rows, args.settings.max_doc_bytes) == (3, 4, 10_000_000)
+
+
+def test_profiles_command_prints_the_run_config(tmp_path):
+    import yaml
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "dagster_project.profiles", "demo", "--select", "group:pretraining"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert yaml.safe_load(proc.stdout) == run_config("demo", "group:pretraining")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[deduplicated_documents]\nbands = 0\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "dagster_project.profiles", str(bad)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 2 and "[deduplicated_documents]: bands=0: must be >= 1" in proc.stderr
