@@ -16,6 +16,9 @@ from pydantic import Field
 from assets.curation import deduplicated_documents
 from assets.metadata import counts_table, rows_table
 from dagster_project.resources import CurationResource, TrainingResource
+from pipelines.mixing_settings import MixtureConfig, MixtureSettings, MixtureWeights, SearchConfig, SearchSettings
+from pipelines.settings import dagster_config, to_settings
+from training.pretrain import PretrainConfig, PretrainSettings
 
 GROUP = "pretraining"
 QUALITY_TIERS = ("strict", "relaxed")
@@ -36,114 +39,45 @@ class MixtureIndexConfig(dg.Config):
     heldout_fraction: float = Field(default=0.02, description="Documents held out (by id hash) for validation.")
 
 
-class MixtureSearchConfig(dg.Config):
-    enabled: bool = Field(default=True, description="Off: the mixture assets use their own weights.")
-    candidates: list[dict] = Field(
-        default_factory=list,
-        description="Candidate mixtures (MixtureConfig fields: name, domain_weights, language_temperature, ...). "
-        "Empty: balanced, web-natural and code-heavy.",
-    )
-    proxy_steps: int = Field(default=12, description="Optimizer steps per proxy model.")
-    proxy_batch: int = Field(
-        default=2, description="Sequences per proxy step (2 rows x 2 seeds costs what one 4-row proxy did)."
-    )
-    proxy_model_size: str = Field(default="proxy", description="Proxy model shape.")
-    proxy_lr: float = Field(default=5e-2, description="Peak learning rate of the proxies (short runs of tiny models).")
-    proxy_seeds: int = Field(
-        default=2, description="Proxy runs per candidate (seeds); their spread is the noise a winner must beat."
-    )
-    target: str = Field(
-        default="equal",
-        description="Validation mix the proxies are judged on: 'equal' (every domain the same weight, every "
-        "language the same inside its domain) or 'natural' (the held-out slice as it is).",
-    )
-    target_domain_weights: dict[str, float] = Field(
-        default_factory=dict,
-        description="With target 'equal': weight per domain, e.g. {'web': 2, 'code': 1}; empty: all the same.",
-    )
-    eval_tokens_per_bucket: int = Field(
-        default=512, description="Held-out tokens per bucket each proxy is scored on; 0: all of them."
-    )
-    tie_sigmas: float = Field(
-        default=2.0, description="A candidate within this many standard errors of the winner is shown as a tie."
-    )
-
-
-class MixtureAssetConfig(dg.Config):
-    token_budget: int = Field(default=60_000, description="Qwen2 tokens in the mix (the demo trains about one pass).")
-    use_search_winner: bool = Field(
-        default=True,
-        description="Take the domain weights and temperature the proxy search chose; off: the fields below.",
-    )
-    domain_weights: dict[str, float] = Field(
-        default_factory=lambda: {"web": 0.6, "code": 0.2, "math": 0.08, "synthetic": 0.07, "instruction": 0.05},
-        description="Share of the budget per domain (web, code, math, synthetic, instruction).",
-    )
-    language_temperature: float = Field(default=3.0, description="Language share ~ tokens ** (1/T) inside a domain.")
-    language_boost: dict[str, float] = Field(default_factory=dict, description="Extra weight per language.")
-    max_repeats: float = Field(default=4.0, description="Most times a bucket's documents may be repeated.")
-    seed: int = Field(default=0, description="Which documents fill fractional repeats, and the shuffle.")
-    output_shards: int = Field(default=4, description="Output shards.")
-    tolerance: float = Field(default=0.05, description="Mix check: realised tokens per bucket within this of target.")
-    version: int = Field(default=1, description="Mixture version, recorded with every run trained on it.")
-
-
-class LongMixtureAssetConfig(MixtureAssetConfig):
-    token_budget: int = Field(default=20_000, description="Qwen2 tokens of long documents in the stage-2 mix.")
-    output_shards: int = Field(
-        default=1, description="Output shards (each packed shard drops its last partial row of the long context)."
-    )
-
-
-class PretrainAssetConfig(dg.Config):
-    max_steps: int = Field(default=50, description="Optimizer steps.")
-    micro_batch_size: int = Field(default=4, description="Sequences per process per micro-step.")
-    grad_accum_steps: int = Field(default=1, description="Micro-steps per optimizer step.")
-    lr: float = Field(default=1e-2, description="Peak learning rate (cosine decay after warmup).")
-    min_lr: float = Field(default=1e-3, description="Learning rate at the end of the cosine.")
-    warmup_steps: int = Field(default=5, description="Linear warmup steps.")
-    checkpoint_every: int = Field(default=25, description="Steps between resumable checkpoints.")
-    eval_every: int = Field(default=25, description="Steps between validation losses.")
-    seed: int = Field(default=0, description="Initialisation and data order.")
-
-
-class LongPretrainAssetConfig(PretrainAssetConfig):
-    max_steps: int = Field(default=8, description="Optimizer steps at the long context.")
-    micro_batch_size: int = Field(default=1, description="Sequences per process per micro-step.")
-    lr: float = Field(default=3e-3, description="Peak learning rate.")
-    min_lr: float = Field(default=3e-4, description="Final learning rate.")
-    warmup_steps: int = Field(default=2, description="Linear warmup steps.")
-    checkpoint_every: int = Field(default=4, description="Steps between checkpoints.")
-    eval_every: int = Field(
-        default=0, description="Unused at stage 2: the validation slice is packed at the stage-1 context."
-    )
+# Generated from the stage settings (pipelines.settings): the Launchpad shows the fields, defaults (the recipe values)
+# and descriptions that ``--help`` shows; the demo's smaller sizes are in dagster_project/profiles/demo.toml.
+MixtureSearchConfig = dagster_config(
+    SearchSettings,
+    "MixtureSearchConfig",
+    enabled=(bool, Field(default=True, description="Off: the mixture assets use their own weights.")),
+    candidates=(
+        list[dict],
+        Field(
+            default_factory=list,
+            description="Candidate mixtures (MixtureConfig fields: name, domain_weights, language_temperature, "
+            "...). Empty: balanced, web-natural and code-heavy.",
+        ),
+    ),
+)
+MixtureAssetConfig = dagster_config(
+    MixtureSettings,
+    "MixtureAssetConfig",
+    use_search_winner=(
+        bool,
+        Field(
+            default=True,
+            description="Take the domain weights and temperature the proxy search chose; off: the fields below.",
+        ),
+    ),
+)
+PretrainAssetConfig = dagster_config(PretrainSettings, "PretrainAssetConfig")
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
-def _mixture_from(config: MixtureAssetConfig, name: str, long_only: bool, search_result: dict | None):
-    from pipelines.mixing import MixtureConfig
-
-    weights = {
-        "domain_weights": dict(config.domain_weights),
-        "language_temperature": config.language_temperature,
-        "language_boost": dict(config.language_boost),
-    }
+def _mixture_from(config, name: str, long_only: bool, search_result: dict | None) -> MixtureConfig:
+    """The asset's mixture settings, with the search winner's weights when it has one and the config asks."""
+    values = to_settings(MixtureSettings, config).model_dump()
     if config.use_search_winner and search_result:
-        weights = {k: search_result["winner_mixture"][k] for k in weights}
+        values |= {k: search_result["winner_mixture"][k] for k in MixtureWeights.model_fields}
         name = f"{name}:{search_result['winner']}"
-    return MixtureConfig(
-        name=name,
-        version=config.version,
-        token_budget=config.token_budget,
-        max_repeats=config.max_repeats,
-        long_documents_only=long_only,
-        seed=config.seed,
-        output_shards=config.output_shards,
-        tolerance=config.tolerance,
-        **weights,
-    )
+    return MixtureConfig(**values, name=name, long_documents_only=long_only)
 
 
 _MIX_COLUMNS = [
@@ -254,23 +188,24 @@ def _train(
     pipes: dg.PipesSubprocessClient,
     training: TrainingResource,
     output_dir: str,
-    config: dg.Config,
-    **fields,
+    config,
+    **run_fields,
 ) -> dict:
-    """Launches ``training.pretrain`` through Pipes (the asset's config, ``fields`` and the training resource's
-    size and precision) and returns its summary.json."""
-    run_config = {
-        "output_dir": output_dir,
-        "model_size": training.model_size,
-        "precision": training.precision,
-        **fields,
-        **config.model_dump(),
-    }
+    """Launches ``python -m training.pretrain --config settings.json`` through Pipes, the run options (``run_fields``,
+    the output folder and the training resource's size and precision) as its run flags, and returns its
+    summary.json. The whole config is validated here first, so a bad value fails the step before any process starts."""
+    settings = to_settings(PretrainSettings, config)
+    run = {"output_dir": output_dir, "model_size": training.model_size, "precision": training.precision, **run_fields}
+    try:
+        PretrainConfig(**settings.model_dump(), **run)
+    except ValueError as e:
+        raise dg.Failure(f"invalid training config: {e}") from None
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config_path = out / "run_config.json"
-    config_path.write_text(json.dumps(run_config, indent=1))
-    command = training.launch_command("training.pretrain", "--config", str(config_path))
+    settings_path = out / "settings.json"
+    settings_path.write_text(settings.model_dump_json(indent=1))
+    flags = [f"--{name.replace('_', '-')}={value}" for name, value in run.items() if value is not None]
+    command = training.launch_command("training.pretrain", "--config", str(settings_path), *flags)
     context.log.info("launching: " + " ".join(command))
     pipes.run(command=command, context=context, env={"PYTHONUNBUFFERED": "1"})
     return json.loads((out / "summary.json").read_text())
@@ -440,38 +375,20 @@ def mixture_search(
     Path(work).mkdir(parents=True, exist_ok=True)
     candidates = Path(work) / "candidates.json"
     candidates.write_text(json.dumps(list(config.candidates) or DEFAULT_CANDIDATES, indent=1))
-    args = [
-        "--index",
-        curation.mix_dir("index"),
-        "--work-dir",
-        work,
-        "--candidates",
-        str(candidates),
-        "--seq-len",
-        str(training.stage1_seq_len),
-        "--steps",
-        str(config.proxy_steps),
-        "--micro-batch-size",
-        str(config.proxy_batch),
-        "--model-size",
-        config.proxy_model_size,
-        "--lr",
-        str(config.proxy_lr),
-        "--seeds",
-        str(config.proxy_seeds),
-        "--target",
-        config.target,
-        "--target-domain-weights",
-        json.dumps(config.target_domain_weights),
-        "--eval-tokens-per-bucket",
-        str(config.eval_tokens_per_bucket),
-        "--tie-sigmas",
-        str(config.tie_sigmas),
-    ]
-    if curation.workers:
-        args += ["--workers", str(curation.workers)]
+    search = to_settings(SearchSettings, config)
+    run = {"index": curation.mix_dir("index"), "work_dir": work, "seq_len": training.stage1_seq_len}
+    run["workers"] = curation.workers or None
+    try:
+        SearchConfig(**search.model_dump(), **run)
+    except ValueError as e:
+        raise dg.Failure(f"invalid search config: {e}") from None
+    settings = Path(work) / "settings.json"
+    settings.write_text(search.model_dump_json(indent=1))
+    flags = [f"--{name.replace('_', '-')}={value}" for name, value in run.items() if value is not None]
     # Proxies are tiny: one process each, whatever nproc_per_node says.
-    command = TrainingResource(nproc_per_node=1).launch_command("training.mixture_search", *args)
+    command = TrainingResource(nproc_per_node=1).launch_command(
+        "training.mixture_search", "--config", str(settings), "--candidates", str(candidates), *flags
+    )
     pipes_subprocess_client.run(command=command, context=context, env={"PYTHONUNBUFFERED": "1"})
     result = json.loads((Path(work) / "search.json").read_text())
     tied = set(result["tied_with_winner"])
@@ -543,7 +460,7 @@ def pretraining_mixture(config: MixtureAssetConfig, curation: CurationResource):
     deps=[mixture_index, mixture_search],
     check_specs=_mix_specs("long_context_mixture"),
 )
-def long_context_mixture(config: LongMixtureAssetConfig, curation: CurationResource):
+def long_context_mixture(config: MixtureAssetConfig, curation: CurationResource):
     """The stage-2 mix: only documents longer than the stage-1 context, mixed with the same weights."""
     from pipelines.mixing import run_select
 
@@ -624,7 +541,7 @@ def base_model(
 )
 def long_context_model(
     context: dg.AssetExecutionContext,
-    config: LongPretrainAssetConfig,
+    config: PretrainAssetConfig,
     curation: CurationResource,
     training: TrainingResource,
     pipes_subprocess_client: dg.PipesSubprocessClient,

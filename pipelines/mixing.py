@@ -38,13 +38,12 @@ shuffle holds one output shard per worker.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
+import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 
 from pipelines.beam_stage import (
     ArgumentParser,
@@ -56,7 +55,10 @@ from pipelines.beam_stage import (
     run_pipeline,
     run_shard_stage,
 )
+from pipelines.mixing_settings import MIXTURE_RUN_FIELDS, MixtureConfig, MixtureSettings
 from pipelines.schema import MIXED_SCHEMA
+from pipelines.settings import _argument as settings_argument
+from pipelines.settings import parse_settings, settings_parser
 from pipelines.shards import (
     SUCCESS_FILE,
     ShardWriter,
@@ -73,7 +75,6 @@ from pipelines.shards import (
 )
 
 HIST_BINS = 512
-DEFAULT_DOMAIN_WEIGHTS = {"web": 0.6, "code": 0.2, "math": 0.08, "synthetic": 0.07, "instruction": 0.05}
 SPLITS = ("train", "validation")
 
 
@@ -250,70 +251,6 @@ def run_index(
 
 
 # --------------------------------------------------------------------------- plan
-
-
-@dataclass
-class MixtureConfig:
-    """A pretraining mixture. Versioned: every realised mix records the config (and its hash) that made it."""
-
-    name: str = "default"
-    """Shown in reports and the proxy-model search."""
-    version: int = 1
-    """Bump when the weights change, so runs can be traced to the mixture they trained on."""
-    token_budget: int = 2_000_000
-    """Qwen2 tokens in the mix (documents only, without separators)."""
-    domain_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_DOMAIN_WEIGHTS))
-    """Share of the budget per domain. Domains without data are reported and their weight is spread over the rest."""
-    language_temperature: float = 3.0
-    """Within a domain, language l gets a share proportional to tokens_l ** (1 / T): 1 keeps the natural
-    mix, larger values flatten it towards uniform (up-sampling low-resource languages)."""
-    language_boost: dict[str, float] = field(default_factory=dict)
-    """Extra multiplier on a language's share, e.g. {"zh": 1.5}."""
-    max_repeats: float = 4.0
-    """A bucket's documents are used at most this many times; a capped bucket's excess goes to the others."""
-    long_documents_only: bool = False
-    """Stage-2 mix: only documents of at least the index's long_doc_tokens."""
-    seed: int = 0
-    """Chooses which documents fill fractional repeats, and the shuffle."""
-    output_shards: int = 4
-    """Output Parquet shards (the tokenizer stage makes one packed shard from each)."""
-    tolerance: float = 0.05
-    """Mix check: each bucket's realised tokens must be within this fraction of its target (or one document)."""
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.token_budget <= 0:
-            problems.append(f"token_budget must be positive, got {self.token_budget}")
-        if not self.domain_weights or any(w < 0 for w in self.domain_weights.values()):
-            problems.append(f"domain_weights must be non-empty and non-negative, got {self.domain_weights}")
-        elif sum(self.domain_weights.values()) <= 0:
-            problems.append("domain_weights sum to 0")
-        if self.language_temperature <= 0:
-            problems.append(f"language_temperature must be > 0, got {self.language_temperature}")
-        if any(w < 0 for w in self.language_boost.values()):
-            problems.append(f"language_boost values must be >= 0, got {self.language_boost}")
-        if self.max_repeats < 1:
-            problems.append(f"max_repeats must be >= 1 (1 = no repeats), got {self.max_repeats}")
-        if self.output_shards < 1:
-            problems.append(f"output_shards must be >= 1, got {self.output_shards}")
-        if not 0 < self.tolerance < 1:
-            problems.append(f"tolerance must be in (0, 1), got {self.tolerance}")
-        if problems:
-            raise ValueError("bad mixture config: " + "; ".join(problems))
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> MixtureConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown mixture config keys {unknown}; known: {sorted(known)}")
-        return cls(**data)
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _rotated(hist: list[int], offset: int) -> list[int]:
@@ -585,15 +522,6 @@ def run_select(
         return summary
 
 
-def load_mixture_config(path: str | None, **overrides) -> MixtureConfig:
-    data = {}
-    if path:
-        with open(path) as f:
-            data = json.load(f)
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return MixtureConfig.from_dict(data)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -614,22 +542,28 @@ def main(argv: list[str] | None = None) -> None:
     sel = sub.add_parser("select", help="realise a mixture from the index")
     sel.add_argument("--index", required=True)
     sel.add_argument("--output", required=True)
-    sel.add_argument("--config", default=None, help="JSON file of MixtureConfig fields")
-    sel.add_argument("--token-budget", type=bounded(int, 1), default=None)
-    sel.add_argument("--seed", type=int, default=None)
-    sel.add_argument("--long-documents-only", action="store_true", default=None)
     sel.add_argument("--split", choices=SPLITS, default="train")
     sel.add_argument("--workers", type=bounded(int, 1), default=None)
-    args = parser.parse_args(argv)
-    if args.command == "index":
+    for name in MIXTURE_RUN_FIELDS:  # --name, --long-documents-only (stage 2)
+        flags, kwargs = settings_argument(name, MixtureConfig.model_fields[name])
+        sel.add_argument(*flags, **kwargs)
+    settings_parser(MixtureSettings, parser=sel)  # --token-budget, --domain-weights ..., --config FILE
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["index"] or argv[:1] not in ([], ["select"]):  # index, or --help / a mistake of the command
+        args = parser.parse_args(argv)
+    if argv[:1] == ["index"]:
         inputs = args.input.split(",")
         summary = run_index(
             inputs, args.output, args.heldout_fraction, args.long_doc_tokens, args.max_doc_tokens, workers=args.workers
         )
     else:
-        config = load_mixture_config(
-            args.config, token_budget=args.token_budget, seed=args.seed, long_documents_only=args.long_documents_only
-        )
+        # select (the default command): its own parser, so the settings are parsed where the stages parse theirs
+        args, settings = parse_settings(sel, argv[1:])
+        try:
+            run_values = {name: getattr(args, name) for name in MIXTURE_RUN_FIELDS if hasattr(args, name)}
+            config = MixtureConfig(**settings.model_dump(), **run_values)
+        except ValueError as e:
+            sel.error(str(e))
         summary = run_select(args.index, args.output, config, args.split, workers=args.workers)
         summary.pop("plan", None)
     print_summary(summary)

@@ -34,7 +34,7 @@ def _run_config(corpus: Path) -> dict:
     return {
         "ops": {
             "mixture_index": {"config": {"inputs": [str(corpus / "*.jsonl")], "heldout_fraction": 0.1}},
-            "mixture_search": {"config": {"candidates": CANDIDATES, "proxy_steps": 2, "proxy_batch": 2}},
+            "mixture_search": {"config": {"candidates": CANDIDATES, "steps": 2, "micro_batch_size": 2}},
             "pretraining_mixture": {"config": {"token_budget": 12_000, "output_shards": 2}},
             "long_context_mixture": {"config": {"token_budget": 6_000, "output_shards": 2}},
             "base_model": {"config": train},

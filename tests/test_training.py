@@ -694,11 +694,12 @@ def test_pretrain_cli_reads_a_config_file_flags_win_and_bad_values_are_one_line(
     from training.pretrain import RUN_FIELDS, PretrainSettings
 
     settings = tmp_path / "run.json"
-    settings.write_text(json.dumps({"data": "d", "output_dir": "o", "lr": 0.01, "max_steps": 7, "strategy": "fsdp"}))
-    config = config_from_args(["--config", str(settings), "--max-steps", "9", "--output", "elsewhere"])
+    settings.write_text(json.dumps({"lr": 0.01, "max_steps": 7, "strategy": "fsdp"}))
+    config = config_from_args(["--config", str(settings), "--max-steps", "9", "--data", "d", "--output", "o"])
     assert (config.data, config.output_dir, config.lr, config.max_steps, config.strategy) == (
-        "d", "elsewhere", 0.01, 9, "fsdp"
+        "d", "o", 0.01, 9, "fsdp"
     )  # fmt: skip
+    assert config_from_args(["--data", "d", "--output-dir", "o2", "--rope-theta", "1e6"]).rope_theta == 1e6
     assert config.min_lr == PretrainSettings().min_lr  # untouched fields keep the recipe default
     assert set(PretrainConfig.model_fields) == set(PretrainSettings.model_fields) | set(RUN_FIELDS)
     for argv, message in (
@@ -710,7 +711,8 @@ def test_pretrain_cli_reads_a_config_file_flags_win_and_bad_values_are_one_line(
             config_from_args(argv)
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().err
-    settings.write_text(json.dumps({"data": "d", "output_dir": "o", "lerning_rate": 1}))
+    settings.write_text(json.dumps({"lerning_rate": 1, "data": "d"}))  # run options are flags, not settings
     with pytest.raises(SystemExit):
-        config_from_args(["--config", str(settings)])
-    assert "unknown setting 'lerning_rate'" in capsys.readouterr().err
+        config_from_args(["--config", str(settings), "--data", "d", "--output", "o"])
+    err = capsys.readouterr().err
+    assert "unknown setting 'lerning_rate'" in err and "unknown setting 'data'" in err

@@ -262,15 +262,15 @@ def test_a_winner_inside_the_noise_is_a_tie():
     assert clear["decision"] == "clear" and clear["tied_with_winner"] == []
 
 
-def test_the_search_asset_and_the_cli_share_their_defaults():
+def test_the_search_asset_and_the_cli_share_their_settings():
     from assets.pretraining import MixtureSearchConfig
-    from training.mixture_search import SearchConfig
+    from pipelines.mixing_settings import SEARCH_RUN_FIELDS, SearchConfig, SearchSettings
+    from pipelines.settings import to_settings
 
-    asset, cli = MixtureSearchConfig(), SearchConfig(index="i", work_dir="w")
-    pairs = {"proxy_steps": "steps", "proxy_batch": "micro_batch_size", "proxy_model_size": "model_size",
-             "proxy_lr": "lr", "proxy_seeds": "seeds"}  # fmt: skip
-    pairs |= {name: name for name in ("target", "target_domain_weights", "eval_tokens_per_bucket", "tie_sigmas")}
-    assert {a: getattr(asset, a) for a in pairs} == {a: getattr(cli, c) for a, c in pairs.items()}
+    # One definition: the Launchpad config is generated from SearchSettings, the CLI's SearchConfig extends it.
+    assert MixtureSearchConfig.SETTINGS_CLASS is SearchSettings
+    assert set(SearchConfig.model_fields) == set(SearchSettings.model_fields) | set(SEARCH_RUN_FIELDS)
+    assert to_settings(SearchSettings, MixtureSearchConfig(steps=3, seeds=4)) == SearchSettings(steps=3, seeds=4)
 
 
 def test_bucket_loss_of_a_document_equals_the_models_own_loss(tmp_path):

@@ -27,9 +27,7 @@ index and settings.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import dataclasses
 import hashlib
 import heapq
 import json
@@ -40,6 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.mixing import MixtureConfig, run_select
+from pipelines.mixing_settings import SEARCH_RUN_FIELDS, SearchConfig, SearchSettings
+from pipelines.settings import ArgumentParser, parse_settings, settings_parser
+from pipelines.settings import _argument as settings_argument
 from pipelines.shards import SUCCESS_FILE, join, read_json, write_json_atomic
 from pipelines.tokenize_shards import run_tokenize_stage
 from training.pretrain import PretrainConfig, run
@@ -49,67 +50,6 @@ DEFAULT_CANDIDATES: list[dict] = [
     {"name": "web-natural", "domain_weights": {"web": 0.85, "code": 0.15}, "language_temperature": 1.0},
     {"name": "code-heavy", "domain_weights": {"web": 0.45, "code": 0.45, "math": 0.1}},
 ]
-TARGETS = ("equal", "natural")
-
-
-@dataclasses.dataclass
-class SearchConfig:
-    """How every proxy model is trained and judged; the same for all candidates so their losses compare."""
-
-    index: str
-    """Mixture index (``pipelines.mixing index``); its held-out documents are the validation set."""
-    work_dir: str
-    """Where each candidate's mix, shards, proxy runs and ``search.json`` go."""
-    seq_len: int = 256
-    """Proxy context length (the stage-1 context)."""
-    steps: int = 12
-    """Optimizer steps per proxy model."""
-    micro_batch_size: int = 2
-    """Sequences per step (2 rows x 2 seeds costs what one proxy of 4 rows did)."""
-    model_size: str = "proxy"
-    """Proxy model shape (see ``training.model_configs``)."""
-    lr: float = 5e-2
-    """Peak learning rate of the proxy runs (short runs of tiny models learn fastest at a high rate)."""
-    seed: int = 0
-    """First proxy seed (``seed``, ``seed + 1`` ...), and the seed of every candidate's mix and packing."""
-    seeds: int = 2
-    """Proxy runs per candidate, one per seed: their spread is the noise a winner has to beat (at least 2)."""
-    target: str = "equal"
-    """Validation mix the candidates are judged on: ``equal`` (every domain the same weight, or
-    ``target_domain_weights``; inside a domain every language the same) or ``natural`` (held-out tokens)."""
-    target_domain_weights: dict[str, float] = dataclasses.field(default_factory=dict)
-    """With ``target="equal"``: weight per domain (e.g. {"web": 2, "code": 1}); a domain left out weighs 0.
-    Empty: every domain with held-out documents weighs the same."""
-    eval_tokens_per_bucket: int = 512
-    """Held-out tokens per bucket each proxy is scored on (documents in a fixed hash order); 0: all of them."""
-    tie_sigmas: float = 2.0
-    """A candidate ties the winner when the means differ by less than this many standard errors."""
-    workers: int | None = None
-    """Beam worker processes for the data steps."""
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.steps < 1 or self.micro_batch_size < 1 or self.seq_len < 8:
-            problems.append("steps, micro_batch_size must be >= 1 and seq_len >= 8")
-        if self.seeds < 2:
-            problems.append(f"seeds={self.seeds}: at least 2, or the search cannot tell a winner from noise")
-        if self.target not in TARGETS:
-            problems.append(f"target={self.target!r}: choose one of {', '.join(TARGETS)}")
-        if any(not w >= 0 for w in self.target_domain_weights.values()) or (
-            self.target_domain_weights and sum(self.target_domain_weights.values()) <= 0
-        ):
-            problems.append(f"target_domain_weights={self.target_domain_weights}: non-negative, not all 0")
-        if self.eval_tokens_per_bucket < 0:
-            problems.append(f"eval_tokens_per_bucket={self.eval_tokens_per_bucket}: 0 (all) or more")
-        if not self.tie_sigmas >= 0:
-            problems.append(f"tie_sigmas={self.tie_sigmas}: 0 or more")
-        if problems:
-            raise ValueError("invalid SearchConfig: " + "; ".join(problems))
-
-    @property
-    def token_budget(self) -> int:
-        # Document tokens to realise: what the proxy consumes, plus room for separators and the packing tail.
-        return int(self.steps * self.micro_batch_size * self.seq_len * 1.1)
 
 
 # ---- the validation set: held-out documents per bucket ----------------------------------------------------------
@@ -252,7 +192,7 @@ def score(losses: dict[str, list[float]], weights: dict[str, float]) -> dict[str
 
 
 def _key(candidate: MixtureConfig, search: SearchConfig, index_identity: str) -> str:
-    payload = [candidate.fingerprint(), dataclasses.asdict(search) | {"workers": None}, index_identity]
+    payload = [candidate.fingerprint(), search.model_dump() | {"workers": None}, index_identity]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -367,7 +307,7 @@ def run_search(search: SearchConfig, candidates: list[MixtureConfig]) -> dict:
     decision = decide(rows, search.tie_sigmas)
     winner = decision["winner"]
     summary = {
-        "search": dataclasses.asdict(search),
+        "search": search.model_dump(),
         "target": {"kind": search.target, "weights": weights, "heldout_tokens": eval_tokens},
         "candidates": rows,
         "winner": winner["name"],
@@ -385,18 +325,18 @@ def candidates_from(data: list[dict], **shared) -> list[MixtureConfig]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for f in dataclasses.fields(SearchConfig):  # one flag per field, defaults from the dataclass
-        flag = "--" + f.name.replace("_", "-")
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            parser.add_argument(flag, required=True)
-        elif f.default_factory is not dataclasses.MISSING:  # a dict: JSON on the command line
-            parser.add_argument(flag, type=json.loads, default=f.default_factory(), help="JSON object")
-        else:
-            parser.add_argument(flag, type=type(f.default) if f.default is not None else int, default=f.default)
-    parser.add_argument("--candidates", default=None, help="JSON list of MixtureConfig field dicts")
-    args = parser.parse_args(argv)
-    search = SearchConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SearchConfig)})
+    parser = ArgumentParser(prog="python -m training.mixture_search", description=__doc__.splitlines()[0])
+    run_group = parser.add_argument_group("run", "The index, the work folder, the context and the workers.")
+    for name in SEARCH_RUN_FIELDS:
+        flags, kwargs = settings_argument(name, SearchConfig.model_fields[name])
+        run_group.add_argument(*flags, **kwargs)
+    run_group.add_argument("--candidates", default=None, help="JSON list of MixtureConfig field dicts")
+    args, settings = parse_settings(settings_parser(SearchSettings, parser=parser), argv)
+    try:
+        run_values = {name: getattr(args, name) for name in SEARCH_RUN_FIELDS if hasattr(args, name)}
+        search = SearchConfig(**settings.model_dump(), **run_values)
+    except ValueError as e:
+        parser.error(str(e))
     raw = json.loads(Path(args.candidates).read_text()) if args.candidates else DEFAULT_CANDIDATES
     summary = run_search(search, candidates_from(raw, token_budget=search.token_budget, seed=search.seed))
     for row in summary["candidates"]:

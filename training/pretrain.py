@@ -14,9 +14,11 @@ Stage 2 continues stage 1 on long documents packed 8x longer, with the RoPE base
     python -m training.pretrain --data runs/tokenized-long --output runs/pretrain-s2 \\
         --init-from runs/pretrain-s1/final --rope-theta 1000000 --lr 1e-4 --activation-checkpointing
 
-``--config run.json`` (or .toml/.yaml) reads any of the settings from a file, ``--settings-profile demo`` from
-the ``[base_model]`` table of ``dagster_project/profiles/demo.toml``; flags given on the command line win.
-The flags are generated from ``PretrainConfig`` (``pipelines.settings``), as is the assets' Launchpad config.
+``--config run.json`` (or .toml/.yaml) reads any of the settings (``PretrainSettings``) from a file,
+``--settings-profile demo`` from the ``[base_model]`` table of ``dagster_project/profiles/demo.toml``; flags given on
+the command line win. The run options (``--data``, ``--output``, ``--val-data``, ``--init-from``, ``--rope-theta``,
+``--model-size``, ``--precision``) are flags only. Both are generated from the models below (``pipelines.settings``),
+as is the assets' Launchpad config.
 A run resumes by itself from the newest checkpoint in ``--output``; rerunning a finished run with a larger
 ``--max-steps`` continues it in a new learning-rate segment (re-warmup, then a new cosine: ``lr_at``). It may
 resume on another number of processes only with the same global batch (change ``--grad-accum-steps`` to keep it);
@@ -42,7 +44,6 @@ torch and transformers are imported inside functions, so importing ``PretrainCon
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -61,6 +62,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from pipelines.settings import ArgumentParser, Settings, parse_settings, settings_parser
+from pipelines.settings import _argument as settings_argument
 from training.model_configs import MODEL_SIZES
 
 Precision = Literal["auto", "bf16", "fp32"]
@@ -953,18 +955,27 @@ def _last_logged_loss(output_dir: Path) -> float | None:
 
 
 def build_parser() -> ArgumentParser:
-    """Flags generated from ``PretrainConfig`` (``pipelines.settings``): one per field, plus ``--config FILE``
-    (JSON, TOML or YAML; what the Dagster assets write) and ``--settings-profile NAME``; flags win over the file."""
+    """The run options (``RUN_FIELDS``: data, output, starting point; in Dagster they come from the resources) and
+    the settings flags generated from ``PretrainSettings`` (``pipelines.settings``), with ``--config FILE`` (JSON,
+    TOML or YAML of settings; what the Dagster assets write) and ``--settings-profile NAME``; flags win."""
     parser = ArgumentParser(prog="python -m training.pretrain", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", dest="output_dir", default=argparse.SUPPRESS, help="same as --output-dir")
-    return settings_parser(PretrainConfig, parser=parser)
+    run_group = parser.add_argument_group("run", "What to train on, where to write, where to start.")
+    for name in RUN_FIELDS:
+        flags, kwargs = settings_argument(name, PretrainConfig.model_fields[name])
+        run_group.add_argument(*flags, *(["--output"] if name == "output_dir" else []), **kwargs)
+    return settings_parser(PretrainSettings, parser=parser)
 
 
 def config_from_args(argv: list[str] | None = None) -> PretrainConfig:
     """The validated config of a command line; a bad or missing value exits with a one-line error (status 2)."""
     parser = build_parser()
-    _, config = parse_settings(parser, argv)
-    return config
+    args, settings = parse_settings(parser, argv)
+    try:
+        return PretrainConfig(
+            **settings.model_dump(), **{name: getattr(args, name) for name in RUN_FIELDS if hasattr(args, name)}
+        )
+    except ValueError as e:
+        parser.error(str(e))
 
 
 def main(argv: list[str] | None = None) -> None:
