@@ -181,7 +181,7 @@ def test_cancelling_a_training_run_in_the_ui_stops_the_trainer(materialized, tmp
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    config_path = data_root / "models/base/run_config.json"
+    config_path = data_root / "models/base/settings.json"
     try:
         deadline = time.time() + 180
         location = None
