@@ -769,7 +769,7 @@ def junk_documents(material: dict[str, list[str]], per_kind: int = 6, seed: int 
 
 def _extracted_lines(docs: list[Labelled], limit: int = 40) -> list[str]:
     """Text lines of up to ``limit`` real pages, extracted as ingest extracts them (junk material)."""
-    from pipelines.readers import _Extractor
+    from pipelines.readers.markup import _Extractor
 
     lines: list[str] = []
     for item in docs[:limit]:
