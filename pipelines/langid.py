@@ -1,6 +1,6 @@
 """Stage 2, language ID: label every document with fastText lid.176 and keep the wanted languages.
 
-    python -m pipelines.langid --input data/ingested --output data/langid [--languages en,zh,...]
+    python -m pipelines.langid --input data/ingested --output data/langid [--languages en,zh,... | --keep-all-languages]
 
 Settings: ``LanguageIdSettings`` (``pipelines/curation_settings.py``), the same as the Dagster asset
 ``language_filtered_documents``.

@@ -32,7 +32,7 @@ The clear-junk rules (``JunkFilter``, profiles ``docs`` and ``cjk``) drop boiler
 keyword lists, repeated lines, encoding garbage, scrambled text and very short fragments, with three measures of
 the web chain fixed: the alphabetic-word share counts word tokens only (not ``|``, ``--`` or ``(``), the
 curly-bracket rule counts only braces next to code, and the top-2-gram share counts word bigrams seen 4 or more
-times. They do not judge the middle: the model-based quality score does (``synth.quality`` tiers). A document
+times. They do not judge the middle: the model-based quality score does (``synth.labels`` tiers). A document
 those profiles keep but the web chain would have dropped carries the failed rules in ``metadata.quality_flags``;
 the tier pass counts how many of them the classifier rates highly. The flags come from the web chain's filters and
 thresholds with the dependency-free word tokenizer, so only documents that take the web profile pay for spaCy

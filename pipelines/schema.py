@@ -123,7 +123,7 @@ PACKED_SCHEMA = pa.schema(
 )
 
 # Synthetic data (``synth/``): SFT conversations and preference pairs, the contract with the SFT and DPO trainers.
-# Messages are ChatML turns (``synth.chat``); a conversation starts with an optional system turn, then user and
+# Messages are ChatML turns (``synth.llm.chat``); a conversation starts with an optional system turn, then user and
 # assistant alternate, and it ends with an assistant turn. Every row says how it was made:
 #
 # | column           | type                 | meaning                                                          |
