@@ -317,22 +317,28 @@ def greedy_replies(final_dir, words):
 
 
 def test_sft_teaches_a_tiny_model_to_answer_in_a_fixed_format(init_dir, tmp_path):
+    """A random tiny model learns to answer every "Say <word>" with exactly "OK: noted." and to stop there, and does
+    so for words it never saw in training (measured by greedy generation through transformers)."""
     from training.sft import SftSettings, run
 
     train_words, new_words = WORDS[:24], WORDS[24:]
-    source = write_messages_parquet(tmp_path / "ok.parquet", ok_rows(train_words))
-    before = greedy_replies(init_dir, new_words)
-    assert not any(r["reply"].startswith("OK:") for r in before)
+    rows = [
+        {"id": f"t-{w}", "messages": [{"role": "user", "content": f"Say {w}"}, {"role": "assistant", "content": REPLY}]}
+        for w in train_words
+    ]
+    source = write_messages_parquet(tmp_path / "ok.parquet", rows)
+    expected = REPLY + "<|im_end|>"
+    assert not any(r["reply"] == expected for r in greedy_replies(init_dir, new_words))
     settings = SftSettings(
-        seq_len=SEQ_LEN, epochs=30, micro_batch_size=4, grad_accum_steps=1, lr=1e-2, min_lr=1e-3, warmup_steps=3,
+        seq_len=SEQ_LEN, epochs=24, micro_batch_size=4, grad_accum_steps=1, lr=1e-2, min_lr=1e-3, warmup_steps=2,
         heldout_fraction=0, checkpoint_every=1000, log_every=50, num_threads=2,
     )  # fmt: skip
     summary = run(settings, {"ok": str(source)}, str(tmp_path / "sft"), str(init_dir))
     after = greedy_replies(tmp_path / "sft" / "final", new_words)  # words it never saw
-    formatted = [r for r in after if r["reply"].startswith("OK: ") and r["stopped_at_im_end"]]
-    assert len(formatted) >= len(new_words) - 1, (summary["final_loss"], after)
-    seen = greedy_replies(tmp_path / "sft" / "final", train_words[:6])
-    assert sum(r["reply"] == f"OK: {w}<|im_end|>" for r, w in zip(seen, train_words)) >= 4, seen
+    assert all(r["reply"] == expected and r["stopped_at_im_end"] for r in after), (summary["final_loss"], after)
+
+
+REPLY = "OK: noted."
 
 
 def test_help_shows_every_setting():

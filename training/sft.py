@@ -483,7 +483,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run_options.add_argument("--output", required=True, help="folder for checkpoints, logs, excluded/, final/")
     run_options.add_argument("--init", required=True, help="a save_pretrained folder to start from (the base model)")
-    return settings_parser(SftSettings, parser=parser)
+    # The class as pipelines.settings.STAGES names it: under ``python -m`` this module is __main__, whose class would
+    # not be found there (and --settings-profile would have no section).
+    from training.sft import SftSettings as registered
+
+    return settings_parser(registered, parser=parser)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,190 @@
+"""Post-training assets (Qwen2 report §4): supervised fine-tuning of the long-context base model.
+
+Thin, like the pretraining assets: the work is in ``training.sft`` (and ``training.chat_data``), launched in its own
+process through Dagster Pipes (``python -m training.sft``, or torchrun for several processes), so its progress lines
+stream into the run's logs and cancelling the run stops the trainer at its next step. The Launchpad config is
+generated from ``training.sft.SftSettings`` (the command line's settings, the same defaults: Qwen2's values); the
+demo's sizes are the ``[sft_model]`` table of ``dagster_project/profiles/demo.toml``.
+
+Launched by hand (or by a job the user defines): no schedule or sensor starts a training asset.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from assets.metadata import counts_table, rows_table
+from assets.pretraining import long_context_model
+from assets.synthesis import sft_data
+from dagster_project.resources import CurationResource, TrainingResource
+from pipelines.settings import dagster_config, to_settings
+from training.sft import SftSettings
+
+GROUP = "post_training"
+CHECK_PROMPTS = 3
+
+SftModelConfig = dagster_config(
+    SftSettings,
+    "SftModelConfig",
+    demonstrations=(
+        int,
+        Field(
+            400,
+            ge=0,
+            description="Human-written chatterbot-corpus conversations (a language-balanced sample) added as the "
+            "'demonstrations' source beside the synthetic SFT data; 0: none.",
+        ),
+    ),
+    check_max_new_tokens=(
+        int,
+        Field(64, ge=1, description="Token limit of the generation checks: a reply must end with <|im_end|> within it."),
+    ),
+)
+
+
+def _has_parquet(folder: str) -> bool:
+    path = Path(folder)
+    return any(path.glob("*.parquet")) or any((path / "data").glob("*.parquet"))
+
+
+def _generation_report(final_dir: str, prompts: Path, max_new_tokens: int) -> dict:
+    """Greedy replies of the saved folder to held-out prompts, in a fresh process (as another user would load it)."""
+    command = [sys.executable, "-m", "training.chat_data", "generate", final_dir, str(prompts)]
+    command += ["--count", str(CHECK_PROMPTS), "--max-new-tokens", str(max_new_tokens)]
+    proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if proc.returncode != 0:
+        return {"error": (proc.stderr or proc.stdout).strip()[-2000:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _loss_values(metrics: Path, points: int = 50) -> dg.TableMetadataValue:
+    """Training loss (every k-th step, the last always) and every validation loss, step by step."""
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
+    train = [r for r in records if "loss" in r]
+    every = max(1, -(-len(train) // points))
+    kept = {r["step"]: {"step": r["step"], "loss": r["loss"], "lr": r["lr"]} for r in train[::every] + train[-1:]}
+    for r in records:
+        if "val_loss" in r:
+            kept.setdefault(r["step"], {"step": r["step"]})["val_loss"] = r["val_loss"]
+    rows = [kept[step] for step in sorted(kept)]
+    return rows_table(rows, [("step", "int"), ("loss", "float"), ("val_loss", "float"), ("lr", "float")], limit=100)
+
+
+def _replies_markdown(replies: list[dict]) -> str:
+    lines = ["| prompt | reply | tokens | stopped at <\\|im_end\\|> |", "|---|---|---|---|"]
+    for r in replies:
+        cells = [r["prompt"], r["reply"]]
+        cells = [c.replace("|", "\\|").replace("\n", " ")[:200] for c in cells]
+        lines.append(f"| {cells[0]} | {cells[1]} | {r['tokens']} | {r['stopped_at_im_end']} |")
+    return "\n".join(lines)
+
+
+def _checks(report: dict, max_new_tokens: int) -> list[dg.AssetCheckResult]:
+    replies = report.get("replies", [])
+    shown = {"replies": dg.MetadataValue.md(_replies_markdown(replies))} if replies else {}
+    error = {"error": dg.MetadataValue.text(report["error"])} if "error" in report else {}
+    loads = dg.AssetCheckResult(
+        check_name="loads_and_generates",
+        passed="error" not in report and bool(replies) and all(r["tokens"] > 0 for r in replies),
+        metadata={**error, **shown},
+    )
+    stopped = sum(r["stopped_at_im_end"] for r in replies)
+    stops = dg.AssetCheckResult(
+        check_name="stops_at_im_end",
+        passed="error" not in report and bool(replies) and stopped == len(replies),
+        metadata={**shown, "stopped": f"{stopped} of {len(replies)}", "max_new_tokens": max_new_tokens},
+    )
+    return [loads, stops]
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"pytorch", "transformers"},
+    deps=[long_context_model, sft_data],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "loads_and_generates",
+            asset="sft_model",
+            description=f"final/ loads with transformers in a fresh process and answers {CHECK_PROMPTS} held-out "
+            "prompts through its own chat template.",
+        ),
+        dg.AssetCheckSpec(
+            "stops_at_im_end",
+            asset="sft_model",
+            description=f"Each of the {CHECK_PROMPTS} greedy replies ends with <|im_end|> before the token limit "
+            "(the model learned where a turn ends).",
+        ),
+    ],
+)
+def sft_model(
+    context: dg.AssetExecutionContext,
+    config: SftModelConfig,
+    curation: CurationResource,
+    training: TrainingResource,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
+):
+    """Supervised fine-tuning of the long-context model on the synthetic SFT conversations and human-written
+    demonstrations: loss only on what the assistant writes (with each turn's closing <|im_end|>), conversations
+    packed into rows with attention kept inside each one, bad rows set aside with a reason, a held-out slice for the
+    validation loss. Writes a chat save_pretrained folder (ChatML template, stops at <|im_end|>)."""
+    from training.chat_data import write_chatterbot_source
+    from training.plots import loss_curve_markdown
+
+    settings = to_settings(SftSettings, config)
+    out = Path(curation.model_dir("sft"))
+    out.mkdir(parents=True, exist_ok=True)
+    sources = {}
+    synthetic = curation.synthetic_dir("sft/final")
+    if _has_parquet(synthetic):
+        sources["synthetic"] = synthetic
+    else:
+        context.log.warning(f"{synthetic} holds no SFT shards yet; training on the demonstrations only")
+    if config.demonstrations:
+        path = f"{curation.data_root.rstrip('/')}/post_training/demonstrations/chatterbot.parquet"
+        counts = write_chatterbot_source(path, config.demonstrations)
+        context.log.info(f"demonstrations: {counts['conversations']} chatterbot-corpus conversations -> {path}")
+        sources["demonstrations"] = path
+    if not sources:
+        raise dg.Failure("no SFT data: materialize sft_data, or set demonstrations > 0")
+    config_path = out / "settings.json"
+    config_path.write_text(json.dumps(settings.model_dump(), indent=1))
+    args = ["--config", str(config_path), "--output", str(out), "--init", f"{curation.model_dir('long_context')}/final"]
+    args += [a for name, path in sources.items() for a in ("--source", f"{name}={path}")]
+    command = training.launch_command("training.sft", *args)
+    context.log.info("launching: " + " ".join(command))
+    pipes_subprocess_client.run(command=command, context=context, env={"PYTHONUNBUFFERED": "1"})
+    summary = json.loads((out / "summary.json").read_text())
+
+    report = _generation_report(summary["final_dir"], out / "heldout_prompts.jsonl", config.check_max_new_tokens)
+    examples = "\n\n---\n\n".join(f"```\n{text}\n```" for text in summary.get("examples", []))
+    metadata = {
+        "loss_curve": dg.MetadataValue.md(loss_curve_markdown(out / "metrics.jsonl", "SFT")),
+        "loss_values": _loss_values(out / "metrics.jsonl"),
+        "final_train_loss": summary.get("final_loss"),
+        "validation_loss": summary.get("val_loss"),
+        "steps": summary.get("steps"),
+        "train_conversations": summary.get("train_conversations"),
+        "heldout_conversations": summary.get("heldout_conversations"),
+        "conversations_by_source": counts_table(summary.get("conversations_by_source", {}), "source", "conversations"),
+        "excluded": summary.get("excluded"),
+        "excluded_by_reason": counts_table(summary.get("excluded_by_reason", {}), "reason", "rows"),
+        "packing_efficiency": summary.get("packing_efficiency"),
+        "loss_tokens": summary.get("loss_tokens"),
+        "tokens_per_second": summary.get("tokens_per_s"),
+        "examples": dg.MetadataValue.md(
+            "Tokens that carry loss are in [[ ]].\n\n" + (examples or "_no example_")
+        ),
+        "wall_seconds": summary.get("wall_seconds"),
+        "checkpoint": dg.MetadataValue.path(summary["final_dir"]),
+        "excluded_rows": dg.MetadataValue.path(summary["excluded_dir"]),
+        "tensorboard": dg.MetadataValue.path(str(out / "tensorboard")),
+    }
+    return dg.MaterializeResult(metadata=metadata, check_results=_checks(report, config.check_max_new_tokens))
+
+
+post_training_assets = [sft_model]
