@@ -273,7 +273,7 @@ def main() -> None:
     print(
         f"\nmachine: fp32 torch.mm 2048^2, {args.threads} threads: {peak / 1e9:.1f} GFLOP/s "
         f"(before the runs {peaks[0] / 1e9:.1f}, after {peaks[1] / 1e9:.1f}; the higher one counts)\n"
-        f"model: {MODEL_SIZE}, {results['ours']['parameters']:,} parameters, {n_matmul:,} in matmuls; "
+        f"model: {MODEL_SIZE}, {int(results['ours']['parameters']):,} parameters, {n_matmul:,} in matmuls; "
         f"FLOPs/token = 6 x {n_matmul:,} + 12 x {shape.num_hidden_layers} x {shape.hidden_size} x {args.seq_len} "
         f"= {flops_per_token / 1e6:.1f} MFLOP\n"
         f"run: {args.steps} steps ({args.skip} warm-up) x {args.batch_size} rows x {args.seq_len} tokens\n"
