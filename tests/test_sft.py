@@ -140,17 +140,14 @@ def test_no_attention_crosses_conversations_in_a_packed_row(init_dir, tokenizer)
     torch.testing.assert_close(again[n2 : n2 + n0], packed[0, :n0], rtol=0, atol=2e-5)
 
 
-def test_sft_loss_equals_a_plain_full_logits_cross_entropy(init_dir, tokenizer):
-    """The training loop's loss (packed rows, per-conversation attention, chunked output layer + cross-entropy,
-    token mean over the batch) on one batch against transformers' forward over each conversation alone, full
-    logits, plain cross-entropy on the tokens the independent offset mask marks."""
+def project_loss(init_dir, examples) -> tuple[float, int]:
+    """The training loop's loss on one batch: the conversations packed into rows, per-conversation attention, the
+    chunked output layer + cross-entropy, the token mean over the batch (as training.sft computes it)."""
     from pipelines.tokenizer import ENDOFTEXT_ID
     from training import pretrain as pt
     from training.attention import model_inputs
     from training.sft import SftSettings, loop_config
 
-    convs = [MULTI_TURN, NO_SYSTEM, MULTI_TURN[:3], NO_SYSTEM[:2]]
-    examples = [example(m, tokenizer, str(i)) for i, m in enumerate(convs)]
     rows = cd.pack_rows([len(e) for e in examples], range(len(examples)), SEQ_LEN)
     assert len(rows) < len(examples)  # really packed
     cfg = loop_config(SftSettings(seq_len=SEQ_LEN, loss_chunk_tokens=48), str(init_dir), max_steps=1)
@@ -158,10 +155,17 @@ def test_sft_loss_equals_a_plain_full_logits_cross_entropy(init_dir, tokenizer):
     model = pt.wrap_model(model, cfg, pt.Distributed(0, 1, 0, torch.device("cpu"), False))
     batch = model_inputs(cd.row_tensors(rows, examples, SEQ_LEN, ENDOFTEXT_ID), "sdpa")
     n = int((batch["labels"][:, 1:] != cd.IGNORE_INDEX).sum())
-    ours = model(**batch, use_cache=False, num_items_in_batch=n).loss
+    with torch.no_grad():
+        return float(model(**batch, use_cache=False, num_items_in_batch=n).loss), n
 
+
+def test_sft_loss_equals_a_plain_full_logits_cross_entropy(init_dir, tokenizer):
+    """The project's loss against transformers' forward over each conversation alone, full logits, plain
+    cross-entropy on the tokens the independent offset mask marks."""
     from transformers import AutoModelForCausalLM
 
+    convs = [MULTI_TURN, NO_SYSTEM, MULTI_TURN[:3], NO_SYSTEM[:2]]
+    ours, n = project_loss(init_dir, [example(m, tokenizer, str(i)) for i, m in enumerate(convs)])
     reference = AutoModelForCausalLM.from_pretrained(init_dir, attn_implementation="eager").eval()
     total, count = 0.0, 0
     for messages in convs:
@@ -174,7 +178,34 @@ def test_sft_loss_equals_a_plain_full_logits_cross_entropy(init_dir, tokenizer):
         total += float(losses[keep].sum())
         count += int(keep.sum())
     assert count == n
-    assert float(ours) == pytest.approx(total / count, abs=1e-4)
+    assert ours == pytest.approx(total / count, abs=1e-4)
+
+
+def test_sft_loss_equals_trl_sft_trainer_assistant_only_loss(init_dir, tokenizer, tmp_path):
+    """The same batch through TRL's SFTTrainer (assistant_only_loss, no packing, padded batch): the loss of its
+    compute_loss. The replies do not start with a newline, where the two masks differ by design (see above)."""
+    pytest.importorskip("trl")
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    convs = [MULTI_TURN[:3], NO_SYSTEM, MULTI_TURN[:3] + [MULTI_TURN[5], MULTI_TURN[6]], NO_SYSTEM[:2]]
+    ours, n = project_loss(init_dir, [example(m, tokenizer, str(i)) for i, m in enumerate(convs)])
+    model = AutoModelForCausalLM.from_pretrained(init_dir, attn_implementation="eager")
+    args = SFTConfig(
+        output_dir=str(tmp_path / "trl"), assistant_only_loss=True, packing=False, per_device_train_batch_size=4,
+        max_length=None, report_to="none", use_cpu=True, save_strategy="no", logging_strategy="no", bf16=False,
+    )  # fmt: skip
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list([{"messages": c} for c in convs]),
+        processing_class=tokenizer,
+    )  # fmt: skip
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert int((batch["labels"][:, 1:] != -100).sum()) == n  # the same tokens carry loss
+    model.eval()
+    with torch.no_grad():
+        theirs = float(trainer.compute_loss(model, batch))
+    assert ours == pytest.approx(theirs, abs=1e-4)
 
 
 def write_messages_parquet(path: Path, rows: list[dict]) -> Path:
