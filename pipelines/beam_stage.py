@@ -28,23 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pipelines.readers import DEFAULT_MAX_DOC_BYTES, read_documents
 from pipelines.schema import excluded_row
 from pipelines.settings import ArgumentParser, Settings, bounded, settings_from_args, settings_parser
-from pipelines.shards import (
-    SUCCESS_FILE,
-    ShardStats,
-    commit_shard,
-    committed_stats,
-    done_marker,
-    input_fingerprint,
-    join,
-    merge_stats,
-    open_stage,
-    read_json,
-    remove_stale_shards,
-    resolve_inputs,
-    shard_key,
-    shard_writers,
-    write_json_atomic,
-)
+from pipelines.shards import ShardStage, ShardStats, resolve_inputs, shard_key
 
 log = logging.getLogger(__name__)
 BATCH_SIZE = 256
@@ -111,90 +95,73 @@ def run_pipeline(build, beam_args: Sequence[str] | None = None, workers: int | N
     return counters(result)
 
 
-def committed_shard(path: str, stage_dir: str, count) -> tuple[str, str, dict | None]:
-    """(key, input fingerprint, committed counters or None): a shard committed from this very input is skipped."""
-    key = shard_key(path)
-    fingerprint = input_fingerprint(path)
-    done = committed_stats(stage_dir, key, fingerprint)
-    if done is not None:
-        count("shards_resumed")
-    return key, fingerprint, done
-
-
-def process_shard(path: str, processor: DocumentProcessor, stage_dir: str, max_doc_bytes: int, count=None) -> dict:
-    """Stream one input shard through ``processor`` into its output shards; returns its counters.
-
-    ``count(name, n)`` reports to Beam metrics when run inside a pipeline.
+def process_shard(path: str, processor: DocumentProcessor, stage: ShardStage, max_doc_bytes: int, count=None) -> dict:
+    """Stream one input shard through ``processor`` into its output shards (unless it is committed from this very
+    input); returns its counters. ``count(name, n)`` reports to Beam metrics when run inside a pipeline.
     """
     count = count or (lambda name, n=1: None)
-    key, fingerprint, done = committed_shard(path, stage_dir, count)
-    if done is not None:
-        return done
-    stats = ShardStats()
-    summary = processor.new_summary()
-    with shard_writers(stage_dir, key, processor.data_schema) as writers:
 
-        def flush(batch: list[dict]) -> None:
-            for doc, reason in processor.process_batch(batch):
-                if reason is None:
-                    writers["data"].write(doc)
-                    stats.keep(doc)
-                    if summary is not None:
-                        processor.summarize(doc, summary)
-                else:
-                    writers["excluded"].write(excluded_row(doc, processor.stage, reason))
-                    stats.drop(reason)
-                    count(f"dropped_{reason}")
+    def work(key: str) -> dict:
+        stats = ShardStats()
+        summary = processor.new_summary()
+        with stage.writers(key, processor.data_schema) as writers:
 
-        batch: list[dict] = []
-        for kind, row in read_documents(path, max_doc_bytes):
-            if kind == "error":
-                writers["errors"].write(row)
-                stats.error(row["reason"])
-                count(f"error_{row['reason']}")
-                continue
-            stats.docs_in += 1
-            batch.append(row)
-            if len(batch) >= BATCH_SIZE:
-                flush(batch)
-                batch = []
-        flush(batch)
-    count("docs_in", stats.docs_in)
-    count("docs_out", stats.docs_out)
-    count("shards_processed")
-    result = {**stats.to_dict(), **(summary or {})}
-    commit_shard(stage_dir, key, path, fingerprint, result)
-    return result
+            def flush(batch: list[dict]) -> None:
+                for doc, reason in processor.process_batch(batch):
+                    if reason is None:
+                        writers["data"].write(doc)
+                        stats.keep(doc)
+                        if summary is not None:
+                            processor.summarize(doc, summary)
+                    else:
+                        writers["excluded"].write(excluded_row(doc, processor.stage, reason))
+                        stats.drop(reason)
+                        count(f"dropped_{reason}")
+
+            batch: list[dict] = []
+            for kind, row in read_documents(path, max_doc_bytes):
+                if kind == "error":
+                    writers["errors"].write(row)
+                    stats.error(row["reason"])
+                    count(f"error_{row['reason']}")
+                    continue
+                stats.docs_in += 1
+                batch.append(row)
+                if len(batch) >= BATCH_SIZE:
+                    flush(batch)
+                    batch = []
+            flush(batch)
+        count("docs_in", stats.docs_in)
+        count("docs_out", stats.docs_out)
+        return {**stats.to_dict(), **(summary or {})}
+
+    return stage.file_shard(path, work, count)
 
 
-def _shard_dofn(processor: DocumentProcessor, stage_dir: str, max_doc_bytes: int):
-    import apache_beam as beam
-    from apache_beam.metrics import Metrics
+def _shard_dofn(processor: DocumentProcessor, max_doc_bytes: int):
+    def make(stage: ShardStage):
+        from pipelines.beam_dofn import CountingDoFn
 
-    class ProcessShard(beam.DoFn):
-        def setup(self):
-            processor.setup()
-            self._counters = {}
+        class ProcessShard(CountingDoFn):
+            def setup(self):
+                processor.setup()
 
-        def _count(self, name: str, n: int = 1) -> None:
-            if name not in self._counters:
-                self._counters[name] = Metrics.counter(processor.stage, name)
-            self._counters[name].inc(n)
+            def process(self, path: str):
+                started = time.time()
+                stats = process_shard(path, processor, stage, max_doc_bytes, self.count)
+                log.info(
+                    "%s: %s -> %d/%d docs in %.1fs",
+                    processor.stage,
+                    path,
+                    stats["docs_out"],
+                    stats["docs_in"],
+                    time.time() - started,
+                )
+                yield stats
 
-        def process(self, path: str):
-            started = time.time()
-            stats = process_shard(path, processor, stage_dir, max_doc_bytes, self._count)
-            log.info(
-                "%s: %s -> %d/%d docs in %.1fs",
-                processor.stage,
-                path,
-                stats["docs_out"],
-                stats["docs_in"],
-                time.time() - started,
-            )
-            yield stats
+        return ProcessShard(processor.stage)
 
-    return ProcessShard()
+    return make
 
 
 def run_shard_stage(
@@ -214,13 +181,13 @@ def run_shard_stage(
     files, skipped = resolve_inputs(inputs)
     # Inputs are not part of the identity: shards of unchanged inputs are reused when inputs are added.
     config = {"stage": processor.stage, "processor": processor.config(), "max_doc_bytes": max_doc_bytes}
-    dofn = _shard_dofn(processor, output_dir, max_doc_bytes)
     extra = {"skipped_inputs": skipped} if skipped else None
     if skipped:
         log.warning("%s: %d input files are no document format and are skipped: %s", processor.stage, len(skipped),
                     ", ".join(skipped[:10]))  # fmt: skip
+    make_dofn = _shard_dofn(processor, max_doc_bytes)
     return run_file_stage(
-        files, output_dir, processor.stage, config, dofn, beam_args, workers, extra, inputs, after_shards
+        files, output_dir, processor.stage, config, make_dofn, beam_args, workers, extra, inputs, after_shards
     )
 
 
@@ -229,69 +196,36 @@ def run_file_stage(
     output_dir: str,
     stage: str,
     config: dict,
-    dofn,
+    make_dofn: Callable[[ShardStage], object],
     beam_args: Sequence[str] | None = None,
     workers: int | None = None,
     extra: dict | None = None,
     patterns: str | Sequence[str] = (),
     after_shards: Callable[[], dict] | None = None,
 ) -> dict:
-    """``Create(files) | Reshuffle | ParDo(dofn)``: one output shard per input file, committed shards resumed.
+    """``Create(files) | Reshuffle | ParDo(make_dofn(stage))``: one output shard per input file, committed shards
+    resumed, in a ``ShardStage`` of ``output_dir``.
 
-    ``dofn`` writes and commits each file's shard (see ``process_shard``); ``config`` is the stage's identity;
+    The DoFn writes and commits each file's shard (``ShardStage.file_shard``); ``config`` is the stage's identity;
     ``patterns`` (the globs/folders the files came from) are checked, with the files, against the output;
     ``after_shards()`` adds to the summary once every shard is committed (the stage lock is still held).
     """
     import apache_beam as beam
 
-    with open_stage(output_dir, config, [patterns, *files]) as resumed:
-        keys = {shard_key(f) for f in files}
-        removed = remove_stale_shards(output_dir, keys) if resumed else []
-        started = time.time()
+    with ShardStage(output_dir, config, [patterns, *files]) as shard_stage:
+        keys = sorted({shard_key(f) for f in files})
+        shard_stage.keep_only(keys)
+        dofn = make_dofn(shard_stage)
         beam_counters = run_pipeline(
             lambda p: p | "Shards" >> beam.Create(files) | "Spread" >> beam.Reshuffle() | "Process" >> beam.ParDo(dofn),
             beam_args,
             workers,
         )
-        extra = {**(extra or {}), **({"removed_shards": removed} if removed else {})}
+        extra = dict(extra or {})
         if after_shards is not None:
             extra.update(after_shards())
-        return finish_stage(output_dir, stage, sorted(keys), beam_counters, time.time() - started, resumed, extra)
-
-
-def committed_summary(output_dir: str, stage: str, keys: list[str]) -> dict:
-    """The shards' committed counters, summed; every shard must be committed once the pipeline has finished."""
-    shard_stats = []
-    for key in keys:
-        marker = read_json(done_marker(output_dir, key))
-        if marker is None:
-            raise RuntimeError(f"{stage}: shard {key} has no commit marker after the pipeline finished")
-        shard_stats.append(marker["stats"])
-    return merge_stats(shard_stats)
-
-
-def finish_stage(
-    output_dir: str,
-    stage: str,
-    keys: list[str],
-    beam_counters: dict,
-    seconds: float,
-    resumed: bool,
-    extra: dict | None = None,
-) -> dict:
-    """Sum the shards' committed counters and commit the stage with ``_SUCCESS.json``."""
-    summary = committed_summary(output_dir, stage, keys)
-    summary.update(
-        stage=stage,
-        output=output_dir,
-        shards=len(keys),
-        resumed=resumed,
-        seconds=round(seconds, 2),
-        beam_counters=beam_counters,
-        **(extra or {}),
-    )
-    write_json_atomic(join(output_dir, SUCCESS_FILE), summary)
-    return summary
+        fields = {"stage": stage, "output": output_dir, "shards": len(keys), "beam_counters": beam_counters, **extra}
+        return shard_stage.finish(keys, **fields)
 
 
 def stage_arg_parser(description: str, settings: type[Settings] | None = None) -> argparse.ArgumentParser:

@@ -37,17 +37,13 @@ from pipelines.curation_settings import DedupSettings
 from pipelines.readers import DEFAULT_MAX_DOC_BYTES, read_documents
 from pipelines.schema import excluded_row
 from pipelines.shards import (
+    ShardStage,
     ShardStats,
-    commit_shard,
-    committed_stats,
     expand_inputs,
     input_fingerprint,
     join,
-    open_stage,
     read_json,
-    remove_stale_shards,
     shard_key,
-    shard_writers,
     write_json_atomic,
 )
 
@@ -198,13 +194,11 @@ def resolve_clusters(edges: Iterable[tuple[tuple, tuple]]) -> tuple[dict[int, li
 
 
 def _signature_dofn(config: DedupConfig, max_doc_bytes: int):
-    import apache_beam as beam
-    from apache_beam.metrics import Metrics
+    from pipelines.beam_dofn import CountingDoFn
 
-    class Signatures(beam.DoFn):
+    class Signatures(CountingDoFn):
         def setup(self):
             self.signer = Signer(config)
-            self.docs = Metrics.counter(STAGE, "docs_signed")
 
         def process(self, element: tuple[int, str]):
             shard_index, path = element
@@ -219,48 +213,53 @@ def _signature_dofn(config: DedupConfig, max_doc_bytes: int):
                 for key in bands:
                     yield key, member
                 position += 1
-                self.docs.inc()
+                self.count("docs_signed")
 
-    return Signatures()
+    return Signatures(STAGE)
 
 
-def _apply_dofn(files: list[str], fingerprints: dict[str, str], stage_dir: str, max_doc_bytes: int):
-    import apache_beam as beam
-    from apache_beam.metrics import Metrics
+def apply_decisions(path: str, decisions: dict, stage: ShardStage, max_doc_bytes: int, count) -> dict:
+    """Write one shard with its cluster decisions (position -> decision): kept documents to ``data/`` with
+    ``dup_cluster``/``dup_cluster_size``, removed ones to ``excluded/``; returns its counters."""
+    stats = ShardStats()
+    with stage.writers(shard_key(path)) as writers:
+        position = 0
+        for kind, doc in read_documents(path, max_doc_bytes):
+            if kind != "doc":  # unreadable input records are quarantined here, once (not in Signatures)
+                writers["errors"].write(doc)
+                stats.error(doc["reason"])
+                continue
+            stats.docs_in += 1
+            _, _, kept_id, size, verdict = decisions.get(position, (position, doc["id"], doc["id"], 1, "kept"))
+            doc["dup_cluster"], doc["dup_cluster_size"] = kept_id, size
+            if verdict == "kept":
+                writers["data"].write(doc)
+                stats.keep(doc)
+            else:
+                writers["excluded"].write(excluded_row(doc, STAGE, verdict))
+                stats.drop(verdict)
+                count(f"dropped_{verdict}")
+            position += 1
+    count("docs_out", stats.docs_out)
+    return stats.to_dict()
 
-    class ApplyDecisions(beam.DoFn):
+
+def _apply_dofn(files: list[str], fingerprints: dict[str, str], stage: ShardStage, max_doc_bytes: int):
+    from pipelines.beam_dofn import CountingDoFn
+
+    class ApplyDecisions(CountingDoFn):
         def process(self, element):
             shard_index, (_, decision_lists) = element
             path = files[shard_index]
-            key = shard_key(path)
-            fingerprint = fingerprints[path]
-            if committed_stats(stage_dir, key, fingerprint) is not None:
-                Metrics.counter(STAGE, "shards_resumed").inc()
-                return
-            decisions = {d[0]: d for group in decision_lists for d in group}
-            stats = ShardStats()
-            with shard_writers(stage_dir, key) as writers:
-                position = 0
-                for kind, doc in read_documents(path, max_doc_bytes):
-                    if kind != "doc":  # unreadable input records are quarantined here, once (not in Signatures)
-                        writers["errors"].write(doc)
-                        stats.error(doc["reason"])
-                        continue
-                    stats.docs_in += 1
-                    _, _, kept_id, size, verdict = decisions.get(position, (position, doc["id"], doc["id"], 1, "kept"))
-                    doc["dup_cluster"], doc["dup_cluster_size"] = kept_id, size
-                    if verdict == "kept":
-                        writers["data"].write(doc)
-                        stats.keep(doc)
-                    else:
-                        writers["excluded"].write(excluded_row(doc, STAGE, verdict))
-                        stats.drop(verdict)
-                        Metrics.counter(STAGE, f"dropped_{verdict}").inc()
-                    position += 1
-            Metrics.counter(STAGE, "docs_out").inc(stats.docs_out)
-            commit_shard(stage_dir, key, path, fingerprint, stats.to_dict())
 
-    return ApplyDecisions()
+            def work() -> dict:
+                decisions = {d[0]: d for group in decision_lists for d in group}
+                return apply_decisions(path, decisions, stage, max_doc_bytes, self.count)
+
+            stage.shard(shard_key(path), fingerprints[path], work, input=path, count=self.count)
+            return ()
+
+    return ApplyDecisions(STAGE)
 
 
 def run(
@@ -273,11 +272,7 @@ def run(
     settings: DedupSettings | None = None,
 ) -> dict:
     """``settings``: the stage's settings, in place of ``config`` and ``max_doc_bytes``."""
-    import time
-
     import apache_beam as beam
-
-    from pipelines.beam_stage import finish_stage
 
     if settings is not None:
         config, max_doc_bytes = DedupConfig.from_settings(settings), settings.max_doc_bytes
@@ -286,10 +281,9 @@ def run(
     # Which document of a cluster is kept depends on every input, so any input change starts afresh.
     fingerprints = {f: input_fingerprint(f) for f in files}
     stage_config = {"stage": STAGE, "inputs": fingerprints, "processor": asdict(config), "max_doc_bytes": max_doc_bytes}
-    with open_stage(output_dir, stage_config, [inputs, *files]) as resumed:
-        keys = [shard_key(f) for f in files]
-        if resumed:
-            remove_stale_shards(output_dir, set(keys))
+    with ShardStage(output_dir, stage_config, [inputs, *files]) as stage:
+        shards = {shard_key(f): fingerprints[f] for f in files}
+        stage.keep_only(shards)
         clusters_uri = join(output_dir, "_clusters.json")
 
         def resolve(edges: list) -> Iterator[tuple[int, list[tuple]]]:
@@ -298,9 +292,9 @@ def run(
             yield from decisions.items()
 
         def build(p):
-            shards = p | "Shards" >> beam.Create(list(enumerate(files)))
+            indexed = p | "Shards" >> beam.Create(list(enumerate(files)))
             decisions = (
-                shards
+                indexed
                 | "Spread" >> beam.Reshuffle()
                 | "Signatures" >> beam.ParDo(_signature_dofn(config, max_doc_bytes))
                 | "Band" >> beam.GroupByKey()
@@ -309,22 +303,20 @@ def run(
                 | "UnionFind" >> beam.FlatMap(resolve)
             )
             (
-                {"shard": shards | "ByShard" >> beam.Map(lambda e: (e[0], None)), "decisions": decisions}
+                {"shard": indexed | "ByShard" >> beam.Map(lambda e: (e[0], None)), "decisions": decisions}
                 | "JoinDecisions" >> beam.CoGroupByKey()
                 | "Unpack" >> beam.Map(lambda kv: (kv[0], (kv[1]["shard"], kv[1]["decisions"])))
-                | "Apply" >> beam.ParDo(_apply_dofn(files, fingerprints, output_dir, max_doc_bytes))
+                | "Apply" >> beam.ParDo(_apply_dofn(files, fingerprints, stage, max_doc_bytes))
             )
 
-        started = time.time()
-        all_committed = resumed and all(
-            committed_stats(output_dir, shard_key(f), fingerprints[f]) is not None for f in files
-        )
         # A finished run with the same inputs and config: the clusters cannot have changed, skip the signature pass.
+        all_committed = stage.resumed and not stage.pending(shards)
         beam_counters = (
             {f"{STAGE}/shards_resumed": len(files)} if all_committed else run_pipeline(build, beam_args, workers)
         )
         extra = {"clusters": read_json(clusters_uri) or {}, "config": asdict(config)}
-        return finish_stage(output_dir, STAGE, sorted(set(keys)), beam_counters, time.time() - started, resumed, extra)
+        fields = {"stage": STAGE, "output": output_dir, "shards": len(shards), "beam_counters": beam_counters}
+        return stage.finish(sorted(shards), **fields, **extra)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,6 +15,9 @@ never leaves a half shard under a final name. A rerun skips shards that have a
 ``_done`` marker and rewrites the others under the same names: nothing is lost
 and nothing is written twice. Paths are fsspec URIs (local folders, ``s3://``,
 ``gs://`` ...); on object stores the marker, not the rename, is the commit point.
+
+``ShardStage`` is that lifecycle as one object, which every stage runner uses; the folder's checks, lock and
+preparation for a config live in ``pipelines.stage_dir``.
 """
 
 from __future__ import annotations
@@ -22,42 +25,33 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import posixpath
-import socket
+import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.schema import DOCUMENT_SCHEMA, ERROR_SCHEMA, EXCLUDED_SCHEMA
+from pipelines.stage_dir import (
+    CONFIG_FILE,
+    SUCCESS_FILE,
+    _canonical,
+    _with_protocol,
+    filesystem,
+    join,
+    open_stage,
+    read_json,
+    remove_stale_shards,
+    write_json_atomic,
+)
 
-SUCCESS_FILE = "_SUCCESS.json"
-CONFIG_FILE = "_config.json"
 KINDS = {"data": DOCUMENT_SCHEMA, "excluded": EXCLUDED_SCHEMA, "errors": ERROR_SCHEMA}
 log = logging.getLogger(__name__)
-
-
-def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, path = fsspec.core.url_to_fs(uri)
-    return fs, path
-
-
-def _with_protocol(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    """A path from ``fs`` back as a URI (plain path for local files)."""
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return path if protocol in ("file", "local") else f"{protocol}://{path}"
-
-
-def join(uri: str, *parts: str) -> str:
-    if "://" in uri:
-        return posixpath.join(uri, *parts)
-    return os.path.join(uri, *parts)
 
 
 def shard_key(path: str) -> str:
@@ -68,23 +62,6 @@ def shard_key(path: str) -> str:
             base = base[: -len(ext)]
     stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in base)[:60]
     return f"{stem}-{hashlib.sha1(path.encode()).hexdigest()[:10]}"
-
-
-def write_json_atomic(uri: str, payload: dict) -> None:
-    fs, path = filesystem(uri)
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with fs.open(tmp, "w") as f:
-        json.dump(payload, f, indent=1, sort_keys=True, default=str)
-    fs.mv(tmp, path)
-
-
-def read_json(uri: str) -> dict | None:
-    fs, path = filesystem(uri)
-    if not fs.exists(path):
-        return None
-    with fs.open(path, "r") as f:
-        return json.load(f)
 
 
 DOCUMENT_SUFFIXES = (".warc", ".wet", ".arc", ".jsonl", ".ndjson", ".json", ".parquet")
@@ -344,10 +321,6 @@ def input_fingerprint(path: str) -> str:
     return f"{info.get('size')}:{info.get('mtime') or info.get('LastModified') or info.get('ETag') or ''}"
 
 
-def _canonical(config: dict) -> dict:
-    return json.loads(json.dumps(config, sort_keys=True, default=str))
-
-
 def config_fingerprint(config: dict | None) -> str:
     """A short hash of a stage config (what ``_config.json`` holds)."""
     return hashlib.sha256(json.dumps(_canonical(config or {}), sort_keys=True).encode()).hexdigest()[:16]
@@ -375,260 +348,119 @@ def commit_shard(stage_dir: str, key: str, path: str, fingerprint: str, stats: d
     write_json_atomic(done_marker(stage_dir, key), marker)
 
 
-# --- Output safety: a stage never deletes what it did not write ------------------------------------------------
-
-OWNED_FOLDERS = (*KINDS, "_done")
-"""Sub-folders a stage writes; a restart removes only Parquet/JSON files and leftovers of killed writes there."""
-LOCK_FILE = "_lock.json"
+def _no_count(name: str, n: int = 1) -> None:
+    """The ``count`` of a shard run outside Beam: counters are not reported anywhere."""
 
 
-class StageOutputError(ValueError):
-    """An output location that a stage refuses to write to (the message says why and what to do)."""
+class ShardStage:
+    """One run of a stage into its folder: the shard lifecycle that every stage runner goes through.
 
+        with ShardStage(output, config, inputs) as stage:      # check_output, lock, prepare (``open_stage``)
+            stage.keep_only(keys)                             # resumed: drop shards of inputs that are gone
+            stats = stage.shard(key, fingerprint, work, input=path, count=count)   # skipped when committed
+            summary = stage.finish(keys, stage="x", ...)      # markers summed + run fields -> _SUCCESS.json
 
-def _local_real(uri: str) -> str:
-    fs, path = filesystem(uri)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if protocol in ("file", "local"):
-        return os.path.realpath(path)
-    return f"{protocol}://{path.rstrip('/')}"
-
-
-def _split_patterns(inputs: str | Iterable) -> list[str]:
-    """Comma-separated patterns, or (nested) lists of them, as one flat list."""
-    if isinstance(inputs, str):
-        return [p for p in inputs.split(",") if p]
-    return [p for item in inputs for p in _split_patterns(item)]
-
-
-def _inside(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip("/") + "/")
-
-
-def check_output(stage_dir: str, stage: str | None, inputs: str | Iterable = ()) -> None:
-    """Refuse an output that would destroy something the stage did not write. Raises ``StageOutputError``.
-
-    Refused: an existing file; a folder that overlaps an input (the same folder, an input inside it, or it
-    inside an input folder); a non-empty folder that holds no stage output; a folder of another stage.
+    ``shard`` runs anywhere: the object travels to Beam workers without its lock (which stays with the driver).
+    ``config`` is the stage's identity (``_config.json``); its ``stage`` entry names the stage for ``check_output``.
     """
-    fs, path = filesystem(stage_dir)
-    out = _local_real(stage_dir)
-    for item in _split_patterns(inputs):
-        if item.startswith("hf:"):
-            continue
-        real = _local_real(item)
-        if real == out:
-            raise StageOutputError(f"--output {stage_dir} is also an input: choose another folder")
-        if _inside(real, out):
-            raise StageOutputError(f"--output {stage_dir} contains the input {item}: choose a folder outside it")
-        if _inside(out, real):
-            raise StageOutputError(f"--output {stage_dir} is inside the input {item}: choose a folder outside it")
-    if not fs.exists(path):
-        return
-    if not fs.isdir(path):
-        raise StageOutputError(f"--output {stage_dir} is an existing file, not a folder: choose a new folder")
-    previous = read_json(join(stage_dir, CONFIG_FILE))
-    if previous is None:
-        entries = [posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)]
-        foreign = sorted(e for e in entries if e != LOCK_FILE)
-        if foreign:
-            raise StageOutputError(
-                f"--output {stage_dir} is a non-empty folder that no stage wrote ({len(foreign)} entries, e.g. "
-                f"{', '.join(foreign[:3])}): choose a new or empty folder"
-            )
-    elif previous.get("stage") != stage:
-        raise StageOutputError(
-            f"--output {stage_dir} holds the output of stage {previous.get('stage')!r}, not {stage!r}: "
-            "choose another folder"
-        )
 
+    def __init__(self, output: str, config: Mapping, inputs: str | Iterable = ()):
+        self.output, self.config, self.inputs = output, dict(config), inputs
+        self.resumed = False
+        self.removed: list[str] = []
+        self.started = time.time()
+        self._stack: ExitStack | None = None
 
-def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += _changed_keys(a, b, f"{prefix}{k}.")
-        elif a != b:
-            keys.append(f"{prefix}{k}")
-    return keys
+    def __enter__(self) -> ShardStage:
+        stack = ExitStack()
+        self.resumed = stack.enter_context(open_stage(self.output, self.config, self.inputs))
+        self._stack, self.started = stack, time.time()
+        return self
 
+    def __exit__(self, *exc) -> bool | None:
+        stack, self._stack = self._stack, None
+        return stack.__exit__(*exc)
 
-def _remove_owned(
-    stage_dir: str, keep: Callable[[str, str], bool] = lambda kind, name: False, work_files: bool = True
-) -> list[str]:
-    """Delete the files this stage writes (shards, markers, leftovers of killed writes) unless ``keep(kind, name)``,
-    and with ``work_files`` its ``_``-prefixed files at the top (summary, work folders).
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_stack": None}
 
-    Anything else found in the folder is left where it is. Returns the removed paths, relative to the folder.
-    """
-    fs, path = filesystem(stage_dir)
-    removed = []
-    for kind in OWNED_FOLDERS:
-        folder = posixpath.join(path, kind)
-        if not fs.exists(folder):
-            continue
-        for p in fs.ls(folder, detail=False):
-            name = posixpath.basename(p)
-            ours = ".tmp-" in name or name.endswith((".parquet", ".json"))
-            if ours and not keep(kind, name):
-                fs.rm(p, recursive=True)
-                removed.append(f"{kind}/{name}")
-    for entry in fs.ls(path, detail=False) if work_files else ():  # _SUCCESS.json, _clusters.json, _work/ ...
-        name = posixpath.basename(entry.rstrip("/"))
-        if name.startswith("_") and name not in (*OWNED_FOLDERS, LOCK_FILE, CONFIG_FILE):
-            fs.rm(entry, recursive=True)
-            removed.append(name)
-    return removed
+    def keep_only(self, keys: Iterable[str]) -> list[str]:
+        """On a resumed folder, remove the shards whose key is not in ``keys`` (and leftovers of killed writes);
+        the summary names them as ``removed_shards``."""
+        if self.resumed:
+            self.removed = remove_stale_shards(self.output, set(keys))
+        return self.removed
 
+    def done(self, key: str, fingerprint: str) -> dict | None:
+        """The counters of shard ``key`` if it is committed from this very input under this config, else None."""
+        return committed_stats(self.output, key, fingerprint)
 
-def prepare_stage_dir(stage_dir: str, config: dict) -> bool:
-    """Make ``stage_dir`` ready for a run of ``config``; returns True when resuming earlier work.
+    def pending(self, shards: Mapping[str, str]) -> list[str]:
+        """The keys of ``shards`` (key -> input fingerprint) that are not committed yet."""
+        return [key for key, fingerprint in shards.items() if self.done(key, fingerprint) is None]
 
-    With the same config its committed shards are kept (each is reused only if its input is unchanged, see
-    ``committed_stats``). After a config change the files the earlier run wrote are removed, and the log names
-    the settings that changed and what was removed; files the stage did not write are never touched.
-    Call it through ``open_stage``, which checks the output and holds the folder's lock.
-    """
-    fs, path = filesystem(stage_dir)
-    previous = read_json(join(stage_dir, CONFIG_FILE))
-    config = _canonical(config)
-    if previous == config:
-        if fs.exists(posixpath.join(path, SUCCESS_FILE)):
-            fs.rm(posixpath.join(path, SUCCESS_FILE))
-        return True
-    if previous is not None:
-        removed = _remove_owned(stage_dir)
-        changed = _changed_keys(previous, config)
-        log.warning(
-            "%s: the config changed (%s): starting afresh, %d files of the earlier run removed (%s)",
-            stage_dir,
-            ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else ""),
-            len(removed),
-            ", ".join(removed[:5]) + (" ..." if len(removed) > 5 else ""),
-        )
-    fs.makedirs(path, exist_ok=True)
-    write_json_atomic(join(stage_dir, CONFIG_FILE), config)
-    return False
+    def writers(self, key: str, data_schema: pa.Schema | None = None, excluded_schema: pa.Schema | None = None):
+        """data/excluded/errors writers of shard ``key`` (``shard_writers``)."""
+        return shard_writers(self.output, key, data_schema, excluded_schema)
 
-
-def remove_stale_shards(stage_dir: str, keep_keys: set[str]) -> list[str]:
-    """Delete shards (and leftovers of killed writes) that do not belong to the current inputs; returns their
-    keys and logs them (an input set that shrank or changed names what it removes)."""
-
-    def keep(kind: str, name: str) -> bool:
-        return ".tmp-" not in name and name.split(".parquet")[0].split(".json")[0] in keep_keys
-
-    removed = _remove_owned(stage_dir, keep, work_files=False)
-    stale = sorted({r.split("/", 1)[1].split(".parquet")[0].split(".json")[0] for r in removed if ".tmp-" not in r})
-    if stale:
-        log.warning("%s: %d shards whose input is gone are removed: %s", stage_dir, len(stale), ", ".join(stale[:10]))
-    return stale
-
-
-class StageLockedError(RuntimeError):
-    """Another run holds the stage folder."""
-
-
-def _process_start(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (clock ticks since boot), or None when no such process runs."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return None
-
-
-def _holder() -> dict:
-    return {
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "pid_start": _process_start(os.getpid()),
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-
-
-def _describe(holder: dict) -> str:
-    return f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"
-
-
-@contextmanager
-def stage_lock(stage_dir: str) -> Iterator[None]:
-    """Hold ``<stage_dir>/_lock.json`` for one run; a second run into the same folder is refused.
-
-    Local folders use ``flock``, which the kernel releases when the holder dies, so the lock of a killed run
-    is detected as stale and taken over. On object stores the lock is an object naming its holder: it is
-    stale when that holder ran on this host and is gone; otherwise delete it by hand once no run is active.
-    """
-    fs, path = filesystem(stage_dir)
-    fs.makedirs(path, exist_ok=True)
-    lock_path = posixpath.join(path, LOCK_FILE)
-    holder = _holder()
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if protocol in ("file", "local"):
-        import fcntl
-
-        while True:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                other = _read_holder(fd)
-                os.close(fd)
-                raise StageLockedError(
-                    f"{stage_dir} is being written by another run ({_describe(other)}): wait for it to finish"
-                ) from None
-            try:  # the holder we waited on may have removed the file after we opened it: lock the one in place
-                if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
-                    break
-            except FileNotFoundError:
-                pass
-            os.close(fd)
+    def write_table(self, key: str, table: pa.Table, kind: str = "data", **parquet_options) -> str:
+        """Write ``<kind>/<key>.parquet`` in one go under a temporary name and rename it into place."""
+        final_uri = join(self.output, kind, f"{key}.parquet")
+        fs, final_path = filesystem(final_uri)
+        tmp = f"{final_path}.tmp-{uuid.uuid4().hex}"
+        fs.makedirs(posixpath.dirname(final_path), exist_ok=True)
         try:
-            previous = _read_holder(fd)
-            if previous.get("pid"):
-                log.warning("%s: taking over the stale lock of a run that ended (%s)", stage_dir, _describe(previous))
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(holder).encode(), 0)
-            try:
-                yield
-            finally:
-                os.ftruncate(fd, 0)
-                os.unlink(lock_path)
-        finally:
-            os.close(fd)
-        return
-    other = read_json(join(stage_dir, LOCK_FILE))
-    if other:
-        ours = other.get("host") == holder["host"]
-        alive = _process_start(int(other.get("pid") or 0)) == other.get("pid_start")
-        if not ours or alive:
-            raise StageLockedError(
-                f"{stage_dir} is being written by another run ({_describe(other)}): wait for it to finish, or "
-                f"delete {join(stage_dir, LOCK_FILE)} if no run is active"
-            )
-        log.warning("%s: taking over the stale lock of a run that ended (%s)", stage_dir, _describe(other))
-    write_json_atomic(join(stage_dir, LOCK_FILE), holder)
-    try:
-        yield
-    finally:
-        fs.rm(lock_path)
+            with fs.open(tmp, "wb") as f:
+                pq.write_table(table, f, compression="zstd", **parquet_options)
+            fs.mv(tmp, final_path)
+        except BaseException:
+            if fs.exists(tmp):
+                fs.rm(tmp)
+            raise
+        return final_uri
 
+    def commit(self, key: str, input: str, fingerprint: str, stats: dict) -> None:
+        """Write shard ``key``'s marker: from here on the shard is done (``commit_shard``)."""
+        commit_shard(self.output, key, input, fingerprint, stats)
 
-def _read_holder(fd: int) -> dict:
-    try:
-        return json.loads(os.pread(fd, 4096, 0) or b"{}")
-    except ValueError:
-        return {}
+    def shard(self, key: str, fingerprint: str, work, input: str = "", count=None) -> dict:
+        """Shard ``key``'s counters: committed ones as they are (``shards_resumed``), else ``work()``'s, which
+        writes the shard's files, committed once it returns (``shards_processed``). ``count(name, n)``: metrics."""
+        count = count or _no_count
+        done = self.done(key, fingerprint)
+        if done is not None:
+            count("shards_resumed")
+            return done
+        stats = work()
+        self.commit(key, input, fingerprint, stats)
+        count("shards_processed")
+        return stats
 
+    def file_shard(self, path: str, work, count=None) -> dict:
+        """``shard`` for the input file ``path``: its key is ``shard_key(path)``, passed to ``work(key)``."""
+        key = shard_key(path)
+        return self.shard(key, input_fingerprint(path), lambda: work(key), input=path, count=count)
 
-@contextmanager
-def open_stage(stage_dir: str, config: dict, inputs: str | Iterable = ()) -> Iterator[bool]:
-    """Check the output (``check_output``), lock the folder (``stage_lock``) and prepare it for ``config``
-    (``prepare_stage_dir``); yields True when resuming earlier work. Every stage runner writes through this."""
-    check_output(stage_dir, config.get("stage"), inputs)
-    with stage_lock(stage_dir):
-        yield prepare_stage_dir(stage_dir, config)
+    def summed(self, keys: Iterable[str]) -> dict:
+        """The committed counters of ``keys``, summed (``merge_stats``); every one must be committed by now."""
+        stats = []
+        for key in keys:
+            marker = read_json(done_marker(self.output, key))
+            if marker is None:
+                raise RuntimeError(f"{self.config.get('stage')}: shard {key} has no commit marker after its run")
+            stats.append(marker["stats"])
+        return merge_stats(stats)
+
+    def finish(self, keys: Iterable[str] = (), summary: dict | None = None, **fields) -> dict:
+        """Commit the stage: ``summary`` (by default ``summed(keys)``) with ``resumed``, ``seconds`` (since the
+        folder was opened), ``removed_shards`` (when some were) and ``fields``, written as ``_SUCCESS.json``."""
+        summary = self.summed(keys) if summary is None else summary
+        summary.update(resumed=self.resumed, seconds=round(time.time() - self.started, 2))
+        if self.removed:
+            summary["removed_shards"] = self.removed
+        summary.update(fields)
+        write_json_atomic(join(self.output, SUCCESS_FILE), summary)
+        return summary
 
 
 def list_shards(stage_dir: str, kind: str = "data") -> list[str]:

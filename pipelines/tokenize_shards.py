@@ -38,9 +38,7 @@ import hashlib
 import itertools
 import logging
 import os
-import posixpath
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -48,22 +46,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.beam_stage import (
-    ArgumentParser,
-    bounded,
-    cli,
-    committed_shard,
-    parse_stage_args,
-    print_summary,
-    run_file_stage,
-)
+from pipelines.beam_stage import ArgumentParser, bounded, cli, parse_stage_args, print_summary, run_file_stage
 from pipelines.schema import PACKED_SCHEMA
-from pipelines.shards import (
-    commit_shard,
-    expand_inputs,
-    filesystem,
-    join,
-)
+from pipelines.shards import ShardStage, expand_inputs, filesystem
 from pipelines.tokenizer import ENDOFTEXT_ID, load_tokenizer, tokenizer_identity
 
 log = logging.getLogger(__name__)
@@ -335,69 +320,47 @@ class _TokenStream:
         return self._concat("bucket", np.int32)
 
 
-def write_packed(table: pa.Table, stage_dir: str, key: str, seq_len: int) -> str:
-    """Write ``data/<key>.parquet`` under a temporary name and rename it into place."""
-    final_uri = join(stage_dir, "data", f"{key}.parquet")
-    fs, final_path = filesystem(final_uri)
-    tmp = f"{final_path}.tmp-{uuid.uuid4().hex}"
-    fs.makedirs(posixpath.dirname(final_path), exist_ok=True)
-    try:
-        with fs.open(tmp, "wb") as f:
-            pq.write_table(table, f, row_group_size=row_group_rows(seq_len), compression="zstd")
-        fs.mv(tmp, final_path)
-    except BaseException:
-        if fs.exists(tmp):
-            fs.rm(tmp)
-        raise
-    return final_uri
-
-
-def tokenize_shard(path: str, packer: ShardPacker, stage_dir: str, count: Count | None = None) -> dict:
-    """Pack one input shard into ``stage_dir`` unless it is committed from this very input; returns its counters."""
+def tokenize_shard(path: str, packer: ShardPacker, stage: ShardStage, count: Count | None = None) -> dict:
+    """Pack one input shard into ``stage`` unless it is committed from this very input; returns its counters."""
     count = count or (lambda name, n=1: None)
-    key, fingerprint, done = committed_shard(path, stage_dir, count)
-    if done is not None:
-        return done
-    table, stats = packer.pack_shard(path, key, count)
-    write_packed(table, stage_dir, key, packer.seq_len)
-    for name in ("docs_in", "docs_out", "sequences", "tokens", "tokens_dropped_tail", "n_tokens_mismatch"):
-        count(name, stats[name])
-    count("shards_processed")
-    commit_shard(stage_dir, key, path, fingerprint, stats)
-    return stats
+
+    def work(key: str) -> dict:
+        table, stats = packer.pack_shard(path, key, count)
+        stage.write_table(key, table, row_group_size=row_group_rows(packer.seq_len))
+        for name in ("docs_in", "docs_out", "sequences", "tokens", "tokens_dropped_tail", "n_tokens_mismatch"):
+            count(name, stats[name])
+        return stats
+
+    return stage.file_shard(path, work, count)
 
 
-def _pack_dofn(config: dict, stage_dir: str, tokenizer_threads: int | None):
-    import apache_beam as beam
-    from apache_beam.metrics import Metrics
+def _pack_dofn(config: dict, tokenizer_threads: int | None):
+    def make(stage: ShardStage):
+        from pipelines.beam_dofn import CountingDoFn
 
-    class PackShard(beam.DoFn):
-        def setup(self):
-            # Each local Beam worker is its own process with its own Rust thread pool: share the cores
-            # (read when the pool starts, i.e. at the first encode_batch in this process).
-            if tokenizer_threads and "RAYON_NUM_THREADS" not in os.environ:
-                os.environ["RAYON_NUM_THREADS"] = str(tokenizer_threads)
-            found = tokenizer_identity()
-            if found != config["tokenizer"]["tokenizer_json_sha256"]:
-                raise RuntimeError(
-                    f"this worker's tokenizer.json has sha256 {found}, the stage was configured with "
-                    f"{config['tokenizer']['tokenizer_json_sha256']}: point QWEN2_TOKENIZER_DIR at the same files"
-                )
-            self.packer = ShardPacker(config["seq_len"], config["seed"], config["text_column"])
-            self._counters = {}
+        class PackShard(CountingDoFn):
+            def setup(self):
+                # Each local Beam worker is its own process with its own Rust thread pool: share the cores
+                # (read when the pool starts, i.e. at the first encode_batch in this process).
+                if tokenizer_threads and "RAYON_NUM_THREADS" not in os.environ:
+                    os.environ["RAYON_NUM_THREADS"] = str(tokenizer_threads)
+                found = tokenizer_identity()
+                if found != config["tokenizer"]["tokenizer_json_sha256"]:
+                    raise RuntimeError(
+                        f"this worker's tokenizer.json has sha256 {found}, the stage was configured with "
+                        f"{config['tokenizer']['tokenizer_json_sha256']}: point QWEN2_TOKENIZER_DIR at the same files"
+                    )
+                self.packer = ShardPacker(config["seq_len"], config["seed"], config["text_column"])
 
-        def _count(self, name: str, n: int = 1) -> None:
-            if name not in self._counters:
-                self._counters[name] = Metrics.counter(STAGE, name)
-            self._counters[name].inc(n)
+            def process(self, path: str):
+                started = time.time()
+                stats = tokenize_shard(path, self.packer, stage, self.count)
+                log.info("%s: %s -> %d sequences in %.1fs", STAGE, path, stats["sequences"], time.time() - started)
+                yield stats
 
-        def process(self, path: str):
-            started = time.time()
-            stats = tokenize_shard(path, self.packer, stage_dir, self._count)
-            log.info("%s: %s -> %d sequences in %.1fs", STAGE, path, stats["sequences"], time.time() - started)
-            yield stats
+        return PackShard(STAGE)
 
-    return PackShard()
+    return make
 
 
 def stage_config(seq_len: int, seed: int, text_column: str = "text") -> dict:
@@ -436,8 +399,8 @@ def run_tokenize_stage(
     local = not any(a.startswith("--runner") for a in (beam_args or []))
     local_workers = workers or os.cpu_count() or 1
     threads = max(1, (os.cpu_count() or 1) // local_workers) if local and local_workers > 1 else None
-    dofn = _pack_dofn(config, output_dir, threads)
-    return run_file_stage(files, output_dir, STAGE, config, dofn, beam_args, workers, extra={"seq_len": seq_len})
+    make_dofn = _pack_dofn(config, threads)
+    return run_file_stage(files, output_dir, STAGE, config, make_dofn, beam_args, workers, extra={"seq_len": seq_len})
 
 
 def main(argv: list[str] | None = None) -> None:

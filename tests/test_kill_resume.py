@@ -230,7 +230,7 @@ GENERATE = "synth.llm.backends:TransformersGenerator.generate"  # one call per b
 WRITER_COMMIT = "pipelines.shards:ShardWriter.commit"  # data/, excluded/, errors/ of each chunk, in that order
 # method: (kill target, n, before/after, chunks committed when killed, the chunk in flight had a round cached)
 SYNTH_KILLS = {
-    "labels": ("synth.records:commit_shard", 2, "after", 2, False),  # right after the 2nd of 3 chunks committed
+    "labels": ("pipelines.shards:commit_shard", 2, "after", 2, False),  # right after the 2nd of 3 chunks committed
     "instruction": (GENERATE, 4, "before", 1, True),  # 2nd chunk, answers round (its instructions are cached)
     "math_rejection": (GENERATE, 2, "before", 1, False),  # 2nd of 2 chunks, while sampling
     "code_execution": (GENERATE, 2, "before", 1, False),  # 2nd of 2 chunks, while sampling solutions and tests
@@ -401,7 +401,7 @@ run_select(ARGS["index"], ARGS["out"], MixtureConfig(**ARGS["mix"]), workers=1)
 
 # mix: (kill target, n, before/after); each kill lands on the 2nd of 3 output shards
 SELECT_KILLS = {
-    "stage1": ("pipelines.mixing:commit_shard", 2, "before"),  # renamed into place, its marker not written
+    "stage1": ("pipelines.shards:commit_shard", 2, "before"),  # renamed into place, its marker not written
     "long": ("pyarrow.parquet:ParquetWriter.close", 2, "after"),  # complete under its temporary name, not renamed
 }
 
@@ -426,7 +426,7 @@ run_tokenize_stage(ARGS["mix"], ARGS["out"], ARGS["seq_len"], seed=0, workers=1)
 """
 # each kill lands on the 2nd of 3 packed shards
 PACK_KILLS = {
-    "renamed": ("pipelines.tokenize_shards:write_packed", 2, "after"),  # in place, its marker not written
+    "renamed": ("pipelines.shards:ShardStage.write_table", 2, "after"),  # in place, its marker not written
     "temporary": ("pyarrow.parquet:write_table", 2, "after"),  # complete under its temporary name, not renamed
 }
 

@@ -17,17 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.beam_stage import DocumentProcessor, run_shard_stage
-from pipelines.shards import (
-    CONFIG_FILE,
-    LOCK_FILE,
-    StageLockedError,
-    StageOutputError,
-    commit_shard,
-    committed_stats,
-    list_shards,
-    open_stage,
-    stage_lock,
-)
+from pipelines.shards import commit_shard, committed_stats, list_shards
+from pipelines.stage_dir import CONFIG_FILE, LOCK_FILE, StageLockedError, StageOutputError, open_stage, stage_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,7 +125,7 @@ def test_config_change_removes_only_the_stages_own_files_and_says_what_changed(t
     run_shard_stage(Tagger("a"), str(tmp_path / "in"), str(out), workers=1)
     (out / "README.txt").write_text("a note a person left in the folder")
     (out / "data" / "keep.csv").write_text("not a shard")
-    with caplog.at_level(logging.WARNING, logger="pipelines.shards"):
+    with caplog.at_level(logging.WARNING, logger="pipelines.stage_dir"):
         summary = run_shard_stage(Tagger("b"), str(tmp_path / "in"), str(out), workers=1)
     assert summary["resumed"] is False
     message = next(r.getMessage() for r in caplog.records if "config changed" in r.getMessage())
@@ -149,7 +140,7 @@ def test_a_changed_input_set_names_the_shards_it_removes(tmp_path, caplog):
     out = str(tmp_path / "out")
     run_shard_stage(DocumentProcessor(), str(tmp_path / "in"), out, workers=1)
     (tmp_path / "in" / "in2.jsonl").unlink()
-    with caplog.at_level(logging.WARNING, logger="pipelines.shards"):
+    with caplog.at_level(logging.WARNING, logger="pipelines.stage_dir"):
         summary = run_shard_stage(DocumentProcessor(), str(tmp_path / "in"), out, workers=1)
     assert [k.split("-")[0] for k in summary["removed_shards"]] == ["in2"]
     assert any("whose input is gone are removed" in r.getMessage() and "in2-" in r.getMessage() for r in caplog.records)
@@ -161,7 +152,7 @@ def test_a_changed_input_set_names_the_shards_it_removes(tmp_path, caplog):
 HOLD = textwrap.dedent(
     """
     import sys, time
-    from pipelines.shards import stage_lock
+    from pipelines.stage_dir import stage_lock
     with stage_lock(sys.argv[1]):
         print("held", flush=True)
         time.sleep(120)
@@ -190,7 +181,7 @@ def test_a_second_run_is_refused_while_the_first_holds_the_folder_and_a_killed_h
         os.killpg(holder.pid, signal.SIGKILL)
         holder.wait()
     assert json.loads((out / LOCK_FILE).read_text())["pid"] == holder.pid  # the killed run's lock is left behind
-    with caplog.at_level(logging.WARNING, logger="pipelines.shards"):
+    with caplog.at_level(logging.WARNING, logger="pipelines.stage_dir"):
         summary = run_shard_stage(DocumentProcessor(), str(tmp_path / "in"), str(out), workers=1)
     assert summary["docs_out"] == 10
     assert any("stale lock" in r.getMessage() and str(holder.pid) in r.getMessage() for r in caplog.records)
