@@ -42,7 +42,6 @@ import hashlib
 import json
 import math
 import sys
-import time
 from collections.abc import Iterator, Sequence
 
 from pipelines.beam_stage import (
@@ -50,7 +49,6 @@ from pipelines.beam_stage import (
     DocumentProcessor,
     bounded,
     cli,
-    finish_stage,
     print_summary,
     run_pipeline,
     run_shard_stage,
@@ -61,17 +59,13 @@ from pipelines.settings import _argument as settings_argument
 from pipelines.settings import parse_settings, settings_parser
 from pipelines.shards import (
     SUCCESS_FILE,
+    ShardStage,
     ShardWriter,
-    commit_shard,
     committed_keys,
-    committed_stats,
     filesystem,
     join,
     list_shards,
-    open_stage,
     read_json,
-    remove_stale_shards,
-    write_json_atomic,
 )
 
 HIST_BINS = 512
@@ -399,14 +393,15 @@ def _emit_copies(path: str, plan: dict) -> Iterator[tuple[int, tuple[int, dict]]
                     yield _hash64(seed, "shard", row["id"], c) % shards, (_hash64(seed, "pos", row["id"], c), row_copy)
 
 
-def _write_part(item: tuple[int, list], stage_dir: str, fingerprint: str) -> dict:
+def _write_part(item: tuple[int, list], stage: ShardStage, fingerprint: str) -> dict:
     part, rows = item
     key = f"part-{part:05d}"
-    done = committed_stats(stage_dir, key, fingerprint)
-    if done is not None:
-        return done
-    rows = sorted(rows, key=lambda kv: kv[0])  # the seeded shuffle inside the shard
-    writer = ShardWriter(stage_dir, "data", key, schema=MIXED_SCHEMA)
+    return stage.shard(key, fingerprint, lambda: _part_rows(sorted(rows, key=lambda kv: kv[0]), stage, key), "select")
+
+
+def _part_rows(rows: list, stage: ShardStage, key: str) -> dict:
+    """Write one output part (its rows already in their seeded order) and return its counters."""
+    writer = ShardWriter(stage.output, "data", key, schema=MIXED_SCHEMA)
     stats: dict = {"docs_out": 0, "tokens": 0, "buckets": {}, "languages": {}, "copies": {}}
     try:
         for _, row in rows:
@@ -423,7 +418,6 @@ def _write_part(item: tuple[int, list], stage_dir: str, fingerprint: str) -> dic
         writer.abort()
         raise
     writer.commit(always=True)
-    commit_shard(stage_dir, key, "select", fingerprint, stats)
     return stats
 
 
@@ -497,11 +491,9 @@ def run_select(
     index_identity = hashlib.sha256(json.dumps(index_summary, sort_keys=True).encode()).hexdigest()[:16]
     fingerprint = hashlib.sha256(json.dumps([plan, index_identity], sort_keys=True).encode()).hexdigest()[:16]
     stage_config = {"stage": "mix_select", "plan_fingerprint": fingerprint, "index": index_dir}
-    with open_stage(output_dir, stage_config, [index_dir]) as resumed:
-        if resumed:  # parts a killed run left under temporary names
-            remove_stale_shards(output_dir, {f"part-{k:05d}" for k in range(config.output_shards)})
+    with ShardStage(output_dir, stage_config, [index_dir]) as stage:
+        stage.keep_only(f"part-{k:05d}" for k in range(config.output_shards))  # and parts a killed run left
         files = list_shards(index_dir)
-        started = time.time()
         beam_counters = run_pipeline(
             lambda p: (
                 p
@@ -509,17 +501,16 @@ def run_select(
                 | "Spread" >> beam.Reshuffle()
                 | "Copies" >> beam.FlatMap(_emit_copies, plan)
                 | "Shuffle" >> beam.GroupByKey()
-                | "WriteParts" >> beam.Map(_write_part, output_dir, fingerprint)
+                | "WriteParts" >> beam.Map(_write_part, stage, fingerprint)
             ),
             beam_args,
             workers,
         )
-        summary = finish_stage(
-            output_dir, "mix_select", committed_keys(output_dir), beam_counters, time.time() - started, resumed
-        )
-        summary.update(plan=plan, mix_check=realised_report(plan, summary, config.tolerance))
-        write_json_atomic(join(output_dir, SUCCESS_FILE), summary)
-        return summary
+        keys = committed_keys(output_dir)
+        summary = stage.summed(keys)
+        mix_check = realised_report(plan, summary, config.tolerance)
+        fields = {"stage": "mix_select", "output": output_dir, "shards": len(keys), "beam_counters": beam_counters}
+        return stage.finish(summary=summary, **fields, plan=plan, mix_check=mix_check)
 
 
 def main(argv: list[str] | None = None) -> None:

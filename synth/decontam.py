@@ -49,7 +49,6 @@ from pipelines.beam_stage import (
     ArgumentParser,
     bounded,
     cli,
-    committed_summary,
     parse_stage_args,
     print_summary,
     run_pipeline,
@@ -60,21 +59,16 @@ from pipelines.schema import DOCUMENT_SCHEMA, PREFERENCE_SCHEMA, SFT_SCHEMA, SYN
 from pipelines.shards import (
     CONFIG_FILE,
     SUCCESS_FILE,
+    ShardStage,
     ShardWriter,
-    commit_shard,
-    committed_stats,
     expand_inputs,
     filesystem,
     input_fingerprint,
     iter_parquet_rows,
     join,
     list_shards,
-    open_stage,
     read_json,
-    remove_stale_shards,
     shard_key,
-    shard_writers,
-    write_json_atomic,
 )
 from synth.eval_sets import EvalSet, describe, load_eval_sets
 from synth.records import rejected
@@ -261,16 +255,21 @@ def _bump(counts: dict, key: str, n: int = 1) -> None:
 
 
 def clean_shard(
-    plan: Mapping, kind: str, index: NgramIndex, out_dir: str, count: Callable[..., None] | None = None
+    plan: Mapping, kind: str, index: NgramIndex, stage: ShardStage, count: Callable[..., None] | None = None
 ) -> dict:
-    """Stream one input shard into ``data/`` and ``excluded/``, commit it and return its counters.
+    """Stream one input shard into ``data/`` and ``excluded/`` unless it is committed; its counters.
 
     ``plan``: ``path``, ``shard_no``, ``key``, ``fingerprint``, ``dedup_excluded`` (the dedup shard's excluded file).
     """
     count = count or (lambda name, n=1: None)
-    if (done := committed_stats(out_dir, plan["key"], plan["fingerprint"])) is not None:
-        count("shards_resumed")
-        return done
+
+    def work() -> dict:
+        return _clean_rows(plan, kind, index, stage, count)
+
+    return stage.shard(plan["key"], plan["fingerprint"], work, input=plan["path"], count=count)
+
+
+def _clean_rows(plan: Mapping, kind: str, index: NgramIndex, stage: ShardStage, count: Callable[..., None]) -> dict:
     removed = _removed(plan["dedup_excluded"])
     stats: dict = {
         "input": 0,
@@ -282,9 +281,7 @@ def clean_shard(
         "methods_in": {},
         "methods_out": {},
     }
-    with shard_writers(
-        out_dir, plan["key"], data_schema=KIND_SCHEMAS[kind], excluded_schema=SYNTH_REJECTED_SCHEMA
-    ) as writers:
+    with stage.writers(plan["key"], data_schema=KIND_SCHEMAS[kind], excluded_schema=SYNTH_REJECTED_SCHEMA) as writers:
         for row_no, row in enumerate(iter_parquet_rows(plan["path"])):
             stats["input"] += 1
             method = record_method(row, kind)
@@ -312,29 +309,21 @@ def clean_shard(
             writers["excluded"].write(rejected(method, source_id or "", reason, detail, text, id=row["id"]))
     count("records_in", stats["input"])
     count("records_out", stats["output"])
-    commit_shard(out_dir, plan["key"], plan["path"], plan["fingerprint"], stats)
     return stats
 
 
-def _clean_dofn(plans: list[dict], kind: str, eval_sets: list[EvalSet], n: int, out_dir: str):
-    import apache_beam as beam
-    from apache_beam.metrics import Metrics
+def _clean_dofn(plans: list[dict], kind: str, eval_sets: list[EvalSet], n: int, stage: ShardStage):
+    from pipelines.beam_dofn import CountingDoFn
 
-    class CleanShard(beam.DoFn):
+    class CleanShard(CountingDoFn):
         def setup(self):
             self.index = NgramIndex(eval_sets, n)  # once per worker; eval sets are small
-            self.counters = {}
-
-        def _count(self, name: str, value: int = 1) -> None:
-            if name not in self.counters:
-                self.counters[name] = Metrics.counter(STAGE, name)
-            self.counters[name].inc(value)
 
         def process(self, shard_no: int):
-            clean_shard(plans[shard_no], kind, self.index, out_dir, self._count)
+            clean_shard(plans[shard_no], kind, self.index, stage, self.count)
             yield shard_no
 
-    return CleanShard()
+    return CleanShard(STAGE)
 
 
 def clean_stage(
@@ -375,10 +364,9 @@ def clean_stage(
     ):
         return {**previous, "reused": True}
 
-    with open_stage(out_dir, stage_config, [*in_dirs, *files]) as resumed:
+    with ShardStage(out_dir, stage_config, [*in_dirs, *files]) as stage:
         keys = [f"{i:05d}-{shard_key(f)}" for i, f in enumerate(files)]
-        if resumed:
-            remove_stale_shards(out_dir, set(keys))
+        stage.keep_only(keys)
 
         work_root = join(out_dir, WORK_DIR)
         _project(files, keys, work_root, kind)
@@ -412,15 +400,16 @@ def clean_stage(
                 p
                 | "Shards" >> beam.Create(list(range(len(plans))))
                 | "Spread" >> beam.Reshuffle()
-                | "Clean" >> beam.ParDo(_clean_dofn(plans, kind, sets, config.ngram, out_dir))
+                | "Clean" >> beam.ParDo(_clean_dofn(plans, kind, sets, config.ngram, stage))
             ),
             beam_args,
             workers,
         )
-        summary = committed_summary(out_dir, STAGE, keys)
+        summary = stage.summed(keys)
         summary["contaminated"] = {name: summary.get("contaminated", {}).get(name, 0) for name in index.names}
         finished = time.time()
-        summary.update(
+        stage.finish(
+            summary=summary,
             stage=STAGE,
             kind=kind,
             inputs=list(in_dirs),
@@ -433,7 +422,6 @@ def clean_stage(
                 for k in ("docs_in", "docs_out", "dropped", "clusters", "errors_by_reason", "config", "seconds")
             },
             dedup_errors=dedup_summary.get("errors", 0),
-            resumed=resumed,
             reused=False,
             seconds={
                 "project": round(projected - started, 2),
@@ -443,7 +431,6 @@ def clean_stage(
             },
             beam_counters=beam_counters,
         )
-        write_json_atomic(join(out_dir, SUCCESS_FILE), summary)
         if not keep_work:
             fs, path = filesystem(work_root)
             if fs.exists(path):

@@ -17,24 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
 
 from pipelines.schema import SYNTH_REJECTED_SCHEMA
-from pipelines.shards import (
-    SUCCESS_FILE,
-    commit_shard,
-    committed_stats,
-    join,
-    merge_stats,
-    open_stage,
-    remove_stale_shards,
-    shard_writers,
-    write_json_atomic,
-)
+from pipelines.shards import ShardStage
 from synth.llm.base import GenerationResult
 
 ChunkResult = tuple[list[dict], list[dict], dict]
@@ -120,45 +109,27 @@ def run_chunked_stage(
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    started = time.time()
-    with open_stage(stage_dir, dict(config)) as resumed:
-        keys, all_stats, reused = [], [], 0
+    with ShardStage(stage_dir, config) as stage:
         n_chunks = max(1, (len(items) + chunk_size - 1) // chunk_size)
-        for index in range(n_chunks):
+        keys = [f"part-{index:05d}" for index in range(n_chunks)]
+        stage.keep_only(keys)
+        reused = 0
+        for index, key in enumerate(keys):
             chunk = list(items[index * chunk_size : (index + 1) * chunk_size])
-            key = f"part-{index:05d}"
             blob = json.dumps(chunk, sort_keys=True, ensure_ascii=False, default=str)
             fingerprint = hashlib.sha256(blob.encode()).hexdigest()
-            keys.append(key)
-            stats = committed_stats(stage_dir, key, fingerprint)
-            if stats is not None:
+            if stage.done(key, fingerprint) is not None:
                 reused += 1
-                all_stats.append(stats)
                 continue
             rows, rejected_rows, stats = process_chunk(chunk) if chunk else ([], [], chunk_counters(0, 0, 0, []))
-            with shard_writers(stage_dir, key, data_schema=schema, excluded_schema=SYNTH_REJECTED_SCHEMA) as writers:
+            with stage.writers(key, data_schema=schema, excluded_schema=SYNTH_REJECTED_SCHEMA) as writers:
                 for row in rows:
                     writers["data"].write(row)
                 for row in rejected_rows:
                     writers["excluded"].write(row)
-            commit_shard(stage_dir, key, f"items:{index}", fingerprint, stats)
-            all_stats.append(stats)
+            stage.commit(key, f"items:{index}", fingerprint, stats)
             if log:
                 log(f"{stage_dir}: chunk {index + 1}/{n_chunks} committed ({stats.get('accepted', 0)} rows)")
-        remove_stale_shards(stage_dir, set(keys))
-        summary = merge_stats(all_stats)
-        summary.setdefault("items", 0)
-        summary.setdefault("samples", 0)
-        summary.setdefault("accepted", 0)
-        summary.setdefault("rejected", {})
-        summary.update(
-            output=stage_dir,
-            shards=len(keys),
-            chunks_reused=reused,
-            resumed=resumed,
-            acceptance_rate=acceptance_rate(summary),
-            seconds=round(time.time() - started, 2),
-            **dict(extra or {}),
-        )
-        write_json_atomic(join(stage_dir, SUCCESS_FILE), summary)
-        return summary
+        summary = {"items": 0, "samples": 0, "accepted": 0, "rejected": {}, **stage.summed(keys)}
+        fields = {"output": stage_dir, "shards": len(keys), "chunks_reused": reused, **dict(extra or {})}
+        return stage.finish(summary=summary, acceptance_rate=acceptance_rate(summary), **fields)

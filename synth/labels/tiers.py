@@ -8,37 +8,25 @@ import contextlib
 import json
 import os
 import posixpath
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
-from pipelines.beam_stage import (
-    DocumentProcessor,
-    finish_stage,
-    run_pipeline,
-    run_shard_stage,
-)
+from pipelines.beam_stage import DocumentProcessor, run_pipeline, run_shard_stage
 from pipelines.readers import DEFAULT_MAX_DOC_BYTES
 from pipelines.schema import DOCUMENT_COLUMNS, DOCUMENT_FIELDS
 from pipelines.shards import (
     SUCCESS_FILE,
+    ShardStage,
     ShardStats,
-    commit_shard,
-    committed_stats,
-    done_marker,
     filesystem,
     input_fingerprint,
     join,
     list_shards,
-    merge_stats,
-    open_stage,
     read_json,
-    remove_stale_shards,
     shard_key,
-    shard_writers,
     write_json_atomic,
 )
 from pipelines.wheels import sha256_file
@@ -184,15 +172,15 @@ def flagged_sample(scored_files: Sequence[str], threshold: float, size: int = 10
     return (saved + rejected_)[:size]
 
 
-def tier_shard(path: str, tiers: Mapping[str, tuple[str, float]], count=None) -> dict[str, dict]:
+def tier_shard(path: str, tiers: Mapping[str, tuple[ShardStage, float]], count=None) -> dict[str, dict]:
     """Read one scored shard once and write its documents with score >= threshold into every tier folder
-    (``tiers``: name -> (folder, threshold)), as DOCUMENT_SCHEMA shards; tiers already committed for this very
-    shard are skipped. Returns each tier's counters."""
+    (``tiers``: name -> (its open ShardStage, threshold)), as DOCUMENT_SCHEMA shards; tiers already committed for
+    this very shard are skipped. Returns each tier's counters."""
     import pyarrow.parquet as pq
 
     count = count or (lambda name, n=1: None)
     key, fingerprint = shard_key(path), input_fingerprint(path)
-    done = {name: committed_stats(folder, key, fingerprint) for name, (folder, _) in tiers.items()}
+    done = {name: stage.done(key, fingerprint) for name, (stage, _) in tiers.items()}
     todo = {name: spec for name, spec in tiers.items() if done[name] is None}
     if not todo:
         count("shards_resumed")
@@ -201,7 +189,7 @@ def tier_shard(path: str, tiers: Mapping[str, tuple[str, float]], count=None) ->
     flagged = {name: {"flagged_in": 0, "flagged_out": 0, "flagged_out_by_rule": {}} for name in todo}
     bytes_in = 0
     with contextlib.ExitStack() as stack:
-        writers = {name: stack.enter_context(shard_writers(folder, key)) for name, (folder, _) in todo.items()}
+        writers = {name: stack.enter_context(stage.writers(key)) for name, (stage, _) in todo.items()}
         fs, fpath = filesystem(path)
         with fs.open(fpath, "rb") as f:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=1024, columns=[*DOCUMENT_COLUMNS, "quality_score"]):
@@ -219,31 +207,22 @@ def tier_shard(path: str, tiers: Mapping[str, tuple[str, float]], count=None) ->
                             stats[name].drop("below_threshold")
                         if flags:
                             _count_flagged(flagged[name], flags, kept)
-    for name, (folder, _) in todo.items():
+    for name, (stage, _) in todo.items():
         done[name] = {**stats[name].to_dict(), "bytes_in": bytes_in, **flagged[name]}
-        commit_shard(folder, key, path, fingerprint, done[name])
+        stage.commit(key, path, fingerprint, done[name])
         count(f"{name}_docs_out", stats[name].docs_out)
     count("shards_processed")
     return done
 
 
-def _tier_dofn(tiers: Mapping[str, tuple[str, float]]):
-    import apache_beam as beam
-    from apache_beam.metrics import Metrics
+def _tier_dofn(tiers: Mapping[str, tuple[ShardStage, float]]):
+    from pipelines.beam_dofn import CountingDoFn
 
-    class TierShard(beam.DoFn):
-        def setup(self):
-            self._counters = {}
-
-        def _count(self, name: str, n: int = 1) -> None:
-            if name not in self._counters:
-                self._counters[name] = Metrics.counter(TIER_STAGE, name)
-            self._counters[name].inc(n)
-
+    class TierShard(CountingDoFn):
         def process(self, path: str):
-            yield tier_shard(path, tiers, self._count)
+            yield tier_shard(path, tiers, self.count)
 
-    return TierShard()
+    return TierShard(TIER_STAGE)
 
 
 def _share(part: int, whole: int) -> float:
@@ -270,15 +249,12 @@ def write_tiers(
     keys = sorted(shard_key(f) for f in files)
     classifier_sha = scored_config.get("processor", {}).get("classifier_sha256")
     with contextlib.ExitStack() as stack:  # every tier folder checked, locked and prepared
-        tiers, resumed = {}, {}
+        tiers = {}
         for name, threshold in config.tiers().items():
-            folder = join(tiers_dir, name)
             tier_config = {"stage": TIER_STAGE, "tier": name, "threshold": threshold, "scored": scored_config}
-            resumed[name] = stack.enter_context(open_stage(folder, tier_config, [scored_dir]))
-            if resumed[name]:
-                remove_stale_shards(folder, set(keys))
-            tiers[name] = (folder, threshold)
-        started = time.time()
+            stage = stack.enter_context(ShardStage(join(tiers_dir, name), tier_config, [scored_dir]))
+            stage.keep_only(keys)
+            tiers[name] = (stage, threshold)
         beam_counters = run_pipeline(
             lambda p: (
                 p
@@ -289,11 +265,10 @@ def write_tiers(
             beam_args,
             workers,
         )
-        seconds = time.time() - started
         scored_langs = scored_summary.get("languages", {})
         summaries = {}
-        for name, (folder, threshold) in tiers.items():
-            merged = merge_stats(read_json(done_marker(folder, key))["stats"] for key in keys)
+        for name, (stage, threshold) in tiers.items():
+            merged = stage.summed(keys)
             tier_langs = merged.get("languages", {})
             extra = {
                 "tier": name,
@@ -312,7 +287,8 @@ def write_tiers(
                 "flagged_kept_by_rule": merged.get("flagged_out_by_rule", {}),
                 "flagged_sample": flagged_sample(files, threshold),
             }
-            summaries[name] = finish_stage(folder, TIER_STAGE, keys, beam_counters, seconds, resumed[name], extra)
+            fields = {"stage": TIER_STAGE, "output": stage.output, "shards": len(keys), "beam_counters": beam_counters}
+            summaries[name] = stage.finish(summary=merged, **fields, **extra)
         return summaries
 
 
