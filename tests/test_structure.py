@@ -25,7 +25,6 @@ LONG_MODULES = {
     "synth/sandbox.py": "one job (untrusted code under bubblewrap within limits): probes, argv and verdicts together",
     "pipelines/quality.py": "being split (issue 9)",
     "pipelines/quality_dev_set.py": "being split (issue 9)",
-    "pipelines/shards.py": "being split (issue 9)",
     "training/pretrain.py": "being split (issue 9)",
     "assets/synthesis.py": "being split (issue 9)",
     "assets/pretraining.py": "being split (issue 9)",
