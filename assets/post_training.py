@@ -84,6 +84,10 @@ def _replies_markdown(replies: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _content(reply: str) -> str:
+    return reply.removesuffix("<|im_end|>").strip()
+
+
 def _checks(report: dict, max_new_tokens: int) -> list[dg.AssetCheckResult]:
     replies = report.get("replies", [])
     shown = {"replies": dg.MetadataValue.md(_replies_markdown(replies))} if replies else {}
@@ -93,11 +97,17 @@ def _checks(report: dict, max_new_tokens: int) -> list[dg.AssetCheckResult]:
         passed="error" not in report and bool(replies) and all(r["tokens"] > 0 for r in replies),
         metadata={**error, **shown},
     )
-    stopped = sum(r["stopped_at_im_end"] for r in replies)
+    # a reply that is only <|im_end|> stops, but says nothing: it is not counted as a learned end of turn
+    stopped = sum(r["stopped_at_im_end"] and bool(_content(r["reply"])) for r in replies)
     stops = dg.AssetCheckResult(
         check_name="stops_at_im_end",
         passed="error" not in report and bool(replies) and stopped == len(replies),
-        metadata={**shown, "stopped": f"{stopped} of {len(replies)}", "max_new_tokens": max_new_tokens},
+        metadata={
+            **shown,
+            "stopped": f"{stopped} of {len(replies)} (with text before <|im_end|>)",
+            "empty_replies": sum(not _content(r["reply"]) for r in replies),
+            "max_new_tokens": max_new_tokens,
+        },
     )
     return [loads, stops]
 

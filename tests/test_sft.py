@@ -389,3 +389,56 @@ def test_bad_setting_is_one_line_error(sources, init_dir, tmp_path):
     assert proc.returncode == 2 and "lr=0: must be > 0" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli(cli(sources, tmp_path / "x", init_dir, "--source-weights", "nosuch=1"))
     assert proc.returncode == 2 and "nosuch" in proc.stderr
+
+
+def test_sft_model_asset_trains_through_pipes_and_reports(init_dir, tmp_path):
+    """The post_training asset for real: the long-context model's final/ (here the tiny init) and the synthetic SFT
+    shards under the data root, chatterbot demonstrations added, the trainer launched through Pipes, metadata and
+    both checks reported."""
+    import shutil
+
+    import dagster as dg
+
+    from assets.metadata import table_rows
+    from assets.post_training import sft_model
+    from dagster_project.resources import CurationResource, TrainingResource
+
+    root = tmp_path / "data"
+    shutil.copytree(init_dir, root / "models" / "long_context" / "final")
+    (root / "synthetic" / "sft" / "final" / "data").mkdir(parents=True)
+    rows = ok_rows(WORDS[:8]) + [{"id": "bad", "messages": [{"role": "user", "content": "no reply"}]}]
+    write_messages_parquet(root / "synthetic" / "sft" / "final" / "data" / "part-0.parquet", rows)
+    config = {
+        "seq_len": SEQ_LEN, "micro_batch_size": 4, "grad_accum_steps": 1, "lr": 1e-2, "min_lr": 1e-3,
+        "warmup_steps": 1, "heldout_fraction": 0.2, "num_threads": 2, "demonstrations": 30,
+        "check_max_new_tokens": 16,
+    }  # fmt: skip
+    result = dg.materialize(
+        [sft_model],
+        resources={
+            "curation": CurationResource(data_root=str(root)),
+            "training": TrainingResource(),
+            "pipes_subprocess_client": dg.PipesSubprocessClient(),
+        },
+        run_config={"ops": {"sft_model": {"config": config}}},
+    )
+    assert result.success
+    (event,) = result.asset_materializations_for_node("sft_model")
+    meta = {k: v.value for k, v in event.metadata.items()}
+    by_source = {r["source"]: r["conversations"] for r in table_rows(event.metadata["conversations_by_source"])}
+    assert by_source["synthetic"] == 8 and 20 <= by_source["demonstrations"] <= 30
+    excluded = {r["reason"]: r["rows"] for r in table_rows(event.metadata["excluded_by_reason"])}
+    assert excluded["last_turn_not_assistant"] == 1 and set(excluded) <= {"last_turn_not_assistant", "too_long"}
+    assert meta["steps"] > 0 and meta["validation_loss"] is not None
+    losses = table_rows(event.metadata["loss_values"])
+    assert [r["step"] for r in losses][-1] == meta["steps"] and all(r["loss"] > 0 for r in losses if r["loss"])
+    assert "[[" in meta["examples"]
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert set(checks) == {"loads_and_generates", "stops_at_im_end"}
+    assert checks["loads_and_generates"].passed
+    # the check says what the replies show: each ends with <|im_end|>, with text before it, within the limit
+    table = checks["stops_at_im_end"].metadata["replies"].value.splitlines()[2:]
+    assert len(table) == 3
+    cells = [[c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in table]
+    learned = [c[1].endswith("<\\|im_end\\|>") and c[1] != "<\\|im_end\\|>" and c[3] == "True" for c in cells]
+    assert checks["stops_at_im_end"].passed == all(learned)
