@@ -143,3 +143,71 @@ def test_killed_run_resumes_without_duplicates_or_losses(tmp_path):
     ids = _ids(str(out))
     assert len(ids) == len(set(ids)) == total
     assert not list(out.rglob("*.tmp-*"))
+
+
+# --- ShardStage: the lifecycle object every runner uses -------------------------------------------------------
+
+
+def test_shard_stage_resumes_commits_and_summarises(tmp_path):
+    import pickle
+
+    import pyarrow as pa
+
+    from pipelines.schema import DOCUMENT_SCHEMA
+    from pipelines.shards import ShardStage, read_json
+
+    out = str(tmp_path / "out")
+    config = {"stage": "unit", "n": 1}
+    counted = []
+
+    def count(name, n=1):
+        counted.append(name)
+
+    def work(stage, key, docs):
+        def write():
+            rows = [{"id": f"{key}-{i}", "text": "x"} for i in range(docs)]
+            stage.write_table(key, pa.Table.from_pylist(rows, schema=DOCUMENT_SCHEMA))
+            return {"docs_out": docs, "by": {"a": docs}}
+
+        return write
+
+    with ShardStage(out, config) as stage:
+        assert not stage.resumed and stage.pending({"a": "fa", "b": "fb"}) == ["a", "b"]
+        assert stage.shard("a", "fa", work(stage, "a", 2), input="in/a", count=count) == {"docs_out": 2, "by": {"a": 2}}
+        worker = pickle.loads(pickle.dumps(stage))  # as Beam ships it: no lock travels, the folder is the same
+        assert worker._stack is None and worker.done("a", "fa") == {"docs_out": 2, "by": {"a": 2}}
+        with pytest.raises(RuntimeError, match="shard b has no commit marker"):
+            stage.summed(["a", "b"])
+    assert counted == ["shards_processed"]
+    assert not (tmp_path / "out" / "_lock.json").exists()
+
+    with ShardStage(out, config) as stage:  # same config: resumed; "a" is skipped, "c" replaces the gone "b"
+        assert stage.resumed and stage.pending({"a": "fa", "c": "fc"}) == ["c"]
+        (tmp_path / "out" / "data" / "b.parquet").write_bytes(b"left by an earlier input set")
+        assert stage.keep_only(["a", "c"]) == ["b"]
+        stage.shard("a", "fa", work(stage, "a", 99), count=count)
+        stage.shard("a", "changed input", work(stage, "a", 3), count=count)  # another input fingerprint: redone
+        stage.shard("c", "fc", work(stage, "c", 1), count=count)
+        summary = stage.finish(["a", "c"], stage="unit", shards=2)
+    assert counted == ["shards_processed", "shards_resumed", "shards_processed", "shards_processed"]
+    assert summary == read_json(str(tmp_path / "out" / "_SUCCESS.json"))
+    assert summary["docs_out"] == 4 and summary["by"] == {"a": 4} and summary["removed_shards"] == ["b"]
+    assert summary["resumed"] is True and summary["stage"] == "unit" and summary["seconds"] >= 0
+    assert sorted(p.name for p in (tmp_path / "out" / "data").iterdir()) == ["a.parquet", "c.parquet"]
+    assert pq.read_table(tmp_path / "out" / "data" / "a.parquet").num_rows == 3
+
+
+def test_counting_dofn_reports_each_counter_under_its_namespace():
+    import apache_beam as beam
+
+    from pipelines.beam_dofn import CountingDoFn
+    from pipelines.beam_stage import run_pipeline
+
+    class Tally(CountingDoFn):
+        def process(self, n):
+            self.count("items")
+            self.count("weight", n)
+            yield n
+
+    counters = run_pipeline(lambda p: p | beam.Create([1, 2, 3, 4]) | beam.ParDo(Tally("unit")), workers=1)
+    assert counters == {"unit/items": 4, "unit/weight": 10}
