@@ -42,7 +42,9 @@ SftModelConfig = dagster_config(
     ),
     check_max_new_tokens=(
         int,
-        Field(64, ge=1, description="Token limit of the generation checks: a reply must end with <|im_end|> within it."),
+        Field(
+            64, ge=1, description="Token limit of the generation checks: a reply must end with <|im_end|> within it."
+        ),
     ),
 )
 
@@ -64,7 +66,9 @@ def _generation_report(final_dir: str, prompts: Path, max_new_tokens: int) -> di
 
 def _loss_values(metrics: Path, points: int = 50) -> dg.TableMetadataValue:
     """Training loss (every k-th step, the last always) and every validation loss, step by step."""
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
+    records = (
+        [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
+    )
     train = [r for r in records if "loss" in r]
     every = max(1, -(-len(train) // points))
     kept = {r["step"]: {"step": r["step"], "loss": r["loss"], "lr": r["lr"]} for r in train[::every] + train[-1:]}
@@ -186,9 +190,7 @@ def sft_model(
         "packing_efficiency": summary.get("packing_efficiency"),
         "loss_tokens": summary.get("loss_tokens"),
         "tokens_per_second": summary.get("tokens_per_s"),
-        "examples": dg.MetadataValue.md(
-            "Tokens that carry loss are in [[ ]].\n\n" + (examples or "_no example_")
-        ),
+        "examples": dg.MetadataValue.md("Tokens that carry loss are in [[ ]].\n\n" + (examples or "_no example_")),
         "wall_seconds": summary.get("wall_seconds"),
         "checkpoint": dg.MetadataValue.path(summary["final_dir"]),
         "excluded_rows": dg.MetadataValue.path(summary["excluded_dir"]),

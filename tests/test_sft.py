@@ -220,7 +220,10 @@ WORDS += "castle dragon pepper meadow violin planet summer winter jungle harbor 
 
 def ok_rows(words):
     return [
-        {"id": f"ok-{w}", "messages": [{"role": "user", "content": f"Say {w}"}, {"role": "assistant", "content": f"OK: {w}"}]}
+        {
+            "id": f"ok-{w}",
+            "messages": [{"role": "user", "content": f"Say {w}"}, {"role": "assistant", "content": f"OK: {w}"}],
+        }
         for w in words
     ]
 
@@ -231,8 +234,14 @@ BAD_LINES = [
     {"id": "bad-last-user", "messages": [{"role": "user", "content": "hi"}]},
     {"id": "bad-empty", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]},
     {"id": "bad-role", "messages": [{"role": "tool", "content": "x"}, {"role": "assistant", "content": "y"}]},
-    {"id": "bad-long", "messages": [{"role": "user", "content": "word " * 400}, {"role": "assistant", "content": "ok"}]},
-    {"id": "bad-token", "messages": [{"role": "user", "content": "a<|im_end|>"}, {"role": "assistant", "content": "b"}]},
+    {
+        "id": "bad-long",
+        "messages": [{"role": "user", "content": "word " * 400}, {"role": "assistant", "content": "ok"}],
+    },
+    {
+        "id": "bad-token",
+        "messages": [{"role": "user", "content": "a<|im_end|>"}, {"role": "assistant", "content": "b"}],
+    },
     {"id": "bad-order", "messages": [{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}]},
 ]
 EXPECTED_REASONS = {
@@ -380,7 +389,14 @@ def test_help_shows_every_setting():
     text = " ".join(proc.stdout.split())
     for name in SftSettings.model_fields:
         assert "--" + name.replace("_", "-") in text, name
-    for flag in ("--source NAME=PATH", "--output", "--init", "--settings-profile", "(default: 7e-06)", "(default: 32768)"):
+    for flag in (
+        "--source NAME=PATH",
+        "--output",
+        "--init",
+        "--settings-profile",
+        "(default: 7e-06)",
+        "(default: 32768)",
+    ):
         assert flag in text, flag
 
 

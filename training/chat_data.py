@@ -303,7 +303,11 @@ def row_tensors(rows: Sequence[Sequence[int]], examples: Sequence[Example], seq_
             labels[b, at] = IGNORE_INDEX  # a conversation's first token is predicted from nothing
             at += n
         pos[b, at:] = np.arange(seq_len - at)  # the padding: a segment of its own, no loss
-    return {"input_ids": torch.from_numpy(ids), "position_ids": torch.from_numpy(pos), "labels": torch.from_numpy(labels)}
+    return {
+        "input_ids": torch.from_numpy(ids),
+        "position_ids": torch.from_numpy(pos),
+        "labels": torch.from_numpy(labels),
+    }
 
 
 # ---- the demo's demonstrations ---------------------------------------------------------------------------------

@@ -171,8 +171,9 @@ def prepare_data(settings: SftSettings, sources: Mapping[str, str], tokenizer: A
     train = [e for e in examples if not cd.is_heldout(e.id, settings.heldout_fraction)]
     heldout = [e for e in examples if cd.is_heldout(e.id, settings.heldout_fraction)]
     if not train:
-        raise ValueError(f"no training conversations in {dict(sources)} ({len(excluded)} excluded, "
-                         f"{len(heldout)} held out)")  # fmt: skip
+        raise ValueError(
+            f"no training conversations in {dict(sources)} ({len(excluded)} excluded, {len(heldout)} held out)"
+        )
     lengths = [len(e) for e in train]
     rows: list[list[int]] = []
     for epoch in range(settings.epochs):
@@ -314,8 +315,9 @@ def run(
             )
 
         def batch_of(row_ids: list[list[int]], examples: list) -> dict:
-            return model_inputs(row_tensors(row_ids, examples, settings.seq_len, ENDOFTEXT_ID),
-                                settings.attn_implementation, device)  # fmt: skip
+            return model_inputs(
+                row_tensors(row_ids, examples, settings.seq_len, ENDOFTEXT_ID), settings.attn_implementation, device
+            )
 
         def micro_batches_at(step_index: int) -> list[dict]:
             first = step_index * rows_per_step
@@ -402,8 +404,11 @@ def run(
             if log is not None:
                 log.record(record)
                 if step % settings.log_every == 0 or step == max_steps:
-                    log.info(f"step {step}/{max_steps} loss {last_loss:.4f} lr {lr:.2e} "
-                             f"grad_norm {record['grad_norm']:.3f} {record['tokens_per_s']:,.0f} tok/s", record)  # fmt: skip
+                    log.info(
+                        f"step {step}/{max_steps} loss {last_loss:.4f} lr {lr:.2e} "
+                        f"grad_norm {record['grad_norm']:.3f} {record['tokens_per_s']:,.0f} tok/s",
+                        record,
+                    )
             if (settings.eval_every and step % settings.eval_every == 0) or step == max_steps:
                 val_loss, val_tokens = evaluate()
                 if log is not None and val_loss is not None:
