@@ -6,8 +6,9 @@ Peer: ``tokenizers.Tokenizer.encode_batch`` called once on all texts, already in
 own threads; nothing else). Target: ours >= 0.8x its tokens/s. Ours calls ``encode_batch_fast`` (the same ids
 without character offsets), so that is timed too: it is the real ceiling, packing can only add work to it.
 
-Ours: ``ShardPacker.pack_shard`` + ``write_packed`` on one Parquet mixture shard holding the same texts, i.e. read
-the shard in record batches, tokenize, append separators, cut into rows of --seq-len, shuffle, write zstd Parquet.
+Ours: ``ShardPacker.pack_shard`` + ``ShardStage.write_table`` on one Parquet mixture shard holding the same texts,
+i.e. read the shard in record batches, tokenize, append separators, cut into rows of --seq-len, shuffle, write zstd
+Parquet.
 Both run in this one process on the same tokenizer object (same threads), alternating, --repeats times each; the
 best time of each side is compared (the machine is shared, the minimum is the least disturbed run). tokens/s
 counts the documents' tokens on both sides (ours also writes one separator per document on top).
@@ -33,8 +34,8 @@ import pyarrow.parquet as pq
 from _common import DEFAULT_CORPORA, make_workdir, print_table, read_corpus, warn_if_busy
 
 from pipelines.schema import MIXED_SCHEMA, empty_document
-from pipelines.shards import shard_key
-from pipelines.tokenize_shards import ShardPacker, run_tokenize_stage, write_packed
+from pipelines.shards import ShardStage, shard_key
+from pipelines.tokenize_shards import ShardPacker, row_group_rows, run_tokenize_stage
 
 SHARES = {"debian_reference": 0.45, "debian_faq": 0.15, "python_stdlib": 0.25, "fortunes": 0.15}
 
@@ -114,7 +115,7 @@ def main() -> None:
 
         started, cpu = time.perf_counter(), time.process_time()
         table, stats = packer.pack_shard(shard, shard_key(shard))
-        write_packed(table, out_dir, shard_key(shard), args.seq_len)
+        ShardStage(out_dir, {}).write_table(shard_key(shard), table, row_group_size=row_group_rows(args.seq_len))
         runs["ours"].append((time.perf_counter() - started, time.process_time() - cpu))
         del table
 
