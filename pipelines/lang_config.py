@@ -13,7 +13,7 @@ language without a section; each file's header and each value's ``source`` say w
 caveats (FineWeb-2 tuned ``language_score`` for GlotLID, not lid.176).
 
 A stage puts the loaded values (not the path) into its config, so editing a value restarts that stage
-(``pipelines.shards.prepare_stage_dir``). ``QWEN2_THRESHOLDS_DIR``, or a stage's ``thresholds_dir``, points the
+(``pipelines.stage_dir.prepare_stage_dir``). ``QWEN2_THRESHOLDS_DIR``, or a stage's ``thresholds_dir``, points the
 loader at another folder holding the same files (the tests edit a copy, never the packaged file).
 """
 
