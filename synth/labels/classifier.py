@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import dataclasses
 import math
 import os
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import regex
@@ -30,7 +28,8 @@ from pipelines.shards import (
 )
 from pipelines.wheels import sha256_file
 from synth.labels.label import expected_score, read_labels, unit_hash
-from synth.labels.rubric import RELAXED_THRESHOLD, STRICT_THRESHOLD
+from pipelines.settings import ArgumentParser, parse_settings, settings_parser
+from synth.settings import ClassifierSettings
 
 NORMALIZE_VERSION = "lower-punct-cjk-v1"
 MODEL_FILE = "model.bin"
@@ -49,40 +48,6 @@ def normalize_text(text: str, max_chars: int) -> str:
     text = text[:max_chars].lower().replace("__label__", " ")
     text = _SPLIT_OFF.sub(lambda m: f" {m.group(0)} ", text)
     return _SPACES.sub(" ", text).strip()
-
-
-@dataclass(frozen=True)
-class ClassifierConfig:
-    max_chars: int = 2000
-    """Characters of a document the classifier reads (as the teacher saw them)."""
-    epoch: int = 25
-    lr: float = 0.5
-    dim: int = 32
-    word_ngrams: int = 2
-    min_count: int = 1
-    bucket: int = 100_000
-    """Hash buckets for word n-grams: model size ~ (words + bucket) x dim x 4 bytes (~13 MB at the defaults)."""
-    minn: int = 0
-    maxn: int = 0
-    seed: int = 0
-    threads: int = 1
-    """fastText threads; 1 makes training reproducible bit for bit."""
-    target: str = "label"
-    """Training class: the teacher's ``label`` (most probable digit) or ``rounded_score`` (its rounded expected
-    score, steadier when the teacher's distribution is flat)."""
-    strict_threshold: float = STRICT_THRESHOLD
-    relaxed_threshold: float = RELAXED_THRESHOLD
-    confidence: float = 0.95
-    """Level of the confidence interval of Spearman's rho between the classifier's and the teacher's scores on the
-    held-out labels (``metrics.json``: ``heldout.spearman_ci``)."""
-
-    def __post_init__(self) -> None:
-        if not 0.5 <= self.confidence < 1.0:
-            raise ValueError(f"confidence must be in [0.5, 1), got {self.confidence}")
-        if self.target not in ("label", "rounded_score"):
-            raise ValueError(f"target must be 'label' or 'rounded_score', got {self.target!r}")
-        if self.max_chars < 1 or self.epoch < 1 or self.dim < 1 or self.threads < 1 or self.bucket < 1:
-            raise ValueError("max_chars, epoch, dim, threads and bucket must be >= 1")
 
 
 def _target(row: Mapping[str, Any], target: str) -> int:
@@ -263,7 +228,7 @@ def agreement(
     }
 
 
-def train_classifier(labels_dir: str, out_dir: str, config: ClassifierConfig = ClassifierConfig()) -> dict:
+def train_classifier(labels_dir: str, out_dir: str, config: ClassifierSettings = ClassifierSettings()) -> dict:
     """Train the fastText quality classifier on the ``train`` split of a label stage; write ``model.bin`` and
     ``metrics.json`` (agreement with the teacher on the ``heldout`` split) into ``out_dir``; return the metrics."""
     started = time.time()
@@ -289,7 +254,7 @@ def train_classifier(labels_dir: str, out_dir: str, config: ClassifierConfig = C
         model = _train_fasttext(
             input=f"{tmp}.txt",
             lr=config.lr,
-            epoch=config.epoch,
+            epoch=config.epochs,
             dim=config.dim,
             wordNgrams=config.word_ngrams,
             minCount=config.min_count,
@@ -307,7 +272,7 @@ def train_classifier(labels_dir: str, out_dir: str, config: ClassifierConfig = C
         for suffix in (".txt", ".bin"):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp + suffix)
-    thresholds = {"strict": config.strict_threshold, "relaxed": config.relaxed_threshold}
+    thresholds = config.tiers()
 
     def evaluate(split_rows: list[dict]) -> dict | None:
         if not split_rows:
@@ -326,7 +291,7 @@ def train_classifier(labels_dir: str, out_dir: str, config: ClassifierConfig = C
     metrics = {
         "model_sha256": sha256_file(model_path),
         "model_bytes": os.path.getsize(model_path),
-        "config": dataclasses.asdict(config),
+        "config": config.model_dump(),
         "normalize": NORMALIZE_VERSION,
         "labels_dir": labels_dir,
         "teacher": labels_summary.get("model"),
@@ -357,3 +322,25 @@ def classifier_fingerprint(classifier_dir: str) -> str:
     if sha != metrics.get("model_sha256"):
         raise ValueError(f"{model_path} does not match its {METRICS_FILE} (a training run was cut short): retrain")
     return sha
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m synth.labels train``: the run options, then the settings of ``ClassifierSettings``."""
+    import json
+    import sys
+
+    parser = ArgumentParser(prog="python -m synth.labels train", description=__doc__)
+    parser.add_argument("--labels", required=True, help="finished label stage folder")
+    parser.add_argument("--out", required=True, help="classifier folder (model.bin + metrics.json)")
+    args, settings = parse_settings(settings_parser(ClassifierSettings, parser=parser), argv)
+    try:
+        summary = train_classifier(args.labels, args.out, settings)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=1, ensure_ascii=False, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -5,14 +5,14 @@ digit under the next-token distribution, no text parsing); a fixed share of the 
 
 from __future__ import annotations
 
-import dataclasses
+import json
+import sys
 import hashlib
 import heapq
 import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -30,7 +30,10 @@ from pipelines.shards import (
 from pipelines.tokenizer import tokenizer_identity
 from synth.labels.rubric import RUBRIC_VERSION, SCORE_CHOICES, rubric_messages
 from synth.llm.base import GenerationRequest, Generator
+from pipelines.settings import ArgumentParser, parse_settings, settings_parser
+from synth.llm.base import GenerationError, TeacherUnavailable
 from synth.records import chunk_counters, record_id, rejected, run_chunked_stage
+from synth.settings import LabelSettings
 
 METHOD = "quality_label"
 SPLITS = ("train", "heldout")
@@ -91,53 +94,6 @@ def heldout_ids(doc_ids: Sequence[str], heldout_share: float) -> set[str]:
     held out 14 instead of 24 on the demo crawl, and the agreement interval widened accordingly)."""
     ranked = sorted(set(doc_ids), key=lambda doc_id: (unit_hash("quality-split", doc_id), doc_id))
     return set(ranked[: round(heldout_share * len(ranked))])
-
-
-@dataclass(frozen=True)
-class LabelConfig:
-    sample_size: int = 500
-    """Documents the teacher rates, stratified by language and domain (FineWeb-Edu rated 450k with a 70B model).
-    500 leaves ~100 held-out labels at the default ``heldout_share``: enough for a confidence interval of the
-    classifier's agreement that excludes zero unless the agreement is weak. The CPU demo rates fewer (its asset
-    config)."""
-    seed: int = 0
-    """Sampling seed: which documents are rated."""
-    temperature: float = 1.0
-    """How the labels are spread over (language, domain) strata: in proportion to stratum size ** (1 / temperature),
-    every stratum getting one first when ``sample_size`` allows. 1: proportional, so the held-out labels measure
-    agreement on the mix of documents the tiers are cut from (equal shares per language put most labels on small
-    languages, and on the demo crawl left its junk, 35% of the documents but all in one language, with 3 labels of
-    40); larger values move labels to small languages and domains, as mixing's language temperature does."""
-    excerpt_tokens: int = 256
-    """The teacher sees the first this many Qwen2 tokens of each document (cut at a token boundary), so every
-    rating costs about the same whatever the script: 800 characters are ~160 tokens of English but ~640 of
-    Greek. The rubric around the excerpt adds 220-300 tokens."""
-    max_doc_chars: int | None = None
-    """Optional: also cut each document to this many characters before the token cut (None: tokens only)."""
-    min_choice_mass: float = 0.0
-    """Reject (``off_format``) ratings whose digits got less probability than this. 0.0 keeps everything (the tiny
-    random test model puts almost nothing on digits); use ~0.5 with a real teacher."""
-    heldout_share: float = 0.2
-    """Share of the labels kept out of classifier training, to measure agreement with the teacher."""
-    chunk_size: int = 32
-    """Documents per committed chunk (the unit of resumption); each chunk goes to the teacher as one call, which
-    the transformers backend runs as batches of its ``batch_size``."""
-
-    def __post_init__(self) -> None:
-        if self.sample_size < 1:
-            raise ValueError(f"sample_size must be >= 1, got {self.sample_size}")
-        if self.excerpt_tokens < 1:
-            raise ValueError(f"excerpt_tokens must be >= 1, got {self.excerpt_tokens}")
-        if not self.temperature >= 1.0:
-            raise ValueError(f"temperature must be >= 1 (1: proportional to stratum size), got {self.temperature}")
-        if self.max_doc_chars is not None and self.max_doc_chars < 1:
-            raise ValueError(f"max_doc_chars must be >= 1 (or None), got {self.max_doc_chars}")
-        if not 0.0 <= self.min_choice_mass <= 1.0:
-            raise ValueError(f"min_choice_mass must be in [0, 1], got {self.min_choice_mass}")
-        if not 0.0 <= self.heldout_share < 1.0:
-            raise ValueError(f"heldout_share must be in [0, 1), got {self.heldout_share}")
-        if self.chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
 
 
 SAMPLE_COLUMNS = ["id", "text", "lang", "domain", "source"]
@@ -341,7 +297,7 @@ def label_documents(
     generator: Generator,
     docs_dir: str,
     out_dir: str,
-    config: LabelConfig = LabelConfig(),
+    config: LabelSettings = LabelSettings(),
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """Rate a seeded sample of the documents under ``docs_dir`` with ``generator`` (the teacher) into ``out_dir``
@@ -414,7 +370,7 @@ def label_documents(
         "method": METHOD,
         "rubric_version": RUBRIC_VERSION,
         "model": generator.model_id,
-        "config": dataclasses.asdict(config),
+        "config": config.model_dump(),
         "excerpt_tokenizer": tokenizer_identity(),  # another tokenizer cuts other excerpts
     }
     extra = {
@@ -451,3 +407,29 @@ def read_labels(labels_dir: str) -> list[dict]:
         with fs.open(fpath, "rb") as f:
             rows += pq.read_table(f, schema=LABELS_SCHEMA).to_pylist()
     return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m synth.labels label``: the run options, then the settings of ``LabelSettings``."""
+    from synth.sft.common import add_generator_args, make_cli_generator
+
+    parser = ArgumentParser(prog="python -m synth.labels label", description=__doc__)
+    parser.add_argument("--docs", required=True, help="curated stage folder (DOCUMENT_SCHEMA shards)")
+    parser.add_argument("--out", required=True, help="label stage folder")
+    add_generator_args(parser)
+    args, settings = parse_settings(settings_parser(LabelSettings, parser=parser), argv)
+    try:
+        generator = make_cli_generator(args, args.out)
+        try:
+            summary = label_documents(generator, args.docs, args.out, settings)
+        finally:
+            generator.close()
+    except (GenerationError, TeacherUnavailable, ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=1, ensure_ascii=False, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -9,12 +9,11 @@ import json
 import os
 import posixpath
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
-from pipelines.beam_stage import DocumentProcessor, run_pipeline, run_shard_stage
+from pipelines.beam_stage import DocumentProcessor, parse_stage_args, print_summary, run_pipeline, run_shard_stage
 from pipelines.readers import DEFAULT_MAX_DOC_BYTES
 from pipelines.schema import DOCUMENT_COLUMNS, DOCUMENT_FIELDS
 from pipelines.shards import (
@@ -31,7 +30,7 @@ from pipelines.shards import (
 )
 from pipelines.wheels import sha256_file
 from synth.labels.classifier import METRICS_FILE, MODEL_FILE, _load_fasttext, classifier_fingerprint, predict_scores
-from synth.labels.rubric import RELAXED_THRESHOLD, STRICT_THRESHOLD
+from synth.settings import TierSettings
 
 HIST_BIN_WIDTH = 0.5
 HIST_BINS = 10  # [0, 0.5), [0.5, 1), ..., [4.5, 5]
@@ -99,25 +98,6 @@ class QualityScorer(DocumentProcessor):
 
     def __getstate__(self) -> dict:  # the fastText model does not pickle: each worker loads it in setup()
         return {**self.__dict__, "_model": None}
-
-
-@dataclass(frozen=True)
-class TierConfig:
-    strict_threshold: float = STRICT_THRESHOLD
-    relaxed_threshold: float = RELAXED_THRESHOLD
-
-    def __post_init__(self) -> None:
-        for name, value in self.tiers().items():
-            if not 0.0 <= value <= 5.0:
-                raise ValueError(f"{name}_threshold must be in [0, 5], got {value}")
-        if self.relaxed_threshold > self.strict_threshold:
-            raise ValueError(
-                f"relaxed_threshold ({self.relaxed_threshold}) must not exceed strict ({self.strict_threshold})"
-            )
-
-    def tiers(self) -> dict[str, float]:
-        """Tier name -> minimum score."""
-        return {"strict": self.strict_threshold, "relaxed": self.relaxed_threshold}
 
 
 def quality_flags(doc: Mapping[str, Any]) -> list[str]:
@@ -232,7 +212,7 @@ def _share(part: int, whole: int) -> float:
 def write_tiers(
     scored_dir: str,
     tiers_dir: str,
-    config: TierConfig = TierConfig(),
+    config: TierSettings = TierSettings(),
     *,
     workers: int | None = None,
     beam_args: Sequence[str] | None = None,
@@ -319,7 +299,7 @@ def score_and_tier(
     classifier_dir: str,
     scored_dir: str,
     tiers_dir: str,
-    config: TierConfig = TierConfig(),
+    config: TierSettings = TierSettings(),
     *,
     workers: int | None = None,
     beam_args: Sequence[str] | None = None,
@@ -356,3 +336,33 @@ def score_and_tier(
         for name, s in tiers.items()
     }
     return {"scored": scored, "tiers": tiers, "overview": overview, "histogram_by_lang": by_lang}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m synth.labels score``: the run options, the settings of ``TierSettings``; other flags go to Beam."""
+    import sys
+
+    from pipelines.settings import ArgumentParser, bounded, settings_parser
+
+    parser = ArgumentParser(prog="python -m synth.labels score", description=__doc__)
+    parser.add_argument("--docs", required=True, help="curated stage folder to score")
+    parser.add_argument("--classifier", required=True, help="trained classifier folder")
+    parser.add_argument("--scored", required=True, help="scored stage folder")
+    parser.add_argument("--tiers", required=True, help="folder of the tier stage folders (strict/, relaxed/)")
+    parser.add_argument("--workers", type=bounded(int, 1), default=None, help="local worker processes")
+    args, beam_args = parse_stage_args(settings_parser(TierSettings, parser=parser), argv)
+    try:
+        summary = score_and_tier(
+            args.docs, args.classifier, args.scored, args.tiers, args.settings, workers=args.workers,
+            beam_args=beam_args,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print_summary({"scored": {k: v for k, v in summary["scored"].items() if k != "beam_counters"}})
+    print(json.dumps({"tiers": summary["overview"]}, indent=1, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

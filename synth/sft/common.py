@@ -314,11 +314,13 @@ def add_generator_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="do not cache requests")
 
 
-def make_cli_generator(args: argparse.Namespace) -> Generator:
+def make_cli_generator(args: argparse.Namespace, output: str | None = None) -> Generator:
+    """The teacher of ``add_generator_args``'s flags; its request cache is ``<output>.gencache`` unless named."""
     from synth.llm.base import GenerationError, TeacherUnavailable
     from synth.llm.generate import make_generator
 
-    cache = None if args.no_cache else (args.cache_dir or f"{args.output.rstrip('/')}.gencache")
+    output = output or args.output
+    cache = None if args.no_cache else (args.cache_dir or f"{output.rstrip('/')}.gencache")
     try:
         return make_generator(
             args.backend, args.model, cache_dir=cache, base_url=args.base_url, batch_size=args.batch_size
