@@ -73,7 +73,10 @@ class SftSettings(Settings):
         0.01, ge=0, lt=1, description="Share of rows held out for validation, chosen by a hash of the row id."
     )
     max_steps: int | None = Field(
-        None, ge=1, description="Stop after this many optimizer steps (default: all steps of all epochs)."
+        None,
+        ge=1,
+        description="Train this many optimizer steps instead of all steps of all epochs (the learning rate decays "
+        "over them).",
     )
     micro_batch_size: int = Field(1, ge=1, description="Packed rows per forward/backward pass on each rank.")
     grad_accum_steps: int = Field(
@@ -129,16 +132,28 @@ def loop_config(settings: SftSettings, init: str, max_steps: int) -> SimpleNames
 
 
 def _init_fingerprint(init: str) -> dict:
-    folder = Path(init)
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".json") and p.is_file())
-    return {p.name: (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest()[:16]) for p in files}
+    """The init folder's JSON files by content, its weight files by size and modification time (hashing 145 GB of
+    72B weights on every start would take minutes)."""
+    out: dict[str, Any] = {}
+    for p in sorted(Path(init).iterdir()):
+        if p.is_file() and p.suffix == ".json":
+            out[p.name] = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+        elif p.is_file() and p.suffix in (".safetensors", ".bin"):
+            out[p.name] = [p.stat().st_size, p.stat().st_mtime_ns]
+    return out
 
 
 def data_fingerprint(examples: list, heldout: list, rows: list[list[int]]) -> str:
+    """A hash of what is trained on: every conversation's tokens and loss mask, and the packed rows in order."""
+    import numpy as np
+
     h = hashlib.sha256()
     for e in (*examples, *heldout):
-        h.update(json.dumps([e.id, e.input_ids, e.loss_mask]).encode())
-    h.update(json.dumps(rows).encode())
+        h.update(e.id.encode() + b"\0")
+        h.update(np.asarray(e.input_ids, dtype=np.int64).tobytes())
+        h.update(np.packbits(np.asarray(e.loss_mask, dtype=bool)).tobytes())
+    for row in rows:
+        h.update(np.asarray(row, dtype=np.int64).tobytes() + b"|")
     return h.hexdigest()
 
 
