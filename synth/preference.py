@@ -14,25 +14,25 @@ and ``samples`` are prompts (``samples == accepted + sum(rejected)``); ``respons
 ``responses_dropped`` {reason: n} count single responses. Row ``meta``: every response's score (None: not judged),
 the judge's digit probabilities and mass, the chosen/rejected indexes and the judge's model and template.
 
-    python -m synth.preference --output data/synth/preference --num 8
-    python -m synth.preference --input data/synth/sft_instruction --output data/synth/preference --set tie_margin=0.5
+    python -m synth.preference --output data/synth/preference --num-prompts 8
+    python -m synth.preference --input data/synth/sft/instruction --output data/synth/preference --tie-margin 0.5
     python -m synth.preference --output out/pref --backend openai --model Qwen/Qwen2-7B-Instruct \\
-        --base-url http://127.0.0.1:8000/v1 --num 20000 --set chunk_size=256
+        --base-url http://127.0.0.1:8000/v1 --num-prompts 20000 --chunk-size 256
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from pipelines.schema import PREFERENCE_SCHEMA
+from pipelines.settings import ArgumentParser, parse_settings, settings_parser
 from synth.llm.base import GenerationRequest, Generator
 from synth.records import chunk_counters, provenance, record_id, rejected, run_chunked_stage
 from synth.seeds import language_name, load_seeds, sample_seeds, seed_messages
+from synth.settings import PreferenceSettings
 from synth.sft.common import (
     add_generator_args,
     ask_messages,
@@ -41,7 +41,6 @@ from synth.sft.common import (
     digest,
     make_cli_generator,
     method_stage_config,
-    parse_settings,
     sample_sft_rows,
     screen_inputs,
     stage_fingerprint,
@@ -71,31 +70,13 @@ Rate the reply on this scale:
 Answer with a single digit from 1 to 5 and nothing else."""
 
 
-@dataclass
-class PreferenceConfig:
-    """Preference-pair settings (CPU demo defaults; raise ``num_prompts`` for real runs)."""
+class PreferenceConfig(PreferenceSettings):
+    """The settings of ``synth.settings.PreferenceSettings`` plus the stage's inputs (not settings)."""
 
     input_dir: str = ""  # an SFT stage folder; empty: seed prompts
     seeds_path: str | None = None  # with no input_dir: a user JSONL of seeds (None: the chatterbot corpus)
-    num_prompts: int = 4
-    num_responses: int = 4
-    seed: int = 0
-    languages: tuple[str, ...] = ()
-    temperature: float = 0.8
-    top_p: float = 0.95
-    max_new_tokens: int = 256
-    tie_margin: float = 0.25  # drop a pair whose expected scores differ by less
-    min_choice_mass: float = 0.5  # the judge must put at least this probability on the digits
-    keep_truncated: bool = False  # pair responses cut off at max_new_tokens too (only for tiny demo budgets)
-    chunk_size: int = 8
     template_version: str = TEMPLATE_VERSION
     judge_template_version: str = JUDGE_TEMPLATE_VERSION
-
-    def __post_init__(self) -> None:
-        if self.num_responses < 2:
-            raise ValueError(f"num_responses must be >= 2 to make a pair, got {self.num_responses}")
-        if self.tie_margin < 0:
-            raise ValueError(f"tie_margin must be >= 0, got {self.tie_margin}")
 
 
 def judge_request(prompt: Sequence[Mapping[str, str]], reply: str, lang: str | None, cfg: PreferenceConfig):
@@ -253,25 +234,14 @@ def run_preference(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """``python -m synth.preference``: the run options, then the settings of ``PreferenceSettings``."""
+    parser = ArgumentParser(prog="python -m synth.preference", description=__doc__)
     parser.add_argument("--output", required=True, help="stage folder to write")
-    parser.add_argument("--input", default=None, help="SFT stage folder to take prompts from (default: seeds)")
-    parser.add_argument("--seeds", default=None, help="user JSONL of seed prompts")
-    parser.add_argument("--num", type=int, default=None, help="prompts to sample")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config field")
+    parser.add_argument("--input", default="", help="SFT stage folder to take prompts from (default: seed prompts)")
+    parser.add_argument("--seeds", default=None, help="user JSONL of seed prompts (default: the chatterbot corpus)")
     add_generator_args(parser)
-    args = parser.parse_args(argv)
-    settings = parse_settings(PreferenceConfig, args.set)
-    if args.num is not None:
-        settings["num_prompts"] = args.num
-    if args.input is not None:
-        settings["input_dir"] = args.input
-    if args.seeds is not None:
-        settings["seeds_path"] = args.seeds
-    try:
-        cfg = PreferenceConfig(**settings)
-    except (TypeError, ValueError) as exc:
-        raise SystemExit(f"error: {exc}") from exc
+    args, settings = parse_settings(settings_parser(PreferenceSettings, parser=parser), argv)
+    cfg = PreferenceConfig(**settings.model_dump(), input_dir=args.input, seeds_path=args.seeds)
     generator = make_cli_generator(args)
     try:
         summary = run_preference(generator, args.output, cfg, log=lambda m: print(m, file=sys.stderr))

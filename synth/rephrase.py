@@ -13,27 +13,27 @@ Rejected (with reasons): ``empty``, ``truncated`` (hit ``max_new_tokens``), ``co
 10-grams for CJK/Thai, are the input's), ``input_control_token``. Counters: ``items`` (documents), ``samples``
 (documents x styles) = ``accepted`` + sum(``rejected``).
 
-    python -m synth.rephrase --input data/curated/dedup --output data/synth/rephrased --num 4
+    python -m synth.rephrase --input data/curated/dedup --output data/synth/rephrased --num-documents 4
     python -m synth.rephrase --input data/curated/dedup --output out/rephrased --styles wikipedia,qa \\
-        --backend openai --model Qwen/Qwen2-7B-Instruct --base-url http://127.0.0.1:8000/v1 --num 10000
+        --backend openai --model Qwen/Qwen2-7B-Instruct --base-url http://127.0.0.1:8000/v1 --num-documents 10000
     python -m pipelines.mixing index --input data/curated/dedup,data/synth/rephrased --output data/mix/index
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import re
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from pipelines.schema import DOCUMENT_SCHEMA, empty_document
+from pipelines.settings import ArgumentParser, parse_settings, settings_parser
 from synth.llm.base import Generator
 from synth.records import chunk_counters, record_id, rejected, run_chunked_stage
 from synth.seeds import language_name
+from synth.settings import RephraseSettings
 from synth.sft.common import (
     add_generator_args,
     ask,
@@ -43,7 +43,6 @@ from synth.sft.common import (
     excerpt_of,
     make_cli_generator,
     method_stage_config,
-    parse_settings,
     sample_documents,
     screen_inputs,
     stage_fingerprint,
@@ -67,32 +66,11 @@ PROMPT = """{instruction} Write only the rewritten text, with no introduction or
 </text>"""
 
 
-@dataclass
-class RephraseConfig:
-    """Rephrasing settings (CPU demo defaults; raise ``num_documents`` for real runs)."""
+class RephraseConfig(RephraseSettings):
+    """The settings of ``synth.settings.RephraseSettings`` plus the stage's input (not a setting)."""
 
     input_dir: str = "data/curated/dedup"  # a DOCUMENT_SCHEMA stage folder
-    num_documents: int = 2
-    styles: tuple[str, ...] = tuple(STYLES)
-    seed: int = 0
-    min_chars: int = 200  # only documents at least this long
-    max_input_chars: int = 1500  # longer documents are rephrased from an excerpt of this size
-    exclude_domains: tuple[str, ...] = ("code", "synthetic")
-    languages: tuple[str, ...] = ()
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens: int = 384
-    min_output_chars: int = 80
-    min_length_ratio: float = 0.2  # output chars / input chars
-    max_copy_overlap: float = 0.8  # share of the output's n-grams found in the input
-    keep_truncated: bool = False  # keep outputs cut off at max_new_tokens (only for tiny demo budgets)
-    chunk_size: int = 8
     template_version: str = TEMPLATE_VERSION
-
-    def __post_init__(self) -> None:
-        unknown = [s for s in self.styles if s not in STYLES]
-        if unknown or not self.styles:
-            raise ValueError(f"styles must be some of {', '.join(STYLES)}, got {list(self.styles)}")
 
 
 def rephrase_prompt(text: str, style: str, lang: str | None) -> str:
@@ -217,27 +195,18 @@ def run_rephrase(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """``python -m synth.rephrase``: the run options, then the settings of ``RephraseSettings``."""
+    parser = ArgumentParser(prog="python -m synth.rephrase", description=__doc__)
     parser.add_argument("--input", required=True, help="DOCUMENT_SCHEMA stage folder (curated documents)")
     parser.add_argument("--output", required=True, help="stage folder to write")
-    parser.add_argument("--num", type=int, default=None, help="documents to sample")
-    parser.add_argument("--styles", default=None, help=f"comma list of {', '.join(STYLES)}")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config field")
     add_generator_args(parser)
-    args = parser.parse_args(argv)
-    settings = parse_settings(RephraseConfig, args.set)
-    settings["input_dir"] = args.input
-    if args.num is not None:
-        settings["num_documents"] = args.num
-    if args.styles:
-        settings["styles"] = tuple(s for s in args.styles.split(",") if s)
-    try:
-        cfg = RephraseConfig(**settings)
-    except (TypeError, ValueError) as exc:
-        raise SystemExit(f"error: {exc}") from exc
+    args, settings = parse_settings(settings_parser(RephraseSettings, parser=parser), argv)
     generator = make_cli_generator(args)
     try:
-        summary = run_rephrase(generator, args.output, cfg, log=lambda m: print(m, file=sys.stderr))
+        summary = run_rephrase(
+            generator, args.output, RephraseConfig(**settings.model_dump(), input_dir=args.input),
+            log=lambda m: print(m, file=sys.stderr),
+        )  # fmt: skip
     finally:
         generator.close()
     print(json.dumps(summary, indent=2, ensure_ascii=False))

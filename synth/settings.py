@@ -71,7 +71,9 @@ class LabelSettings(Settings):
         json_schema_extra={"unit": "tokens"},
     )
     max_doc_chars: int | None = Field(
-        None, ge=1, description="Also cut each document to this many characters before the token cut (none: tokens only)."
+        None,
+        ge=1,
+        description="Also cut each document to this many characters before the token cut (none: tokens only).",
     )
     min_choice_mass: float = Field(
         0.5,
@@ -109,7 +111,8 @@ class TierThresholds(Settings):
     def _relaxed_below_strict(self):
         if self.relaxed_threshold > self.strict_threshold:
             raise ValueError(
-                f"relaxed_threshold ({self.relaxed_threshold}) must not exceed strict_threshold ({self.strict_threshold})"
+                f"relaxed_threshold ({self.relaxed_threshold}) must not exceed "
+                f"strict_threshold ({self.strict_threshold})"
             )
         return self
 
@@ -235,7 +238,9 @@ class CodeSettings(SamplingSettings):
     tests_max_new_tokens: int = Field(384, ge=1, description="Longest set of tests the teacher writes.")
     chunk_size: int = Field(16, ge=1, description="Items per committed chunk (the unit of resumption).")
     sandbox_cpu_s: float = Field(5, gt=0, description="Sandbox CPU limit per run.", json_schema_extra={"unit": "s"})
-    sandbox_wall_s: float = Field(10, gt=0, description="Sandbox wall-clock limit per run.", json_schema_extra={"unit": "s"})
+    sandbox_wall_s: float = Field(
+        10, gt=0, description="Sandbox wall-clock limit per run.", json_schema_extra={"unit": "s"}
+    )
     sandbox_memory_mb: int = Field(512, ge=1, description="Sandbox memory limit.", json_schema_extra={"unit": "MB"})
     sandbox_workers: int = Field(2, ge=1, description="Sandbox runs at a time.")
 
@@ -244,11 +249,18 @@ class RepurposeSettings(SamplingSettings):
     """Method ``repurpose``: long curated documents -> grounded question/answer pairs."""
 
     num_documents: int = Field(4, ge=1, description="Long curated documents turned into QA pairs.")
-    min_chars: int = Field(1000, ge=0, description="Only documents at least this long.", json_schema_extra={"unit": "chars"})
-    excerpt_chars: int = Field(
-        1500, ge=1, description="Longer documents are read from an excerpt this long.", json_schema_extra={"unit": "chars"}
+    min_chars: int = Field(
+        1000, ge=0, description="Only documents at least this long.", json_schema_extra={"unit": "chars"}
     )
-    exclude_domains: list[str] = Field(default_factory=lambda: ["code"], description="Documents of these domains are skipped.")
+    excerpt_chars: int = Field(
+        1500,
+        ge=1,
+        description="Longer documents are read from an excerpt this long.",
+        json_schema_extra={"unit": "chars"},
+    )
+    exclude_domains: list[str] = Field(
+        default_factory=lambda: ["code"], description="Documents of these domains are skipped."
+    )
     languages: list[str] = _languages(what="documents")
     min_grounding: float = Field(
         0.6, ge=0.0, le=1.0, description="Share of the answer's content words that must occur in the document."
@@ -267,7 +279,9 @@ class ConstitutionalSettings(SamplingSettings):
         default_factory=list, description=f"Principles to apply, some of {', '.join(PRINCIPLE_IDS)} (empty: all)."
     )
     principles_per_item: int = Field(0, ge=0, description="A seeded subset of the principles per item (0: all).")
-    max_new_tokens_response: int = Field(256, ge=1, description="Longest first response (when prompts are answered first).")
+    max_new_tokens_response: int = Field(
+        256, ge=1, description="Longest first response (when prompts are answered first)."
+    )
     max_new_tokens_critique: int = Field(192, ge=1, description="Longest critique.")
     max_new_tokens_revision: int = Field(320, ge=1, description="Longest revision.")
     keep_truncated: bool = Field(False, description=_KEEP_TRUNCATED)
@@ -355,9 +369,14 @@ class RephraseSettings(SamplingSettings):
         min_length=1,
         description=f"Rephrasing styles, some of {', '.join(REPHRASE_STYLES)} (one per document, in turn).",
     )
-    min_chars: int = Field(200, ge=0, description="Only documents at least this long.", json_schema_extra={"unit": "chars"})
+    min_chars: int = Field(
+        200, ge=0, description="Only documents at least this long.", json_schema_extra={"unit": "chars"}
+    )
     max_input_chars: int = Field(
-        1500, ge=1, description="Longer documents are rephrased from an excerpt this long.", json_schema_extra={"unit": "chars"}
+        1500,
+        ge=1,
+        description="Longer documents are rephrased from an excerpt this long.",
+        json_schema_extra={"unit": "chars"},
     )
     exclude_domains: list[str] = Field(
         default_factory=lambda: ["code", "synthetic"], description="Documents of these domains are skipped."
@@ -365,9 +384,14 @@ class RephraseSettings(SamplingSettings):
     languages: list[str] = _languages(what="documents")
     max_new_tokens: int = Field(384, ge=1, description="Longest rephrasing.")
     min_output_chars: int = Field(80, ge=0, description="Shorter rephrasings are rejected.")
-    min_length_ratio: float = Field(0.2, ge=0.0, description="Rephrasings shorter than this share of the input are rejected.")
+    min_length_ratio: float = Field(
+        0.2, ge=0.0, description="Rephrasings shorter than this share of the input are rejected."
+    )
     max_copy_overlap: float = Field(
-        0.8, ge=0.0, le=1.0, description="Rephrasings with more of their n-grams found in the input are rejected (copies)."
+        0.8,
+        ge=0.0,
+        le=1.0,
+        description="Rephrasings with more of their n-grams found in the input are rejected (copies).",
     )
     keep_truncated: bool = Field(False, description=_KEEP_TRUNCATED)
 
@@ -388,6 +412,9 @@ class PreferenceSettings(SamplingSettings):
     max_new_tokens: int = Field(256, ge=1, description="Longest response (truncated ones are not judged).")
     tie_margin: float = Field(0.25, ge=0.0, description="Pairs whose judge scores differ less are dropped as ties.")
     min_choice_mass: float = Field(
-        0.5, ge=0.0, le=1.0, description="A judgement counts only if the judge put this much probability on the digits 1-5."
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="A judgement counts only if the judge put this much probability on the digits 1-5.",
     )
     keep_truncated: bool = Field(False, description=_KEEP_TRUNCATED)

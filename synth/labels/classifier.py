@@ -20,6 +20,7 @@ from typing import Any
 
 import regex
 
+from pipelines.settings import ArgumentParser, parse_settings, settings_parser
 from pipelines.shards import (
     SUCCESS_FILE,
     join,
@@ -28,7 +29,6 @@ from pipelines.shards import (
 )
 from pipelines.wheels import sha256_file
 from synth.labels.label import expected_score, read_labels, unit_hash
-from pipelines.settings import ArgumentParser, parse_settings, settings_parser
 from synth.settings import ClassifierSettings
 
 NORMALIZE_VERSION = "lower-punct-cjk-v1"
@@ -228,9 +228,10 @@ def agreement(
     }
 
 
-def train_classifier(labels_dir: str, out_dir: str, config: ClassifierSettings = ClassifierSettings()) -> dict:
+def train_classifier(labels_dir: str, out_dir: str, config: ClassifierSettings | None = None) -> dict:
     """Train the fastText quality classifier on the ``train`` split of a label stage; write ``model.bin`` and
     ``metrics.json`` (agreement with the teacher on the ``heldout`` split) into ``out_dir``; return the metrics."""
+    config = config or ClassifierSettings()
     started = time.time()
     rows = read_labels(labels_dir)
     train = sorted((r for r in rows if r["split"] == "train"), key=lambda r: unit_hash("order", config.seed, r["id"]))

@@ -5,11 +5,11 @@ digit under the next-token distribution, no text parsing); a fixed share of the 
 
 from __future__ import annotations
 
-import json
-import sys
 import hashlib
 import heapq
+import json
 import math
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipelines.readers import DEFAULT_MAX_DOC_BYTES, read_documents
+from pipelines.settings import ArgumentParser, parse_settings, settings_parser
 from pipelines.shards import (
     SUCCESS_FILE,
     expand_inputs,
@@ -29,9 +30,7 @@ from pipelines.shards import (
 )
 from pipelines.tokenizer import tokenizer_identity
 from synth.labels.rubric import RUBRIC_VERSION, SCORE_CHOICES, rubric_messages
-from synth.llm.base import GenerationRequest, Generator
-from pipelines.settings import ArgumentParser, parse_settings, settings_parser
-from synth.llm.base import GenerationError, TeacherUnavailable
+from synth.llm.base import GenerationError, GenerationRequest, Generator, TeacherUnavailable
 from synth.records import chunk_counters, record_id, rejected, run_chunked_stage
 from synth.settings import LabelSettings
 
@@ -297,11 +296,12 @@ def label_documents(
     generator: Generator,
     docs_dir: str,
     out_dir: str,
-    config: LabelSettings = LabelSettings(),
+    config: LabelSettings | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """Rate a seeded sample of the documents under ``docs_dir`` with ``generator`` (the teacher) into ``out_dir``
     (``LABELS_SCHEMA`` rows, ``off_format`` rejections in ``excluded/``); returns the stage summary."""
+    config = config or LabelSettings()
     items, sampling = sample_documents(
         docs_dir, config.sample_size, config.seed, config.max_doc_chars, config.excerpt_tokens, config.temperature
     )

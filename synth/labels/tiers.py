@@ -212,13 +212,14 @@ def _share(part: int, whole: int) -> float:
 def write_tiers(
     scored_dir: str,
     tiers_dir: str,
-    config: TierSettings = TierSettings(),
+    config: TierSettings | None = None,
     *,
     workers: int | None = None,
     beam_args: Sequence[str] | None = None,
 ) -> dict[str, dict]:
     """The tier pass: one Beam pass over the finished scored stage writes every tier folder
     (``tiers_dir/<name>``); returns each tier's summary (also its ``_SUCCESS.json``)."""
+    config = config or TierSettings()
     import apache_beam as beam
 
     scored_summary = read_json(join(scored_dir, SUCCESS_FILE))
@@ -299,7 +300,7 @@ def score_and_tier(
     classifier_dir: str,
     scored_dir: str,
     tiers_dir: str,
-    config: TierSettings = TierSettings(),
+    config: TierSettings | None = None,
     *,
     workers: int | None = None,
     beam_args: Sequence[str] | None = None,
@@ -307,6 +308,7 @@ def score_and_tier(
 ) -> dict:
     """Score every document under ``docs_dir`` once into ``scored_dir``, then write the tiers from the stored
     scores into ``tiers_dir/<tier>``. Returns ``{"scored": summary, "tiers": {name: summary}}``."""
+    config = config or TierSettings()
     scorer = QualityScorer(classifier_dir)
     scored = run_shard_stage(scorer, docs_dir, scored_dir, beam_args, workers, max_doc_bytes)
     scored_docs = scored.get("docs_out", 0)

@@ -11,6 +11,9 @@
 ask/check helpers and the command-line helpers. Kept import-free so the Dagster code location can import the package
 without pyarrow or torch.
 
-    python -m synth.sft instruction --output data/synth/sft_instruction --num 8
-    python -m synth.sft math --out data/synth/math --num 64
+``stage`` runs the chosen methods in order (the ``sft_data`` asset, ``python -m synth.sft``), with the settings of
+``synth.settings.SftDataSettings``:
+
+    python -m synth.sft --output data/synthetic/sft --docs data/curated/dedup --instruction-num-seeds 8
+    python -m synth.sft --output out/sft --methods math_rejection --math-rejection-num-problems 64
 """

@@ -11,17 +11,15 @@ earlier sample), ``tests_failed``, ``timeout``, ``memory``, ``sandbox_error``.
 
 Writes SFT_SCHEMA shards through ``synth.records.run_chunked_stage`` (rejected samples to ``excluded/``).
 
-    python -m synth.sft code --out data/synth/code --backend openai --model Qwen/Qwen2-72B-Instruct \\
-        --base-url http://127.0.0.1:8000/v1 --code-docs data/curated/quality --cache-dir data/synth/cache
+    python -m synth.sft --methods code_execution --output data/synth/sft --backend openai \\
+        --model Qwen/Qwen2-72B-Instruct --base-url http://127.0.0.1:8000/v1 --docs data/curated/dedup
 """
 
 from __future__ import annotations
 
 import ast
-import dataclasses
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from pipelines.schema import SFT_SCHEMA
@@ -29,6 +27,7 @@ from pipelines.shards import iter_stage_rows
 from synth.llm.base import GenerationRequest, Generator
 from synth.records import chunk_counters, messages, provenance, record_id, rejected, run_chunked_stage
 from synth.sandbox import ISOLATION, SandboxLimits, SandboxResult, require_sandbox, run_many
+from synth.settings import CodeSettings
 from synth.sft.common import (
     request_seed,
     text_key,
@@ -306,24 +305,9 @@ def clean_tests(tests: str, name: str) -> tuple[str | None, int, str]:
 # ------------------------------------------------------------------------------------------------ code: stage
 
 
-@dataclass(frozen=True)
-class CodeConfig:
-    num_tasks: int | None = None
-    """Built-in tasks used (None: all of them); document tasks come on top, up to ``max_doc_tasks``."""
-    task_names: tuple[str, ...] | None = None
-    """Only these built-in tasks (by function name), before ``num_tasks`` applies."""
-    max_doc_tasks: int = 40
-    samples_per_task: int = 2
-    temperature: float = 0.7
-    top_p: float = 1.0
-    max_new_tokens: int = 512
-    tests_max_new_tokens: int = 384
-    seed: int = 0
-    chunk_size: int = 16
-    sandbox_cpu_s: float = 5
-    sandbox_wall_s: float = 10
-    sandbox_memory_mb: int = 512
-    sandbox_workers: int = 2
+class CodeConfig(CodeSettings):
+    """The settings of ``synth.settings.CodeSettings`` plus the prompt template's version."""
+
     template_version: str = CODE_TEMPLATE_VERSION
 
     def limits(self) -> SandboxLimits:
@@ -469,7 +453,7 @@ def run_code(
         "method": METHOD_CODE,
         "model_id": generator.model_id,
         # sandbox parallelism does not change what is kept: changing it must not redo the stage
-        **{k: v for k, v in dataclasses.asdict(config).items() if k != "sandbox_workers"},
+        **config.model_dump(exclude={"sandbox_workers"}),
         "code_docs": bool(code_docs_dir),
     }
     extra = {

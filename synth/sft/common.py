@@ -1,11 +1,10 @@
 """What the SFT methods, ``synth.preference`` and ``synth.rephrase`` share: text checks (scripts, content units,
 grounding, copies, control tokens, wrapping), sampling of seeds, documents and SFT rows, building requests and
-checking answers, stage configs, and the command-line helpers (``--set KEY=VALUE``, the generator flags)."""
+checking answers, stage configs, and the command-line helpers (the generator flags)."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import difflib
 import hashlib
 import json
@@ -249,7 +248,7 @@ def screen_inputs(method: str, chunk: Sequence[Mapping], text_of: Callable[[Mapp
 
 
 def method_stage_config(method: str, cfg: Any, generator: Generator, **inputs: Any) -> dict:
-    return {"method": method, "settings": dataclasses.asdict(cfg), "generator": generator_config(generator), **inputs}
+    return {"method": method, "settings": cfg.model_dump(), "generator": generator_config(generator), **inputs}
 
 
 def counts_by_lang(rows: Iterable[Mapping]) -> dict:
@@ -281,28 +280,6 @@ def ask_messages(
         n=n,
         template_version=template_version,
     )
-
-
-def parse_settings(cls: type, pairs: Sequence[str]) -> dict:
-    """``key=value`` overrides of a config dataclass, typed like the field's default (tuples: comma lists)."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or key not in fields:
-            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}")
-        default = fields[key].default
-        if isinstance(default, bool):
-            out[key] = value.lower() in ("1", "true", "yes", "on")
-        elif isinstance(default, tuple):
-            out[key] = tuple(v for v in value.split(",") if v)
-        elif isinstance(default, int):
-            out[key] = int(value)
-        elif isinstance(default, float):
-            out[key] = float(value)
-        else:
-            out[key] = value or None
-    return out
 
 
 def add_generator_args(parser: argparse.ArgumentParser) -> None:

@@ -9,7 +9,7 @@ and counted as ``unchanged``; ``keep_unchanged=False`` rejects it instead.
 The stage counts ``items``, ``samples`` (one candidate per item), ``accepted`` and ``rejected`` {reason: n};
 ``accepted + sum(rejected) == samples``. Rejected candidates go to ``excluded/`` with their reason.
 
-    python -m synth.sft constitutional --input data/synth/sft_instruction --output data/synth/sft_constitutional
+    python -m synth.sft --methods instruction,constitutional --output data/synth/sft --constitutional-num-items 8
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from pipelines.schema import SFT_SCHEMA
@@ -25,6 +24,7 @@ from synth.llm.base import GenerationResult, Generator
 from synth.llm.chat import validate_chat
 from synth.records import chunk_counters, provenance, record_id, rejected, run_chunked_stage
 from synth.seeds import language_name, load_seeds, sample_seeds, seed_messages
+from synth.settings import ConstitutionalSettings
 from synth.sft.common import (
     ask,
     ask_messages,
@@ -81,31 +81,12 @@ Rewrite the assistant's last reply so that it follows all the principles and fix
 Write it in {language}, as the assistant speaking to the user. Reply with the new reply only."""
 
 
-@dataclass
-class ConstitutionalConfig:
-    """Critique and revise responses against ``PRINCIPLES`` (CPU demo defaults)."""
+class ConstitutionalConfig(ConstitutionalSettings):
+    """The settings of ``synth.settings.ConstitutionalSettings`` plus the method's inputs (not settings)."""
 
     input_dir: str = ""  # an SFT stage folder; empty: seed prompts answered by the teacher first
     seeds_path: str | None = None  # with no input_dir: a user JSONL of seeds (None: the chatterbot corpus)
-    num_items: int = 4
-    seed: int = 0
-    languages: tuple[str, ...] = ()
-    principles: tuple[str, ...] = ()  # ids from PRINCIPLES (empty: all)
-    principles_per_item: int = 0  # a seeded subset per item (0: all of ``principles``)
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens_response: int = 256
-    max_new_tokens_critique: int = 192
-    max_new_tokens_revision: int = 320
-    keep_truncated: bool = False
-    keep_unchanged: bool = True  # keep a revision identical to the original (counted as ``unchanged``)
-    chunk_size: int = 8
     template_version: str = CONSTITUTIONAL_TEMPLATE_VERSION
-
-    def __post_init__(self) -> None:
-        unknown = [p for p in self.principles if p not in PRINCIPLES]
-        if unknown:
-            raise ValueError(f"unknown principles {unknown}; choose from {', '.join(PRINCIPLES)}")
 
 
 def principles_text(ids: Sequence[str]) -> str:

@@ -8,21 +8,22 @@ not cut off at ``max_new_tokens``).
 The stage counts ``items``, ``samples`` (one candidate per item), ``accepted`` and ``rejected`` {reason: n};
 ``accepted + sum(rejected) == samples``. Rejected candidates go to ``excluded/`` with their reason.
 
-    python -m synth.sft instruction --output data/synth/sft_instruction --num 8
-    python -m synth.sft instruction --output out/instr --seeds my_seeds.jsonl --backend openai \\
-        --model Qwen/Qwen2-7B-Instruct --base-url http://127.0.0.1:8000/v1 --num 5000 --set chunk_size=256
+    python -m synth.sft --methods instruction --output data/synth/sft --instruction-num-seeds 8
+    python -m synth.sft --methods instruction --output out/sft --seeds my_seeds.jsonl --backend openai \\
+        --model Qwen/Qwen2-7B-Instruct --base-url http://127.0.0.1:8000/v1 --instruction-num-seeds 5000 \\
+        --instruction-chunk-size 256
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 from pipelines.schema import SFT_SCHEMA
 from synth.llm.base import Generator
 from synth.llm.chat import validate_chat
 from synth.records import chunk_counters, messages, provenance, record_id, rejected, run_chunked_stage
 from synth.seeds import language_name, load_seeds, sample_seeds, seed_messages, seed_prompt
+from synth.settings import InstructionSettings
 from synth.sft.common import (
     ask,
     check_output,
@@ -50,24 +51,10 @@ only: no answer, no title, no quotation marks."""
 INSTRUCTION_LABELS = ("new request", "request", "instruction", "question", "prompt")
 
 
-@dataclass
-class InstructionConfig:
-    """Instruction synthesis from seed prompts (CPU demo defaults; raise ``num_seeds`` for real runs)."""
+class InstructionConfig(InstructionSettings):
+    """The settings of ``synth.settings.InstructionSettings`` plus the method's inputs (not settings)."""
 
-    num_seeds: int = 4
-    seed: int = 0
-    languages: tuple[str, ...] = ()  # only these seed languages (empty: all)
     seeds_path: str | None = None  # user JSONL of seeds (None: the chatterbot corpus)
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens_instruction: int = 96
-    max_new_tokens_answer: int = 256
-    min_instruction_chars: int = 8
-    max_instruction_chars: int = 600
-    min_answer_chars: int = 2
-    max_answer_chars: int = 6000
-    keep_truncated: bool = False  # keep texts cut off at max_new_tokens (only for tiny demo budgets)
-    chunk_size: int = 16
     template_version: str = INSTRUCTION_TEMPLATE_VERSION
 
 

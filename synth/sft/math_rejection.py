@@ -12,7 +12,7 @@ distinct ones per problem. Rejected: ``truncated`` (hit max_new_tokens), ``no_fi
 
 Writes SFT_SCHEMA shards through ``synth.records.run_chunked_stage`` (rejected samples to ``excluded/``).
 
-    python -m synth.sft math --out data/synth/math --backend transformers --model DIR --num 64
+    python -m synth.sft --methods math_rejection --output data/synth/sft --model DIR --math-rejection-num-problems 64
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pipelines.schema import SFT_SCHEMA
 from synth.llm.base import GenerationRequest, GenerationResult, Generator
 from synth.llm.chat import validate_chat
 from synth.records import chunk_counters, messages, provenance, record_id, rejected, run_chunked_stage
+from synth.settings import MathSettings
 from synth.sft.common import request_seed, text_key
 
 METHOD_MATH = "math_rejection"
@@ -291,17 +292,9 @@ def answers_match(value: Fraction | None, reference: Fraction | str) -> bool:
 # ------------------------------------------------------------------------------------------------ math: stage
 
 
-@dataclass(frozen=True)
-class MathConfig:
-    num_problems: int = 64
-    samples_per_problem: int = 4
-    max_kept_per_problem: int = 1
-    temperature: float = 0.7
-    top_p: float = 1.0
-    max_new_tokens: int = 512
-    seed: int = 0
-    languages: tuple[str, ...] = MATH_LANGUAGES
-    chunk_size: int = 16
+class MathConfig(MathSettings):
+    """The settings of ``synth.settings.MathSettings`` plus the prompt template's version."""
+
     template_version: str = MATH_TEMPLATE_VERSION
 
 
@@ -337,7 +330,7 @@ def run_math(generator: Generator, out_dir: str, config: MathConfig | None = Non
         counters.update(problems=len(chunk), problems_solved=solved)
         return rows, rejects, counters
 
-    stage_config = {"method": METHOD_MATH, "model_id": generator.model_id, **dataclasses.asdict(config)}
+    stage_config = {"method": METHOD_MATH, "model_id": generator.model_id, **config.model_dump()}
     extra = {"method": METHOD_MATH, "model": generator.model_id, "template_version": config.template_version}
     return run_chunked_stage(
         out_dir, stage_config, items, process, SFT_SCHEMA, chunk_size=config.chunk_size, extra=extra, log=log

@@ -9,7 +9,7 @@ The user turn holds the excerpt and the question ("Read the text and answer the 
 The stage counts ``items``, ``samples`` (one candidate per item), ``accepted`` and ``rejected`` {reason: n};
 ``accepted + sum(rejected) == samples``. Rejected candidates go to ``excluded/`` with their reason.
 
-    python -m synth.sft repurpose --input data/curated/dedup --output data/synth/sft_repurpose --num 8
+    python -m synth.sft --methods repurpose --docs data/curated/dedup --output out/sft --repurpose-num-documents 8
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 from pipelines.schema import SFT_SCHEMA
 from synth.llm.base import Generator
 from synth.llm.chat import validate_chat
 from synth.records import chunk_counters, messages, provenance, record_id, rejected, run_chunked_stage
 from synth.seeds import language_name
+from synth.settings import RepurposeSettings
 from synth.sft.common import (
     PREAMBLE,
     ask,
@@ -58,24 +58,10 @@ _QA = re.compile(
 )
 
 
-@dataclass
-class RepurposeConfig:
-    """Data repurposing: curated documents -> grounded question/answer pairs (CPU demo defaults)."""
+class RepurposeConfig(RepurposeSettings):
+    """The settings of ``synth.settings.RepurposeSettings`` plus the method's input (not a setting)."""
 
     input_dir: str = "data/curated/dedup"  # a DOCUMENT_SCHEMA stage folder
-    num_documents: int = 4
-    seed: int = 0
-    min_chars: int = 1000  # only documents at least this long
-    excerpt_chars: int = 1500
-    exclude_domains: tuple[str, ...] = ("code",)
-    languages: tuple[str, ...] = ()
-    min_grounding: float = 0.6
-    min_question_chars: int = 8
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens: int = 256
-    keep_truncated: bool = False
-    chunk_size: int = 8
     template_version: str = REPURPOSE_TEMPLATE_VERSION
 
 
