@@ -8,115 +8,34 @@ through the same MinHash dedup as curation and a 13-gram decontamination against
 """
 
 import dagster as dg
-from pydantic import Field
 
 from assets.curation import deduplicated_documents
 from assets.metadata import counts_table, rows_table
 from dagster_project.resources import CurationResource, SynthesisResource
-from synth import SFT_METHODS
+from pipelines.settings import dagster_config, to_settings
+from synth.settings import (
+    ClassifierSettings,
+    LabelSettings,
+    PreferenceSettings,
+    RephraseSettings,
+    SftDataSettings,
+    TierSettings,
+)
 
 GROUP = "synthesis"
 KINDS = {"pytorch", "parquet"}
 # Assets that load the teacher carry this op tag; the code location's executor runs one of them at a time, so a CPU
 # machine is not split between several copies of the model (see dagster_project/definitions.py).
 TEACHER_TAG = {"qwen2/teacher": "load"}
-# The CPU demo's quality labels: 128-token excerpts (prompts of 326-402 tokens, so batches carry little padding) rate
-# twice as many documents per CPU-second as the first 800 characters did (prompts of 383-861 tokens), which pays for
-# 80 labels (was 40) in about the same step time (7 min; 8 min before, both on a loaded 2-core machine), 24 of them
-# held out (was 10).
-DEMO_LABELS = 80
-DEMO_EXCERPT_TOKENS = 128
 
-
-class QualityLabelsConfig(dg.Config):
-    sample_size: int = Field(
-        default=DEMO_LABELS,
-        description="Curated documents the teacher rates (0-5 rubric), stratified by language and domain. The "
-        "default is sized for the CPU demo (3-7 minutes on 2 cores); rate at least 500 (synth.labels' own "
-        "default) for a classifier worth using.",
-    )
-    temperature: float = Field(
-        default=1.0,
-        description="Labels per (language, domain) stratum in proportion to its size ** (1 / temperature): 1 is "
-        "proportional (the held-out labels then measure agreement on the documents the tiers are cut from); larger "
-        "values move labels to small languages and domains.",
-    )
-    excerpt_tokens: int = Field(
-        default=DEMO_EXCERPT_TOKENS,
-        description="The teacher sees the first this many Qwen2 tokens of each document, so every rating costs the "
-        "same whatever the script (the rubric around it is 220-300 tokens). synth.labels' default is 256.",
-    )
-    heldout_share: float = Field(
-        default=0.3,
-        description="Share of labels held out to measure agreement, exactly (the classifier check needs 10 or more).",
-    )
-    min_choice_mass: float = Field(
-        default=0.5,
-        description="Reject a rating when the teacher put less than this probability on the digits 0-5 "
-        "(off format; the default teacher puts over 0.93 on them). 0 keeps every rating.",
-    )
-    seed: int = Field(default=0, description="Which documents are sampled.")
-
-
-class QualityClassifierConfig(dg.Config):
-    epochs: int = Field(
-        default=100,
-        description="fastText training epochs (a few dozen labels need about 100 to move off the uniform "
-        "prediction; thousands need far fewer).",
-    )
-    lr: float = Field(default=0.5, description="fastText learning rate.")
-    word_ngrams: int = Field(default=2, description="fastText word n-grams.")
-    confidence: float = Field(
-        default=0.95,
-        description="Check: the classifier passes when this confidence interval of Spearman's rho between its "
-        "scores and the teacher's, on the held-out labels, lies above zero.",
-    )
-
-
-class QualityTiersConfig(dg.Config):
-    strict_threshold: float = Field(default=3.0, description="Strict tier: classifier score at least this.")
-    relaxed_threshold: float = Field(default=2.0, description="Relaxed tier: classifier score at least this.")
-
-
-class SFTDataConfig(dg.Config):
-    methods: list[str] = Field(
-        default_factory=lambda: list(SFT_METHODS), description=f"Methods to run: {', '.join(SFT_METHODS)}."
-    )
-    instructions: int = Field(default=3, description="Seed prompts turned into new instructions and answers.")
-    math_problems: int = Field(default=2, description="Math problems made (with reference answers) and sampled.")
-    math_samples: int = Field(default=4, description="Samples per math problem (rejection sampling).")
-    code_tasks: int = Field(default=2, description="Built-in programming tasks solved and tested in the sandbox.")
-    code_document_tasks: int = Field(
-        default=1, description="More tasks from functions with docstrings in the curated source code."
-    )
-    code_samples: int = Field(default=2, description="Solutions sampled per task.")
-    repurpose_documents: int = Field(default=2, description="Long curated documents turned into QA pairs.")
-    constitutional: int = Field(default=2, description="Responses critiqued and revised against the principles.")
-    max_new_tokens: int = Field(default=160, description="Longest answer per request.")
-    reasoning_max_new_tokens: int = Field(
-        default=320, description="Longest answer for math (step-by-step reasoning) and code (solutions and tests)."
-    )
-    seed: int = Field(default=0, description="Sampling seed.")
-
-
-class SyntheticPretrainingConfig(dg.Config):
-    documents: int = Field(default=3, description="Curated documents rephrased.")
-    max_input_chars: int = Field(
-        default=700, description="Longer documents are rephrased from an excerpt of this many characters."
-    )
-    max_new_tokens: int = Field(default=320, description="Longest rephrasing (truncated ones are rejected).")
-    seed: int = Field(default=0, description="Which documents and sampling.")
-
-
-class PreferencePairsConfig(dg.Config):
-    prompts: int = Field(default=3, description="Prompts answered several times and judged.")
-    responses: int = Field(default=3, description="Responses sampled per prompt.")
-    tie_margin: float = Field(default=0.25, description="Pairs whose judge scores differ less are dropped as ties.")
-    min_choice_mass: float = Field(
-        default=0.5, description="A judgement counts only if the judge put this much probability on the digits 1-5."
-    )
-    max_new_tokens: int = Field(default=256, description="Longest response (truncated ones are not judged).")
-    seed: int = Field(default=0, description="Which prompts and sampling.")
+# Launchpad config generated from the stages' settings (synth.settings): the same names, defaults (the recipe's),
+# bounds and descriptions as each stage's --help. The CPU demo's sizes are in dagster_project/profiles/demo.toml.
+QualityLabelsConfig = dagster_config(LabelSettings, "QualityLabelsConfig")
+QualityClassifierConfig = dagster_config(ClassifierSettings, "QualityClassifierConfig")
+QualityTiersConfig = dagster_config(TierSettings, "QualityTiersConfig")
+SFTDataConfig = dagster_config(SftDataSettings, "SFTDataConfig")
+SyntheticPretrainingConfig = dagster_config(RephraseSettings, "SyntheticPretrainingConfig")
+PreferencePairsConfig = dagster_config(PreferenceSettings, "PreferencePairsConfig")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -232,7 +151,7 @@ def quality_labels(
     """The teacher rates a language-balanced sample of the deduplicated documents for educational and
     informational value (0-5, an additive rubric written in each document's own language). The label is the
     most probable digit; the score its expected value under the teacher's next-token distribution."""
-    from synth.labels.label import LabelConfig, label_documents, read_labels
+    from synth.labels.label import label_documents, read_labels
 
     generator = synthesis.generator(curation.data_root)
     try:
@@ -240,14 +159,7 @@ def quality_labels(
             generator,
             curation.stage_dir("dedup"),
             curation.quality_dir("labels"),
-            LabelConfig(
-                sample_size=config.sample_size,
-                seed=config.seed,
-                temperature=config.temperature,
-                excerpt_tokens=config.excerpt_tokens,
-                min_choice_mass=config.min_choice_mass,
-                heldout_share=config.heldout_share,
-            ),
+            to_settings(LabelSettings, config),
             log=context.log.info,
         )
     finally:
@@ -325,14 +237,10 @@ def _agreement_table(metrics: dict) -> dg.MetadataValue:
 def quality_classifier(config: QualityClassifierConfig, curation: CurationResource):
     """A fastText classifier trained on the teacher's labels: it scores every document in milliseconds where
     the teacher takes seconds. Agreement with the teacher is measured on the held-out labels."""
-    from synth.labels.classifier import ClassifierConfig, train_classifier
+    from synth.labels.classifier import train_classifier
 
     metrics = train_classifier(
-        curation.quality_dir("labels"),
-        curation.quality_dir("classifier"),
-        ClassifierConfig(
-            epoch=config.epochs, lr=config.lr, word_ngrams=config.word_ngrams, confidence=config.confidence
-        ),
+        curation.quality_dir("labels"), curation.quality_dir("classifier"), to_settings(ClassifierSettings, config)
     )
     held = metrics.get("heldout") or {}
     ci = held.get("spearman_ci") or {}
@@ -390,14 +298,14 @@ def quality_tiers(config: QualityTiersConfig, curation: CurationResource):
     tiers cut from those stored scores in one pass: strict (Qwen2 chose its 7T-token set) and relaxed (the 12T
     one). Pretraining mixes a tier when mixture_index's quality_tier names it."""
     from pipelines.schema import DOCUMENT_SCHEMA
-    from synth.labels.tiers import TierConfig, score_and_tier, tier_subset_problems
+    from synth.labels.tiers import score_and_tier, tier_subset_problems
 
     result = score_and_tier(
         curation.stage_dir("dedup"),
         curation.quality_dir("classifier"),
         curation.stage_dir("quality_scored"),
         curation.tiers_dir(),
-        TierConfig(strict_threshold=config.strict_threshold, relaxed_threshold=config.relaxed_threshold),
+        to_settings(TierSettings, config),
         **curation.run_kwargs(),
     )
     scored, tiers = result["scored"], result["tiers"]
@@ -475,67 +383,6 @@ def quality_tiers(config: QualityTiersConfig, curation: CurationResource):
     )
 
 
-def _sft_methods(context, config: SFTDataConfig, generator, curation: CurationResource) -> dict[str, dict]:
-    """Run the chosen SFT methods, each into its own stage folder under <data_root>/synthetic/sft/."""
-    from synth.sft.code_execution import CodeConfig, run_code
-    from synth.sft.constitutional import ConstitutionalConfig, run_constitutional
-    from synth.sft.instruction import InstructionConfig, run_instruction
-    from synth.sft.math_rejection import MathConfig, run_math
-    from synth.sft.repurpose import RepurposeConfig, run_repurpose
-
-    unknown = sorted(set(config.methods) - set(SFT_METHODS))
-    if not config.methods:
-        raise dg.Failure(f"no SFT method chosen; choose from {', '.join(SFT_METHODS)}")
-    if unknown:
-        raise dg.Failure(f"unknown SFT methods {unknown}; choose from {', '.join(SFT_METHODS)}")
-    docs = curation.stage_dir("dedup")
-    log = context.log.info
-    n_tokens, seed = config.max_new_tokens, config.seed
-    summaries: dict[str, dict] = {}
-    for method in [m for m in SFT_METHODS if m in config.methods]:  # instruction first: constitutional reads it
-        out = curation.synthetic_dir(f"sft/{method}")
-        context.log.info(f"SFT method {method} -> {out}")
-        if method == "instruction":
-            cfg = InstructionConfig(num_seeds=config.instructions, seed=seed, max_new_tokens_answer=n_tokens)
-            summaries[method] = run_instruction(generator, out, cfg, log=log)
-        elif method == "math_rejection":
-            cfg = MathConfig(
-                num_problems=config.math_problems,
-                samples_per_problem=config.math_samples,
-                max_new_tokens=config.reasoning_max_new_tokens,
-                seed=seed,
-            )
-            summaries[method] = run_math(generator, out, cfg, log=log)
-        elif method == "code_execution":
-            cfg = CodeConfig(
-                num_tasks=config.code_tasks,
-                max_doc_tasks=config.code_document_tasks,
-                samples_per_task=config.code_samples,
-                max_new_tokens=config.reasoning_max_new_tokens,
-                tests_max_new_tokens=config.reasoning_max_new_tokens,
-                seed=seed,
-            )
-            code_docs = docs if config.code_document_tasks else None
-            summaries[method] = run_code(generator, out, cfg, code_docs_dir=code_docs, log=log)
-        elif method == "repurpose":
-            cfg = RepurposeConfig(
-                input_dir=docs, num_documents=config.repurpose_documents, seed=seed, max_new_tokens=n_tokens
-            )
-            summaries[method] = run_repurpose(generator, out, cfg, log=log)
-        elif method == "constitutional":
-            # Revise the instruction method's answers when it produced some, else answer seed prompts first.
-            answered = summaries.get("instruction", {}).get("accepted", 0) > 0
-            cfg = ConstitutionalConfig(
-                input_dir=summaries["instruction"]["output"] if answered else "",
-                keep_unchanged=not answered,  # an unchanged revision of an instruction row is that row again
-                num_items=config.constitutional,
-                seed=seed,
-                max_new_tokens_response=n_tokens,
-            )
-            summaries[method] = run_constitutional(generator, out, cfg, log=log)
-    return summaries
-
-
 def _clean(synthesis: SynthesisResource, curation: CurationResource, in_dirs: list[str], out: str, kind: str):
     from synth.decontam import CleanConfig, clean_stage
 
@@ -565,10 +412,17 @@ def sft_data(
     (constitutional feedback). All of it is deduplicated and decontaminated into synthetic/sft/final."""
     from pipelines.schema import SFT_SCHEMA
     from synth.checks import examples_markdown
+    from synth.sft.stage import run_sft
 
     generator = synthesis.generator(curation.data_root)
     try:
-        summaries = _sft_methods(context, config, generator, curation)
+        summaries = run_sft(
+            generator,
+            curation.synthetic_dir("sft"),
+            to_settings(SftDataSettings, config),
+            docs_dir=curation.stage_dir("dedup"),
+            log=context.log.info,
+        )
     finally:
         generator.close()
     final = curation.synthetic_dir("sft/final")
@@ -615,15 +469,10 @@ def synthetic_pretraining_data(
     from pipelines.shards import iter_stage_rows
     from synth.rephrase import RephraseConfig, run_rephrase
 
+    settings = to_settings(RephraseSettings, config)
     generator = synthesis.generator(curation.data_root)
     try:
-        cfg = RephraseConfig(
-            input_dir=curation.stage_dir("dedup"),
-            num_documents=config.documents,
-            max_input_chars=config.max_input_chars,
-            seed=config.seed,
-            max_new_tokens=config.max_new_tokens,
-        )
+        cfg = RephraseConfig(**settings.model_dump(), input_dir=curation.stage_dir("dedup"))
         summary = run_rephrase(generator, curation.synthetic_dir("rephrased"), cfg, log=context.log.info)
     finally:
         generator.close()
@@ -672,16 +521,9 @@ def preference_pairs(
     from synth.checks import examples_markdown
     from synth.preference import PreferenceConfig, run_preference
 
+    cfg = PreferenceConfig(**to_settings(PreferenceSettings, config).model_dump())
     generator = synthesis.generator(curation.data_root)
     try:
-        cfg = PreferenceConfig(
-            num_prompts=config.prompts,
-            num_responses=config.responses,
-            tie_margin=config.tie_margin,
-            min_choice_mass=config.min_choice_mass,
-            max_new_tokens=config.max_new_tokens,
-            seed=config.seed,
-        )
         summary = run_preference(generator, curation.synthetic_dir("preference/raw"), cfg, log=context.log.info)
     finally:
         generator.close()

@@ -56,6 +56,12 @@ STAGES: dict[str, tuple[str, str]] = {
     "base_model": ("training.pretrain", "training.pretrain:PretrainSettings"),
     "long_context_model": ("training.pretrain", "training.pretrain:PretrainSettings"),
     "sft_model": ("training.sft", "training.sft:SftSettings"),
+    "quality_labels": ("synth.labels.label", "synth.settings:LabelSettings"),
+    "quality_classifier": ("synth.labels.classifier", "synth.settings:ClassifierSettings"),
+    "quality_tiers": ("synth.labels.tiers", "synth.settings:TierSettings"),
+    "sft_data": ("synth.sft.stage", "synth.settings:SftDataSettings"),
+    "synthetic_pretraining_data": ("synth.rephrase", "synth.settings:RephraseSettings"),
+    "preference_pairs": ("synth.preference", "synth.settings:PreferenceSettings"),
 }
 
 
