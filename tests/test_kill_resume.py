@@ -37,12 +37,13 @@ from test_training import random_packed, tiny_config
 from pipelines.mixing import MixtureConfig, run_index, run_select
 from pipelines.schema import DOCUMENT_SCHEMA
 from pipelines.tokenize_shards import run_tokenize_stage
-from synth.labels.classifier import ClassifierConfig, classifier_fingerprint, train_classifier
-from synth.labels.label import LabelConfig, label_documents
+from synth.labels.classifier import classifier_fingerprint, train_classifier
+from synth.labels.label import label_documents
 from synth.llm.backends import TransformersGenerator
 from synth.llm.cache import CachedGenerator
 from synth.preference import PreferenceConfig, run_preference
 from synth.rephrase import RephraseConfig, run_rephrase
+from synth.settings import ClassifierSettings, LabelSettings
 from synth.sft.constitutional import ConstitutionalConfig, run_constitutional
 from synth.sft.instruction import InstructionConfig, run_instruction
 from synth.sft.repurpose import RepurposeConfig, run_repurpose
@@ -170,7 +171,7 @@ def one_torch_thread():
 
 # ---------------------------------------------------------------------------------------------- synthesis
 
-LABELS = LabelConfig(sample_size=12, max_doc_chars=300, chunk_size=4, heldout_share=0.3)
+LABELS = LabelSettings(sample_size=12, max_doc_chars=300, chunk_size=4, heldout_share=0.3, min_choice_mass=0.0)
 TINY = dict(keep_truncated=True, top_p=1.0)  # the tiny model's text never ends; nucleus sampling over it is slow
 INSTRUCTION = InstructionConfig(
     num_seeds=4, max_new_tokens_instruction=10, max_new_tokens_answer=10, chunk_size=2, **TINY
@@ -307,7 +308,9 @@ def test_killed_code_execution_with_sandbox_runs_resumes_to_identical_output(tmp
     reference = run_scripted_code(str(tmp_path / "reference"))
     assert reference["accepted"] > 0 and reference["tests_run"] > reference["accepted"]
     out = tmp_path / "killed"
-    run_killed(SCRIPTED_CODE_RUN, {"out": str(out)}, "synth.sft.code_execution:run_many", 2)  # 2nd chunk, before its sandbox
+    run_killed(
+        SCRIPTED_CODE_RUN, {"out": str(out)}, "synth.sft.code_execution:run_many", 2
+    )  # 2nd chunk, before its sandbox
     assert committed(out) == 1
     summary = run_scripted_code(str(out))
     assert summary["chunks_reused"] == 1
@@ -316,7 +319,7 @@ def test_killed_code_execution_with_sandbox_runs_resumes_to_identical_output(tmp
 
 # --------------------------------------------------------------------------------------------- classifier
 
-CLASSIFIER = ClassifierConfig(bucket=20_000, dim=16, epoch=10)
+CLASSIFIER = ClassifierSettings(bucket=20_000, dim=16, epochs=10)
 CLASSIFIER_RUN = """
 from synth.labels.classifier import train_classifier
 from test_kill_resume import CLASSIFIER

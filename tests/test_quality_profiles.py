@@ -259,7 +259,8 @@ def test_tier_pass_counts_flagged_documents_the_classifier_keeps(tmp_path):
     import pyarrow.parquet as pq
 
     from pipelines.shards import write_json_atomic
-    from synth.labels.tiers import SCORED_SCHEMA, TierConfig, write_tiers
+    from synth.labels.tiers import SCORED_SCHEMA, write_tiers
+    from synth.settings import TierSettings
 
     def meta(*flags):
         return json.dumps({"quality_profile": "docs", **({"quality_flags": list(flags)} if flags else {})})
@@ -278,7 +279,7 @@ def test_tier_pass_counts_flagged_documents_the_classifier_keeps(tmp_path):
     pq.write_table(pa.Table.from_pylist(full, schema=SCORED_SCHEMA), scored / "data" / "part-00000.parquet")
     write_json_atomic(str(scored / "_config.json"), {"stage": "quality_score", "processor": {}})
     write_json_atomic(str(scored / "_SUCCESS.json"), {"docs_out": len(rows), "languages": {"en": 4, "de": 1}})
-    tiers = write_tiers(str(scored), str(tmp_path / "tiers"), TierConfig(), workers=1)
+    tiers = write_tiers(str(scored), str(tmp_path / "tiers"), TierSettings(), workers=1)
     strict, relaxed = tiers["strict"], tiers["relaxed"]
     assert strict["flagged_docs"] == relaxed["flagged_docs"] == 3
     assert (strict["flagged_kept"], relaxed["flagged_kept"]) == (1, 2)

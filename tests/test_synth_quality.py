@@ -22,7 +22,6 @@ from pipelines.wheels import sha256_file
 from synth.labels.__main__ import main
 from synth.labels.classifier import (
     MIN_CI_PAIRS,
-    ClassifierConfig,
     classifier_fingerprint,
     normalize_text,
     spearman_interval,
@@ -30,7 +29,6 @@ from synth.labels.classifier import (
 )
 from synth.labels.label import (
     LABELS_SCHEMA,
-    LabelConfig,
     balanced_quotas,
     excerpts,
     heldout_ids,
@@ -41,8 +39,9 @@ from synth.labels.label import (
     stratified_quotas,
 )
 from synth.labels.rubric import CODE_NOTE, RUBRIC_VERSION, RUBRICS, rubric_messages
-from synth.labels.tiers import SCORED_SCHEMA, TierConfig, score_and_tier
+from synth.labels.tiers import SCORED_SCHEMA, score_and_tier
 from synth.llm.backends import TransformersGenerator
+from synth.settings import ClassifierSettings, LabelSettings, TierSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import CODE, DE, EN, PYTHON_CODE, ZH, paragraph_doc  # noqa: E402
@@ -149,7 +148,7 @@ def hand_labels_dir(tmp_path_factory) -> str:
     return write_stage(tmp_path_factory.mktemp("hand-labels"), hand_labels(), LABELS_SCHEMA, shards=2)
 
 
-SMALL = ClassifierConfig(bucket=20_000, dim=16, epoch=30)
+SMALL = ClassifierSettings(bucket=20_000, dim=16, epochs=30)
 
 
 @pytest.fixture(scope="module")
@@ -265,7 +264,7 @@ def tiny_teacher(tiny_qwen_dir) -> TransformersGenerator:
     return TransformersGenerator(tiny_qwen_dir, batch_size=8)
 
 
-TINY_LABELS = LabelConfig(sample_size=30, excerpt_tokens=64, chunk_size=8, heldout_share=0.3)
+TINY_LABELS = LabelSettings(sample_size=30, excerpt_tokens=64, chunk_size=8, heldout_share=0.3, min_choice_mass=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -331,7 +330,7 @@ def test_labelling_sends_the_teacher_batches(tiny_teacher, docs_dir, tmp_path, m
         return forward(*args, **kwargs)
 
     monkeypatch.setattr(tiny_teacher.model, "forward", counting_forward)
-    config = LabelConfig(sample_size=16, excerpt_tokens=32, chunk_size=16)
+    config = LabelSettings(sample_size=16, excerpt_tokens=32, chunk_size=16, min_choice_mass=0.0)
     summary = label_documents(tiny_teacher, docs_dir, str(tmp_path / "labels"), config)
     assert summary["accepted"] == 16 and rows_per_pass == [8, 8]
 
@@ -348,7 +347,7 @@ def test_heldout_share_is_exact_and_ranked_by_the_id_hash():
 def test_ratings_off_the_digits_are_rejected(tmp_path, tiny_teacher, docs_dir):
     # the random tiny model puts ~1e-5 of its probability on the six digits: far under a real teacher's 0.5
     out = str(tmp_path / "labels")
-    summary = label_documents(tiny_teacher, docs_dir, out, LabelConfig(sample_size=6, min_choice_mass=0.5))
+    summary = label_documents(tiny_teacher, docs_dir, out, LabelSettings(sample_size=6, min_choice_mass=0.5))
     assert summary["accepted"] == 0 and summary["rejected"] == {"off_format": 6}
     excluded = read_rows(out, "excluded")
     assert len(excluded) == 6 and {r["reason"] for r in excluded} == {"off_format"}
@@ -433,7 +432,7 @@ def test_a_classifier_cut_short_is_refused(classifier, tmp_path):
 def test_score_and_tier(classifier, docs_dir, hand_labels_dir, tmp_path):
     clf_dir, metrics = classifier
     scored_dir, tiers_dir = str(tmp_path / "scored"), str(tmp_path / "tiers")
-    summary = score_and_tier(docs_dir, clf_dir, scored_dir, tiers_dir, TierConfig(), workers=1)
+    summary = score_and_tier(docs_dir, clf_dir, scored_dir, tiers_dir, TierSettings(), workers=1)
     scored = summary["scored"]
     assert scored["docs_in"] == scored["docs_out"] == 60 and not scored["resumed"]
     assert scored["classifier_sha256"] == metrics["model_sha256"]
@@ -466,7 +465,7 @@ def test_score_and_tier(classifier, docs_dir, hand_labels_dir, tmp_path):
         shards = expand_inputs(f"{tiers_dir}/{name}")
         assert shards and all(pq.read_schema(p).equals(DOCUMENT_SCHEMA) for p in shards)
 
-    rerun = score_and_tier(docs_dir, clf_dir, scored_dir, tiers_dir, TierConfig(), workers=1)
+    rerun = score_and_tier(docs_dir, clf_dir, scored_dir, tiers_dir, TierSettings(), workers=1)
     assert rerun["scored"]["resumed"] and rerun["scored"]["beam_counters"]["quality_score/shards_resumed"] == 3
     assert all(t["resumed"] for t in rerun["tiers"].values())
     assert rerun["tiers"]["strict"]["beam_counters"]["quality_tier/shards_resumed"] == 3
@@ -474,9 +473,11 @@ def test_score_and_tier(classifier, docs_dir, hand_labels_dir, tmp_path):
 
     # a new classifier (another seed: another model.bin) re-scores everything and re-tiers
     new_dir = str(tmp_path / "clf2")
-    new = train_classifier(hand_labels_dir, new_dir, ClassifierConfig(bucket=20_000, dim=16, epoch=30, seed=7))
+    new = train_classifier(hand_labels_dir, new_dir, ClassifierSettings(bucket=20_000, dim=16, epochs=30, seed=7))
     assert new["model_sha256"] != metrics["model_sha256"]
-    fresh = score_and_tier(docs_dir, new_dir, scored_dir, tiers_dir, TierConfig(3.5, 2.5), workers=1)
+    fresh = score_and_tier(
+        docs_dir, new_dir, scored_dir, tiers_dir, TierSettings(strict_threshold=3.5, relaxed_threshold=2.5), workers=1
+    )
     assert not fresh["scored"]["resumed"] and fresh["scored"]["classifier_sha256"] == new["model_sha256"]
     assert "quality_score/shards_resumed" not in fresh["scored"]["beam_counters"]
     assert not any(t["resumed"] for t in fresh["tiers"].values())
@@ -487,14 +488,14 @@ def test_score_and_tier(classifier, docs_dir, hand_labels_dir, tmp_path):
 
 def test_bad_tier_thresholds_are_refused():
     with pytest.raises(ValueError, match="must not exceed"):
-        TierConfig(strict_threshold=2.0, relaxed_threshold=3.0)
-    with pytest.raises(ValueError, match=r"in \[0, 5\]"):
-        TierConfig(strict_threshold=6.0)
+        TierSettings(strict_threshold=2.0, relaxed_threshold=3.0)
+    with pytest.raises(ValueError, match=r"strict_threshold=6: must be <= 5"):
+        TierSettings(strict_threshold=6.0)
 
 
 def test_cli(hand_labels_dir, tmp_path, capsys):
     out = tmp_path / "clf"
-    assert main(["train", "--labels", hand_labels_dir, "--out", str(out), "--dim", "8", "--epoch", "5"]) == 0
+    assert main(["train", "--labels", hand_labels_dir, "--out", str(out), "--dim", "8", "--epochs", "5"]) == 0
     assert json.loads(capsys.readouterr().out)["model_sha256"] == sha256_file(str(out / "model.bin"))
     missing = ["score", "--docs", hand_labels_dir, "--classifier", str(tmp_path / "none")]
     assert main([*missing, "--scored", str(tmp_path / "s"), "--tiers", str(tmp_path / "t")]) == 1

@@ -17,8 +17,9 @@ from conftest import CODE, DE, EN, ZH, paragraph_doc
 from assets.curation import curation_assets
 from assets.metadata import column, table_rows
 from assets.pretraining import pretraining_assets
-from assets.synthesis import SFT_METHODS, quality_classifier, synthesis_assets
+from assets.synthesis import quality_classifier, synthesis_assets
 from dagster_project.resources import CurationResource, SynthesisResource, TrainingResource
+from synth import SFT_METHODS
 
 FUNCTIONS = '''
 def word_lengths(words):
@@ -61,24 +62,37 @@ def _curated_stage(root: Path) -> None:
 
 RUN_CONFIG = {
     "ops": {
-        "quality_labels": {"config": {"sample_size": 36, "min_choice_mass": 0.0, "excerpt_tokens": 64}},
+        "quality_labels": {
+            "config": {"sample_size": 36, "min_choice_mass": 0.0, "excerpt_tokens": 64, "heldout_share": 0.3}
+        },
         "quality_classifier": {"config": {"epochs": 5}},
         "sft_data": {
             "config": {
-                "instructions": 3,
-                "math_problems": 2,
-                "math_samples": 2,
-                "code_tasks": 2,
-                "code_samples": 1,
-                "code_document_tasks": 1,
-                "repurpose_documents": 2,
-                "constitutional": 2,
-                "max_new_tokens": 12,
+                "instruction_num_seeds": 3,
+                "instruction_max_new_tokens_answer": 12,
+                "math_rejection_num_problems": 2,
+                "math_rejection_samples_per_problem": 2,
+                "math_rejection_max_new_tokens": 320,
+                "code_execution_num_tasks": 2,
+                "code_execution_samples_per_task": 1,
+                "code_execution_max_doc_tasks": 1,
+                "code_execution_max_new_tokens": 320,
+                "code_execution_tests_max_new_tokens": 320,
+                "repurpose_num_documents": 2,
+                "repurpose_max_new_tokens": 12,
+                "constitutional_num_items": 2,
+                "constitutional_max_new_tokens_response": 12,
             }
         },
-        "synthetic_pretraining_data": {"config": {"documents": 3, "max_new_tokens": 24}},
+        "synthetic_pretraining_data": {"config": {"num_documents": 3, "max_new_tokens": 24}},
         "preference_pairs": {
-            "config": {"prompts": 3, "responses": 3, "tie_margin": 0.0, "min_choice_mass": 0.0, "max_new_tokens": 12}
+            "config": {
+                "num_prompts": 3,
+                "num_responses": 3,
+                "tie_margin": 0.0,
+                "min_choice_mass": 0.0,
+                "max_new_tokens": 12,
+            }
         },
     }
 }
