@@ -349,6 +349,13 @@ def test_kill_9_and_rerun_gives_the_uninterrupted_weights_bitwise(sources, init_
     assert other.returncode == 0, other.stderr[-3000:]
     assert json.loads((out / "summary.json").read_text())["resumed_from_step"] is None
     assert len(list((out / "superseded").iterdir())) == 1
+    # other data under the same settings: set aside too
+    more = tmp_path / "more.jsonl"
+    more.write_text(Path(sources["human"]).read_text() + json.dumps({"messages": NO_SYSTEM[:2]}) + "\n")
+    changed = run_cli(cli({**sources, "human": str(more)}, out, init_dir, "--lr", "1e-3", "--max-steps", "1"))
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    assert json.loads((out / "summary.json").read_text())["resumed_from_step"] is None
+    assert len(list((out / "superseded").iterdir())) == 2
 
 
 def greedy_replies(final_dir, words):
