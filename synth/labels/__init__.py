@@ -14,10 +14,9 @@ everything:
    in <Language>" for other languages). The rating is read from the teacher's next-token distribution over the
    digits "0".."5" (``GenerationRequest(choices=...)``, a chunk of requests per call, which the transformers
    backend scores in batches): ``label`` = most probable digit, ``score`` = expected value.
-   A rating whose digits got less than ``min_choice_mass`` of the probability is rejected (``off_format``); the
-   default 0.0 keeps everything (the tiny random test model puts ~1e-5 on digits), a real teacher should use
-   ~0.5. The ``heldout_share`` of the sampled documents with the smallest hash of the id are the ``heldout`` split
-   (``heldout_ids``). Rows: ``LABELS_SCHEMA``.
+   A rating whose digits got less than ``min_choice_mass`` (0.5) of the probability is rejected (``off_format``);
+   0 keeps everything (the tiny random test model puts ~1e-5 on digits). The ``heldout_share`` of the sampled
+   documents with the smallest hash of the id are the ``heldout`` split (``heldout_ids``). Rows: ``LABELS_SCHEMA``.
 2. ``train``: fastText supervised on the ``train`` split, one class per score 0..5 (the teacher's ``label``, or its
    rounded expected score with ``target="rounded_score"``); predicted score = expected value over all class
    probabilities (``k=-1``). Text is normalised the same way for training and scoring (``normalize_text``:
@@ -38,12 +37,13 @@ everything:
 
 Modules: ``rubric`` (the 0-5 scale and its prompts), ``label`` (sampling + teacher labels), ``classifier``
 (fastText training + agreement with the teacher), ``tiers`` (scoring + tiers), ``__main__`` (the command line).
-Kept import-free so the Dagster code location can import the package without pyarrow or torch.
+The settings of the three commands are ``synth.settings``' ``LabelSettings``, ``ClassifierSettings`` and
+``TierSettings``. Kept import-free so the Dagster code location can import the package without pyarrow or torch.
 
     python -m synth.labels label --docs data/curated/dedup --out data/quality/labels --sample-size 500
     python -m synth.labels label --docs data/curated/dedup --out data/quality/labels --backend openai \\
-        --model Qwen/Qwen2-72B-Instruct --base-url http://127.0.0.1:8000/v1 --min-choice-mass 0.5
+        --model Qwen/Qwen2-72B-Instruct --base-url http://127.0.0.1:8000/v1 --chunk-size 256
     python -m synth.labels train --labels data/quality/labels --out data/quality/classifier
     python -m synth.labels score --docs data/curated/dedup --classifier data/quality/classifier \\
-        --scored data/quality/scored --tiers data/quality/tiers --strict 3.0 --relaxed 2.0
+        --scored data/quality/scored --tiers data/quality/tiers --strict-threshold 3.0 --relaxed-threshold 2.0
 """
