@@ -465,3 +465,18 @@ def test_sft_model_asset_trains_through_pipes_and_reports(init_dir, tmp_path):
     cells = [[c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in table]
     learned = [c[1].endswith("<\\|im_end\\|>") and c[1] != "<\\|im_end\\|>" and c[3] == "True" for c in cells]
     assert checks["stops_at_im_end"].passed == all(learned)
+
+
+def test_packing_keeps_every_conversation_whole_and_rows_within_seq_len():
+    import random
+
+    rng = random.Random(0)
+    lengths = [rng.randint(1, 100) for _ in range(500)]
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    rows = cd.pack_rows(lengths, order, 128, open_rows=8)
+    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in row) <= 128 for row in rows)
+    assert sum(lengths) / (len(rows) * 128) > 0.9  # first fit fills the rows
+    with pytest.raises(ValueError, match="seq_len"):
+        cd.pack_rows([129], [0], 128)
