@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 export QWEN2_DATA_ROOT ?= $(CURDIR)/data
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 DEB_CACHE ?= $(HOME)/.cache/qwen2-recipe/debs
 
 .PHONY: setup demo test ui lint bench
@@ -14,6 +15,9 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	@# bubblewrap isolates generated code (synth.sandbox refuses to run it without bwrap)
 	command -v bwrap >/dev/null || { apt-get update -qq && apt-get install -y -qq bubblewrap; } || \
 	  { echo "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap) and rerun" >&2; exit 1; }
+	@# chromium: tests/test_ui_browser.py drives Debian's chromium with Playwright (which never downloads a browser)
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; } || \
+	  { echo "install chromium (Debian: apt-get install chromium) and rerun" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt
