@@ -472,8 +472,8 @@ def test_accumulated_step_weighs_the_aux_loss_like_the_lm_loss():
 
 
 def test_chunked_loss_is_exact_for_tokens_far_below_fp32_range():
-    """The chunked loss reads log p(target) off the softmax; a target whose probability underflows fp32 (a token
-    loss above ~87 nats) gets its log-sum-exp recomputed: loss and gradients still equal the full-logits path."""
+    """The chunked loss computes log p(target) from the in-place softmax; a target whose probability underflows fp32
+    (a token loss above ~87 nats) must still get its exact loss: loss and gradients equal the full-logits path."""
     from training.loss import chunked_causal_lm_loss
 
     gen = torch.Generator().manual_seed(3)

@@ -37,7 +37,6 @@ def _compute_dtype(device_type: str, default: torch.dtype) -> torch.dtype:
 
 
 _BUFFERS: dict[tuple, torch.Tensor] = {}
-_LOG_TINY = -87.0  # fp32's smallest normal is 1.2e-38 = exp(-87.3): a smaller p(target) loses digits or is 0
 
 
 def _logits_buffer(rows: int, vocab: int, device: torch.device) -> torch.Tensor:
@@ -62,7 +61,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         dtype = _compute_dtype(hidden.device.type, weight.dtype)
         h_all, w = hidden.to(dtype), weight.to(dtype)
         grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        # fp32 accumulator, written by the first chunk (no 39 MB zero fill for the demo model's [151,936, 64])
+        new = torch.empty if hidden.shape[0] else torch.zeros
+        grad_weight = new(weight.shape, dtype=torch.float32, device=weight.device)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         buffer = _logits_buffer(min(chunk, hidden.shape[0]), weight.shape[0], hidden.device)
         for start in range(0, hidden.shape[0], chunk):
@@ -74,21 +75,26 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 torch.mm(h, w.t(), out=logits)
             else:
                 logits.copy_(torch.mm(h, w.t()))
-            target_logits = logits[rows, t]  # a copy, before the buffer becomes probabilities
-            # softmax in place (one pass over the buffer; log_softmax + exp_ took three times as long on the CPU)
+            # Softmax in place; log_softmax + exp_ took 46 ms per 256 x 151,936 chunk on the CPU, this 30 ms with
+            # the two row maxima. log p(target) = x_t - logsumexp(x) = (x_t - max x) + log p(argmax), where
+            # p(argmax) = 1 / sum exp(x - max x) >= 1 / V cannot underflow (p(target) itself may), and no device sync.
+            target_logits, row_max = logits[rows, t], logits.amax(dim=-1)  # before the buffer becomes probabilities
             g = torch.ops.aten._softmax.out(logits, -1, False, out=logits)
-            picked = g[rows, t].log()  # log p(target)
-            low = (picked < _LOG_TINY).nonzero().view(-1)  # p(target) near or below fp32's smallest normal: exact
-            if low.numel():  # a loss above 87 nats: recompute those rows' log-sum-exp from their logits
-                lse = torch.logsumexp(torch.mm(h[low], w.t()).float(), dim=-1)
-                picked[low] = target_logits[low] - lse
+            picked = target_logits - row_max + g.amax(dim=-1).log()  # log p(target)
             picked[skip] = 0.0
             total -= picked.sum()
             g[rows, t] -= 1.0  # d(summed loss)/d(logits) = softmax - onehot
             g[skip] = 0.0
             g = g.to(dtype)
-            grad_hidden[start : start + chunk] = torch.mm(g, w)
-            if dtype == torch.float32:
+            if grad_hidden.dtype == dtype:
+                torch.mm(g, w, out=grad_hidden[start : start + chunk])
+            else:
+                grad_hidden[start : start + chunk] = torch.mm(g, w)
+            if start == 0 and dtype == torch.float32:
+                torch.mm(g.t(), h, out=grad_weight)
+            elif start == 0:
+                grad_weight.copy_(torch.mm(g.t(), h))
+            elif dtype == torch.float32:
                 grad_weight.addmm_(g.t(), h)
             else:
                 grad_weight += torch.mm(g.t(), h)
