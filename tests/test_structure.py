@@ -26,7 +26,6 @@ LONG_MODULES = {
     "pipelines/quality.py": "being split (issue 9)",
     "pipelines/quality_dev_set.py": "being split (issue 9)",
     "training/pretrain.py": "being split (issue 9)",
-    "assets/pretraining.py": "being split (issue 9)",
 }
 
 
