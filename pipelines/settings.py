@@ -71,10 +71,27 @@ def stage_settings(asset: str) -> type[Settings]:
     return getattr(importlib.import_module(module), name)
 
 
-def asset_name(cls: type[Settings]) -> str | None:
-    """The asset a settings class is registered for (its section in a profile file), or None."""
+def asset_names(cls: type[Settings]) -> list[str]:
+    """The assets a settings class is registered for (each one's section in a profile file); several assets may
+    share one class (stage 1 and stage 2 of pretraining run the same recipe with other values)."""
     path = f"{cls.__module__}:{cls.__qualname__}"
-    return next((asset for asset, (_, settings) in STAGES.items() if settings == path), None)
+    return [asset for asset, (_, settings) in STAGES.items() if settings == path]
+
+
+def profile_section(cls: type[Settings], spec: str) -> tuple[str, str]:
+    """``NAME`` or ``NAME:ASSET`` -> (profile, section); ASSET is needed when several assets share ``cls``."""
+    name, _, asset = spec.rpartition(":") if spec.rpartition(":")[2] in STAGES else (spec, "", "")
+    assets = asset_names(cls)
+    if not assets:
+        raise ValueError(f"{cls.__name__} is not in pipelines.settings.STAGES, so it has no profile section")
+    if asset and asset not in assets:
+        raise ValueError(f"--settings-profile {spec}: {asset} does not use {cls.__name__} (choose: {', '.join(assets)})")
+    if not asset and len(assets) > 1:
+        raise ValueError(
+            f"--settings-profile {spec}: {cls.__name__} serves several assets; name one: "
+            + ", ".join(f"{name}:{a}" for a in assets)
+        )
+    return name, asset or assets[0]
 
 
 # ----------------------------------------------------------------------------------------------------- the model
@@ -280,11 +297,11 @@ def settings_parser(
     (or ``settings_from_args``) turns its result into a validated ``cls``. Pass ``parser`` to add the settings
     to a parser that already holds the stage's run options."""
     parser = parser or ArgumentParser(description=description)
-    section = asset_name(cls)
+    assets = asset_names(cls)
     group = parser.add_argument_group(
         "settings",
         f"{cls.__name__}: flags > --config > --settings-profile > the default shown (the recipe value)."
-        + (f" In Dagster: the config of asset {section}." if section else ""),
+        + (f" In Dagster: the config of asset {', '.join(assets)}." if assets else ""),
     )
     for name, field in cls.model_fields.items():
         flags, kwargs = _argument(name, field)
@@ -299,10 +316,11 @@ def settings_parser(
     group.add_argument(
         "--settings-profile",
         dest="settings_profile",
-        metavar="NAME",
+        metavar="NAME[:ASSET]",
         default=None,
-        help=f"the [{section or 'section'}] table of {PROFILES_DIR.parent.name}/{PROFILES_DIR.name}/NAME.toml "
-        "(e.g. demo: the CPU demo's sizes), or of a .toml file path",
+        help=f"the [{'|'.join(assets) or 'section'}] table of {PROFILES_DIR.parent.name}/{PROFILES_DIR.name}/"
+        "NAME.toml (e.g. demo: the CPU demo's sizes), or of a .toml file path"
+        + ("; name the asset when several share these settings (NAME:ASSET)" if len(assets) > 1 else ""),
     )
     parser.set_defaults(settings_class=cls)
     return parser
@@ -356,10 +374,7 @@ def settings_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace
     values: dict[str, Any] = {}
     try:
         if args.settings_profile:
-            section = asset_name(cls)
-            if section is None:
-                raise ValueError(f"{cls.__name__} is not in pipelines.settings.STAGES, so it has no profile section")
-            values.update(profile_values(args.settings_profile, section))
+            values.update(profile_values(*profile_section(cls, args.settings_profile)))
         if args.settings_config:
             values.update(load_values(args.settings_config))
         values.update({name: getattr(args, name) for name in cls.model_fields if hasattr(args, name)})

@@ -161,4 +161,16 @@ def test_asset_only_field_may_not_shadow_a_setting():
 def test_registry_resolves():
     for asset in st.STAGES:
         cls = st.stage_settings(asset)
-        assert issubclass(cls, st.Settings) and st.asset_name(cls) == asset
+        assert issubclass(cls, st.Settings) and asset in st.asset_names(cls)
+
+
+def test_a_profile_names_the_asset_when_settings_are_shared():
+    from training.pretrain import PretrainSettings
+
+    assert st.asset_names(PretrainSettings) == ["base_model", "long_context_model"]
+    with pytest.raises(ValueError, match="demo:base_model, demo:long_context_model"):
+        st.profile_section(PretrainSettings, "demo")
+    assert st.profile_section(PretrainSettings, "demo:long_context_model") == ("demo", "long_context_model")
+    parser = st.settings_parser(PretrainSettings)
+    _, long = st.parse_settings(parser, ["--settings-profile", "demo:long_context_model"])
+    assert (long.max_steps, long.micro_batch_size) == (8, 1)  # the [long_context_model] table of demo.toml

@@ -15,7 +15,7 @@ Stage 2 continues stage 1 on long documents packed 8x longer, with the RoPE base
         --init-from runs/pretrain-s1/final --rope-theta 1000000 --lr 1e-4 --activation-checkpointing
 
 ``--config run.json`` (or .toml/.yaml) reads any of the settings (``PretrainSettings``) from a file,
-``--settings-profile demo`` from the ``[base_model]`` table of ``dagster_project/profiles/demo.toml``; flags given on
+``--settings-profile demo:base_model`` (or ``demo:long_context_model``) from that table of ``dagster_project/profiles/demo.toml``; flags given on
 the command line win. The run options (``--data``, ``--output``, ``--val-data``, ``--init-from``, ``--rope-theta``,
 ``--model-size``, ``--precision``) are flags only. Both are generated from the models below (``pipelines.settings``),
 as is the assets' Launchpad config.
