@@ -11,7 +11,6 @@ reject logic is tested with ``Scripted``, a generator whose fixed texts stand in
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -495,7 +494,9 @@ def test_preference_end_to_end_with_the_tiny_model(tiny, tmp_path):
         ),
         seeds=SEEDS,
     )
-    from_sft = run_preference(tiny, str(tmp_path / "pref2"), dataclasses.replace(cfg, input_dir=sft, num_prompts=8))
+    from_sft = run_preference(
+        tiny, str(tmp_path / "pref2"), cfg.model_copy(update={"input_dir": sft, "num_prompts": 8})
+    )
     check_stage(str(tmp_path / "pref2"), PREFERENCE_SCHEMA, from_sft)
     assert from_sft["items"] == len(read_rows(sft)) > 0 and from_sft["rows_eligible"] == from_sft["items"]
 
