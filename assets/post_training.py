@@ -6,6 +6,10 @@ stream into the run's logs and cancelling the run stops the trainer at its next 
 generated from ``training.sft.SftSettings`` (the command line's settings, the same defaults: Qwen2's values); the
 demo's sizes are the ``[sft_model]`` table of ``dagster_project/profiles/demo.toml``.
 
+``reward_model`` (``training.reward_model``) and ``dpo_model`` (``training.dpo``) start from the SFT model and train on
+the synthesis group's preference pairs, each in one process through Pipes, configs generated from their settings
+(``[reward_model]`` and ``[dpo_model]`` demo tables). They are not part of ``make demo``.
+
 Launched by hand (or by a job the user defines): no schedule or sensor starts a training asset.
 """
 
@@ -20,9 +24,11 @@ from pydantic import Field
 
 from assets.metadata import counts_table, rows_table
 from assets.pretraining import long_context_model
-from assets.synthesis import sft_data
+from assets.synthesis import preference_pairs, sft_data
 from dagster_project.resources import CurationResource, TrainingResource
 from pipelines.settings import dagster_config, to_settings
+from training.dpo import DpoSettings
+from training.reward_model import RewardModelSettings
 from training.sft import SftSettings
 
 GROUP = "post_training"
@@ -199,4 +205,139 @@ def sft_model(
     return dg.MaterializeResult(metadata=metadata, check_results=_checks(report, config.check_max_new_tokens))
 
 
-post_training_assets = [sft_model]
+# ---- reward model and offline DPO (training.reward_model, training.dpo) ------------------------------------------
+
+RewardModelConfig = dagster_config(RewardModelSettings, "RewardModelConfig")
+DpoModelConfig = dagster_config(DpoSettings, "DpoModelConfig")
+PAIR_COLUMNS = [("step", "int"), ("loss", "float"), ("accuracy", "float"), ("margin", "float")]
+PAIR_COLUMNS += [("val_loss", "float"), ("val_accuracy", "float"), ("val_margin", "float"), ("lr", "float")]
+
+
+def _pair_values(metrics: Path, points: int = 50) -> dg.TableMetadataValue:
+    """Training loss, accuracy and margin (every k-th step, the last always) and every validation, step by step."""
+    records = (
+        [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
+    )
+    train = [r for r in records if "loss" in r]
+    every = max(1, -(-len(train) // points))
+    kept = {r["step"]: dict(r) for r in train[::every] + train[-1:]}
+    for r in records:
+        if "val_loss" in r:
+            kept.setdefault(r["step"], {"step": r["step"]}).update(r)
+    return rows_table([kept[s] for s in sorted(kept)], PAIR_COLUMNS, limit=100)
+
+
+def _train_on_pairs(
+    context: dg.AssetExecutionContext,
+    module: str,
+    settings: RewardModelSettings | DpoSettings,
+    name: str,
+    curation: CurationResource,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
+) -> tuple[Path, dict]:
+    """Run ``python -m module`` from the SFT model on the synthesis group's preference pairs, through Pipes."""
+    pairs = curation.synthetic_dir("preference/final")
+    if not _has_parquet(pairs):
+        raise dg.Failure(f"{pairs} holds no preference pairs: materialize preference_pairs first")
+    init = f"{curation.model_dir('sft')}/final"
+    if not Path(init, "config.json").exists():
+        raise dg.Failure(f"{init} holds no model: materialize sft_model first")
+    out = Path(curation.model_dir(name))
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / "settings.json"
+    config_path.write_text(json.dumps(settings.model_dump(), indent=1))
+    # one process: these recipes do not run under torchrun
+    command = [sys.executable, "-m", module, "--config", str(config_path), "--output", str(out), "--init", init]
+    command += ["--pairs", f"synthetic={pairs}"]
+    context.log.info("launching: " + " ".join(command))
+    pipes_subprocess_client.run(command=command, context=context, env={"PYTHONUNBUFFERED": "1"})
+    return out, json.loads((out / "summary.json").read_text())
+
+
+def _pair_metadata(out: Path, summary: dict, title: str) -> dict:
+    from training.plots import loss_curve_markdown
+
+    val, before = summary.get("validation") or {}, summary.get("initial_validation") or {}
+    final = summary.get("final") or {}
+    return {
+        "loss_curve": dg.MetadataValue.md(loss_curve_markdown(out / "metrics.jsonl", title)),
+        "loss_values": _pair_values(out / "metrics.jsonl"),
+        "final_train_loss": final.get("loss"),
+        "heldout_accuracy": val.get("val_accuracy"),
+        "heldout_accuracy_before": before.get("val_accuracy"),
+        "heldout_margin": val.get("val_margin"),
+        "heldout_margin_before": before.get("val_margin"),
+        "heldout_loss": val.get("val_loss"),
+        "steps": summary.get("steps"),
+        "train_pairs": summary.get("train_pairs"),
+        "heldout_pairs": summary.get("heldout_pairs"),
+        "excluded": summary.get("excluded"),
+        "excluded_by_reason": counts_table(summary.get("excluded_by_reason", {}), "reason", "pairs"),
+        "wall_seconds": summary.get("wall_seconds"),
+        "checkpoint": dg.MetadataValue.path(summary["final_dir"]),
+        "excluded_rows": dg.MetadataValue.path(summary["excluded_dir"]),
+        "tensorboard": dg.MetadataValue.path(str(out / "tensorboard")),
+    }
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"pytorch", "transformers"},
+    deps=[sft_model, preference_pairs],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "accuracy_above_chance",
+            asset="reward_model",
+            description="On the held-out preference pairs the reward model scores the chosen reply above the rejected "
+            "one more often than chance (0.5). A warning: a few demo pairs make a noisy estimate.",
+        )
+    ],
+)
+def reward_model(
+    context: dg.AssetExecutionContext,
+    config: RewardModelConfig,
+    curation: CurationResource,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
+):
+    """A reward model (Qwen2ForSequenceClassification, one score) initialised from the SFT model and trained on the
+    preference pairs with the Bradley-Terry loss and a score-centering term; pairwise accuracy on held-out pairs.
+    Writes a save_pretrained folder with the project's tokenizer and ChatML template."""
+    settings = to_settings(RewardModelSettings, config)
+    out, summary = _train_on_pairs(
+        context, "training.reward_model", settings, "reward", curation, pipes_subprocess_client
+    )
+    metadata = _pair_metadata(out, summary, "Reward model (Bradley-Terry)")
+    metadata["heldout_mean_score"] = (summary.get("validation") or {}).get("val_score")
+    accuracy = (summary.get("validation") or {}).get("val_accuracy")
+    check = dg.AssetCheckResult(
+        check_name="accuracy_above_chance",
+        passed=accuracy is not None and accuracy > 0.5,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "heldout_accuracy": accuracy if accuracy is not None else "no held-out pairs",
+            "heldout_pairs": summary.get("heldout_pairs"),
+        },
+    )
+    return dg.MaterializeResult(metadata=metadata, check_results=[check])
+
+
+@dg.asset(group_name=GROUP, kinds={"pytorch", "transformers"}, deps=[sft_model, preference_pairs])
+def dpo_model(
+    context: dg.AssetExecutionContext,
+    config: DpoModelConfig,
+    curation: CurationResource,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
+):
+    """Offline DPO of the SFT model on the preference pairs against the frozen SFT weights (their log-probabilities
+    computed once and stored beside the run); sigmoid or IPO loss; reward accuracy and margin on held-out pairs.
+    Writes a chat save_pretrained folder (ChatML template, stops at <|im_end|>)."""
+    settings = to_settings(DpoSettings, config)
+    out, summary = _train_on_pairs(context, "training.dpo", settings, "dpo", curation, pipes_subprocess_client)
+    metadata = _pair_metadata(out, summary, f"DPO ({settings.loss_type}, beta {settings.beta:g})")
+    val = summary.get("validation") or {}
+    metadata["heldout_chosen_reward"] = val.get("val_chosen_reward")
+    metadata["heldout_rejected_reward"] = val.get("val_rejected_reward")
+    return dg.MaterializeResult(metadata=metadata)
+
+
+post_training_assets = [sft_model, reward_model, dpo_model]

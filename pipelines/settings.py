@@ -56,6 +56,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "base_model": ("training.pretrain", "training.pretrain:PretrainSettings"),
     "long_context_model": ("training.pretrain", "training.pretrain:PretrainSettings"),
     "sft_model": ("training.sft", "training.sft:SftSettings"),
+    "reward_model": ("training.reward_model", "training.reward_model:RewardModelSettings"),
+    "dpo_model": ("training.dpo", "training.dpo:DpoSettings"),
     "quality_labels": ("synth.labels.label", "synth.settings:LabelSettings"),
     "quality_classifier": ("synth.labels.classifier", "synth.settings:ClassifierSettings"),
     "quality_tiers": ("synth.labels.tiers", "synth.settings:TierSettings"),

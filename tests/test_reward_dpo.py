@@ -132,7 +132,10 @@ def test_dpo_loss_equals_a_hand_computation(loss_type, init_dir, ref_dir, tokeni
         ours, stats = dpo.recipe(settings, init_dir).pair_loss(policy, batch, pairs, ref_logps)
     for i, row in enumerate(PAIRS):
         c, r = reply_messages(row["chosen"]), reply_messages(row["rejected"])
-        (pc, nc), (pr, nr) = hand_logps(policy, tokenizer, row["prompt"], c), hand_logps(policy, tokenizer, row["prompt"], r)
+        (pc, nc), (pr, nr) = (
+            hand_logps(policy, tokenizer, row["prompt"], c),
+            hand_logps(policy, tokenizer, row["prompt"], r),
+        )
         (rc, _), (rr, _) = hand_logps(ref, tokenizer, row["prompt"], c), hand_logps(ref, tokenizer, row["prompt"], r)
         if loss_type == "ipo":
             pc, pr, rc, rr = pc / nc, pr / nr, rc / nc, rr / nr
@@ -158,7 +161,9 @@ def test_dpo_loss_equals_trl_dpo_trainer(loss_type, init_dir, ref_dir, tokenizer
     policy, ref = dpo.load_policy(init_dir).eval(), dpo.load_policy(ref_dir).eval()
     ref_logps = dpo.reference_logps(ref, {"train": pairs, "heldout": []}, tmp_path, ref_dir, micro_batch_size=3)
     with torch.no_grad():
-        ours, _ = dpo.recipe(settings, init_dir).pair_loss(policy, pdata.pair_tensors(pairs, ENDOFTEXT_ID), pairs, ref_logps)
+        ours, _ = dpo.recipe(settings, init_dir).pair_loss(
+            policy, pdata.pair_tensors(pairs, ENDOFTEXT_ID), pairs, ref_logps
+        )
 
     def split(ids, mask):
         start, end = mask.index(True), len(mask) - mask[::-1].index(True)
@@ -195,7 +200,7 @@ umbrella valley wagon yogurt zebra almond bottle carpet donkey eagle feather gui
 def marker_pairs():
     """Chosen replies end with 'gladly', rejected ones with 'whatever': a rule a tiny model can learn."""
     rows = []
-    for i, w in enumerate(TOPICS):
+    for w in TOPICS:
         prompt = [{"role": "user", "content": f"Tell me about the {w}."}]
         rows.append(
             {
@@ -249,9 +254,10 @@ def test_reward_model_learns_a_rule_above_90_percent_heldout(init_dir, tmp_path)
     final = summary["final_dir"]
     model = AutoModelForSequenceClassification.from_pretrained(final, local_files_only=True)
     assert model.config.num_labels == 1 and model.config.pad_token_id == ENDOFTEXT_ID
-    assert json.loads((Path(final) / "tokenizer_config.json").read_text()).get("chat_template") or (
-        Path(final) / "chat_template.jinja"
-    ).exists()
+    assert (
+        json.loads((Path(final) / "tokenizer_config.json").read_text()).get("chat_template")
+        or (Path(final) / "chat_template.jinja").exists()
+    )
     prompt = [{"role": "user", "content": "Tell me about the nothing."}]
     chosen, rejected = rm.score_conversations(
         final,
@@ -316,3 +322,50 @@ def test_command_lines_show_the_settings():
         assert out.returncode == 0 and flags in out.stdout and "--pairs" in out.stdout
     bad = run_cli("training.dpo", ["--output", "x", "--init", "y", "--pairs", "a=b", "--beta", "0"])
     assert bad.returncode == 2 and "beta=0: must be > 0" in bad.stderr
+
+
+def test_reward_and_dpo_assets_train_through_pipes_and_report(init_dir, tmp_path):
+    """The post_training assets for real: the SFT model's final/ (here the tiny init) and preference shards under
+    the data root, each trainer launched through Pipes, metadata and the reward model's WARN check reported."""
+    import shutil
+
+    import dagster as dg
+    import pyarrow as pa
+
+    from assets.metadata import table_rows
+    from assets.post_training import dpo_model, reward_model
+    from dagster_project.resources import CurationResource, TrainingResource
+    from pipelines.schema import MESSAGE_TYPE
+
+    root = tmp_path / "data"
+    shutil.copytree(init_dir, root / "models" / "sft" / "final")
+    shards = root / "synthetic" / "preference" / "final" / "data"
+    shards.mkdir(parents=True)
+    rows = marker_pairs()[:20] + [{**marker_pairs()[20], "id": "same", "rejected": marker_pairs()[20]["chosen"]}]
+    messages = pa.list_(MESSAGE_TYPE)
+    schema = pa.schema([("id", pa.string()), ("prompt", messages), ("chosen", messages), ("rejected", messages)])
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), shards / "part-0.parquet")
+    small = {"batch_size": 4, "micro_batch_size": 4, "max_steps": 3, "heldout_fraction": 0.3, "max_len": 128}
+    small |= {"lr": 1e-3, "device": "cpu", "num_threads": 2}
+    result = dg.materialize(
+        [reward_model, dpo_model],
+        resources={
+            "curation": CurationResource(data_root=str(root)),
+            "training": TrainingResource(),
+            "pipes_subprocess_client": dg.PipesSubprocessClient(),
+        },
+        run_config={"ops": {"reward_model": {"config": small}, "dpo_model": {"config": {**small, "beta": 0.2}}}},
+    )
+    assert result.success
+    for name in ("reward_model", "dpo_model"):
+        (event,) = result.asset_materializations_for_node(name)
+        meta = {k: v.value for k, v in event.metadata.items()}
+        assert meta["steps"] == 3 and meta["heldout_pairs"] > 0 and meta["heldout_accuracy"] is not None
+        assert {r["reason"]: r["pairs"] for r in table_rows(event.metadata["excluded_by_reason"])} == {
+            "identical_responses": 1
+        }
+        assert [r["step"] for r in table_rows(event.metadata["loss_values"]) if r["loss"] is not None][-1] == 3
+        assert Path(meta["checkpoint"], "config.json").exists()
+    (check,) = result.get_asset_check_evaluations()
+    assert check.check_name == "accuracy_above_chance" and check.severity == dg.AssetCheckSeverity.WARN
+    assert check.passed == (check.metadata["heldout_accuracy"].value > 0.5)

@@ -38,7 +38,8 @@ from typing import Any, Literal
 from pydantic import Field
 
 from pipelines.settings import parse_settings
-from training.preference_data import PairTrainingSettings, Recipe, build_parser as _pair_parser, run_main
+from training.preference_data import PairTrainingSettings, Recipe, run_main
+from training.preference_data import build_parser as _pair_parser
 
 REFERENCE_FILE = "reference_logps.json"
 

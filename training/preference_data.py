@@ -557,4 +557,3 @@ def run_main(parser: Any, args: Any, settings: Any, run: Callable[..., dict]) ->
         sys.exit(128 + e.signum)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
-

@@ -22,13 +22,13 @@ Light at import (pydantic only): the Dagster code location imports ``RewardModel
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
 from pipelines.settings import parse_settings
-from training.preference_data import PairTrainingSettings, Recipe, build_parser as _pair_parser, run_main
+from training.preference_data import PairTrainingSettings, Recipe, run_main
+from training.preference_data import build_parser as _pair_parser
 
 
 class RewardModelSettings(PairTrainingSettings):
