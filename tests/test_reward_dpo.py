@@ -369,3 +369,15 @@ def test_reward_and_dpo_assets_train_through_pipes_and_report(init_dir, tmp_path
     (check,) = result.get_asset_check_evaluations()
     assert check.check_name == "accuracy_above_chance" and check.severity == dg.AssetCheckSeverity.WARN
     assert check.passed == (check.metadata["heldout_accuracy"].value > 0.5)
+
+
+def test_reward_model_resumes_its_run_and_sets_aside_one_with_other_settings(init_dir, tmp_path):
+    pairs = {"m": write_jsonl(tmp_path / "pairs.jsonl", marker_pairs()[:16])}
+    out = str(tmp_path / "rm")
+    base = dict(batch_size=4, micro_batch_size=4, max_steps=2, lr=1e-3, device="cpu", max_len=128, checkpoint_every=1)
+    first = rm.run(rm.RewardModelSettings(**base), pairs, out, init_dir)
+    again = rm.run(rm.RewardModelSettings(**base, log_every=1), pairs, out, init_dir)  # log_every: not a new run
+    assert first["resumed_from_step"] is None and again["resumed_from_step"] == 2 and again["steps"] == 2
+    other = rm.run(rm.RewardModelSettings(**base, center_coefficient=0.5), pairs, out, init_dir)
+    assert other["resumed_from_step"] is None
+    assert len(list((tmp_path / "rm" / "superseded").iterdir())) == 1

@@ -369,7 +369,8 @@ def train_pairs(
         torch.manual_seed(settings.seed)
         model = recipe.build_model(device)
         n_params = sum(p.numel() for p in model.parameters())
-        extra = recipe.prepare(model, data, out)
+        with autocast():  # DPO's reference pass runs as the policy's first step would
+            extra = recipe.prepare(model, data, out)
         cfg = SimpleNamespace(**settings.model_dump(exclude={"max_steps"}), max_steps=max_steps)
         optimizer = pt.make_optimizer(model, cfg, fused=device.type in ("cpu", "cuda"))
         schedule = [pt.first_segment(cfg)]
