@@ -381,3 +381,24 @@ def test_reward_model_resumes_its_run_and_sets_aside_one_with_other_settings(ini
     other = rm.run(rm.RewardModelSettings(**base, center_coefficient=0.5), pairs, out, init_dir)
     assert other["resumed_from_step"] is None
     assert len(list((tmp_path / "rm" / "superseded").iterdir())) == 1
+
+
+def test_reply_logps_in_chunks_equal_one_pass_with_gradients(init_dir, tokenizer, tmp_path):
+    """The output layer in chunks of 3 positions (recomputed in backward) gives the values and gradients of one
+    pass (up to float32 summation order: 1e-5 of the largest gradient)."""
+    pairs, _ = loaded_pairs(PAIRS, tokenizer, tmp_path)
+    batch = pdata.pair_tensors(pairs, ENDOFTEXT_ID)
+    results = []
+    for chunk in (3, 10_000):
+        model = dpo.load_policy(init_dir)
+        logps, counts = dpo.reply_logps(model, batch, chunk_tokens=chunk)
+        logps.sum().backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.append((logps.detach(), counts, grads))
+    (a, na, ga), (b, nb, gb) = results
+    assert (
+        torch.equal(na, nb)
+        and torch.allclose(a, b, atol=1e-5)
+        and float((ga - gb).abs().max()) <= 1e-5 * float(ga.abs().max())
+    )
+    assert na.tolist() == [sum(p.chosen_mask) for p in pairs] + [sum(p.rejected_mask) for p in pairs]
