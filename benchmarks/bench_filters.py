@@ -49,9 +49,9 @@ from datatrove.pipeline.filters import LanguageFilter
 from datatrove.pipeline.filters.base_filter import get_filter_result
 from datatrove.utils.word_tokenizers import load_word_tokenizer
 
+from pipelines.filters import ScriptAwareTokenizer, build_filter_chain
 from pipelines.lang_config import QWEN2_LANGUAGES, config_for
 from pipelines.langid import load_lid_model
-from pipelines.quality import ScriptAwareTokenizer, build_filter_chain
 
 # Documents per corpus in the default 6,000-document mix (scaled by --limit).
 MIX = {

@@ -29,8 +29,9 @@ from collections import Counter, defaultdict
 
 from _common import print_table
 
+from pipelines.filters import CHARACTER_SCRIPT_LANGUAGES
 from pipelines.lang_config import QWEN2_LANGUAGES, config_for
-from pipelines.quality import CHARACTER_SCRIPT_LANGUAGES, QualityFilter
+from pipelines.quality import QualityFilter
 from pipelines.quality_dev_set import build_dev_set, read_dev_set
 
 DEFAULT_DEVSET = os.path.expanduser("~/.cache/qwen2-recipe/quality_dev")

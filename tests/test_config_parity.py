@@ -87,7 +87,7 @@ def test_help_of_a_stage_shows_a_fields_doc():
 def test_stage_constants_agree_with_the_settings():
     from pipelines.curation_settings import CurationStageSettings, DedupSettings, QualitySettings
     from pipelines.dedup import DedupConfig
-    from pipelines.quality import PROFILE_MODES
+    from pipelines.quality_profiles import PROFILE_MODES
     from pipelines.readers import DEFAULT_MAX_DOC_BYTES
 
     assert CurationStageSettings().max_doc_bytes == DEFAULT_MAX_DOC_BYTES

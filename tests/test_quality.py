@@ -5,13 +5,8 @@ from datatrove.data import Document
 from datatrove.pipeline.filters import C4QualityFilter
 from datatrove.utils.word_tokenizers import SpaCyTokenizer
 
-from pipelines.quality import (
-    FastC4QualityFilter,
-    FastSpacyTokenizer,
-    QualityFilter,
-    ScriptAwareTokenizer,
-    word_tokenizer_for,
-)
+from pipelines.filters import FastC4QualityFilter, FastSpacyTokenizer, ScriptAwareTokenizer, word_tokenizer_for
+from pipelines.quality import QualityFilter
 from tests.conftest import DE, EN, PYTHON_CODE, ZH, paragraph_doc
 
 SAMPLES = [

@@ -17,13 +17,9 @@ import pytest
 from datatrove.data import Document
 from datatrove.pipeline.filters import GopherRepetitionFilter
 
-from pipelines.quality import (
-    PROFILE_NAMES,
-    CachedScriptAwareTokenizer,
-    FastGopherRepetitionFilter,
-    QualityFilter,
-    load_profiles,
-)
+from pipelines.filters import CachedScriptAwareTokenizer, FastGopherRepetitionFilter
+from pipelines.quality import QualityFilter
+from pipelines.quality_profiles import PROFILE_NAMES, load_profiles
 from tests.conftest import EN, paragraph_doc
 
 SAMPLE = Path(__file__).parent / "data" / "quality_dev_sample.jsonl.gz"

@@ -26,7 +26,8 @@ from pipelines.lang_config import (
     load_threshold_table,
 )
 from pipelines.langid import LanguageIdentifier, lid176_path
-from pipelines.quality import PROFILE_DIR, QualityFilter
+from pipelines.quality import QualityFilter
+from pipelines.quality_profiles import PROFILE_DIR
 from pipelines.shards import iter_stage_rows
 
 # --- the data files ----------------------------------------------------------------------------------------------

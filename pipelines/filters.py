@@ -1,0 +1,314 @@
+"""The quality stage's web chain: datatrove's filters in FineWeb's order with their per-language thresholds
+(``build_filter_chain``), word tokenizers for every script (``ScriptAwareTokenizer``, ``word_tokenizer_for``), and
+faster versions of datatrove's pieces that decide exactly as datatrove does (``FastSpacyTokenizer``,
+``FastC4QualityFilter``, ``FastGopherRepetitionFilter``, ``CachedScriptAwareTokenizer``); StarCoder's rules for code
+(``CodeQualityFilter``). Used by ``pipelines.quality``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import regex
+from datatrove.data import Document
+from datatrove.pipeline.filters import (
+    C4QualityFilter,
+    FineWebQualityFilter,
+    GopherQualityFilter,
+    GopherRepetitionFilter,
+)
+from datatrove.pipeline.filters.c4_filters import CITATION_REGEX, ELLIPSIS, END_PUNCTUATION, POLICY_SUBSTRINGS
+from datatrove.utils.text import split_into_sentences, split_into_words
+from datatrove.utils.word_tokenizers import SpaCyTokenizer, WordTokenizer, load_word_tokenizer
+
+from pipelines.lang_config import WEB_QUALITY_TABLE, ThresholdTable, load_threshold_table
+from pipelines.quality_profiles import load_profiles
+
+CHARACTER_SCRIPT_LANGUAGES = {"zh", "ja", "th", "lo", "km", "my", "bo", "yue", "wuu"}
+
+# One token per ideograph/kana/Thai-script character; runs of letters, marks and digits elsewhere;
+# every other non-space character (punctuation, symbols) on its own.
+_TOKEN = regex.compile(
+    r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}\p{Tibetan}]"
+    r"|[\p{L}\p{M}\p{N}_]+(?:['’\-][\p{L}\p{M}\p{N}_]+)*"
+    r"|[^\s\p{L}\p{M}\p{N}]"
+)
+_SENTENCE_END = regex.compile(r"[.!?。！？…]+[\"'”’)\]]*\s*|\n+")
+
+
+class ScriptAwareTokenizer(WordTokenizer):
+    """A dependency-free datatrove WordTokenizer that splits CJK/Thai-script text into characters."""
+
+    def word_tokenize(self, text: str) -> list[str]:
+        return _TOKEN.findall(text)
+
+    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+        spans, start = [], 0
+        for m in _SENTENCE_END.finditer(text):
+            if m.end() > start and text[start : m.end()].strip():
+                spans.append((start, m.end()))
+            start = m.end()
+        if text[start:].strip():
+            spans.append((start, len(text)))
+        return spans or [(0, len(text))]
+
+    def sent_tokenize(self, text: str) -> list[str]:
+        return [s for s in (text[a:b].strip() for a, b in self.span_tokenize(text)) if s]
+
+
+class FastSpacyTokenizer(WordTokenizer):
+    """datatrove's ``SpaCyTokenizer`` with the same tokens and sentences, several times faster.
+
+    datatrove runs the whole spaCy pipeline (sentencizer included) for every word split and opens a
+    memory zone per call, so every call rebuilds the lexemes of its words. Here words come from the
+    tokenizer alone, sentences from tokenizer + sentencizer, lexical attributes (unused by the filters)
+    are not computed, and spaCy's string cache is kept between documents, rebuilt past ``max_lexemes``
+    so memory stays bounded.
+    """
+
+    def __init__(self, inner, max_lexemes: int = 300_000):
+        super().__init__(inner.language)
+        self.inner = inner
+        self.max_lexemes = max_lexemes
+        self._nlp = None
+
+    @property
+    def nlp(self):
+        if self._nlp is None or len(self._nlp.vocab) > self.max_lexemes:
+            self.inner._tokenizer = None  # a fresh pipeline, exactly as datatrove builds it
+            self._nlp = self.inner.tokenizer
+            self._nlp.vocab.lex_attr_getters = {}
+        return self._nlp
+
+    def _doc(self, text: str, sentences: bool = False):
+        nlp = self.nlp
+        nlp.max_length = len(text) + 10
+        if "IS_ALPHA" in text:  # the string that breaks spaCy's tokenizer; datatrove drops it too
+            text = text.replace("IS_ALPHA", "")
+        doc = nlp.tokenizer(text)
+        return nlp.get_pipe("sentencizer")(doc) if sentences else doc
+
+    def word_tokenize(self, text: str) -> list[str]:
+        return [t for t in (token.text.strip() for token in self._doc(text)) if t]
+
+    def sent_tokenize(self, text: str) -> list[str]:
+        return [s for s in (sent.text.strip() for sent in self._doc(text, sentences=True).sents) if s]
+
+    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+        return [(sent.start_char, sent.end_char) for sent in self._doc(text, sentences=True).sents]
+
+
+def word_tokenizer_for(lang: str):
+    """datatrove's tokenizer for the language when it loads here (spaCy for most, made faster by
+    FastSpacyTokenizer), else ScriptAwareTokenizer. Scripts without spaces always get ScriptAwareTokenizer."""
+    if lang in CHARACTER_SCRIPT_LANGUAGES:
+        return ScriptAwareTokenizer(lang)
+    try:
+        tokenizer = load_word_tokenizer(lang)
+        if isinstance(tokenizer, SpaCyTokenizer):
+            tokenizer = FastSpacyTokenizer(tokenizer)
+        tokenizer.word_tokenize("Probe text. Second sentence.")  # imports the backend now, not per document
+        tokenizer.span_tokenize("Probe text. Second sentence.")
+        return tokenizer
+    except Exception:  # no tokenizer assigned, or its backend (spaCy model deps, kiwi, pyvi ...) is missing
+        return ScriptAwareTokenizer(lang)
+
+
+class FastC4QualityFilter(C4QualityFilter):
+    """datatrove's C4QualityFilter with identical decisions and output text; it stops splitting lines
+    into sentences once ``min_num_sentences`` is reached (the count is only compared to it), which was
+    a third of the filter chain's time."""
+
+    def filter(self, doc) -> bool | tuple[bool, str]:
+        lines = doc.text.splitlines() if self.split_paragraph else split_into_sentences(doc.text, self.language)
+        num_sentences = 0
+        kept_lines = []
+        for line in lines:
+            line = line.strip()
+            words = line.split()
+            if self.max_word_length != -1 and any(len(word) > self.max_word_length for word in words):
+                continue
+            if self.remove_citations:
+                line = CITATION_REGEX.sub("", line)
+            if self.filter_no_terminal_punct and (not line.endswith(END_PUNCTUATION) or line.endswith(ELLIPSIS)):
+                continue
+            if len(words) < self.min_words_per_line:
+                continue
+            line_l = line.lower()
+            if self.filter_lorem_ipsum and "lorem ipsum" in line_l:
+                return False, "lorem_ipsum"
+            if self.filter_javascript and "javascript" in line_l:
+                continue
+            if self.filter_curly_bracket and "{" in line:
+                return False, "curly_bracket"
+            if self.filter_policy and any(p in line_l for p in POLICY_SUBSTRINGS):
+                continue
+            if self.min_num_sentences != -1 and num_sentences < self.min_num_sentences:
+                num_sentences += len(split_into_sentences(line, self.language)) if self.split_paragraph else 1
+            kept_lines.append(line)
+        if num_sentences < self.min_num_sentences:
+            return False, "too_few_sentences"
+        doc.text = ("\n" if self.split_paragraph else " ").join(kept_lines).strip()
+        return True
+
+
+class CodeQualityFilter:
+    """Rules for source files from StarCoder (Li et al. 2023) / The Stack: drop minified, generated
+    or data-like files. Returns ``(keep, reason)``."""
+
+    def __init__(self, max_line_length: int, max_avg_line_length: float, min_alphanum_fraction: float, min_lines: int):
+        # The values are the code profile's (pipelines/profiles/code.toml), each with its source.
+        self.max_line_length = max_line_length
+        self.max_avg_line_length = max_avg_line_length
+        self.min_alphanum_fraction = min_alphanum_fraction
+        self.min_lines = min_lines
+
+    def filter(self, text: str) -> tuple[bool, str | None]:
+        lines = text.splitlines()
+        if len(lines) < self.min_lines:
+            return False, "too_few_lines"
+        if max(len(line) for line in lines) > self.max_line_length:
+            return False, "long_line"
+        if sum(len(line) for line in lines) / len(lines) > self.max_avg_line_length:
+            return False, "avg_line_length"
+        if sum(c.isalnum() for c in text) / len(text) < self.min_alphanum_fraction:
+            return False, "alphanum_fraction"
+        head = text[:2000].lower()
+        if "auto-generated" in head or "autogenerated" in head or "do not edit" in head:
+            return False, "autogenerated"
+        return True, None
+
+
+class CachedScriptAwareTokenizer(ScriptAwareTokenizer):
+    """ScriptAwareTokenizer that remembers the last text's words: the four filters of a chain split the same text."""
+
+    def __init__(self, language: str):
+        super().__init__(language)
+        self._last: tuple[str, list[str]] | None = None
+
+    def word_tokenize(self, text: str) -> list[str]:
+        if self._last is None or self._last[0] is not text:
+            self._last = (text, super().word_tokenize(text))
+        return list(self._last[1])
+
+
+class FastGopherRepetitionFilter(GopherRepetitionFilter):
+    """GopherRepetitionFilter, faster: n-grams as tuples (no string joins) and a stop as soon as a share is over
+    its limit. Words never contain spaces, so the top n-grams are the same; the duplicated n-grams are compared as
+    tuples where datatrove compares them joined without a separator, so they can differ when two different n-grams
+    join to the same string. Used for flags only; the web profile runs datatrove's own filter."""
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        text = doc.text
+        if not text:
+            return False, "empty"
+        paragraphs = self.paragraph_exp.split(text.strip())
+        seen, dup, dup_chars = set(), 0, 0
+        for p in paragraphs:
+            if p in seen:
+                dup += 1
+                dup_chars += len(p)
+            else:
+                seen.add(p)
+        if self.dup_para_frac and dup / len(paragraphs) > self.dup_para_frac:
+            return False, "dup_para_frac"
+        if self.dup_para_char_frac and dup_chars / len(text) > self.dup_para_char_frac:
+            return False, "dup_para_char_frac"
+        lines = self._line_splitter.split(text)
+        seen, dup, dup_chars = set(), 0, 0
+        for line in lines:
+            if line in seen:
+                dup += 1
+                dup_chars += len(line)
+            else:
+                seen.add(line)
+        if self.dup_line_frac and dup / len(lines) > self.dup_line_frac:
+            return False, "dup_line_frac"
+        if self.dup_line_char_frac and dup_chars / len(text) > self.dup_line_char_frac:
+            return False, "dup_line_char_frac"
+        words = split_into_words(text, self.language)
+        prefix = [0]
+        for w in words:
+            prefix.append(prefix[-1] + len(w))
+        for n, n_frac in self.top_n_grams:
+            if len(words) < n:
+                continue
+            (gram, count), *_ = Counter(zip(*(words[i:] for i in range(n)))).most_common(1)
+            if (sum(map(len, gram)) + n - 1) * count / len(text) > n_frac:
+                return False, f"top_{n}_gram"
+        for n, n_frac in self.dup_n_grams:
+            grams = list(zip(*(words[i:] for i in range(n))))
+            limit = n_frac * len(text)
+            # every repeat counted at most once: if even that stays under the limit, the greedy scan does too
+            repeats = [(gram, count) for gram, count in Counter(grams).items() if count > 1]
+            if sum((count - 1) * sum(map(len, gram)) for gram, count in repeats) <= limit:
+                continue
+            seen, repeated, idx = set(), 0, 0
+            while idx < len(grams):
+                gram = grams[idx]
+                if gram in seen:
+                    repeated += prefix[idx + n] - prefix[idx]
+                    if repeated > limit:
+                        return False, f"duplicated_{n}_n_grams"
+                    idx += n
+                else:
+                    seen.add(gram)
+                    idx += 1
+        return True
+
+
+def build_filter_chain(
+    lang: str,
+    tokenizer: WordTokenizer | None = None,
+    thresholds: ThresholdTable | None = None,
+    rules: dict | None = None,
+) -> list[tuple[str, object]]:
+    """The four datatrove filters configured for one language, in FineWeb's order (the web profile).
+
+    ``tokenizer`` replaces the language's own (spaCy for most) where exact web verdicts are not needed.
+    ``thresholds`` is the per-language table (default: ``web_quality.toml`` as ``load_threshold_table`` finds it),
+    ``rules`` the web profile's rules (default: ``pipelines/profiles/web.toml``)."""
+
+    cfg = (thresholds or load_threshold_table(WEB_QUALITY_TABLE)).section(lang)
+    rules = rules if rules is not None else load_profiles()["web"].rules
+    tokenizer = tokenizer or word_tokenizer_for(lang)
+    char_words = lang in CHARACTER_SCRIPT_LANGUAGES
+    return [
+        (
+            "gopher_repetition",
+            GopherRepetitionFilter(
+                dup_line_frac=cfg["dup_line_frac"],
+                top_n_grams=cfg["top_n_grams"],
+                dup_n_grams=cfg["dup_n_grams"],
+                language=tokenizer,
+            ),
+        ),
+        (
+            "gopher_quality",
+            GopherQualityFilter(
+                # words of one character each: a mean above 1 cannot be asked of them
+                min_avg_word_length=min(cfg["min_avg_word_length"], 1) if char_words else cfg["min_avg_word_length"],
+                max_avg_word_length=cfg["max_avg_word_length"],
+                max_non_alpha_words_ratio=cfg["max_non_alpha_words_ratio"],
+                stop_words=list(cfg["stopwords"]),
+                language=tokenizer,
+            ),
+        ),
+        (
+            "c4",
+            FastC4QualityFilter(
+                filter_no_terminal_punct=rules["c4_filter_no_terminal_punct"],
+                min_words_per_line=-1 if char_words else rules["c4_min_words_per_line"],  # -1: off
+                language=tokenizer,
+            ),
+        ),
+        (
+            "fineweb",
+            FineWebQualityFilter(
+                line_punct_thr=cfg["line_punct_thr"],
+                new_line_ratio=cfg["new_line_ratio"],
+                short_line_length=rules["fineweb_short_line_chars_cjk" if char_words else "fineweb_short_line_chars"],
+                language=tokenizer,
+            ),
+        ),
+    ]

@@ -1,0 +1,145 @@
+"""The quality stage's domain profiles: their data files (``pipelines/profiles/<name>.toml``, ``load_profiles``) and
+the detector that chooses a document's profile from ingest's markup hints, URL, source, language and a cheap content
+test (``ProfileDetector``, ``content_signals``). Used by ``pipelines.quality``.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import regex
+
+from pipelines.junk import JUNK_RULES
+
+PROFILE_DIR = Path(__file__).with_name("profiles")
+PROFILE_NAMES = ("web", "docs", "code", "cjk")
+PROFILE_MODES = ("auto", "web", "docs", "cjk")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One profile as its data file states it: rule name -> value (each with a ``source`` in the file)."""
+
+    name: str
+    description: str
+    heuristics: str  # "web_chain", "junk" or "code"
+    flags: bool  # record the web chain's failed rules on kept documents
+    rules: dict = field(default_factory=dict)
+    sources: dict = field(default_factory=dict)
+    detect: dict = field(default_factory=dict)
+
+    def value(self, rule: str):
+        return self.rules[rule]
+
+
+def _values(table: dict) -> tuple[dict, dict]:
+    values, sources = {}, {}
+    for key, entry in table.items():
+        if isinstance(entry, dict) and "value" in entry:
+            values[key], sources[key] = entry["value"], entry.get("source", "")
+        else:
+            values[key] = entry
+    return values, sources
+
+
+def load_profiles(folder: str | Path | None = None) -> dict[str, Profile]:
+    """The profiles in ``folder`` (default ``pipelines/profiles``); ``extends`` copies another profile's rules."""
+    folder = Path(folder or PROFILE_DIR)
+    raw = {}
+    for name in PROFILE_NAMES:
+        path = folder / f"{name}.toml"
+        if not path.is_file():
+            raise FileNotFoundError(f"quality profile {path} is missing (the package's pipelines/profiles/*.toml)")
+        with path.open("rb") as f:
+            raw[name] = tomllib.load(f)
+    profiles = {}
+    for name, data in raw.items():
+        rules, sources = _values(raw.get(data.get("extends"), {}).get("rules", {})) if data.get("extends") else ({}, {})
+        own_rules, own_sources = _values(data.get("rules", {}))
+        rules.update(own_rules)
+        sources.update(own_sources)
+        detect, _ = _values(data.get("detect", {}))
+        heuristics = data.get("heuristics")
+        if heuristics not in ("web_chain", "junk", "code"):
+            raise ValueError(f"{folder / name}.toml: heuristics must be web_chain, junk or code, got {heuristics!r}")
+        profiles[name] = Profile(name, data.get("description", ""), heuristics, bool(data.get("flags")), rules,
+                                 sources, detect)  # fmt: skip
+    for name, profile in profiles.items():
+        if profile.heuristics == "junk" and (missing := [r for r in JUNK_RULES if r not in profile.rules]):
+            raise ValueError(f"{folder / name}.toml lacks the clear-junk rules {missing}")
+    return profiles
+
+
+_COMMAND_LINE = regex.compile(
+    r"^\s*(?:[$#%>]\s+\S|(?:sudo|apt|apt-get|apt-cache|aptitude|dpkg|ls|cd|cp|mv|rm|mkdir|chmod|chown|cat|grep|"
+    r"find|git|make|pip3?|python3?|systemctl|service|mount|umount|echo|export|ssh|scp|tar|wget|curl|vim?|nano|"
+    r"man|ln|kill|ps|su|passwd|adduser|useradd|modprobe|ip|ifconfig|iptables|debconf|update-\w+|dh_\w+|"
+    r"dch|debuild|lintian|gpg|rsync|df|du|chroot|journalctl)\s+[-\w./~$\"'])",
+    regex.MULTILINE,
+)
+_TECHNICAL_TOKEN = regex.compile(
+    r"(?<!\S)--?[a-zA-Z][\w-]*|(?<![\w/])(?:/(?:etc|usr|var|home|dev|proc|sys|tmp|opt|boot|lib|bin|sbin|srv)"
+    r"(?:/[\w.+-]+)*|~/[\w.+-]+)|\b(?:Ctrl|Alt|Shift|Meta|Esc|Super)[-+]\w+|\b[A-Z]-[a-z]\b|\b\w+\(\)"
+)
+_WORDLIKE = regex.compile(r"\S+")
+
+
+def content_signals(text: str) -> tuple[float, float]:
+    """(share of command-like lines, technical tokens per 100 words): the docs profile's content test."""
+    sample = text[:20_000]
+    lines = sum(1 for line in sample.splitlines() if line.strip())
+    words = len(_WORDLIKE.findall(sample))
+    if not lines or not words:
+        return 0.0, 0.0
+    return len(_COMMAND_LINE.findall(sample)) / lines, 100 * len(_TECHNICAL_TOKEN.findall(sample)) / words
+
+
+def _markup(metadata: str | None) -> dict:
+    if not metadata or '"markup"' not in metadata:
+        return {}
+    try:
+        value = json.loads(metadata).get("markup")
+    except (ValueError, AttributeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+class ProfileDetector:
+    """Chooses a document's profile from what ingest recorded and a cheap look at the text."""
+
+    def __init__(self, profiles: dict[str, Profile]):
+        docs, cjk, code = profiles["docs"].detect, profiles["cjk"].detect, profiles["code"].detect
+        self.code_domains = set(code.get("domains", ["code"]))
+        self.cjk_languages = set(cjk.get("languages", []))
+        self.generators = regex.compile(docs["generators"], regex.IGNORECASE)
+        self.min_code_tags = docs["min_code_tags"]
+        self.mime = regex.compile(docs["mime"])
+        self.url = regex.compile(docs["url"])
+        self.source = regex.compile(docs["source"])
+        self.min_command_lines = docs["min_command_line_share"]
+        self.min_technical = docs["min_technical_tokens_per_100_words"]
+
+    def detect(self, doc: dict) -> tuple[str, str]:
+        """``(profile, evidence)``; evidence names the signal (``url``, ``markup:generator`` ...)."""
+        if doc.get("domain") in self.code_domains:
+            return "code", "domain"
+        if (doc.get("lang") or "") in self.cjk_languages:
+            return "cjk", "lang"
+        markup = _markup(doc.get("metadata"))
+        if markup.get("generator") and self.generators.search(markup["generator"]):
+            return "docs", "markup:generator"
+        if markup.get("code_tags", 0) >= self.min_code_tags:
+            return "docs", "markup:code_tags"
+        if markup.get("mime") and self.mime.search(markup["mime"]):
+            return "docs", "markup:mime"
+        if doc.get("url") and self.url.search(doc["url"]):
+            return "docs", "url"
+        if doc.get("source") and self.source.search(doc["source"]):
+            return "docs", "source"
+        command_lines, technical = content_signals(doc.get("text") or "")
+        if command_lines >= self.min_command_lines or technical >= self.min_technical:
+            return "docs", "content"
+        return "web", "default"
