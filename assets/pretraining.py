@@ -18,7 +18,7 @@ from assets.metadata import counts_table, rows_table
 from dagster_project.resources import CurationResource, TrainingResource
 from pipelines.mixing_settings import MixtureConfig, MixtureSettings, MixtureWeights, SearchConfig, SearchSettings
 from pipelines.settings import dagster_config, to_settings
-from training.pretrain import PretrainConfig, PretrainSettings
+from training.pretrain_settings import PretrainConfig, PretrainSettings
 
 GROUP = "pretraining"
 QUALITY_TIERS = ("strict", "relaxed")

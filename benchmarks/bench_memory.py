@@ -69,7 +69,8 @@ def side(args: argparse.Namespace) -> dict:
     from training.loss import use_chunked_loss
     from training.materialize import build_on_meta, materialize
     from training.model_configs import qwen2_config
-    from training.pretrain import PretrainConfig, loss_chunk_tokens
+    from training.pretrain_settings import PretrainConfig
+    from training.setup import loss_chunk_tokens
 
     chunk = args.chunk or loss_chunk_tokens(PretrainConfig(data="-", output_dir="-"), "cpu")
     path, length = args.side.split(":")

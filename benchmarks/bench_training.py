@@ -136,7 +136,8 @@ def steady_rates(step_ends: list[tuple[float, float]], tokens_per_step: int, ski
 
 
 def side_ours(args: argparse.Namespace, loss_chunk_tokens: int | None = None) -> dict:
-    from training.pretrain import PretrainConfig, run
+    from training.pretrain import run
+    from training.pretrain_settings import PretrainConfig
 
     out = os.path.join(args.workdir, "ours")
     shutil.rmtree(out, ignore_errors=True)

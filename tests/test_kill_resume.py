@@ -476,7 +476,8 @@ def short_data(tmp_path_factory) -> Path:
 
 
 def test_killed_training_stages_resume_to_bitwise_identical_weights(short_data, long_data, tmp_path):
-    from training.pretrain import KILL_AFTER_STEP_ENV, run
+    from training.pretrain import run
+    from training.signals import KILL_AFTER_STEP_ENV
 
     reference = tmp_path / "reference"
     run(tiny_config(short_data, reference / "s1", **STAGE1))

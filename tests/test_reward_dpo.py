@@ -298,7 +298,7 @@ def run_cli(module, args, env_extra=None):
 def test_dpo_resumes_exactly_after_sigkill(init_dir, tmp_path):
     from safetensors.torch import load_file
 
-    from training.pretrain import KILL_AFTER_STEP_ENV
+    from training.signals import KILL_AFTER_STEP_ENV
 
     pairs = write_jsonl(tmp_path / "pairs.jsonl", marker_pairs()[:24])
     common = ["--pairs", f"m={pairs}", "--init", init_dir, "--batch-size", "4", "--micro-batch-size", "2",

@@ -165,7 +165,7 @@ def test_registry_resolves():
 
 
 def test_a_profile_names_the_asset_when_settings_are_shared():
-    from training.pretrain import PretrainSettings
+    from training.pretrain_settings import PretrainSettings
 
     assert st.asset_names(PretrainSettings) == ["base_model", "long_context_model"]
     with pytest.raises(ValueError, match="demo:base_model, demo:long_context_model"):

@@ -144,15 +144,15 @@ def project_loss(init_dir, examples) -> tuple[float, int]:
     """The training loop's loss on one batch: the conversations packed into rows, per-conversation attention, the
     chunked output layer + cross-entropy, the token mean over the batch (as training.sft computes it)."""
     from pipelines.tokenizer import ENDOFTEXT_ID
-    from training import pretrain as pt
     from training.attention import model_inputs
+    from training.setup import Distributed, build_model, wrap_model
     from training.sft import SftSettings, loop_config
 
     rows = cd.pack_rows([len(e) for e in examples], range(len(examples)), SEQ_LEN)
     assert len(rows) < len(examples)  # really packed
     cfg = loop_config(SftSettings(seq_len=SEQ_LEN, loss_chunk_tokens=48), str(init_dir), max_steps=1)
-    model = pt.build_model(cfg, SEQ_LEN)
-    model = pt.wrap_model(model, cfg, pt.Distributed(0, 1, 0, torch.device("cpu"), False))
+    model = build_model(cfg, SEQ_LEN)
+    model = wrap_model(model, cfg, Distributed(0, 1, 0, torch.device("cpu"), False))
     batch = model_inputs(cd.row_tensors(rows, examples, SEQ_LEN, ENDOFTEXT_ID), "sdpa")
     n = int((batch["labels"][:, 1:] != cd.IGNORE_INDEX).sum())
     with torch.no_grad():
@@ -326,7 +326,7 @@ def load_weights(folder: Path) -> dict:
 
 
 def test_kill_9_and_rerun_gives_the_uninterrupted_weights_bitwise(sources, init_dir, reference_run, tmp_path):
-    from training.pretrain import KILL_AFTER_STEP_ENV
+    from training.signals import KILL_AFTER_STEP_ENV
 
     reference_out, reference = reference_run
     assert reference["steps"] >= 5

@@ -22,7 +22,9 @@ from training.model_configs import (
     qwen2_config,
     rope_theta_of,
 )
-from training.pretrain import KILL_AFTER_STEP_ENV, PretrainConfig, TrainingInterrupted, config_from_args, run
+from training.pretrain import config_from_args, run
+from training.pretrain_settings import PretrainConfig
+from training.signals import KILL_AFTER_STEP_ENV, TrainingInterrupted
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -562,7 +564,7 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(tiny_lm):
 def test_72b_builds_on_the_meta_device_without_allocating_its_weights(tmp_path):
     import psutil
 
-    from training.pretrain import build_model
+    from training.setup import build_model
 
     config = PretrainConfig(data=str(tmp_path), output_dir=str(tmp_path / "out"), model_size="72B")
     before = psutil.Process().memory_info().rss
@@ -604,7 +606,8 @@ def test_meta_built_model_materialises_deterministically_and_independently_of_sh
 
 
 def test_new_settings_are_checked_keyed_and_parsed(tmp_path, data16):
-    from training.pretrain import fsdp_mixed_precision, loss_chunk_tokens, run_key
+    from training.resume import run_key
+    from training.setup import fsdp_mixed_precision, loss_chunk_tokens
 
     with pytest.raises(ValueError, match="attn_implementation='flash'.*flex_attention"):
         tiny_config(data16, tmp_path, attn_implementation="flash")
@@ -676,7 +679,7 @@ def test_torchrun_fsdp_reads_only_its_shards_of_init_from_and_trains_like_one_pr
 def test_init_from_reads_the_checkpoint_weights_into_the_meta_built_model(reference_run, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from training.pretrain import Distributed, build_model, wrap_model
+    from training.setup import Distributed, build_model, wrap_model
 
     final = reference_run[0] / "final"
     config = PretrainConfig(data=str(tmp_path), output_dir=str(tmp_path / "out"), init_from=str(final))
@@ -691,7 +694,7 @@ def test_init_from_reads_the_checkpoint_weights_into_the_meta_built_model(refere
 
 
 def test_pretrain_cli_reads_a_config_file_flags_win_and_bad_values_are_one_line(tmp_path, capsys):
-    from training.pretrain import RUN_FIELDS, PretrainSettings
+    from training.pretrain_settings import RUN_FIELDS, PretrainSettings
 
     settings = tmp_path / "run.json"
     settings.write_text(json.dumps({"lr": 0.01, "max_steps": 7, "strategy": "fsdp"}))

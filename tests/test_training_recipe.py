@@ -22,7 +22,9 @@ from pipelines.tokenizer import ENDOFTEXT_ID, IM_END_ID
 from synth.llm.chat import render_chat
 from training.checkpoint import STATE_FILE, latest_checkpoint, list_checkpoints, save_pretrained_folder
 from training.model_configs import active_parameters, count_parameters, qwen2_config
-from training.pretrain import PretrainConfig, first_segment, lr_at, run, run_key, save_final
+from training.pretrain import run, save_final
+from training.pretrain_settings import PretrainConfig
+from training.resume import first_segment, lr_at, run_key
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello! How can I help?"}],

@@ -43,7 +43,8 @@ from pipelines.settings import ArgumentParser, parse_settings, settings_parser
 from pipelines.settings import _argument as settings_argument
 from pipelines.shards import SUCCESS_FILE, join, read_json, write_json_atomic
 from pipelines.tokenize_shards import run_tokenize_stage
-from training.pretrain import PretrainConfig, run
+from training.pretrain import run
+from training.pretrain_settings import PretrainConfig
 
 DEFAULT_CANDIDATES: list[dict] = [
     {"name": "balanced", "domain_weights": {"web": 0.6, "code": 0.2, "math": 0.1, "synthetic": 0.1}},

@@ -1,6 +1,6 @@
 """Preference pairs for the reward model and offline DPO: read, check, tokenize, batch, and the training loop both
-recipes share (pretraining's optimizer, schedule, checkpoints, resume and RunLog, imported from ``training.pretrain``
-and ``training.checkpoint``).
+recipes share (pretraining's optimizer, schedule, checkpoints, resume and RunLog, imported from ``training.resume``,
+``training.setup``, ``training.runlog`` and ``training.checkpoint``).
 
 A source is a Parquet file or folder of ``PREFERENCE_SCHEMA`` rows (the synthesis group's ``preference_pairs``:
 ``id``, ``prompt`` (messages ending with a user turn), ``chosen`` and ``rejected`` (each one assistant message)) or a
@@ -322,7 +322,6 @@ def train_pairs(
     import torch
 
     from pipelines.tokenizer import ENDOFTEXT_ID
-    from training import pretrain as pt
     from training.chat_data import write_excluded
     from training.checkpoint import (
         checkpoint_tokenizer,
@@ -332,6 +331,10 @@ def train_pairs(
         save_checkpoint,
         save_pretrained_folder,
     )
+    from training.resume import first_segment, lr_at, supersede_stale_run
+    from training.runlog import RunLog
+    from training.setup import make_optimizer, setup_distributed
+    from training.signals import KILL_AFTER_STEP_ENV, StopOnSignal, TrainingInterrupted
 
     started = time.perf_counter()
     if not (Path(init) / "config.json").exists():
@@ -344,7 +347,7 @@ def train_pairs(
         torch.set_num_threads(settings.num_threads)
     out = Path(output_dir)
     ckpt_root = out / "checkpoints"
-    kill_after = int(os.environ.get(pt.KILL_AFTER_STEP_ENV, "0"))
+    kill_after = int(os.environ.get(KILL_AFTER_STEP_ENV, "0"))
 
     data = prepare_pairs(settings, sources, checkpoint_tokenizer("chat"))
     train, heldout = data["train"], data["heldout"]
@@ -352,11 +355,11 @@ def train_pairs(
     max_steps = min(len(steps_plan), settings.max_steps) if settings.max_steps else len(steps_plan)
     key = run_key(settings, init, pairs_fingerprint(train + heldout), recipe.name)
 
-    with ExitStack() as stack, pt.StopOnSignal() as stop:
-        device = pt.setup_distributed(SimpleNamespace(device=settings.device)).device
+    with ExitStack() as stack, StopOnSignal() as stop:
+        device = setup_distributed(SimpleNamespace(device=settings.device)).device
         out.mkdir(parents=True, exist_ok=True)
         remove_partial_checkpoints(ckpt_root)
-        superseded = pt.supersede_stale_run(out, key)
+        superseded = supersede_stale_run(out, key)
         write_excluded(data["excluded"], out / "excluded")
         (out / "run_config.json").write_text(
             json.dumps({"settings": settings.model_dump(), "pairs": dict(sources), "init": init}, indent=1)
@@ -372,9 +375,9 @@ def train_pairs(
         with autocast():  # DPO's reference pass runs as the policy's first step would
             extra = recipe.prepare(model, data, out)
         cfg = SimpleNamespace(**settings.model_dump(exclude={"max_steps"}), max_steps=max_steps)
-        optimizer = pt.make_optimizer(model, cfg, fused=device.type in ("cpu", "cuda"))
-        schedule = [pt.first_segment(cfg)]
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: pt.lr_at(i + 1, cfg, schedule) / cfg.lr)
+        optimizer = make_optimizer(model, cfg, fused=device.type in ("cpu", "cuda"))
+        schedule = [first_segment(cfg)]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_at(i + 1, cfg, schedule) / cfg.lr)
 
         step, elapsed_before, initial_val = 0, 0.0, None
         resume_dir = latest_checkpoint(ckpt_root)
@@ -382,7 +385,7 @@ def train_pairs(
             state = load_checkpoint(resume_dir, model, optimizer)
             scheduler.load_state_dict(state["scheduler"])
             step, elapsed_before, initial_val = state["step"], state["elapsed_s"], state.get("initial_val")
-        log = pt.RunLog(out, step, stack, progress)
+        log = RunLog(out, step, stack, progress)
         c = data["counts"]
         where = f"resuming from {resume_dir.name}" if resume_dir else "starting"
         if superseded is not None:
@@ -433,7 +436,7 @@ def train_pairs(
         last, val = None, None
         while step < max_steps:
             if stop.signum:
-                raise pt.TrainingInterrupted(stop.signum or signal.SIGTERM)
+                raise TrainingInterrupted(stop.signum or signal.SIGTERM)
             t0 = time.perf_counter()
             batch_pairs = [train[i] for i in steps_plan[step]]
             sums: Counter = Counter()
@@ -544,7 +547,7 @@ def build_parser(prog: str, description: str, settings_class: type) -> Any:
 def run_main(parser: Any, args: Any, settings: Any, run: Callable[..., dict]) -> None:
     import sys
 
-    from training.pretrain import TrainingInterrupted
+    from training.signals import TrainingInterrupted
 
     pairs = dict(args.pairs)
     if len(pairs) != len(args.pairs):

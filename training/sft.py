@@ -121,7 +121,8 @@ EXAMPLES_SHOWN = 2
 
 
 def loop_config(settings: SftSettings, init: str, max_steps: int) -> SimpleNamespace:
-    """The fields ``training.pretrain``'s model, optimizer and schedule functions read, from the SFT settings."""
+    """The fields pretraining's model, optimizer and schedule functions (``training.setup``, ``training.resume``)
+    read, from the SFT settings."""
     return SimpleNamespace(
         **settings.model_dump(exclude={"max_steps"}),
         init_from=init,
@@ -240,7 +241,6 @@ def run(
     from torch.nn.parallel import DistributedDataParallel
 
     from pipelines.tokenizer import ENDOFTEXT_ID
-    from training import pretrain as pt
     from training.attention import model_inputs
     from training.chat_data import IGNORE_INDEX, row_tensors, write_excluded
     from training.checkpoint import (
@@ -251,6 +251,11 @@ def run(
         save_checkpoint,
     )
     from training.loss import router_aux_loss_coef, split_router_loss
+    from training.pretrain import accumulate_gradients, save_final
+    from training.resume import first_segment, lr_at, supersede_stale_run
+    from training.runlog import RunLog, last_logged_loss
+    from training.setup import build_model, make_optimizer, setup_distributed, wrap_model
+    from training.signals import KILL_AFTER_STEP_ENV, StopOnSignal, TrainingInterrupted
 
     started = time.perf_counter()
     if not (Path(init) / "config.json").exists():
@@ -261,15 +266,15 @@ def run(
         torch.set_num_threads(settings.num_threads)
     output_dir_p = Path(output_dir)
     ckpt_root = output_dir_p / "checkpoints"
-    kill_after = int(os.environ.get(pt.KILL_AFTER_STEP_ENV, "0"))
+    kill_after = int(os.environ.get(KILL_AFTER_STEP_ENV, "0"))
 
     tokenizer = checkpoint_tokenizer("chat")
     data = prepare_data(settings, sources, tokenizer)
     train, rows, val_rows = data["train"], data["rows"], data["val_rows"]
 
-    with ExitStack() as stack, pt.StopOnSignal() as stop:
+    with ExitStack() as stack, StopOnSignal() as stop:
         probe = SimpleNamespace(device=settings.device)
-        dist_info = pt.setup_distributed(probe)
+        dist_info = setup_distributed(probe)
         if dist_info.owns_group:
             stack.callback(dist.destroy_process_group)
         rank, world, device = dist_info.rank, dist_info.world_size, dist_info.device
@@ -286,7 +291,7 @@ def run(
         if dist_info.is_main:
             output_dir_p.mkdir(parents=True, exist_ok=True)
             remove_partial_checkpoints(ckpt_root)
-            superseded = pt.supersede_stale_run(output_dir_p, key)
+            superseded = supersede_stale_run(output_dir_p, key)
             write_excluded(data["excluded"], output_dir_p / "excluded")
             write_heldout_prompts(output_dir_p / "heldout_prompts.jsonl", data["heldout"], train)
             (output_dir_p / "run_config.json").write_text(
@@ -300,14 +305,14 @@ def run(
         )
         autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
         init_positions = json.loads((Path(init) / "config.json").read_text()).get("max_position_embeddings", 0)
-        model = pt.build_model(cfg, max(settings.seq_len, init_positions), device)  # never shrink the context
+        model = build_model(cfg, max(settings.seq_len, init_positions), device)  # never shrink the context
         n_params = sum(p.numel() for p in model.parameters())
         aux_coef = router_aux_loss_coef(model)
-        model = pt.wrap_model(model, cfg, dist_info, use_bf16)
+        model = wrap_model(model, cfg, dist_info, use_bf16)
         base_model = model.module if isinstance(model, DistributedDataParallel) else model
-        optimizer = pt.make_optimizer(model, cfg, fused=settings.strategy != "fsdp" or world == 1)
-        schedule = [pt.first_segment(cfg)]
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: pt.lr_at(i + 1, cfg, schedule) / cfg.lr)
+        optimizer = make_optimizer(model, cfg, fused=settings.strategy != "fsdp" or world == 1)
+        schedule = [first_segment(cfg)]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_at(i + 1, cfg, schedule) / cfg.lr)
 
         step, elapsed_before = 0, 0.0
         resume_dir = latest_checkpoint(ckpt_root)
@@ -315,7 +320,7 @@ def run(
             state = load_checkpoint(resume_dir, model, optimizer, rank=rank)
             scheduler.load_state_dict(state["scheduler"])
             step, elapsed_before = state["step"], state["elapsed_s"]
-        log = pt.RunLog(output_dir_p, step, stack, progress) if dist_info.is_main else None
+        log = RunLog(output_dir_p, step, stack, progress) if dist_info.is_main else None
         if log is not None:
             where = f"resuming from {resume_dir.name}" if resume_dir else "starting"
             if superseded is not None:
@@ -388,8 +393,8 @@ def run(
             local_targets = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro_batches)
             global_targets, stop_votes = all_reduce_sum([local_targets, float(stop.signum != 0)])
             if stop_votes:
-                raise pt.TrainingInterrupted(stop.signum or signal.SIGTERM)
-            loss_sum, _ = pt.accumulate_gradients(
+                raise TrainingInterrupted(stop.signum or signal.SIGTERM)
+            loss_sum, _ = accumulate_gradients(
                 model, micro_batches, max(int(global_targets), 1), world, settings.strategy, aux_coef, autocast
             )
             grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -442,10 +447,10 @@ def run(
         full_state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         summary: dict[str, Any] = {}
         if dist_info.is_main:
-            final_dir = pt.save_final(base_model, full_state, output_dir_p, kind="chat")
+            final_dir = save_final(base_model, full_state, output_dir_p, kind="chat")
             summary = {
                 "steps": step,
-                "final_loss": last_loss if last_loss is not None else pt._last_logged_loss(output_dir_p),
+                "final_loss": last_loss if last_loss is not None else last_logged_loss(output_dir_p),
                 "val_loss": val_loss,
                 **data["counts"],
                 "epochs": settings.epochs,
@@ -531,7 +536,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def pt_interrupted() -> type:
-    from training.pretrain import TrainingInterrupted
+    from training.signals import TrainingInterrupted
 
     return TrainingInterrupted
 
