@@ -9,6 +9,7 @@ lines stream into the run's logs and cancelling the run sends SIGINT to the trai
 import json
 import os
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 from pydantic import Field
@@ -16,31 +17,43 @@ from pydantic import Field
 from assets.curation import deduplicated_documents
 from assets.metadata import counts_table, rows_table
 from dagster_project.resources import CurationResource, TrainingResource
-from pipelines.mixing_settings import MixtureConfig, MixtureSettings, MixtureWeights, SearchConfig, SearchSettings
+from pipelines.mixing_settings import (
+    MixtureConfig,
+    MixtureIndexSettings,
+    MixtureSettings,
+    MixtureWeights,
+    SearchConfig,
+    SearchSettings,
+)
 from pipelines.settings import dagster_config, to_settings
 from training.pretrain_settings import PretrainConfig, PretrainSettings
 
 GROUP = "pretraining"
-QUALITY_TIERS = ("strict", "relaxed")
 _MIX_CHECK = "Realised tokens per bucket are within the tolerance of the target (or one document)."
-
-
-class MixtureIndexConfig(dg.Config):
-    inputs: list[str] = Field(
-        default_factory=list,
-        description="Curated stage folders to mix. Empty: the deduplicated documents (or the quality tier "
-        "below), plus the synthetic pretraining documents when that stage has finished.",
-    )
-    quality_tier: str = Field(
-        default="",
-        description="Mix a tier of the model-based quality scores instead of every deduplicated document: "
-        "'strict' (Qwen2's 7T choice) or 'relaxed' (the 12T one); materialize quality_tiers first. Empty: all.",
-    )
-    heldout_fraction: float = Field(default=0.02, description="Documents held out (by id hash) for validation.")
 
 
 # Generated from the stage settings (pipelines.settings): the Launchpad shows the fields, defaults (the recipe values)
 # and descriptions that ``--help`` shows; the demo's smaller sizes are in dagster_project/profiles/demo.toml.
+MixtureIndexConfig = dagster_config(
+    MixtureIndexSettings,
+    "MixtureIndexConfig",
+    inputs=(
+        list[str],
+        Field(
+            default_factory=list,
+            description="Curated stage folders to mix. Empty: the deduplicated documents (or the quality tier "
+            "below), plus the synthetic pretraining documents when that stage has finished.",
+        ),
+    ),
+    quality_tier=(
+        Literal["", "strict", "relaxed"],
+        Field(
+            default="",
+            description="Mix a tier of the model-based quality scores instead of every deduplicated document: "
+            "'strict' (Qwen2's 7T choice) or 'relaxed' (the 12T one); materialize quality_tiers first. Empty: all.",
+        ),
+    ),
+)
 MixtureSearchConfig = dagster_config(
     SearchSettings,
     "MixtureSearchConfig",
@@ -284,10 +297,7 @@ def mixture_index(config: MixtureIndexConfig, curation: CurationResource, traini
     from pipelines.mixing import run_index
     from pipelines.shards import read_json
 
-    if config.quality_tier and config.quality_tier not in QUALITY_TIERS:
-        raise dg.Failure(
-            f"quality_tier must be one of {', '.join(QUALITY_TIERS)} or empty, got {config.quality_tier!r}"
-        )
+    settings = to_settings(MixtureIndexSettings, config)
     base = curation.tier_dir(config.quality_tier) if config.quality_tier else curation.stage_dir("dedup")
     if config.quality_tier and read_json(f"{base}/_SUCCESS.json") is None:
         raise dg.Failure(f"quality tier {config.quality_tier!r} is not there yet ({base}): materialize quality_tiers")
@@ -298,7 +308,7 @@ def mixture_index(config: MixtureIndexConfig, curation: CurationResource, traini
     summary = run_index(
         inputs,
         curation.mix_dir("index"),
-        config.heldout_fraction,
+        settings.heldout_fraction,
         long_doc_tokens=training.stage1_seq_len,
         max_doc_tokens=training.long_seq_len,
         **curation.run_kwargs(),

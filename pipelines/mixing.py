@@ -53,7 +53,7 @@ from pipelines.beam_stage import (
     run_pipeline,
     run_shard_stage,
 )
-from pipelines.mixing_settings import MIXTURE_RUN_FIELDS, MixtureConfig, MixtureSettings
+from pipelines.mixing_settings import MIXTURE_RUN_FIELDS, MixtureConfig, MixtureIndexSettings, MixtureSettings
 from pipelines.schema import MIXED_SCHEMA
 from pipelines.settings import _argument as settings_argument
 from pipelines.settings import parse_settings, settings_parser
@@ -519,7 +519,6 @@ def main(argv: list[str] | None = None) -> None:
     idx = sub.add_parser("index", help="bucket and count the tokens of curated documents")
     idx.add_argument("--input", required=True, help="curated stage folder(s) or globs, comma-separated")
     idx.add_argument("--output", required=True)
-    idx.add_argument("--heldout-fraction", type=bounded(float, 0, 1), default=0.01)
     idx.add_argument(
         "--long-doc-tokens", type=bounded(int, 1), default=4096, help="stage-1 context: longer documents are long"
     )
@@ -530,6 +529,7 @@ def main(argv: list[str] | None = None) -> None:
         help="stage-2 context: longer documents are cut into pieces",
     )
     idx.add_argument("--workers", type=bounded(int, 1), default=None)
+    settings_parser(MixtureIndexSettings, parser=idx)  # --heldout-fraction, --config FILE
     sel = sub.add_parser("select", help="realise a mixture from the index")
     sel.add_argument("--index", required=True)
     sel.add_argument("--output", required=True)
@@ -540,12 +540,19 @@ def main(argv: list[str] | None = None) -> None:
         sel.add_argument(*flags, **kwargs)
     settings_parser(MixtureSettings, parser=sel)  # --token-budget, --domain-weights ..., --config FILE
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["index"] or argv[:1] not in ([], ["select"]):  # index, or --help / a mistake of the command
-        args = parser.parse_args(argv)
+    if argv[:1] not in ([], ["index"], ["select"]):  # --help, or a mistake of the command
+        parser.parse_args(argv)
     if argv[:1] == ["index"]:
+        # each command its own parser, so the settings are parsed where the stages parse theirs
+        args, settings = parse_settings(idx, argv[1:])
         inputs = args.input.split(",")
         summary = run_index(
-            inputs, args.output, args.heldout_fraction, args.long_doc_tokens, args.max_doc_tokens, workers=args.workers
+            inputs,
+            args.output,
+            settings.heldout_fraction,
+            args.long_doc_tokens,
+            args.max_doc_tokens,
+            workers=args.workers,
         )
     else:
         # select (the default command): its own parser, so the settings are parsed where the stages parse theirs

@@ -1,8 +1,9 @@
-"""The settings of the mixing stage (``pipelines.mixing select``) and of the proxy mixture search
+"""The settings of the mixing stage (``pipelines.mixing index`` and ``select``) and of the proxy mixture search
 (``training.mixture_search``), each defined once.
 
-``python -m pipelines.mixing select --help``, ``python -m training.mixture_search --help`` and the Launchpad
-config of the mixture assets are generated from these models (``pipelines.settings``); the defaults are the
+``python -m pipelines.mixing index --help``, ``python -m pipelines.mixing select --help``,
+``python -m training.mixture_search --help`` and the Launchpad config of the mixture assets are generated from
+these models (``pipelines.settings``); the defaults are the
 recipe's values (the demo's smaller ones are in ``dagster_project/profiles/demo.toml``). They live apart from
 the stage modules because the Dagster code location imports them at load time and the stages import Beam,
 pyarrow and torch: this module needs only pydantic.
@@ -20,6 +21,21 @@ from pydantic_core import PydanticCustomError
 from pipelines.settings import Settings
 
 DEFAULT_DOMAIN_WEIGHTS = {"web": 0.6, "code": 0.2, "math": 0.08, "synthetic": 0.07, "instruction": 0.05}
+
+
+class MixtureIndexSettings(Settings):
+    """The mixture index's settings (``pipelines.mixing index``, asset ``mixture_index``). Its other inputs are run
+    options: the curated folders (``--input``; in Dagster the asset's ``inputs`` or ``quality_tier``), and the
+    stage-1 and stage-2 contexts that make a document long or cut it (``--long-doc-tokens``/``--max-doc-tokens``;
+    in Dagster the training resource's ``stage1_seq_len``/``long_seq_len``, so the index and the training agree)."""
+
+    heldout_fraction: float = Field(
+        0.02,
+        ge=0,
+        lt=1,
+        description="Share of documents held out for validation, chosen by a hash of the id (a synthetic "
+        "document's by its source document's id).",
+    )
 
 
 class MixtureWeights(Settings):

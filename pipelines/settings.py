@@ -50,6 +50,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "language_filtered_documents": ("pipelines.langid", "pipelines.curation_settings:LanguageIdSettings"),
     "quality_filtered_documents": ("pipelines.quality", "pipelines.curation_settings:QualitySettings"),
     "deduplicated_documents": ("pipelines.dedup", "pipelines.curation_settings:DedupSettings"),
+    "mixture_index": ("pipelines.mixing index", "pipelines.mixing_settings:MixtureIndexSettings"),  # a command
     "mixture_search": ("training.mixture_search", "pipelines.mixing_settings:SearchSettings"),
     "pretraining_mixture": ("pipelines.mixing", "pipelines.mixing_settings:MixtureSettings"),
     "long_context_mixture": ("pipelines.mixing", "pipelines.mixing_settings:MixtureSettings"),

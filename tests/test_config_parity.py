@@ -27,8 +27,10 @@ class _Captured(Exception):
 def stage_parser(asset: str, monkeypatch):
     """The parser the stage's own ``main`` builds (caught as it is handed to parse_stage_args or parse_settings,
     before any parsing, so the stage's required run options do not matter), and the settings it gives when no
-    settings flag is on the command line."""
-    module = importlib.import_module(st.STAGES[asset][0])
+    settings flag is on the command line. A stage that is a command of its module is registered as
+    ``"<module> <command>"`` (``pipelines.mixing index``)."""
+    module_name, *command = st.STAGES[asset][0].split()
+    module = importlib.import_module(module_name)
     names = [name for name in ("parse_stage_args", "parse_settings") if hasattr(module, name)]
     assert names, f"{module.__name__}.main parses with neither parse_stage_args nor parse_settings"
 
@@ -38,7 +40,7 @@ def stage_parser(asset: str, monkeypatch):
     for name in names:
         monkeypatch.setattr(module, name, capture)
     with pytest.raises(_Captured) as caught:
-        module.main([])
+        module.main(command)
     parser = caught.value.parser
     defaults = {a.dest: a.default for a in parser._actions if a.default is not argparse.SUPPRESS}
     namespace = argparse.Namespace(**{**defaults, **parser._defaults})
