@@ -43,6 +43,10 @@ The stage's config holds every value that changes its output (the threshold tabl
 filter libraries' versions, ``QUALITY_CODE_VERSION``), so editing a threshold starts the stage afresh.
 Every drop is counted by ``<filter>/<reason>`` (web) or ``<profile>/<rule>`` and the document is kept in
 ``excluded/`` for audit.
+
+This module is the stage (``QualityFilter``, ``run``, ``main``); its parts are ``pipelines.filters`` (the web
+chain, the tokenizers, the code rules), ``pipelines.quality_profiles`` (the profiles and their detection) and
+``pipelines.junk`` (the clear-junk rules).
 """
 
 from __future__ import annotations

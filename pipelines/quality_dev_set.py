@@ -53,6 +53,9 @@ set (file names ``index``, ``search``, ``genindex``, ``l10n``, ``*toc*`` and the
 manuals: neither good text nor web junk, their label would be a matter of taste); (2) every real source file is
 ``keep``, every minified file ``drop``; (3) every generated junk record is ``drop``. Real pages whose extracted
 text is empty never reach the quality stage (ingest quarantines them) and are not scored.
+
+This module fetches, writes and reads the set and is its command line; the real sources are read by
+``pipelines.quality_dev_sources`` and the junk is made by ``pipelines.quality_dev_junk``.
 """
 
 from __future__ import annotations
