@@ -34,25 +34,15 @@ _MIX_CHECK = "Realised tokens per bucket are within the tolerance of the target 
 
 # Generated from the stage settings (pipelines.settings): the Launchpad shows the fields, defaults (the recipe values)
 # and descriptions that ``--help`` shows; the demo's smaller sizes are in dagster_project/profiles/demo.toml.
+_INPUTS = "Curated stage folders to mix. Empty: the deduplicated documents (or the quality tier below), plus the \
+synthetic pretraining documents when that stage has finished."
+_TIER = "Mix a tier of the model-based quality scores instead of every deduplicated document: 'strict' (Qwen2's 7T \
+choice) or 'relaxed' (the 12T one); materialize quality_tiers first. Empty: all."
 MixtureIndexConfig = dagster_config(
     MixtureIndexSettings,
     "MixtureIndexConfig",
-    inputs=(
-        list[str],
-        Field(
-            default_factory=list,
-            description="Curated stage folders to mix. Empty: the deduplicated documents (or the quality tier "
-            "below), plus the synthetic pretraining documents when that stage has finished.",
-        ),
-    ),
-    quality_tier=(
-        Literal["", "strict", "relaxed"],
-        Field(
-            default="",
-            description="Mix a tier of the model-based quality scores instead of every deduplicated document: "
-            "'strict' (Qwen2's 7T choice) or 'relaxed' (the 12T one); materialize quality_tiers first. Empty: all.",
-        ),
-    ),
+    inputs=(list[str], Field(default_factory=list, description=_INPUTS)),
+    quality_tier=(Literal["", "strict", "relaxed"], Field(default="", description=_TIER)),
 )
 MixtureSearchConfig = dagster_config(
     SearchSettings,
