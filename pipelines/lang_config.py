@@ -6,7 +6,7 @@ The values are data, not code: ``pipelines/thresholds/<table>.toml`` (package da
 
 * ``langid.toml``       -- ``language_score``, the minimum lid.176 score (``pipelines.langid``).
 * ``web_quality.toml``  -- stop words and the thresholds of datatrove's Gopher repetition, Gopher quality and
-  FineWeb filters (``pipelines.quality.build_filter_chain``, the ``web`` profile).
+  FineWeb filters (``pipelines.filters.build_filter_chain``, the ``web`` profile).
 
 The values come from FineWeb-2 (Penedo et al. 2025) per language and from FineWeb / datatrove for English and any
 language without a section; each file's header and each value's ``source`` say which file and revision, and the

@@ -88,7 +88,8 @@ def profile_section(cls: type[Settings], spec: str) -> tuple[str, str]:
     if not assets:
         raise ValueError(f"{cls.__name__} is not in pipelines.settings.STAGES, so it has no profile section")
     if asset and asset not in assets:
-        raise ValueError(f"--settings-profile {spec}: {asset} does not use {cls.__name__} (choose: {', '.join(assets)})")
+        choices = ", ".join(assets)
+        raise ValueError(f"--settings-profile {spec}: {asset} does not use {cls.__name__} (choose: {choices})")
     if not asset and len(assets) > 1:
         raise ValueError(
             f"--settings-profile {spec}: {cls.__name__} serves several assets; name one: "

@@ -9,7 +9,7 @@ EXTRACTOR = "datatrove.Trafilatura(favour_precision=True, deduplicate=False)"
 
 
 # What a page's markup says about its kind, recorded at ingest (before extraction throws the markup away) as
-# ``metadata["markup"]``; the quality stage reads it to choose a document's profile (pipelines/quality.py).
+# ``metadata["markup"]``; the quality stage reads it to choose a document's profile (pipelines/quality_profiles.py).
 _GENERATOR = re.compile(
     r"""<meta\s[^>]*?(?:name\s*=\s*["']generator["'][^>]*?content\s*=\s*["']([^"'>]*)"""
     r"""|content\s*=\s*["']([^"'>]*)["'][^>]*?name\s*=\s*["']generator["'])""",
