@@ -31,14 +31,14 @@ from typing import Any
 from pipelines.schema import DOCUMENT_SCHEMA, empty_document
 from pipelines.settings import ArgumentParser, parse_settings, settings_parser
 from synth.llm.base import Generator
-from synth.records import chunk_counters, record_id, rejected, run_chunked_stage
+from synth.records import record_id, rejected, run_chunked_stage
 from synth.seeds import language_name
 from synth.settings import RephraseSettings
 from synth.sft.common import (
     add_generator_args,
     ask,
     check_output,
-    counts_by_lang,
+    chunk_outcome,
     digest,
     excerpt_of,
     make_cli_generator,
@@ -157,10 +157,8 @@ def _chunk(generator: Generator, cfg: RephraseConfig) -> Callable:
                     metadata=json.dumps(metadata, sort_keys=True, ensure_ascii=False),
                 )
             )
-        counters = chunk_counters(len(chunk), len(chunk) * len(cfg.styles), len(rows), rejects)
-        counters["accepted_by_style"] = {s: sum(r["source"].endswith(":" + s) for r in rows) for s in cfg.styles}
-        counters["accepted_by_lang"] = counts_by_lang(rows)
-        return rows, rejects, counters
+        by_style = {s: sum(r["source"].endswith(":" + s) for r in rows) for s in cfg.styles}
+        return chunk_outcome(len(chunk), len(chunk) * len(cfg.styles), rows, rejects, accepted_by_style=by_style)
 
     return process
 

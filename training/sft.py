@@ -51,10 +51,11 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from pipelines.settings import Settings, parse_settings, settings_parser
+from pipelines.settings import parse_settings, settings_parser
+from training.loop_settings import RESUMABLE_CHANGES, LoopSettings
 
 
-class SftSettings(Settings):
+class SftSettings(LoopSettings):
     """Supervised fine-tuning; the defaults are Qwen2's published SFT values where the report gives them."""
 
     epochs: int = Field(2, ge=1, description="Passes over the (weighted) training conversations; Qwen2: 2.")
@@ -72,12 +73,6 @@ class SftSettings(Settings):
     heldout_fraction: float = Field(
         0.01, ge=0, lt=1, description="Share of rows held out for validation, chosen by a hash of the row id."
     )
-    max_steps: int | None = Field(
-        None,
-        ge=1,
-        description="Train this many optimizer steps instead of all steps of all epochs (the learning rate decays "
-        "over them).",
-    )
     micro_batch_size: int = Field(1, ge=1, description="Packed rows per forward/backward pass on each rank.")
     grad_accum_steps: int = Field(
         16, ge=1, description="Micro-batches per optimizer step on each rank (ours: the report gives no batch size)."
@@ -87,13 +82,7 @@ class SftSettings(Settings):
     warmup_steps: int = Field(0, ge=0, description="Linear warmup steps before the decay (Qwen2 states none).")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay on matrices; Qwen2: 0.1.")
     grad_clip: float = Field(1.0, ge=0, description="Clip the global gradient norm to this (0: off); Qwen2: 1.0.")
-    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
-    beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2.")
     seed: int = Field(0, description="Seed of the epoch orders, the source sampling and the packing.")
-    precision: Literal["auto", "bf16", "fp32"] = Field(
-        "auto", description="auto: bf16 autocast on a GPU that supports it, else fp32; bf16; fp32."
-    )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: a CUDA GPU per rank if any, else CPU.")
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="With several processes: ddp or fsdp (FSDP2).")
     fsdp_reduce_dtype: Literal["fp32", "bf16"] = Field(
         "fp32", description="FSDP with bf16: the dtype gradients are reduce-scattered in."
@@ -109,14 +98,9 @@ class SftSettings(Settings):
     )
     activation_checkpointing: bool = Field(False, description="Recompute each decoder layer in the backward pass.")
     checkpoint_every: int = Field(200, ge=1, description="Save a resumable checkpoint every this many steps.")
-    keep_checkpoints: int = Field(2, ge=1, description="How many of the newest checkpoints to keep.")
     eval_every: int = Field(0, ge=0, description="Validation loss every this many steps; 0: at the end only.")
-    log_every: int = Field(10, ge=1, description="Progress line every this many steps.")
-    num_threads: int | None = Field(None, ge=1, description="torch CPU threads per process (default: torch's).")
 
 
-# Settings that may change between a run and its resume: they do not change the trajectory.
-RESUMABLE_CHANGES = frozenset({"checkpoint_every", "keep_checkpoints", "eval_every", "log_every", "num_threads"})
 EXAMPLES_SHOWN = 2
 
 

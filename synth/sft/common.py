@@ -16,7 +16,7 @@ from typing import Any
 from pipelines.shards import SUCCESS_FILE, input_fingerprint, iter_stage_rows, join, list_shards, read_json
 from synth.llm.base import GenerationRequest, Generator
 from synth.llm.chat import CONTROL_TOKENS, validate_chat
-from synth.records import rejected
+from synth.records import chunk_counters, rejected
 
 # ------------------------------------------------------------------------------------------------ shared helpers
 
@@ -257,6 +257,16 @@ def counts_by_lang(rows: Iterable[Mapping]) -> dict:
         lang = row.get("lang") or "und"
         counts[lang] = counts.get(lang, 0) + 1
     return counts
+
+
+def chunk_outcome(
+    items: int, samples: int, rows: list[dict], rejects: list[dict], **extra: Any
+) -> tuple[list[dict], list[dict], dict]:
+    """What a chunk function returns: its rows, its rejections and the standard counters (``extra`` added, the
+    accepted rows counted per language)."""
+    counters = chunk_counters(items, samples, len(rows), rejects) | extra
+    counters["accepted_by_lang"] = counts_by_lang(rows)
+    return rows, rejects, counters
 
 
 def request_seed(seed: int, index: int) -> int:

@@ -21,12 +21,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pipelines.schema import SFT_SCHEMA
 from synth.llm.base import Generator
 from synth.llm.chat import validate_chat
-from synth.records import chunk_counters, messages, provenance, record_id, rejected, run_chunked_stage
+from synth.records import messages, provenance, record_id, rejected, run_chunked_stage
 from synth.seeds import language_name, load_seeds, sample_seeds, seed_messages, seed_prompt
 from synth.settings import InstructionSettings
 from synth.sft.common import (
     ask,
     check_output,
+    chunk_outcome,
     counts_by_lang,
     digest,
     is_copy,
@@ -131,9 +132,7 @@ def _instruction_chunk(generator: Generator, cfg: InstructionConfig) -> Callable
                     **provenance(answer, method=method, lang=seed.get("lang"), source_id=seed["id"], meta=meta),
                 }
             )
-        counters = chunk_counters(len(chunk), len(chunk), len(rows), rejects)
-        counters["accepted_by_lang"] = counts_by_lang(rows)
-        return rows, rejects, counters
+        return chunk_outcome(len(chunk), len(chunk), rows, rejects)
 
     return process
 

@@ -21,14 +21,14 @@ from collections.abc import Callable, Mapping
 from pipelines.schema import SFT_SCHEMA
 from synth.llm.base import Generator
 from synth.llm.chat import validate_chat
-from synth.records import chunk_counters, messages, provenance, record_id, rejected, run_chunked_stage
+from synth.records import messages, provenance, record_id, rejected, run_chunked_stage
 from synth.seeds import language_name
 from synth.settings import RepurposeSettings
 from synth.sft.common import (
     PREAMBLE,
     ask,
     check_output,
-    counts_by_lang,
+    chunk_outcome,
     digest,
     excerpt_of,
     grounding_score,
@@ -129,9 +129,7 @@ def _repurpose_chunk(generator: Generator, cfg: RepurposeConfig) -> Callable:
                     **provenance(result, method=method, lang=doc["lang"], source_id=doc["id"], meta=meta),
                 }
             )
-        counters = chunk_counters(len(chunk), len(chunk), len(rows), rejects)
-        counters["accepted_by_lang"] = counts_by_lang(rows)
-        return rows, rejects, counters
+        return chunk_outcome(len(chunk), len(chunk), rows, rejects)
 
     return process
 
