@@ -4,10 +4,12 @@ as WARC and JSONL, with near-duplicates, exact duplicates, junk, source code and
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import os
 import random
+import uuid
 from pathlib import Path
 
 import pytest
@@ -110,7 +112,13 @@ def write_warc(path: Path, pages: list[tuple[str, str, bytes]]) -> None:
         writer = WARCWriter(out, gzip=True)
         for url, content_type, body in pages:
             headers = StatusAndHeaders("200 OK", [("Content-Type", content_type)], protocol="HTTP/1.1")
-            record = writer.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=headers)
+            fixed = {  # the same bytes on every run (a random record id moves where a cut file is cut)
+                "WARC-Record-ID": f"<urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, url + hashlib.sha1(body).hexdigest())}>",
+                "WARC-Date": "2026-01-01T00:00:00Z",
+            }
+            record = writer.create_warc_record(
+                url, "response", payload=io.BytesIO(body), http_headers=headers, warc_headers_dict=fixed
+            )
             writer.write_record(record)
 
 
