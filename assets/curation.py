@@ -91,12 +91,14 @@ def _schema_and_size_checks(stage_dir: str, summary: dict) -> list[dg.AssetCheck
     ]
 
 
-def _specs(asset: str, *extra: dg.AssetCheckSpec) -> list[dg.AssetCheckSpec]:
-    return [
-        dg.AssetCheckSpec("schema", asset=asset, description="Every data shard has the documented Parquet schema."),
-        dg.AssetCheckSpec("non_empty", asset=asset, description="The stage kept at least one document."),
-        *extra,
-    ]
+def _specs(asset: str, **extra: str) -> list[dg.AssetCheckSpec]:
+    """The checks every curation stage has, plus ``extra`` (check name -> description)."""
+    checks = {
+        "schema": "Every data shard has the documented Parquet schema.",
+        "non_empty": "The stage kept at least one document.",
+        **extra,
+    }
+    return [dg.AssetCheckSpec(name, asset=asset, description=text) for name, text in checks.items()]
 
 
 @dg.asset(group_name=GROUP, kinds=KINDS, check_specs=_specs("raw_documents"))
@@ -120,11 +122,7 @@ def raw_documents(config: IngestConfig, curation: CurationResource) -> dg.Materi
     deps=[raw_documents],
     check_specs=_specs(
         "language_filtered_documents",
-        dg.AssetCheckSpec(
-            "below_threshold_share",
-            asset="language_filtered_documents",
-            description="Warn when over half the documents score under their language threshold.",
-        ),
+        below_threshold_share="Warn when over half the documents score under their language threshold.",
     ),
 )
 def language_filtered_documents(config: LanguageIdConfig, curation: CurationResource) -> dg.MaterializeResult:
@@ -182,11 +180,7 @@ def quality_filtered_documents(config: QualityConfig, curation: CurationResource
     deps=[quality_filtered_documents],
     check_specs=_specs(
         "deduplicated_documents",
-        dg.AssetCheckSpec(
-            "duplicate_rate",
-            asset="deduplicated_documents",
-            description="Exact duplicates (normalized text) left after dedup stay under the limit.",
-        ),
+        duplicate_rate="Exact duplicates (normalized text) left after dedup stay under the limit.",
     ),
 )
 def deduplicated_documents(config: DedupAssetConfig, curation: CurationResource) -> dg.MaterializeResult:

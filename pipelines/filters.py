@@ -192,6 +192,19 @@ class CachedScriptAwareTokenizer(ScriptAwareTokenizer):
         return list(self._last[1])
 
 
+def _repeats(parts: list[str]) -> tuple[int, int]:
+    """How many of ``parts`` repeat an earlier one, and their characters (Gopher's duplicate line/paragraph counts)."""
+    seen: set[str] = set()
+    dup = dup_chars = 0
+    for part in parts:
+        if part in seen:
+            dup += 1
+            dup_chars += len(part)
+        else:
+            seen.add(part)
+    return dup, dup_chars
+
+
 class FastGopherRepetitionFilter(GopherRepetitionFilter):
     """GopherRepetitionFilter, faster: n-grams as tuples (no string joins) and a stop as soon as a share is over
     its limit. Words never contain spaces, so the top n-grams are the same; the duplicated n-grams are compared as
@@ -203,25 +216,13 @@ class FastGopherRepetitionFilter(GopherRepetitionFilter):
         if not text:
             return False, "empty"
         paragraphs = self.paragraph_exp.split(text.strip())
-        seen, dup, dup_chars = set(), 0, 0
-        for p in paragraphs:
-            if p in seen:
-                dup += 1
-                dup_chars += len(p)
-            else:
-                seen.add(p)
+        dup, dup_chars = _repeats(paragraphs)
         if self.dup_para_frac and dup / len(paragraphs) > self.dup_para_frac:
             return False, "dup_para_frac"
         if self.dup_para_char_frac and dup_chars / len(text) > self.dup_para_char_frac:
             return False, "dup_para_char_frac"
         lines = self._line_splitter.split(text)
-        seen, dup, dup_chars = set(), 0, 0
-        for line in lines:
-            if line in seen:
-                dup += 1
-                dup_chars += len(line)
-            else:
-                seen.add(line)
+        dup, dup_chars = _repeats(lines)
         if self.dup_line_frac and dup / len(lines) > self.dup_line_frac:
             return False, "dup_line_frac"
         if self.dup_line_char_frac and dup_chars / len(text) > self.dup_line_char_frac:
