@@ -37,6 +37,9 @@ The program's files and a random token go in over stdin; the verdict (which file
 message, the failing ``assert`` line) comes back over a pipe, tagged with the token, so ``os._exit(0)`` or a
 forged verdict in a solution does not pass its tests.
 
+This module is the host side (limits, running, verdicts); ``synth.bubblewrap`` probes bubblewrap and builds its
+argument list, and ``synth.sandbox_child`` is the bootstrap that runs inside the sandbox.
+
     python -m synth.sandbox prog.py                       # run a file, print the SandboxResult as JSON
     python -m synth.sandbox prog.py --cpu-s 2 --memory-mb 256
     python -m synth.sandbox solution.py --tests tests.py  # run solution then tests (asserts) in one program
@@ -50,7 +53,6 @@ import json
 import os
 import secrets
 import selectors
-import shutil
 import signal
 import subprocess
 import sys
@@ -61,19 +63,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-ISOLATION = "bwrap+audit"
-"""``SandboxResult.isolation`` of every run: bubblewrap namespaces plus the audit guard."""
-INSTALL_HINT = "apt-get install bubblewrap"
-WORKDIR = "/tmp"
-"""Inside the sandbox: the program's working folder, a private tmpfs and the only writable place."""
-SANDBOX_ID = 65534
-"""uid and gid of the program inside its user namespace (and of ``bwrap`` on the host when we are root)."""
-BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-SANDBOX_ENV = {**BASE_ENV, "HOME": WORKDIR, "TMPDIR": WORKDIR}
-
-
-class SandboxUnavailable(RuntimeError):
-    """bubblewrap is missing or cannot isolate a program on this machine: generated code is not run."""
+from synth.bubblewrap import (
+    BASE_ENV,
+    ISOLATION,
+    SANDBOX_ID,
+    WORKDIR,
+    SandboxUnavailable,
+    as_user,
+    bwrap_argv,
+    probe_runtime,
+    require_sandbox,
+    sandbox_available,
+)
+from synth.sandbox_child import BOOTSTRAP
 
 
 @dataclass(frozen=True)
@@ -148,372 +150,6 @@ class SandboxResult:
 
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "passed": self.passed, "failure": self.failure}
-
-
-# ------------------------------------------------------------------------------------------------ child bootstrap
-
-# Runs in the child before any user code: files from stdin, limits, the audit guard, then the user's files in one
-# __main__ namespace. Everything the hook uses is bound in its closure (builtins and module attributes can be
-# replaced by user code), and no frame on the stack while user code runs refers to the hook. The token lives only
-# in the closure of ``finish``: it stops early exits and forged verdicts from passing, not code that walks frames
-# on purpose. Lines on the report pipe: "started", "event <refused call>", "verdict <json>".
-_BOOTSTRAP = r"""
-def _sandbox_bootstrap(cfg):
-    import os, sys, resource, json
-    report_fd = cfg["report_fd"]
-    os.write(report_fd, b"started\n")
-    token = sys.stdin.readline().strip()
-    files = json.loads(sys.stdin.read())
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
-    root = cfg["root"]
-    for name, text in files.items():
-        with open(os.path.join(root, name), "w", encoding="utf-8") as f:
-            f.write(text)
-    for name, soft, hard in cfg["rlimits"]:
-        try:
-            resource.setrlimit(getattr(resource, name), (soft, hard))
-        except (ValueError, OSError, AttributeError):
-            pass
-    import signal
-    # PID 1 of a namespace ignores signals it has no handler for: end at the CPU soft limit as a default would
-    signal.signal(signal.SIGXCPU, lambda *_: os._exit(128 + signal.SIGXCPU))
-    import _posixsubprocess
-
-    def _install(root, report_fd):
-        realpath, fsdecode, getpid, getpgid, write = os.path.realpath, os.fsdecode, os.getpid, os.getpgid, os.write
-        isdir, readlink, join = os.path.isdir, os.readlink, os.path.join
-        refuse_cls, is_int, as_str, as_repr, as_tuple = PermissionError, int, str, repr, tuple
-        isinst, length, exc_cls = isinstance, len, Exception
-        prefix = root.rstrip("/") + "/"
-        writable_dev = frozenset({"/dev/null", "/dev/stdout", "/dev/stderr"})
-        write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-        net = frozenset({
-            "socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg", "socket.getaddrinfo",
-            "socket.gethostbyname", "socket.gethostbyname_ex", "socket.gethostbyaddr", "socket.getnameinfo",
-            "socket.sethostname",
-        })
-        procs = frozenset({
-            "os.system", "os.exec", "os.fork", "os.forkpty", "os.posix_spawn", "os.spawn", "subprocess.Popen",
-            "os.startfile", "pty.spawn", "resource.setrlimit", "resource.prlimit", "gc.get_objects",
-            "gc.get_referrers", "gc.get_referents", "os.chroot", "sys.remote_exec",
-        })
-        modules = frozenset({"ctypes", "_ctypes", "_posixsubprocess", "cffi", "_cffi_backend"})
-        # event: ((index of a path argument, index of its dir_fd argument or None), ...)
-        path_args = {
-            "os.remove": ((0, 1),), "os.rmdir": ((0, 1),), "os.mkdir": ((0, 2),), "os.rename": ((0, 2), (1, 3)),
-            "os.link": ((0, 2), (1, 3)), "os.symlink": ((1, 2),), "os.chmod": ((0, 2),), "os.chown": ((0, 3),),
-            "os.truncate": ((0, None),), "os.utime": ((0, 3),), "os.chflags": ((0, None),),
-            "os.lchflags": ((0, None),), "os.setxattr": ((0, None),), "os.removexattr": ((0, None),),
-            "shutil.rmtree": ((0, 1),),
-        }
-        own_pid = getpid()
-        reported = [0]
-
-        def resolve(path, dir_fd):
-            raw = fsdecode(path)
-            if isinst(dir_fd, is_int) and dir_fd >= 0 and not raw.startswith("/"):  # -1: no dir_fd given
-                raw = join(readlink("/proc/self/fd/" + as_str(dir_fd)), raw)
-            return raw, realpath(raw)
-
-        def inside(path, dir_fd=None):
-            if isinst(path, is_int):
-                return True
-            try:
-                raw, real = resolve(path, dir_fd)
-            except exc_cls:
-                return False
-            return raw in writable_dev or real == root or real.startswith(prefix)
-
-        def refuse(event, args):
-            line = event + " " + as_repr(as_tuple(args))[:200]
-            if reported[0] < 50:
-                reported[0] += 1
-                try:
-                    write(report_fd, ("event " + line.replace("\n", " ") + "\n").encode("utf-8", "replace"))
-                except exc_cls:
-                    pass
-            raise refuse_cls("sandbox: " + line + " is not allowed")
-
-        def hook(event, args):
-            if event in net or event in procs:
-                refuse(event, args)
-            elif event == "socket.__new__":
-                if length(args) > 1 and args[1] not in (1, -1):  # AF_UNIX only (-1: family from a descriptor)
-                    refuse(event, args[1:])
-            elif event == "import":
-                if as_str(args[0]).partition(".")[0] in modules:
-                    refuse(event, args[:1])
-            elif event == "open":
-                path = args[0]
-                flags = args[2] if length(args) > 2 and isinst(args[2], is_int) else 0
-                if not inside(path):
-                    if flags & write_flags:
-                        refuse(event, args[:2])
-                    try:
-                        if not isinst(path, is_int) and isdir(path):  # a directory fd could serve as dir_fd
-                            refuse(event, args[:2])
-                    except refuse_cls:
-                        raise
-                    except exc_cls:
-                        pass
-            elif event in path_args:
-                for index, fd_index in path_args[event]:
-                    dir_fd = args[fd_index] if fd_index is not None and fd_index < length(args) else None
-                    if index < length(args) and not inside(args[index], dir_fd):
-                        refuse(event, args)
-            elif event == "os.kill":
-                if args[0] not in (0, own_pid):
-                    refuse(event, args)
-            elif event == "os.killpg":
-                if args[0] not in (0, getpgid(0)):
-                    refuse(event, args)
-
-        sys.addaudithook(hook)
-
-    def _refused(*args, **kwargs):
-        raise PermissionError("sandbox: _posixsubprocess.fork_exec is not allowed")
-
-    if cfg["guard"]:
-        _posixsubprocess.fork_exec = _refused
-        _install(root, report_fd)
-    del _install, _posixsubprocess
-
-    def _finisher(token, report_fd):
-        dumps, write = json.dumps, os.write
-
-        def finish(error):
-            peak_kb = None
-            try:  # this program's own peak memory
-                with open("/proc/self/status", encoding="ascii") as f:
-                    peak_kb = next((int(x.split()[1]) for x in f if x.startswith("VmHWM:")), None)
-            except Exception:
-                pass
-            try:
-                line = "verdict " + dumps({"token": token, "error": error, "peak_kb": peak_kb}) + "\n"
-                write(report_fd, line.encode("utf-8", "replace"))
-            except Exception:
-                pass
-        return finish
-
-    finish = _finisher(token, report_fd)
-    del token
-    import traceback
-
-    main = sys.modules["__main__"]
-    g = main.__dict__
-    g.pop("_sandbox_bootstrap", None)
-    sys.path.append(root)
-    names = cfg["files"]
-    codes = []
-    for name in names:
-        try:
-            codes.append((name, compile(files[name], name, "exec")))
-        except (SyntaxError, ValueError, MemoryError, RecursionError) as exc:
-            line = getattr(exc, "lineno", None)
-            message = getattr(exc, "msg", None) or str(exc)
-            print(f"{name}:{line}: {type(exc).__name__}: {message}", file=sys.stderr)
-            finish({"file": name, "phase": "compile", "type": type(exc).__name__, "message": message, "line": line})
-            sys.stderr.flush()
-            os._exit(2)
-    g["__file__"] = os.path.join(root, names[0])
-    sys.argv = [names[0]]
-    code, error = 0, None
-    for index, (name, compiled) in enumerate(codes):
-        try:
-            exec(compiled, g)
-        except SystemExit as exc:
-            status = exc.code
-            if index == len(codes) - 1 and status in (0, None):
-                break
-            code = status if isinstance(status, int) and status else 1
-            if not isinstance(status, (int, type(None))):
-                print(status, file=sys.stderr)
-            error = {"file": name, "phase": "run", "type": "SystemExit", "message": f"exit({status!r})"}
-            break
-        except BaseException as exc:
-            try:
-                traceback.print_exc()
-            except BaseException:
-                pass
-            line, text, where = None, "", name
-            tb = exc.__traceback__
-            while tb is not None:
-                fname = tb.tb_frame.f_code.co_filename
-                if fname in files:
-                    line, where = tb.tb_lineno, fname
-                    lines = files[fname].splitlines()
-                    text = lines[line - 1].strip() if 0 < line <= len(lines) else ""
-                tb = tb.tb_next
-            try:
-                message = str(exc)[:1000]
-            except BaseException:
-                message = ""
-            if not message and isinstance(exc, AssertionError):
-                message = text  # a bare `assert x == y`: its source says what failed
-            error = {"file": where, "phase": "run", "type": type(exc).__name__, "message": message,
-                     "line": line, "source": text[:300]}
-            code = 1
-            break
-    finish(error)
-    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-        try:
-            stream.flush()
-        except BaseException:
-            pass
-    os._exit(code)
-
-
-_sandbox_bootstrap(__CONFIG__)
-"""
-
-
-# --------------------------------------------------------------------------------------------------- isolation
-
-
-@dataclass(frozen=True)
-class _Runtime:
-    """How runs start on this machine (probed once per process)."""
-
-    bwrap: str
-    python: str
-    """The interpreter, at the same path inside the sandbox as outside."""
-    binds: tuple[str, ...]
-    """Folders mounted read-only at the same path besides /usr (the interpreter's prefix when outside /usr)."""
-    host_uid: int | None
-    """uid ``bwrap`` is started as (``nobody`` when we are root); None: our own."""
-
-
-_probe_lock = threading.RLock()
-_probes: dict[str, Any] = {}
-
-
-def _host_uid() -> int | None:
-    return SANDBOX_ID if os.geteuid() == 0 else None
-
-
-def _as_user(uid: int | None) -> dict[str, Any]:
-    return {"user": uid, "group": uid, "extra_groups": []} if uid is not None else {}
-
-
-def _interpreters() -> list[tuple[str, tuple[str, ...]]]:
-    """(interpreter, read-only folders it needs besides /usr), ours first, then system Pythons of this version."""
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    base = os.path.realpath(sys.base_prefix)
-    own = os.path.realpath(sys.executable) if sys.executable else ""
-    if not own.startswith(base + os.sep):  # e.g. a venv made with --copies: use its base installation
-        own = os.path.join(base, "bin", f"python{version}")
-    found: list[tuple[str, tuple[str, ...]]] = []
-    for path in (own, f"/usr/bin/python{version}", f"/usr/local/bin/python{version}"):
-        real = os.path.realpath(path)
-        if not os.path.isfile(real) or any(real == p for p, _ in found):
-            continue
-        prefix = base if real == own else os.path.dirname(os.path.dirname(real))
-        binds = () if prefix == "/usr" or prefix.startswith("/usr/") else (prefix,)
-        if any(_too_wide(b) for b in binds):
-            continue
-        found.append((real, binds))
-    return found
-
-
-def _too_wide(folder: str) -> bool:
-    """A folder that holds the user's home or this project is never mounted, even read-only."""
-    folder = folder.rstrip("/") or "/"
-    if folder in ("/", "/root", "/home", "/work", "/tmp"):
-        return True
-    for other in (os.path.expanduser("~"), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))):
-        other = os.path.realpath(other)
-        if other == folder or other.startswith(folder + "/"):
-            return True
-    return False
-
-
-def _system_mounts() -> list[str]:
-    """Read-only /usr and what sits beside it: merged-/usr links as links, real folders bound."""
-    args = ["--ro-bind", "/usr", "/usr"]
-    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-        path = "/" + name
-        if os.path.islink(path):
-            args += ["--symlink", os.readlink(path), path]
-        elif os.path.isdir(path):
-            args += ["--ro-bind", path, path]
-    return args + ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
-
-
-def _bwrap_argv(runtime: _Runtime, tmpfs_mb: int) -> list[str]:
-    # --as-pid-1: the program is the namespace's init, a direct child of bwrap, so its CPU time reaches our rusage
-    argv = [runtime.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--as-pid-1", "--die-with-parent"]
-    argv += ["--new-session", "--clearenv"]
-    argv += ["--uid", str(SANDBOX_ID), "--gid", str(SANDBOX_ID), "--hostname", "sandbox"]
-    argv += _system_mounts()
-    for folder in runtime.binds:
-        argv += ["--ro-bind", folder, folder]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(tmpfs_mb << 20), "--tmpfs", WORKDIR]
-    for name, value in SANDBOX_ENV.items():
-        argv += ["--setenv", name, value]
-    # the root (bwrap's own tmpfs) and /dev are made read-only last: /tmp is the only writable mount
-    return argv + ["--chdir", WORKDIR, "--remount-ro", "/dev", "--remount-ro", "/", "--"]
-
-
-def _probe() -> _Runtime:
-    bwrap = shutil.which("bwrap") or shutil.which("bwrap", path="/usr/bin:/usr/local/bin:/bin")
-    host_uid = _host_uid()
-    who = "nobody" if host_uid is not None else f"uid {os.geteuid()}"
-    if not bwrap:
-        raise SandboxUnavailable(
-            f"generated code is only run inside bubblewrap, and `bwrap` is not installed: run `{INSTALL_HINT}`"
-        )
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    code = (
-        "import os, sys, socket\n"
-        "print(os.getuid(), '%d.%d' % sys.version_info[:2], *(name for _, name in socket.if_nameindex()))"
-    )
-    expect = f"{SANDBOX_ID} {version} lo"
-    tried = []
-    for python, binds in _interpreters():
-        runtime = _Runtime(bwrap, python, binds, host_uid)
-        argv = [*_bwrap_argv(runtime, 1), python, "-I", "-S", "-B", "-c", code]
-        try:
-            out = subprocess.run(
-                argv, capture_output=True, text=True, timeout=30, env=dict(BASE_ENV), cwd="/", **_as_user(host_uid)
-            )
-        except (OSError, subprocess.SubprocessError, ValueError) as exc:
-            tried.append(f"{python}: {exc}")
-            continue
-        if out.returncode == 0 and out.stdout.strip() == expect:
-            return runtime
-        tried.append(f"{python}: {(out.stderr.strip() or out.stdout.strip() or f'exit {out.returncode}')[-300:]}")
-    raise SandboxUnavailable(
-        f"generated code is only run inside bubblewrap, and `{bwrap}` (run as {who}) could not start Python "
-        f"{version} in new namespaces here: {'; '.join(tried) or f'no python{version} found'}. Install it with "
-        f"`{INSTALL_HINT}` (bubblewrap >= 0.8), allow unprivileged user namespaces for {who} "
-        "(sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0, or the AppArmor profile for "
-        f"bwrap), and when running as root make a Python {version} readable by nobody (e.g. /usr/bin/python{version})"
-    )
-
-
-def _runtime() -> _Runtime:
-    """Probed once per process when it works; a failure is probed again next time (bwrap may be installed since)."""
-    with _probe_lock:
-        if "runtime" not in _probes:
-            _probes["runtime"] = _probe()
-        return _probes["runtime"]
-
-
-def require_sandbox() -> str:
-    """The isolation runs get (``bwrap+audit``); raises ``SandboxUnavailable`` when bubblewrap cannot run here."""
-    _runtime()
-    return ISOLATION
-
-
-def sandbox_available() -> bool:
-    """Whether generated code can run here (bubblewrap installed and able to create its namespaces)."""
-    try:
-        _runtime()
-    except SandboxUnavailable:
-        return False
-    return True
 
 
 # ------------------------------------------------------------------------------------------------------ running
@@ -612,7 +248,7 @@ def _run(files: dict[str, str], limits: SandboxLimits | None = None, *, guard: b
 
     ``guard=False`` leaves the audit guard out (tests use it to check that bubblewrap holds on its own)."""
     limits = limits or SandboxLimits()
-    runtime = _runtime()
+    runtime = probe_runtime()
     mode = ISOLATION if guard else "bwrap"
     user = "nobody" if runtime.host_uid == SANDBOX_ID else str(os.geteuid())
     token = secrets.token_hex(16)
@@ -621,8 +257,8 @@ def _run(files: dict[str, str], limits: SandboxLimits | None = None, *, guard: b
     err_r, err_w = os.pipe()
     config = {"root": WORKDIR, "files": list(files), "rlimits": _rlimits(limits), "report_fd": report_w}
     config["guard"] = guard
-    argv = [*_bwrap_argv(runtime, limits.tmpfs_mb), runtime.python, "-I", "-S", "-B", "-X", "utf8"]
-    argv += ["-c", _BOOTSTRAP.replace("__CONFIG__", repr(config))]
+    argv = [*bwrap_argv(runtime, limits.tmpfs_mb), runtime.python, "-I", "-S", "-B", "-X", "utf8"]
+    argv += ["-c", BOOTSTRAP.replace("__CONFIG__", repr(config))]
     started = time.monotonic()
     try:
         try:
@@ -636,7 +272,7 @@ def _run(files: dict[str, str], limits: SandboxLimits | None = None, *, guard: b
                 start_new_session=True,
                 close_fds=True,
                 pass_fds=(report_w,),
-                **_as_user(runtime.host_uid),
+                **as_user(runtime.host_uid),
             )
         except OSError as exc:
             return SandboxResult("error", None, "", f"sandbox could not start: {exc}", 0.0, mode, user=user)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from synth import sandbox
+from synth import bubblewrap, sandbox
 from synth.sandbox import ISOLATION, SandboxLimits, SandboxUnavailable, run_many, run_python, run_tests
 
 REPO = Path(__file__).resolve().parents[1]
@@ -336,8 +336,8 @@ def test_runs_as_an_unprivileged_user():
 
 
 def test_missing_bwrap_refuses_to_run(monkeypatch):
-    monkeypatch.setattr(sandbox, "_probes", {})
-    monkeypatch.setattr(sandbox.shutil, "which", lambda *args, **kwargs: None)
+    monkeypatch.setattr(bubblewrap, "_probes", {})
+    monkeypatch.setattr(bubblewrap.shutil, "which", lambda *args, **kwargs: None)
     with pytest.raises(SandboxUnavailable, match="apt-get install bubblewrap"):
         run_python("print('never runs')", FAST)
     with pytest.raises(SandboxUnavailable, match="apt-get install bubblewrap"):
@@ -353,8 +353,8 @@ def test_bwrap_without_namespaces_refuses_to_run(monkeypatch):
     fake = folder / "bwrap"
     fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to creating new namespace' >&2\nexit 1\n")
     fake.chmod(0o755)
-    monkeypatch.setattr(sandbox, "_probes", {})
-    monkeypatch.setattr(sandbox.shutil, "which", lambda *args, **kwargs: str(fake))
+    monkeypatch.setattr(bubblewrap, "_probes", {})
+    monkeypatch.setattr(bubblewrap.shutil, "which", lambda *args, **kwargs: str(fake))
     try:
         with pytest.raises(SandboxUnavailable) as caught:
             run_tests("def f():\n    return 1\n", "assert f() == 1\n", FAST)
@@ -365,8 +365,8 @@ def test_bwrap_without_namespaces_refuses_to_run(monkeypatch):
 
 
 def test_a_sandbox_that_fails_to_start_is_an_error_not_a_verdict(monkeypatch):
-    real = sandbox._bwrap_argv
-    monkeypatch.setattr(sandbox, "_bwrap_argv", lambda *args: [real(*args)[0], "--no-such-option", *real(*args)[1:]])
+    real = sandbox.bwrap_argv
+    monkeypatch.setattr(sandbox, "bwrap_argv", lambda *args: [real(*args)[0], "--no-such-option", *real(*args)[1:]])
     result = run_python("print('never runs')", FAST)
     assert result.status == "error" and not result.passed
     assert "bwrap" in result.stderr
@@ -386,8 +386,8 @@ def test_code_stage_stops_before_the_teacher_without_bwrap(monkeypatch, tmp_path
             self.asked += len(requests)
             raise AssertionError("the teacher was asked although the sandbox cannot run its code")
 
-    monkeypatch.setattr(sandbox, "_probes", {})
-    monkeypatch.setattr(sandbox.shutil, "which", lambda *args, **kwargs: None)
+    monkeypatch.setattr(bubblewrap, "_probes", {})
+    monkeypatch.setattr(bubblewrap.shutil, "which", lambda *args, **kwargs: None)
     teacher = Teacher()
     with pytest.raises(SandboxUnavailable, match="apt-get install bubblewrap"):
         run_code(teacher, str(tmp_path / "code"), CodeConfig(task_names=("fizzbuzz",), chunk_size=4))
