@@ -41,7 +41,11 @@ def tile_mlp(mlp: torch.nn.Module, tile_tokens: int = MLP_TILE_TOKENS) -> None:
 
 def enable_activation_checkpointing(model: torch.nn.Module, tile_tokens: int = MLP_TILE_TOKENS) -> None:
     """Checkpoint every decoder layer of a transformers causal LM and tile its dense MLPs (see the module doc)."""
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:  # older transformers (e.g. a GPU image's 5.17) know only the old name
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     for layer in model.model.layers:
         if type(layer.mlp).__name__.endswith("MLP"):  # Qwen2MLP; not Qwen2MoeSparseMoeBlock
             tile_mlp(layer.mlp, tile_tokens)
