@@ -219,7 +219,7 @@ class TransformersGenerator(Generator):
         # One row per distinct sample; greedy samples are all identical, so a greedy request needs one row.
         rows = [(i, j) for i, r in enumerate(requests) for j in range(r.n if r.temperature > 0 else 1)]
         rows.sort(key=lambda row: len(prompts[row[0]]))  # similar lengths together: less padding per batch
-        outputs: dict[tuple[int, int], tuple[str, int, str]] = {}
+        outputs: dict[tuple[int, int], tuple[str, int, str, int | None]] = {}
         for start in range(0, len(rows), self.batch_size):
             batch = rows[start : start + self.batch_size]
             outputs.update(zip(batch, self._generate_batch([prompts[i] for i, _ in batch], batch, requests, torch)))
@@ -234,11 +234,12 @@ class TransformersGenerator(Generator):
                     completion_tokens=[s[1] for s in samples],
                     finish_reasons=[s[2] for s in samples],
                     prompt_tokens=len(prompts[i]),
+                    stop_tokens=[s[3] for s in samples],
                 )
             )
         return results
 
-    def _generate_batch(self, prompts, batch, requests, torch) -> list[tuple[str, int, str]]:
+    def _generate_batch(self, prompts, batch, requests, torch) -> list[tuple[str, int, str, int | None]]:
         from transformers import GenerationConfig
 
         width = max(len(p) for p in prompts)
@@ -270,10 +271,10 @@ class TransformersGenerator(Generator):
             tokens = tokens[: r.max_new_tokens]  # the batch ran to the longest max_new_tokens
             stop = next((k for k, t in enumerate(tokens) if t in STOP_TOKEN_IDS), None)
             if stop is None:
-                decoded.append((self.tokenizer.decode(tokens, skip_special_tokens=True), len(tokens), "length"))
+                decoded.append((self.tokenizer.decode(tokens, skip_special_tokens=True), len(tokens), "length", None))
             else:
                 text = self.tokenizer.decode(tokens[:stop], skip_special_tokens=True)
-                decoded.append((text, stop + 1, "stop"))
+                decoded.append((text, stop + 1, "stop", tokens[stop]))
         return decoded
 
 
@@ -506,6 +507,11 @@ class VLLMGenerator(Generator):
                     completion_tokens=[len(c.token_ids) for c in samples],
                     finish_reasons=[c.finish_reason or "stop" for c in samples],
                     prompt_tokens=len(out.prompt_token_ids),
+                    # the token that stopped a sample is the last of its token_ids (EOS or one of stop_token_ids)
+                    stop_tokens=[
+                        c.token_ids[-1] if (c.finish_reason or "stop") == "stop" and c.token_ids else None
+                        for c in samples
+                    ],
                 )
             )
         return results

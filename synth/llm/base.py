@@ -135,6 +135,9 @@ class GenerationResult:
     choice_mass: float | None = None
     """Scoring requests: the model's total probability on the choices before renormalising; a low mass means the
     model did not answer in the asked format, and callers may reject the score."""
+    stop_tokens: list[int | None] | None = None
+    """Per sample: the token id that ended it (``<|im_end|>`` or ``<|endoftext|>``), None for a sample that hit
+    max_new_tokens. None as a whole where the backend cannot tell (openai; results cached before this field)."""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
