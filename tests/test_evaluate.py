@@ -6,6 +6,10 @@ metric, then a rerun that reuses every answer. Tiny models, fixed seeds, CPU."""
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -365,13 +369,12 @@ METRICS = {
 def test_asset_evaluates_the_checkpoints_on_disk_into_one_table(tmp_path):
     """post_training_evaluation for real, through Pipes (python -m training.evaluate): the base and SFT checkpoints
     that exist (no DPO or online-DPO model yet), every metric for both, the decontamination counts, the files; then
-    the command line again into the same folder reuses every answer and gives the same table."""
+    the command line killed with SIGKILL and run again gives the same table."""
     import dagster as dg
 
     from assets.evaluation import post_training_evaluation
     from assets.metadata import table_rows
     from dagster_project.resources import CurationResource
-    from training.evaluate import EvaluateSettings, run
 
     root = tmp_path / "data"
     make_data_root(root)
@@ -405,23 +408,29 @@ def test_asset_evaluates_the_checkpoints_on_disk_into_one_table(tmp_path):
     long = pq.read_table(summary["files"]["table"]).to_pylist()
     assert len(long) == 2 * len(METRICS)
 
-    again = run(
-        EvaluateSettings(**SMALL, heldout_fraction=FRACTION),
-        summary["models"],
-        str(Path(meta["summary"].value).parent),
-        reward_model=summary["reward_model"],
-        train_sources=summary["decontamination"]["sources"],
-        heldout_index=summary["heldout_index"],
-        say=lambda m: None,
-    )
+    # The command line into a fresh folder, killed with SIGKILL once the first model's answers are in the request
+    # cache, then run again: it resumes (those answers are not asked again) and gives the same table.
+    args = ["--config", str(root / "evaluation" / "settings.json"), "--output", str(tmp_path / "again")]
+    args += [a for n, d in summary["models"].items() for a in ("--model", f"{n}={d}")]
+    args += ["--reward-model", summary["reward_model"], "--heldout-index", summary["heldout_index"]]
+    args += [a for n, d in summary["decontamination"]["sources"].items() for a in ("--train-data", f"{n}={d}")]
+    command = [sys.executable, "-m", "training.evaluate", *args]
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cache = tmp_path / "again" / "request_cache"
+    while proc.poll() is None and not any(f.stat().st_size for f in cache.glob("*.jsonl")):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = proc.returncode == -signal.SIGKILL
+    rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    again = json.loads((tmp_path / "again" / "evaluation.json").read_text())
     assert again["metrics"] == summary["metrics"]
-    assert all("perplexity" in r and any("answers" in x for x in r) for r in again["reused"].values())
+    if killed:  # else the first run finished before the kill: nothing to resume
+        assert "base: 13 answers (13 cached)" in rerun.stdout
 
 
 def test_command_line_help_and_a_bad_model_folder(tmp_path):
-    import subprocess
-    import sys
-
     out = subprocess.run(
         [sys.executable, "-m", "training.evaluate", "--help"], capture_output=True, text=True, cwd=REPO
     )

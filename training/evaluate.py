@@ -225,9 +225,15 @@ def generate_answers(settings: EvaluateSettings, model_dir: str, requests: list,
 
 
 def build_items(
-    settings: EvaluateSettings, train_sources: Mapping[str, str], heldout_index: str | None, fraction: float, say
+    settings: EvaluateSettings,
+    train_sources: Mapping[str, str],
+    heldout_index: str | None,
+    fraction: float,
+    say: Callable[[str], None],
+    notes: list[str],
 ) -> tuple[dict[str, list], dict]:
-    """Every task's items, decontaminated: (kept items per task, decontamination report)."""
+    """Every task's items, decontaminated: (kept items per task, decontamination report); what could not be built
+    is added to ``notes``."""
     from itertools import chain
 
     from training import eval_data as ed
@@ -256,7 +262,14 @@ def build_items(
         et.EvalItem("ifeval", i.id, et.user(i.prompt), [i.prompt], extra={"constraints": i.constraints})
         for i in ifeval_items(settings.ifeval_items)
     ]
-    humaneval = et.humaneval_items(settings.humaneval_items) if settings.humaneval_items != 0 else []
+    humaneval = []
+    if settings.humaneval_items != 0:
+        from synth.eval_sets import EvalSetUnavailable
+
+        try:
+            humaneval = et.humaneval_items(settings.humaneval_items)
+        except EvalSetUnavailable as e:
+            notes.append(f"humaneval left out: {e}")
     items = {
         "perplexity": docs,
         "chat": chat,
@@ -303,7 +316,8 @@ def run(
     out, train_sources = Path(output_dir), dict(train_sources or {})
     work = out / "work"
     fraction = heldout_fraction(settings, [*models.values(), *([reward_model] if reward_model else [])])
-    items, decontam = build_items(settings, train_sources, heldout_index, fraction, say)
+    notes: list[str] = []
+    items, decontam = build_items(settings, train_sources, heldout_index, fraction, say, notes)
     dropped = {t: r["overlapping"] for t, r in decontam["tasks"].items() if r["overlapping"]}
     scanned = decontam["training_rows_scanned"]
     say(f"[evaluate] decontamination: {scanned} trained rows scanned; dropped {dropped or 'none'}")
@@ -330,7 +344,9 @@ def run(
             work,
             f"perplexity-{name}",
             key,
-            lambda p=path: perplexity_sums(p, texts, settings.perplexity_max_tokens, settings.batch_size, device),
+            lambda p=path: (
+                perplexity_sums(p, texts, settings.perplexity_max_tokens, settings.batch_size, device) if texts else []
+            ),
         )
         reused[name] = (["perplexity"] if hit else []) + ([f"{cached} answers"] if cached else [])
         seconds = time.time() - t0
@@ -347,7 +363,7 @@ def run(
         "items": {task: len(v) for task, v in items.items()},
         "metrics": scored["metrics"],
         "items_per_metric": scored["counts"],
-        "notes": scored["notes"],
+        "notes": notes + scored["notes"],
         "decontamination": {k: v for k, v in decontam.items() if k != "overlaps"},
         "reused": reused,
         "seconds": round(time.time() - started, 1),
