@@ -108,13 +108,14 @@ def post_training_evaluation(
     pipes_subprocess_client.run(command=command, context=context, env={"PYTHONUNBUFFERED": "1"})
 
     summary = json.loads((out / "evaluation.json").read_text())
-    from training.eval_report import table_rows
+    from training.eval_report import markdown_table, table_rows
 
     columns = [("metric", "string"), ("items", "int")] + [(m, "float") for m in summary["metrics"]]
     decontam = summary["decontamination"]["tasks"]
     plot = summary["files"].get("plot")
     metadata = {
         "evaluation": rows_table(table_rows(summary), columns),
+        "evaluation_markdown": dg.MetadataValue.md(markdown_table(summary)),
         "plot": dg.MetadataValue.md(_image_markdown(plot) if plot else "_no plot (matplotlib missing)_"),
         "models": dg.MetadataValue.json(summary["models"]),
         "items": counts_table(summary["items"], "task", "items"),

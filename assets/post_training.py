@@ -25,8 +25,9 @@ from pydantic import Field
 from assets.metadata import counts_table, rows_table
 from assets.pretraining import long_context_model
 from assets.synthesis import preference_pairs, sft_data
-from dagster_project.resources import CurationResource, TrainingResource
+from dagster_project.resources import CurationResource, SynthesisResource, TrainingResource
 from pipelines.settings import dagster_config, to_settings
+from synth.cheap_pairs import CheapPairSettings
 from training.dpo import DpoSettings
 from training.reward_model import RewardModelSettings
 from training.sft import SftSettings
@@ -94,6 +95,31 @@ def _replies_markdown(replies: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _pretraining_leak_check(curation: CurationResource, heldout_fraction: float) -> dg.AssetCheckResult:
+    """The synthetic SFT conversations this run holds out against those rendered into pretraining documents."""
+    from synth.instruction_docs import rendered_sft_ids
+    from training.chat_data import is_heldout
+
+    sft, docs = curation.synthetic_dir("sft/final"), curation.synthetic_dir("instruction")
+    held = {r["id"] for r in _stage_rows(sft, ["id"]) if is_heldout(r["id"], heldout_fraction)}
+    leaked = sorted(held & rendered_sft_ids(docs))
+    return dg.AssetCheckResult(
+        check_name="heldout_not_in_pretraining",
+        passed=not leaked,
+        metadata={
+            "heldout_synthetic": len(held),
+            "in_pretraining": len(leaked),
+            "ids": dg.MetadataValue.json(leaked[:20]),
+        },
+    )
+
+
+def _stage_rows(stage_dir: str, columns: list[str]):
+    from pipelines.shards import iter_stage_rows, read_json
+
+    return iter_stage_rows(stage_dir, columns) if read_json(f"{stage_dir}/_SUCCESS.json") is not None else []
+
+
 def _content(reply: str) -> str:
     return reply.removesuffix("<|im_end|>").strip()
 
@@ -138,6 +164,12 @@ def _checks(report: dict, max_new_tokens: int) -> list[dg.AssetCheckResult]:
             asset="sft_model",
             description=f"Each of the {CHECK_PROMPTS} greedy replies ends with <|im_end|> before the token limit "
             "(the model learned where a turn ends).",
+        ),
+        dg.AssetCheckSpec(
+            "heldout_not_in_pretraining",
+            asset="sft_model",
+            description="No synthetic conversation this run holds out is among the instruction documents pretraining "
+            "mixed in (instruction_documents' heldout_fraction must be at least this run's).",
         ),
     ],
 )
@@ -202,7 +234,10 @@ def sft_model(
         "excluded_rows": dg.MetadataValue.path(summary["excluded_dir"]),
         "tensorboard": dg.MetadataValue.path(str(out / "tensorboard")),
     }
-    return dg.MaterializeResult(metadata=metadata, check_results=_checks(report, config.check_max_new_tokens))
+    checks = _checks(report, config.check_max_new_tokens) + [
+        _pretraining_leak_check(curation, settings.heldout_fraction)
+    ]
+    return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
 
 # ---- reward model and offline DPO (training.reward_model, training.dpo) ------------------------------------------
@@ -227,6 +262,94 @@ def _pair_values(metrics: Path, points: int = 50) -> dg.TableMetadataValue:
     return rows_table([kept[s] for s in sorted(kept)], PAIR_COLUMNS, limit=100)
 
 
+CheapPairsConfig = dagster_config(CheapPairSettings, "CheapPairsConfig")
+
+
+def _pair_sources(curation: CurationResource) -> dict[str, str]:
+    """Where the pairwise recipes read pairs: source name -> folder."""
+    return {
+        "synthetic": curation.synthetic_dir("preference/final"),
+        "cheap": curation.synthetic_dir("cheap_preference/final"),
+    }
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"pytorch", "parquet"},
+    deps=[long_context_model, sft_model],
+    check_specs=[
+        dg.AssetCheckSpec("schema", asset="demo_preference_pairs", description="PREFERENCE_SCHEMA shards."),
+        dg.AssetCheckSpec(
+            "chat_format",
+            asset="demo_preference_pairs",
+            description="Every prompt ends with a user turn; chosen and rejected are one assistant turn each.",
+        ),
+    ],
+)
+def demo_preference_pairs(
+    context: dg.AssetExecutionContext,
+    config: CheapPairsConfig,
+    synthesis: SynthesisResource,
+    curation: CurationResource,
+):
+    """Preference pairs without a judge, so the demo has a few hundred: a human chatterbot-corpus answer is chosen
+    over the long-context base model's own sample for the prompt (human_vs_base) and over the human answer to
+    another prompt (human_vs_other). Conversations the SFT run held out (its settings' heldout_fraction) are left
+    out; deduplicated and decontaminated like the synthesis outputs into synthetic/cheap_preference/final, which
+    reward_model and dpo_model read beside the teacher-judged pairs."""
+    from pipelines.checks import schema_problems
+    from pipelines.schema import PREFERENCE_SCHEMA
+    from synth.cheap_pairs import run_cheap_pairs
+    from synth.checks import chat_problems, examples_markdown
+    from synth.decontam import CleanConfig, clean_stage
+    from synth.llm.backends import TransformersGenerator
+
+    settings = to_settings(CheapPairSettings, config)
+    sft_settings = Path(curation.model_dir("sft"), "settings.json")
+    if not sft_settings.exists():
+        raise dg.Failure(f"{sft_settings} is missing: materialize sft_model first (its held-out split is kept out)")
+    heldout = json.loads(sft_settings.read_text())["heldout_fraction"]
+    base = f"{curation.model_dir('long_context')}/final"
+    generator = None
+    if "human_vs_base" in settings.methods:
+        generator = TransformersGenerator(base, batch_size=settings.batch_size)
+    raw = curation.synthetic_dir("cheap_preference/raw")
+    summary = run_cheap_pairs(generator, raw, settings, heldout, log=context.log.info)
+    final = _pair_sources(curation)["cheap"]
+    clean = clean_stage(
+        [raw], final, "preference", list(synthesis.eval_sets), CleanConfig(ngram=synthesis.decontam_ngram),
+        **curation.run_kwargs(),
+    )  # fmt: skip
+    problems = schema_problems(final, PREFERENCE_SCHEMA)
+    chat, checked = chat_problems(final, "preference")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": clean["output"],
+            "pairs": clean["output"],
+            "pairs_by_method": counts_table(clean.get("methods_out", {}), "method", "pairs"),
+            "made_by_method": counts_table(summary.get("accepted_by_method", {}), "method", "pairs"),
+            "dropped_by_reason": counts_table(summary.get("rejected", {}), "reason", "pairs"),
+            "sft_heldout_left_out": summary.get("sft_heldout", 0),
+            "sft_heldout_fraction": heldout,
+            "dedup_removed": clean.get("exact_duplicate", 0) + clean.get("near_duplicate", 0),
+            "decontaminated": sum(clean.get("contaminated", {}).values()),
+            "base_model": summary.get("model_id") or "",
+            "examples": dg.MetadataValue.md(examples_markdown(final, "preference", n=2)),
+            "path": dg.MetadataValue.path(final),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="schema", passed=not problems, metadata={"problems": dg.MetadataValue.json(problems[:20])}
+            ),
+            dg.AssetCheckResult(
+                check_name="chat_format",
+                passed=not chat,
+                metadata={"rows_checked": checked, "problems": dg.MetadataValue.json(chat)},
+            ),
+        ],
+    )
+
+
 def _train_on_pairs(
     context: dg.AssetExecutionContext,
     module: str,
@@ -235,10 +358,16 @@ def _train_on_pairs(
     curation: CurationResource,
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> tuple[Path, dict]:
-    """Run ``python -m module`` from the SFT model on the synthesis group's preference pairs, through Pipes."""
-    pairs = curation.synthetic_dir("preference/final")
-    if not _has_parquet(pairs):
-        raise dg.Failure(f"{pairs} holds no preference pairs: materialize preference_pairs first")
+    """Run ``python -m module`` from the SFT model on the preference pairs, through Pipes: two sources, the
+    synthesis group's teacher-judged pairs (``synthetic``) and the human-vs-cheap pairs (``cheap``), each where it
+    holds shards."""
+    found = {name: path for name, path in _pair_sources(curation).items() if _has_parquet(path)}
+    if not found:
+        raise dg.Failure(
+            f"no preference pairs in {list(_pair_sources(curation).values())}: materialize preference_pairs or "
+            "demo_preference_pairs first"
+        )
+    context.log.info(f"preference pair sources: {found}")
     init = f"{curation.model_dir('sft')}/final"
     if not Path(init, "config.json").exists():
         raise dg.Failure(f"{init} holds no model: materialize sft_model first")
@@ -248,7 +377,7 @@ def _train_on_pairs(
     config_path.write_text(json.dumps(settings.model_dump(), indent=1))
     # one process: these recipes do not run under torchrun
     command = [sys.executable, "-m", module, "--config", str(config_path), "--output", str(out), "--init", init]
-    command += ["--pairs", f"synthetic={pairs}"]
+    command += [a for name, path in found.items() for a in ("--pairs", f"{name}={path}")]
     context.log.info("launching: " + " ".join(command))
     pipes_subprocess_client.run(command=command, context=context, env={"PYTHONUNBUFFERED": "1"})
     return out, json.loads((out / "summary.json").read_text())
@@ -283,7 +412,7 @@ def _pair_metadata(out: Path, summary: dict, title: str) -> dict:
 @dg.asset(
     group_name=GROUP,
     kinds={"pytorch", "transformers"},
-    deps=[sft_model, preference_pairs],
+    deps=[sft_model, preference_pairs, demo_preference_pairs],
     check_specs=[
         dg.AssetCheckSpec(
             "accuracy_above_chance",
@@ -321,7 +450,9 @@ def reward_model(
     return dg.MaterializeResult(metadata=metadata, check_results=[check])
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch", "transformers"}, deps=[sft_model, preference_pairs])
+@dg.asset(
+    group_name=GROUP, kinds={"pytorch", "transformers"}, deps=[sft_model, preference_pairs, demo_preference_pairs]
+)
 def dpo_model(
     context: dg.AssetExecutionContext,
     config: DpoModelConfig,
@@ -340,4 +471,4 @@ def dpo_model(
     return dg.MaterializeResult(metadata=metadata)
 
 
-post_training_assets = [sft_model, reward_model, dpo_model]
+post_training_assets = [sft_model, demo_preference_pairs, reward_model, dpo_model]

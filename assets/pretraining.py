@@ -16,6 +16,7 @@ from pydantic import Field
 
 from assets.curation import deduplicated_documents
 from assets.metadata import counts_table, rows_table
+from assets.synthesis import instruction_documents, synthetic_pretraining_data
 from dagster_project.resources import CurationResource, TrainingResource
 from pipelines.mixing_settings import (
     MixtureConfig,
@@ -35,7 +36,7 @@ _MIX_CHECK = "Realised tokens per bucket are within the tolerance of the target 
 # Generated from the stage settings (pipelines.settings): the Launchpad shows the fields, defaults (the recipe values)
 # and descriptions that ``--help`` shows; the demo's smaller sizes are in dagster_project/profiles/demo.toml.
 _INPUTS = "Curated stage folders to mix. Empty: the deduplicated documents (or the quality tier below), plus the \
-synthetic pretraining documents when that stage has finished."
+synthetic pretraining documents and the instruction documents when those stages have finished."
 _TIER = "Mix a tier of the model-based quality scores instead of every deduplicated document: 'strict' (Qwen2's 7T \
 choice) or 'relaxed' (the 12T one); materialize quality_tiers first. Empty: all."
 MixtureIndexConfig = dagster_config(
@@ -278,7 +279,9 @@ def _loads_check(report: dict) -> dg.AssetCheckResult:
 KINDS = {"beam", "parquet"}
 
 
-@dg.asset(group_name=GROUP, kinds=KINDS, deps=[deduplicated_documents])
+@dg.asset(
+    group_name=GROUP, kinds=KINDS, deps=[deduplicated_documents, synthetic_pretraining_data, instruction_documents]
+)
 def mixture_index(config: MixtureIndexConfig, curation: CurationResource, training: TrainingResource):
     """Every curated document with its bucket (``<domain>/<lang>``) and Qwen2 token count, a held-out slice
     for validation, and per-bucket token histograms the mixture planner works from. Documents of at least the
@@ -292,9 +295,9 @@ def mixture_index(config: MixtureIndexConfig, curation: CurationResource, traini
     if config.quality_tier and read_json(f"{base}/_SUCCESS.json") is None:
         raise dg.Failure(f"quality tier {config.quality_tier!r} is not there yet ({base}): materialize quality_tiers")
     inputs = list(config.inputs) or [base]
-    synthetic = curation.synthetic_pretraining_dir()
-    if not config.inputs and read_json(f"{synthetic}/_SUCCESS.json") is not None:
-        inputs.append(synthetic)
+    for synthetic in (curation.synthetic_pretraining_dir(), curation.synthetic_dir("instruction")):
+        if not config.inputs and read_json(f"{synthetic}/_SUCCESS.json") is not None:
+            inputs.append(synthetic)  # domains "synthetic" and "instruction": buckets of their own
     summary = run_index(
         inputs,
         curation.mix_dir("index"),

@@ -13,6 +13,7 @@ from assets.curation import deduplicated_documents
 from assets.metadata import counts_table, rows_table
 from dagster_project.resources import CurationResource, SynthesisResource
 from pipelines.settings import dagster_config, to_settings
+from synth.instruction_docs import InstructionDocsSettings
 from synth.settings import (
     ClassifierSettings,
     LabelSettings,
@@ -36,6 +37,7 @@ QualityTiersConfig = dagster_config(TierSettings, "QualityTiersConfig")
 SFTDataConfig = dagster_config(SftDataSettings, "SFTDataConfig")
 SyntheticPretrainingConfig = dagster_config(RephraseSettings, "SyntheticPretrainingConfig")
 PreferencePairsConfig = dagster_config(PreferenceSettings, "PreferencePairsConfig")
+InstructionDocumentsConfig = dagster_config(InstructionDocsSettings, "InstructionDocumentsConfig")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -544,12 +546,49 @@ def preference_pairs(
     )
 
 
+@dg.asset(
+    group_name=GROUP,
+    kinds={"parquet"},
+    deps=[sft_data],
+    check_specs=[dg.AssetCheckSpec("schema", asset="instruction_documents", description="Plain document shards.")],
+)
+def instruction_documents(
+    context: dg.AssetExecutionContext, config: InstructionDocumentsConfig, curation: CurationResource
+):
+    """The SFT conversations (synthetic/sft/final) as plain User:/Assistant: documents of domain "instruction",
+    which mixture_index mixes in as its own buckets; the conversations SFT holds out (heldout_fraction: keep it
+    equal to sft_model's) are left out. Without SFT data: an empty stage."""
+    from pipelines.schema import DOCUMENT_SCHEMA
+    from pipelines.shards import read_json
+    from synth.instruction_docs import run_instruction_docs
+
+    sft = curation.synthetic_dir("sft/final")
+    if read_json(f"{sft}/_SUCCESS.json") is None:
+        context.log.warning(f"{sft} is not a finished SFT stage: no instruction documents")
+        sft = None
+    out = curation.synthetic_dir("instruction")
+    s = run_instruction_docs(sft, out, to_settings(InstructionDocsSettings, config), log=context.log.info)
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": s["accepted"],
+            "documents": s["accepted"],
+            "sft_heldout_left_out": s["rejected"].get("sft_heldout", 0),
+            "left_out_by_reason": counts_table(s["rejected"], "reason", "conversations"),
+            "documents_per_method": counts_table(s.get("accepted_by_method", {}), "method", "documents"),
+            "languages": counts_table(s.get("accepted_by_lang", {}), "language", "documents"),
+            "path": dg.MetadataValue.path(out),
+        },
+        check_results=[_schema_check(out, DOCUMENT_SCHEMA)],
+    )
+
+
 synthesis_assets = [
     teacher_model,
     quality_labels,
     quality_classifier,
     quality_tiers,
     sft_data,
+    instruction_documents,
     synthetic_pretraining_data,
     preference_pairs,
 ]

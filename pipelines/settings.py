@@ -66,6 +66,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "sft_data": ("synth.sft.stage", "synth.settings:SftDataSettings"),
     "synthetic_pretraining_data": ("synth.rephrase", "synth.settings:RephraseSettings"),
     "preference_pairs": ("synth.preference", "synth.settings:PreferenceSettings"),
+    "instruction_documents": ("synth.instruction_docs", "synth.instruction_docs:InstructionDocsSettings"),
+    "demo_preference_pairs": ("synth.cheap_pairs", "synth.cheap_pairs:CheapPairSettings"),
 }
 
 

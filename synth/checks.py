@@ -55,6 +55,10 @@ def _turns_md(turns: list[dict], max_chars: int) -> list[str]:
     return lines
 
 
+def _score(value: float | None) -> str:
+    return "no score: not judged" if value is None else f"score {value:.2f}"
+
+
 def examples_markdown(stage_dir: str, kind: str, n: int = 3, max_chars: int = 600) -> str:
     """The first ``n`` rows of a stage as Markdown (each conversation's turns quoted, with method and language)."""
     columns = ["id", "method", "lang", "meta"] + (["messages"] if kind == "sft" else ["prompt", "chosen", "rejected"])
@@ -69,8 +73,8 @@ def examples_markdown(stage_dir: str, kind: str, n: int = 3, max_chars: int = 60
             lines += _turns_md(row["messages"], max_chars)
         else:
             lines += _turns_md(row["prompt"], max_chars)
-            lines += [f"*chosen (score {row['chosen_score']:.2f})*", ""] + _turns_md(row["chosen"], max_chars)
-            lines += [f"*rejected (score {row['rejected_score']:.2f})*", ""] + _turns_md(row["rejected"], max_chars)
+            lines += [f"*chosen ({_score(row['chosen_score'])})*", ""] + _turns_md(row["chosen"], max_chars)
+            lines += [f"*rejected ({_score(row['rejected_score'])})*", ""] + _turns_md(row["rejected"], max_chars)
         blocks.append("\n".join(lines))
     return "\n\n---\n\n".join(blocks) if blocks else "_no rows_"
 

@@ -25,7 +25,7 @@ def test_asset_graph_is_a_chain_in_one_group():
 
 
 PRETRAINING_PARENTS = {
-    "mixture_index": {"deduplicated_documents"},
+    "mixture_index": {"deduplicated_documents", "synthetic_pretraining_data", "instruction_documents"},
     "validation_shards": {"mixture_index"},
     "mixture_search": {"mixture_index", "validation_shards"},
     "pretraining_mixture": {"mixture_index", "mixture_search"},
@@ -62,6 +62,7 @@ SYNTHESIS_PARENTS = {
     "sft_data": {"teacher_model", "deduplicated_documents"},
     "synthetic_pretraining_data": {"teacher_model", "deduplicated_documents"},
     "preference_pairs": {"teacher_model"},
+    "instruction_documents": {"sft_data"},
 }
 
 

@@ -393,11 +393,22 @@ def test_asset_evaluates_the_checkpoints_on_disk_into_one_table(tmp_path):
     assert {r["metric"] for r in table} == METRICS
     summary = json.loads(Path(meta["summary"].value).read_text())
     assert list(summary["models"]) == ["base", "sft"]
+    from synth.bubblewrap import sandbox_available
+
+    sandboxed = sandbox_available() is True  # without bubblewrap HumanEval is left unscored, with a note
+    assert sandboxed or any(n.startswith("humaneval not scored") for n in summary["notes"])
     for model in ("base", "sft"):
         values = summary["metrics"][model]
-        assert set(values) == METRICS and all(v is not None for v in values.values()), values
+        assert set(values) == METRICS, values
         for name, value in values.items():
-            assert value > 0 if name.startswith("perplexity") else 0 <= value <= 1 or name == "reward_mean"
+            if name == "humaneval_pass@1" and not sandboxed:
+                assert value is None
+            elif name.startswith("perplexity"):
+                assert value > 0
+            elif name != "reward_mean":
+                assert 0 <= value <= 1, (name, value)
+            else:
+                assert isinstance(value, float)
     assert summary["metrics"]["sft"]["winrate_vs_sft"] == 0.5  # against itself: every answer the same
     assert summary["items"]["math"] == 2 and summary["decontamination"]["tasks"]["math"]["overlapping"] == 1
     assert summary["decontamination"]["tasks"]["chat"]["overlapping"] >= 1

@@ -46,10 +46,19 @@ from pipelines.tokenize_shards import run_tokenize_stage
 from training.pretrain import run
 from training.pretrain_settings import PretrainConfig
 
+# Each candidate keeps the recipe's instruction share (DEFAULT_DOMAIN_WEIGHTS: 0.05, taken from web), so the winner's
+# weights, which the mixture assets use, still mix in the instruction documents; the candidates differ elsewhere.
 DEFAULT_CANDIDATES: list[dict] = [
-    {"name": "balanced", "domain_weights": {"web": 0.6, "code": 0.2, "math": 0.1, "synthetic": 0.1}},
-    {"name": "web-natural", "domain_weights": {"web": 0.85, "code": 0.15}, "language_temperature": 1.0},
-    {"name": "code-heavy", "domain_weights": {"web": 0.45, "code": 0.45, "math": 0.1}},
+    {
+        "name": "balanced",
+        "domain_weights": {"web": 0.55, "code": 0.2, "math": 0.1, "synthetic": 0.1, "instruction": 0.05},
+    },
+    {
+        "name": "web-natural",
+        "domain_weights": {"web": 0.8, "code": 0.15, "instruction": 0.05},
+        "language_temperature": 1.0,
+    },
+    {"name": "code-heavy", "domain_weights": {"web": 0.4, "code": 0.45, "math": 0.1, "instruction": 0.05}},
 ]
 
 
