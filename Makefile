@@ -57,4 +57,5 @@ bench: setup
 	$(BIN)/python benchmarks/bench_filters.py && $(BIN)/python benchmarks/bench_minhash.py && \
 	$(BIN)/python benchmarks/bench_scaling.py && $(BIN)/python benchmarks/bench_tokenize.py && \
 	$(BIN)/python benchmarks/bench_training.py && $(BIN)/python benchmarks/bench_generate.py && \
-	$(BIN)/python benchmarks/bench_quality.py && $(BIN)/python benchmarks/bench_profiles.py
+	$(BIN)/python benchmarks/bench_quality.py && $(BIN)/python benchmarks/bench_profiles.py && \
+	$(BIN)/python benchmarks/bench_sft.py && $(BIN)/python benchmarks/bench_online_dpo.py
