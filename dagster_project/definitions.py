@@ -7,6 +7,7 @@ import dagster as dg
 
 from assets.curation import curation_assets
 from assets.evaluation import evaluation_assets
+from assets.online_dpo import online_dpo_assets
 from assets.post_training import post_training_assets
 from assets.pretraining import pretraining_assets
 from assets.synthesis import TEACHER_TAG, synthesis_assets
@@ -75,7 +76,14 @@ synthesis_job = dg.define_asset_job(
 )
 
 defs = dg.Definitions(
-    assets=[*curation_assets, *pretraining_assets, *synthesis_assets, *post_training_assets, *evaluation_assets],
+    assets=[
+        *curation_assets,
+        *pretraining_assets,
+        *synthesis_assets,
+        *post_training_assets,
+        *evaluation_assets,
+        *online_dpo_assets,
+    ],
     jobs=[curation_job, pretraining_job, synthesis_job],
     schedules=[data_refresh_schedule],
     sensors=[new_crawl_files_sensor],

@@ -59,6 +59,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "sft_model": ("training.sft", "training.sft:SftSettings"),
     "reward_model": ("training.reward_model", "training.reward_model:RewardModelSettings"),
     "dpo_model": ("training.dpo", "training.dpo:DpoSettings"),
+    "online_dpo_model": ("training.online_dpo", "training.online_dpo:OnlineDpoSettings"),
     "post_training_evaluation": ("training.evaluate", "training.evaluate:EvaluateSettings"),
     "quality_labels": ("synth.labels.label", "synth.settings:LabelSettings"),
     "quality_classifier": ("synth.labels.classifier", "synth.settings:ClassifierSettings"),
