@@ -1,13 +1,14 @@
 """SFT throughput: our packed SFT (``training.sft``) vs TRL's ``SFTTrainer`` without packing, and MFU.
 
-    python benchmarks/bench_sft.py [--conversations 400] [--seq-len 512] [--rows-per-step 4] [--steps 8] \\
+    python benchmarks/bench_sft.py [--conversations 400] [--seq-len 512] [--rows-per-step 4] [--steps 0] \\
         [--skip 2] [--threads 2] [--repeats 1] [--peer-micro-batches 1,0] [--data-root DIR]
 
 Data: the demo's SFT data: the chatterbot-corpus demonstrations (``training.chat_data.write_chatterbot_source``, a
 language-balanced sample of --conversations, seed 0: the ``sft_model`` asset's default is 400) plus the synthetic
 SFT shards under ``DATA_ROOT/synthetic/sft/final`` when there are any (the asset's two sources; --data-root defaults
-to $QWEN2_DATA_ROOT, else ./data). Both sides get exactly the conversations our loader keeps (row checks, no held-out
-slice, conversations longer than --seq-len excluded) and each draws its steps from them in its own seeded order.
+to $QWEN2_DATA_ROOT, else ./data). Both sides get exactly the conversations our loader keeps (row checks, no
+held-out slice, conversations longer than --seq-len excluded), each in its own seeded order, one epoch each (--steps
+0).
 
 Model: ``tiny`` Qwen2 (2 layers, hidden 64, tied 151,936 x 64 embeddings: 9.8M parameters), random init with seed 0
 saved once as the init folder both sides load; fp32, --threads torch threads, each side in its own child process.
@@ -15,15 +16,17 @@ saved once as the init folder both sides load; fp32, --threads torch threads, ea
 Ours: ``training.sft.run`` in the demo profile's shape (rows of --seq-len tokens, --rows-per-step rows per step, no
 accumulation): conversations packed into rows (first fit), positions restart per conversation and attention stays
 inside it (``packed_sdpa``), loss on the assistant turns and their <|im_end|> only, chunked output layer +
-cross-entropy, fused AdamW 0.9/0.95, wd 0.1, clip 1.0, lr 3e-4 cosine, --steps optimizer steps.
+cross-entropy, fused AdamW 0.9/0.95, wd 0.1, clip 1.0, lr 3e-4 cosine; one epoch (its last step filled up with the
+first rows again, as ``training.sft`` does) or --steps optimizer steps.
 
-Peer: ``trl.SFTTrainer`` (TRL 1.16) on the same conversations as a ``messages`` dataset, ``assistant_only_loss=True``
-(our chat tokenizer's template has the ``{% generation %}`` markers TRL needs), ``packing=False``, no truncation,
-transformers' sdpa, TRL's fused LM head (always on in ``SFTTrainer.compute_loss``), the same optimizer settings,
-threads and --steps, no logging, saving or eval. Each step takes ``ceil(conversations / our steps per epoch)``
-conversations, so both sides train about the same tokens per step; --peer-micro-batches lists how the peer splits
-them: K > 0 is ``per_device_train_batch_size=K`` with gradient accumulation (1: no padding at all), 0 is the whole
-step as one padded batch. Every listed variant runs; the ratio is against the fastest.
+Peer: ``trl.SFTTrainer`` (TRL 1.16) on the same conversations as a ``messages`` dataset,
+``assistant_only_loss=True`` (our chat tokenizer's template has the ``{% generation %}`` markers TRL needs),
+``packing=False``, no truncation, transformers' sdpa, TRL's fused LM head (always on in
+``SFTTrainer.compute_loss``), the same optimizer settings, threads, one epoch (``num_train_epochs=1``) or --steps,
+no logging, saving or eval. Each step takes ``ceil(conversations / our steps per epoch)`` conversations, so both
+sides train about the same tokens per step; --peer-micro-batches lists how the peer splits them: K > 0 is
+``per_device_train_batch_size=K`` with gradient accumulation (1: no padding at all), 0 is the whole step as one
+padded batch. Every listed variant runs; the ratio is against the fastest.
 
 Sides alternate --repeats times, each run in a fresh child process; the table shows medians. Measured: wall and CPU
 seconds from the end of step --skip to the end of the last step. Tokens are real conversation tokens only (padding
@@ -59,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--conversations", type=int, default=400, help="chatterbot conversations (default 400)")
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per packed row (ours; default 512)")
     parser.add_argument("--rows-per-step", type=int, default=4, help="packed rows per optimizer step (default 4)")
-    parser.add_argument("--steps", type=int, default=8, help="optimizer steps on each side (default 8)")
+    parser.add_argument("--steps", type=int, default=0, help="optimizer steps on each side (default 0: one epoch)")
     parser.add_argument("--skip", type=int, default=2, help="warm-up steps left out of the timing (default 2)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads on each side (default 2)")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each side, alternating (default 1)")
@@ -78,7 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--peer-batch", type=int, default=None, help=argparse.SUPPRESS)  # set by the parent
     parser.add_argument("--side", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.skip >= args.steps:
+    if args.steps and args.skip >= args.steps:
         parser.error("--skip must be smaller than --steps")
     args.micro_batches = [int(k) for k in args.peer_micro_batches.split(",")]
     if not args.micro_batches or min(args.micro_batches) < 0:
@@ -166,19 +169,21 @@ def side_ours(args: argparse.Namespace) -> dict:
         ends.append(clock())
         loss_tokens.append(record["loss_tokens"])
 
-    settings = sft_settings(args, max_steps=args.steps)
+    settings = sft_settings(args, max_steps=args.steps or None)
     summary = run(settings, sources_of(args.workdir), out, os.path.join(args.workdir, "init"), progress)
     wall = time.perf_counter() - started
-    # The rows step s trained on (training.sft.run: the epoch's rows in order, micro_batch_size per step); real tokens
-    # are the conversations in them, the padding segment at the end of a row is not counted.
+    # The rows step s trained on (training.sft.run: the epoch's rows in order, micro_batch_size per step, the last
+    # step filled up with the first rows again); real tokens are the conversations in them, not a row's padding.
     data = prepared(args)
-    train, rows = data["train"], (data["rows"] * 2)
+    train, epoch_rows = data["train"], data["rows"]
+    trained_rows = (epoch_rows * 2)[: len(ends) * args.rows_per_step]
     running, step_tokens = 0, []
     for s in range(len(ends)):
         running += sum(
-            len(train[i]) for row in rows[s * args.rows_per_step : (s + 1) * args.rows_per_step] for i in row
+            len(train[i]) for row in trained_rows[s * args.rows_per_step :][: args.rows_per_step] for i in row
         )
         step_tokens.append(running)
+    filler = trained_rows[len(epoch_rows) :]  # rows trained a second time to fill the last step
     with open(os.path.join(out, "metrics.jsonl")) as f:
         losses = [json.loads(line)["loss"] for line in f if '"loss"' in line]
     return {
@@ -186,6 +191,8 @@ def side_ours(args: argparse.Namespace) -> dict:
         "steps": len(ends),
         "trained_tokens": step_tokens[-1],
         "trained_loss_tokens": sum(loss_tokens),
+        "filler_tokens": sum(len(train[i]) for row in filler for i in row),
+        "filler_loss_tokens": sum(sum(train[i].loss_mask) for row in filler for i in row),
         "first_loss": losses[0],
         "last_loss": losses[-1],
         "parameters": summary["parameters"],
@@ -227,7 +234,8 @@ def side_trl(args: argparse.Namespace, micro_batch: int) -> dict:
         max_length=None,  # no truncation: ours excluded what does not fit a row
         per_device_train_batch_size=per_device,
         gradient_accumulation_steps=accumulation,
-        max_steps=args.steps,
+        num_train_epochs=1,
+        max_steps=args.steps or -1,
         learning_rate=LR,
         lr_scheduler_type="cosine",
         warmup_steps=args.skip,
@@ -356,7 +364,8 @@ def main() -> None:
         f"max {max(lengths)}), {counts['loss_tokens']:,} carry loss\n"
         f"ours: an epoch is {len(data['rows'])} rows of {args.seq_len} tokens ({counts['packing_efficiency']:.1%} "
         f"filled) = {epoch_steps} steps of {args.rows_per_step} rows; TRL: {args.peer_batch} conversations per step; "
-        f"both run {args.steps} steps ({args.skip} warm-up)"
+        + (f"both run {args.steps} steps" if args.steps else "both run one epoch")
+        + f" ({args.skip} warm-up steps left out of the timing)"
     )
     argv = [f"--conversations={args.conversations}", f"--seq-len={args.seq_len}"]
     argv += [f"--rows-per-step={args.rows_per_step}", f"--steps={args.steps}", f"--skip={args.skip}"]
@@ -406,15 +415,26 @@ def main() -> None:
     same_sequences = [d for d, _ in ours_convs] == [d for d, _ in theirs]
     differ = sum(a != b for (_, a), (_, b) in zip(ours_convs, theirs)) if same_sequences else len(ours_convs)
     ours_loss, trl_loss = sum(n for _, n in ours_convs), sum(n for _, n in theirs)
+    ours_r = results["ours"]
+    filler = int(ours_r["filler_tokens"]), int(ours_r["filler_loss_tokens"])
     print(
         f"\nsame conversations: {'yes' if same_sequences else 'NO'} ({len(ours_convs)} ours, {len(theirs)} TRL, "
         f"compared as token sequences); loss tokens over all of them: ours {ours_loss:,}, TRL {trl_loss:,} "
         f"({differ} conversations differ)\n"
+        f"trained (all steps): ours {int(ours_r['trained_tokens']):,} real tokens, "
+        f"{int(ours_r['trained_loss_tokens']):,} loss tokens ({filler[0]:,} and {filler[1]:,} of them in rows "
+        "repeated to fill the last step); "
+        + "; ".join(
+            f"{label_of(s, r)}: {int(r['trained_tokens']):,} and {int(r['trained_loss_tokens']):,}"
+            for s, r in results.items()
+            if s != "ours"
+        )
+        + "\n"
         f"losses: ours {results['ours']['first_loss']:.3f} -> {results['ours']['last_loss']:.3f}; TRL mean "
         + ", ".join(f"{results[s]['mean_loss']:.3f}" for s in results if s != "ours")
     )
     best = max((s for s in results if s != "ours"), key=lambda s: results[s]["tokens_per_s"])
-    ours_r, trl_r = results["ours"], results[best]
+    trl_r = results[best]
     ratio = ours_r["tokens_per_s"] / trl_r["tokens_per_s"]
     cpu_ratio = ours_r["tokens_per_cpu_s"] / trl_r["tokens_per_cpu_s"]
     print(
