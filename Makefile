@@ -32,7 +32,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 demo: setup
 	$(BIN)/python -m pipelines.demo_corpus --output $(QWEN2_DATA_ROOT)/crawl --cache $(DEB_CACHE)
 	mkdir -p $(DAGSTER_HOME)
-	for group in curation synthesis pretraining; do \
+	for group in curation synthesis pretraining post_training; do \
 	  $(BIN)/python -m dagster_project.profiles demo --select group:$$group > $(DAGSTER_HOME)/demo_$$group.yaml || exit 1; \
 	done
 	$(BIN)/dagster asset materialize -m dagster_project.definitions --select 'group:curation' -c $(DAGSTER_HOME)/demo_curation.yaml
@@ -41,6 +41,8 @@ demo: setup
 	$(BIN)/python -m synth.report --data-root $(QWEN2_DATA_ROOT)
 	$(BIN)/dagster asset materialize -m dagster_project.definitions --select 'group:pretraining' -c $(DAGSTER_HOME)/demo_pretraining.yaml
 	$(BIN)/python -m training.report --data-root $(QWEN2_DATA_ROOT)
+	$(BIN)/dagster asset materialize -m dagster_project.definitions --select 'group:post_training' -c $(DAGSTER_HOME)/demo_post_training.yaml
+	$(BIN)/python -m training.post_training_report --data-root $(QWEN2_DATA_ROOT)
 	@echo
 	@echo "Open the UI:  make ui   (dagster dev on http://127.0.0.1:3000, runs kept in $(DAGSTER_HOME))"
 

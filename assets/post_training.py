@@ -7,8 +7,11 @@ generated from ``training.sft.SftSettings`` (the command line's settings, the sa
 demo's sizes are the ``[sft_model]`` table of ``dagster_project/profiles/demo.toml``.
 
 ``reward_model`` (``training.reward_model``) and ``dpo_model`` (``training.dpo``) start from the SFT model and train on
-the synthesis group's preference pairs, each in one process through Pipes, configs generated from their settings
-(``[reward_model]`` and ``[dpo_model]`` demo tables). They are not part of ``make demo``.
+two sources of preference pairs, each in one process through Pipes, configs generated from their settings
+(``[reward_model]`` and ``[dpo_model]`` demo tables): the synthesis group's teacher-judged pairs and
+``demo_preference_pairs`` (``synth.cheap_pairs``: a human answer preferred over the base model's sample and over
+another prompt's answer, a few hundred cheap pairs for the demo). ``make demo`` runs the whole group after
+pretraining and prints ``python -m training.post_training_report``.
 
 Launched by hand (or by a job the user defines): no schedule or sensor starts a training asset.
 """
@@ -213,6 +216,7 @@ def sft_model(
     summary = json.loads((out / "summary.json").read_text())
 
     report = _generation_report(summary["final_dir"], out / "heldout_prompts.jsonl", config.check_max_new_tokens)
+    (out / "generation_check.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))  # for the report
     examples = "\n\n---\n\n".join(f"```\n{text}\n```" for text in summary.get("examples", []))
     metadata = {
         "loss_curve": dg.MetadataValue.md(loss_curve_markdown(out / "metrics.jsonl", "SFT")),

@@ -256,7 +256,10 @@ def main(argv: list[str] | None = None) -> int:
         help="the SFT run's heldout_fraction: its held-out conversations never become pairs (default: "
         f"{SFT_HELDOUT_FRACTION}, training.sft's default)",
     )
-    args, settings = parse_settings(settings_parser(CheapPairSettings, parser=parser), argv)
+    # the class as pipelines.settings.STAGES names it: under ``python -m`` this module is __main__ (no profile section)
+    from synth.cheap_pairs import CheapPairSettings as registered
+
+    args, settings = parse_settings(settings_parser(registered, parser=parser), argv)
     generator = None
     if "human_vs_base" in settings.methods:
         if not args.model:

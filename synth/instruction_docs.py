@@ -157,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m synth.instruction_docs", description=__doc__.splitlines()[0])
     parser.add_argument("--input", required=True, help="finished SFT stage folder (SFT_SCHEMA shards)")
     parser.add_argument("--output", required=True, help="document stage folder to write (domain instruction)")
-    args, settings = parse_settings(settings_parser(InstructionDocsSettings, parser=parser), argv)
+    # the class as pipelines.settings.STAGES names it: under ``python -m`` this module is __main__ (no profile section)
+    from synth.instruction_docs import InstructionDocsSettings as registered
+
+    args, settings = parse_settings(settings_parser(registered, parser=parser), argv)
     summary = run_instruction_docs(args.input, args.output, settings, log=lambda m: print(m, file=sys.stderr))
     print(json.dumps(summary, indent=2, ensure_ascii=False))
     return 0

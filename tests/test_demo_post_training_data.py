@@ -120,6 +120,12 @@ def test_demo_preference_pairs_asset_samples_the_base_model_and_decontaminates(c
     assert "contaminated:mine" in reasons
     metadata = result.asset_materializations_for_node("demo_preference_pairs")[-1].metadata
     assert metadata["pairs"].value == len(rows) and metadata["decontaminated"].value >= 2
+    # make demo's post-training report reads the counts by method from the stages
+    from training.post_training_report import report
+
+    text = report(str(root))
+    assert f"human_vs_base {methods['human_vs_base']}" in text and f"human_vs_other {methods['human_vs_other']}" in text
+    assert "[sft model] not trained yet" in text and "[reward model] not trained yet" in text
 
 
 # ---- Task B: instruction documents in the pretraining mix --------------------------------------------------------
