@@ -288,7 +288,8 @@ def test_help_shows_every_setting():
 
 def test_online_dpo_asset_trains_through_pipes_and_reports(models, tmp_path):
     """The asset for real: SFT, reward and long-context models and the demonstrations under the data root, the
-    trainer launched through Pipes with OnTIES merging, the per-episode table and both generation checks."""
+    trainer launched through Pipes with OnTIES merging and a missing-EOS penalty, the per-episode table and both
+    generation checks."""
     import dagster as dg
     import pyarrow as pa
 
@@ -308,7 +309,7 @@ def test_online_dpo_asset_trains_through_pipes_and_reports(models, tmp_path):
     config = dict(
         episodes=2, prompts_per_episode=4, samples_per_prompt=3, max_new_tokens=3, heldout_prompts=4, lr=1e-2,
         max_len=128, device="cpu", num_threads=2, merging="onties", merging_density=0.5, merging_alpha=0.01,
-        check_max_new_tokens=8,
+        missing_eos_penalty=1.5, check_max_new_tokens=8,
     )  # fmt: skip
     result = dg.materialize(
         [online_dpo_model],
@@ -324,7 +325,10 @@ def test_online_dpo_asset_trains_through_pipes_and_reports(models, tmp_path):
     table = table_rows(event.metadata["episodes"])
     assert [r["episode"] for r in table] == [1, 2] and all(r["gen_s"] is not None for r in table)
     assert meta["merging"] == "onties" and meta["episodes_run"] == 2 and meta["win_rate"] is not None
-    assert len(list(Path(meta["episodes_dir"]).glob("*.parquet"))) == 2
+    samples = [r for p in sorted(Path(meta["episodes_dir"]).glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+    assert len(samples) == 2 * 4 * 3 and {r["finish_reason"] for r in samples} == {"stop", "length"}
+    for r in samples:  # a sample cut off before its end of turn loses missing_eos_penalty
+        assert r["score"] == r["reward_model_score"] - 1.5 * (r["finish_reason"] == "length")
     assert Path(meta["checkpoint"], "config.json").exists() and "data:image/png;base64" in meta["reward_curve"]
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert set(checks) == {"loads_and_generates", "stops_at_im_end"} and checks["loads_and_generates"].passed

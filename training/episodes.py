@@ -3,10 +3,11 @@ prompts, sampling through ``synth.llm`` from the live policy, reward-model score
 episode's Parquet shard, the win rate against the SFT model and the reward curve.
 
 Episode shard ``episodes/episode-00000.parquet`` (episode 1 is ``episode-00000``): one row per sample, all K of
-every prompt, written atomically (``EPISODE_SCHEMA``). Each row carries its prompt's pair: the indices of the chosen
-(highest score) and rejected (lowest score) samples, the score gap, whether the pair was kept and why not
-(``PAIR_REASONS``), and this sample's ``role`` in it. Readable with pyarrow, pandas or DuckDB
-(``SELECT * FROM 'episodes/*.parquet'``).
+every prompt, written atomically (columns ``EPISODE_COLUMNS``; ``score`` is the reward model's
+``reward_model_score`` less ``missing_eos_penalty`` for a sample cut off before its end of turn). Each row carries
+its prompt's pair: the indices of the chosen (highest score) and rejected (lowest score) samples, the score gap,
+whether the pair was kept and why not (``PAIR_REASONS``), and this sample's ``role`` in it. Readable with pyarrow,
+pandas or DuckDB (``SELECT * FROM 'episodes/*.parquet'``).
 
 Light at import (no torch, pyarrow or transformers at module top).
 """
@@ -29,7 +30,8 @@ PAIR_REASONS = (
 )
 EPISODE_COLUMNS = (
     "episode prompt_index prompt_id prompt sample_index response completion_tokens finish_reason score "
-    "policy_logp reference_logp reply_tokens chosen_index rejected_index gap pair_kept pair_reason role"
+    "reward_model_score policy_logp reference_logp reply_tokens chosen_index rejected_index gap pair_kept "
+    "pair_reason role"
 ).split()
 
 
@@ -257,6 +259,7 @@ def write_episode(folder: Path, rows: list[dict]) -> Path:
             ("episode", pa.int32()), ("prompt_index", pa.int32()), ("prompt_id", pa.string()),
             ("prompt", pa.list_(MESSAGE_TYPE)), ("sample_index", pa.int32()), ("response", pa.string()),
             ("completion_tokens", pa.int32()), ("finish_reason", pa.string()), ("score", pa.float64()),
+            ("reward_model_score", pa.float64()),
             ("policy_logp", pa.float64()), ("reference_logp", pa.float64()), ("reply_tokens", pa.int32()),
             ("chosen_index", pa.int32()), ("rejected_index", pa.int32()), ("gap", pa.float64()),
             ("pair_kept", pa.bool_()), ("pair_reason", pa.string()), ("role", pa.string()),

@@ -14,9 +14,10 @@ An episode (``training.episodes`` has its parts):
    episodes; a GPU and the ``gpu`` extra; not exercised by the tests, which run on CPU). An OpenAI-compatible server
    is not offered: its API cannot be told to load the new weights. Each sample has its own seed (run seed, episode,
    prompt, sample index), so an episode's samples depend only on the weights.
-2. The reward model (``training.reward_model``) scores all K; the highest and lowest scoring become chosen and
-   rejected (the first of equal scores); a pair whose gap is not above ``margin``, or whose two replies are the same
-   text, is dropped (``training.episodes.PAIR_REASONS``).
+2. The reward model (``training.reward_model``) scores all K (a sample cut off at ``max_new_tokens`` before it
+   ended its turn loses ``missing_eos_penalty``, as TRL's option of that name); the highest and lowest scoring become
+   chosen and rejected (the first of equal scores); a pair whose gap is not above ``margin``, or whose two replies
+   are the same text, is dropped (``training.episodes.PAIR_REASONS``).
 3. DPO on the kept pairs in steps of ``batch_size`` (``training.dpo``'s ``reply_logps`` and ``dpo_loss`` through its
    ``pair_loss``: sigmoid or ipo, ``beta``), against the frozen SFT model (the policy's starting weights) as the
    reference, whose log-probabilities are computed for every sample before the update. With ``merging`` set, each
@@ -81,6 +82,12 @@ class OnlineDpoSettings(Settings):
     samples_per_prompt: int = Field(4, ge=2, description="K: replies sampled per prompt; best and worst form a pair.")
     margin: float = Field(
         0.0, ge=0, description="Keep a pair only when chosen score > rejected score + margin (reward-model units)."
+    )
+    missing_eos_penalty: float = Field(
+        0.0,
+        ge=0,
+        description="Subtract this from the score of a sample that hit max_new_tokens before ending its turn "
+        "(TRL's missing_eos_penalty); 0: off.",
     )
     beta: float = Field(0.1, gt=0, description="DPO beta: how far the policy may move from the reference.")
     loss_type: Literal["sigmoid", "ipo"] = Field(
@@ -359,7 +366,9 @@ def run(
             gen_s = time.perf_counter() - t
 
             t = time.perf_counter()
-            rows, scores = score(batch, [[s[0] for s in ss] for ss in samples])
+            rows, rm_scores = score(batch, [[s[0] for s in ss] for ss in samples])
+            cut = [finish == "length" for ss in samples for _, _, finish in ss]
+            scores = [r - settings.missing_eos_penalty * c for r, c in zip(rm_scores, cut)]
             score_s = time.perf_counter() - t
 
             t = time.perf_counter()
@@ -383,9 +392,9 @@ def run(
                     shard.append({
                         "episode": number, "prompt_index": i, "prompt_id": prompt.id, "prompt": prompt.messages,
                         "sample_index": j, "response": text, "completion_tokens": tokens, "finish_reason": finish,
-                        "score": scores[i * K + j], "policy_logp": policy_lp[i * K + j],
-                        "reference_logp": ref_lp[i * K + j], "reply_tokens": n_tokens[i * K + j], **formed,
-                        "role": role,
+                        "score": scores[i * K + j], "reward_model_score": rm_scores[i * K + j],
+                        "policy_logp": policy_lp[i * K + j], "reference_logp": ref_lp[i * K + j],
+                        "reply_tokens": n_tokens[i * K + j], **formed, "role": role,
                     })  # fmt: skip
 
             order = np.random.default_rng([settings.seed, episode, 17]).permutation(len(pairs)).tolist()
