@@ -457,8 +457,9 @@ def test_sft_model_asset_trains_through_pipes_and_reports(init_dir, tmp_path):
     assert [r["step"] for r in losses][-1] == meta["steps"] and all(r["loss"] > 0 for r in losses if r["loss"])
     assert "[[" in meta["examples"]
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
-    assert set(checks) == {"loads_and_generates", "stops_at_im_end"}
+    assert set(checks) == {"loads_and_generates", "stops_at_im_end", "heldout_not_in_pretraining"}
     assert checks["loads_and_generates"].passed
+    assert checks["heldout_not_in_pretraining"].passed  # no instruction documents were rendered here
     # the check says what the replies show: each ends with <|im_end|>, with text before it, within the limit
     table = checks["stops_at_im_end"].metadata["replies"].value.splitlines()[2:]
     assert len(table) == 3
