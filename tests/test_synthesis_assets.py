@@ -139,6 +139,7 @@ def test_every_synthesis_asset_and_check_succeeds(materialized):
         ("synthetic_pretraining_data", "schema"),
         ("preference_pairs", "schema"),
         ("preference_pairs", "chat_format"),
+        ("instruction_documents", "schema"),
     }
     # Random labels need not agree with the classifier (an error, but the run goes on); every other check passes.
     failed = [(c.asset_key.to_user_string(), c.check_name) for c in checks if not c.passed]
@@ -218,6 +219,11 @@ def test_a_quality_tier_feeds_the_pretraining_mix(materialized):
     meta = _metadata(mix, "mixture_index")
     inputs = meta["inputs"]
     assert inputs[0].endswith("curated/tiers/relaxed") and inputs[1].endswith("synthetic/pretraining")
+    assert inputs[2].endswith("synthetic/instruction")  # the SFT conversations as instruction documents
+    instruction = _metadata(result, "instruction_documents")
+    assert (
+        instruction["documents"] + instruction["sft_heldout_left_out"] == _metadata(result, "sft_data")["conversations"]
+    )
     tiers = _metadata(result, "quality_tiers")
     expected = tiers["relaxed_documents"] + _metadata(result, "synthetic_pretraining_data")["documents"]
     if expected:
