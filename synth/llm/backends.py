@@ -115,7 +115,9 @@ def _make_sampler(temperatures: list[float], top_ps: list[float], seeds: list[in
                 u = torch.cat([torch.rand(1, generator=generators[row], dtype=torch.float64) for row in sampled])
                 u = u.to(logits.device)  # the generators are CPU ones (the same draws on any device)
                 for first, part, temperature_t, whole in passes:
-                    probs = torch.softmax(logits[part] / temperature_t.to(logits.device), dim=-1)  # (pass rows, vocab) float32
+                    probs = torch.softmax(
+                        logits[part] / temperature_t.to(logits.device), dim=-1
+                    )  # (pass rows, vocab) float32
                     # inverse-CDF draws in float64: torch.multinomial over 151,936 entries costs ~20 ms a call on CPU
                     if whole:
                         cdf = torch.cumsum(probs if len(whole) == len(part) else probs[whole], -1, dtype=torch.float64)
