@@ -128,9 +128,11 @@ class SynthesisResource(dg.ConfigurableResource):
     )
     base_url: str = Field(
         default="",
-        description="openai backend: server URL ending in /v1. The code location sets it from $OPENAI_BASE_URL "
-        "(dg.EnvVar) when that is set.",
+        description="openai backend: server URL ending in /v1, or several separated by commas (a fleet: each "
+        "request goes to the least-loaded server, a failing server's requests are retried on another). The code "
+        "location sets it from $OPENAI_BASE_URL (dg.EnvVar) when that is set.",
     )
+    concurrency: int = Field(default=8, description="openai backend: requests in flight per server.")
     batch_size: int = Field(default=8, description="transformers backend: prompts per generate call.")
     cache: bool = Field(
         default=True,
@@ -150,5 +152,10 @@ class SynthesisResource(dg.ConfigurableResource):
 
         cache_dir = f"{data_root.rstrip('/')}/synthetic/request_cache" if self.cache and use_cache else None
         return make_generator(
-            self.backend, self.model or None, cache_dir=cache_dir, base_url=self.base_url, batch_size=self.batch_size
+            self.backend,
+            self.model or None,
+            cache_dir=cache_dir,
+            base_url=self.base_url,
+            batch_size=self.batch_size,
+            concurrency=self.concurrency,
         )

@@ -3,7 +3,9 @@
 ``transformers serve`` (transformers 5.24) needs FastAPI (the ``transformers[serving]`` extra), which this project
 does not install; this server speaks the same wire protocol (``POST /v1/chat/completions``, ``GET /v1/models``,
 ``GET /health``) with starlette + uvicorn over real TCP on 127.0.0.1, answering through our transformers backend.
-``fail_first`` makes it answer HTTP 503 to the first N completions (to exercise client retries).
+``fail_first`` makes it answer HTTP 503 to the first N completions (to exercise client retries). ``app.state.counters``
+counts the completions asked (``completions``, 503s included) and records the most requests in flight at once
+(``max_in_flight``: received and not yet answered, counted in the event loop, so exact).
 
     python tests/synth_openai_server.py MODEL_DIR --port 8000     # serve a local model folder by hand
 """
@@ -29,7 +31,7 @@ def build_app(generator, served_name: str, fail_first: int = 0):
     from synth.llm.base import GenerationRequest
 
     lock = threading.Lock()  # one generate at a time on the shared model
-    state = {"completions": 0, "failures_left": fail_first, "authorization": None}
+    state = {"completions": 0, "failures_left": fail_first, "authorization": None, "in_flight": 0, "max_in_flight": 0}
 
     async def models(request: Request) -> JSONResponse:
         return JSONResponse({"object": "list", "data": [{"id": served_name, "object": "model"}]})
@@ -103,7 +105,12 @@ def build_app(generator, served_name: str, fail_first: int = 0):
     async def chat_completions(request: Request) -> JSONResponse:
         from starlette.concurrency import run_in_threadpool
 
-        return await run_in_threadpool(complete, await request.json(), request.headers.get("authorization"))
+        state["in_flight"] += 1  # the event loop runs one handler step at a time: no lock needed
+        state["max_in_flight"] = max(state["max_in_flight"], state["in_flight"])
+        try:
+            return await run_in_threadpool(complete, await request.json(), request.headers.get("authorization"))
+        finally:
+            state["in_flight"] -= 1
 
     routes = [
         Route("/v1/models", models),

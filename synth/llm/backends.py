@@ -5,8 +5,10 @@ vLLM in process.
   left-padded with ``<|endoftext|>``, stops at ``<|im_end|>``. Sampling draws each sample from its own
   ``torch.Generator`` seeded by (request seed, sample index), so a sample does not depend on what else is in its
   batch: the same request gives the same text alone, in a batch, or after a resume.
-- ``openai``: ``POST {base_url}/chat/completions`` on any OpenAI-compatible server (a ``vllm serve`` fleet),
-  concurrent requests from a thread pool, retries with exponential backoff on 5xx/429 and connection errors.
+- ``openai`` (``synth.llm.openai_backend``, re-exported here): ``POST {base_url}/chat/completions`` on any
+  OpenAI-compatible server or a fleet of them (several URLs, ``concurrency`` requests in flight per server, each
+  request on the least-loaded one), retries with exponential backoff on 5xx/429 and connection errors, on another
+  server where there is one.
 - ``vllm``: ``vllm.LLM`` in this process (GPU only); prompts rendered with our ChatML template.
 
 Scoring requests (``choices``): transformers reads one batched forward pass; openai the ``logprobs``/``top_logprobs``
@@ -20,12 +22,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import threading
-import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +40,9 @@ from synth.llm.base import (
     local_model_id,
 )
 from synth.llm.chat import render_chat
+from synth.llm.openai_backend import OpenAIGenerator
+
+__all__ = ["OpenAIGenerator", "TransformersGenerator", "VLLMGenerator"]
 
 # --------------------------------------------------------------------------------------------------- transformers
 
@@ -298,154 +299,6 @@ class TransformersGenerator(Generator):
                 text = self.tokenizer.decode(tokens[:stop], skip_special_tokens=True)
                 decoded.append((text, stop + 1, "stop", tokens[stop]))
         return decoded
-
-
-# --------------------------------------------------------------------------------------------------------- openai
-
-
-class OpenAIGenerator(Generator):
-    """Any OpenAI-compatible ``/v1/chat/completions`` server (vLLM, transformers serve, llama.cpp, a gateway)."""
-
-    backend = "openai"
-    RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-
-    def __init__(
-        self,
-        model: str,
-        *,
-        base_url: str | None = None,
-        api_key_env: str = "OPENAI_API_KEY",
-        model_id: str | None = None,
-        concurrency: int = 8,
-        timeout_s: float = 600.0,
-        max_retries: int = 4,
-        backoff_s: float = 1.0,
-    ) -> None:
-        import httpx
-
-        self.model = model
-        self.model_id = model_id or model
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "http://127.0.0.1:8000/v1").rstrip("/")
-        self.concurrency = max(1, concurrency)
-        self.max_retries = max(0, max_retries)
-        self.backoff_s = backoff_s
-        headers = {}
-        api_key = os.environ.get(api_key_env)
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
-        self._client = httpx.Client(
-            base_url=self.base_url,
-            headers=headers,
-            timeout=httpx.Timeout(timeout_s, connect=10.0),
-            limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
-        )
-        self.http_requests = 0  # POSTs sent, retries included
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        self._client.close()
-
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        if len(requests) <= 1:
-            return [self._one(r) for r in requests]
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
-            return list(pool.map(self._one, requests))
-
-    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        import httpx
-
-        last_error = ""
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            with self._lock:
-                self.http_requests += 1
-            try:
-                response = self._client.post("/chat/completions", json=body)
-            except httpx.TransportError as exc:  # refused, reset, timed out: the server may come back
-                last_error = f"{type(exc).__name__}: {exc}"
-                continue
-            if response.status_code in self.RETRY_STATUS:
-                last_error = f"HTTP {response.status_code}: {response.text[:200]}"
-                continue
-            if response.status_code != 200:
-                raise GenerationError(
-                    f"{self.base_url}/chat/completions answered HTTP {response.status_code} for model "
-                    f"{self.model!r}: {response.text[:500]}"
-                )
-            try:
-                return response.json()
-            except ValueError as exc:
-                raise GenerationError(
-                    f"{self.base_url}/chat/completions returned non-JSON: {response.text[:200]}"
-                ) from exc
-        raise GenerationError(
-            f"no answer from the OpenAI-compatible server at {self.base_url} after {self.max_retries + 1} tries "
-            f"({last_error}); start one (e.g. `vllm serve MODEL`) or point --base-url / OPENAI_BASE_URL at it"
-        )
-
-    TOP_LOGPROBS = 20  # the most OpenAI's API allows; vLLM allows more
-
-    def _score_one(self, request: GenerationRequest) -> GenerationResult:
-        """One generated token with its top log-probabilities; the choices' probabilities are read from those
-        (a choice outside the top ``TOP_LOGPROBS`` counts as 0)."""
-        body = {
-            "model": self.model,
-            "messages": request.messages,
-            "max_tokens": 1,
-            "temperature": 0.0,
-            "logprobs": True,
-            "top_logprobs": self.TOP_LOGPROBS,
-        }
-        data = self._post(body)
-        try:
-            top = data["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
-            seen: dict[str, float] = {}
-            for entry in top:  # two token ids may decode to the same string: their probabilities add up
-                seen[entry["token"]] = seen.get(entry["token"], 0.0) + math.exp(float(entry["logprob"]))
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise GenerationError(
-                f"{self.base_url} returned no top_logprobs for a scoring request: {json.dumps(data)[:300]}"
-            ) from exc
-        usage = data.get("usage") or {}
-        return _scored(request, self, [seen.get(c, 0.0) for c in request.choices], int(usage.get("prompt_tokens", 0)))
-
-    def _one(self, request: GenerationRequest) -> GenerationResult:
-        if request.choices:
-            return self._score_one(request)
-        body = {
-            "model": self.model,
-            "messages": request.messages,
-            "max_tokens": request.max_new_tokens,
-            "temperature": request.temperature,
-            "top_p": request.top_p,
-            "seed": request.seed,
-            "n": request.n,
-        }
-        data = self._post(body)
-        try:
-            choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
-            texts = [c["message"]["content"] or "" for c in choices]
-            finish = [c.get("finish_reason") or "stop" for c in choices]
-        except (KeyError, TypeError) as exc:
-            raise GenerationError(f"unexpected response from {self.base_url}: {json.dumps(data)[:300]}") from exc
-        if len(texts) != request.n:
-            raise GenerationError(f"{self.base_url} returned {len(texts)} choices for n={request.n}")
-        usage = data.get("usage") or {}
-        if request.n == 1 and "completion_tokens" in usage:
-            counts = [int(usage["completion_tokens"])]
-        else:  # usage only has the total over the n choices: count each with the Qwen2 tokenizer
-            from pipelines.tokenizer import count_tokens
-
-            counts = [c + (f == "stop") for c, f in zip(count_tokens(texts), finish)]
-        return _result(
-            request,
-            self,
-            texts=texts,
-            completion_tokens=counts,
-            finish_reasons=finish,
-            prompt_tokens=int(usage.get("prompt_tokens", 0)),
-        )
 
 
 # ----------------------------------------------------------------------------------------------------------- vllm

@@ -3,6 +3,7 @@ cache; and a command line that asks the model questions.
 
     python -m synth.llm.generate --backend transformers --model DIR "What is 2+2?"      # ask one question
     python -m synth.llm.generate --backend openai --model NAME --base-url http://127.0.0.1:8000/v1 "Hi"
+    python -m synth.llm.generate --backend openai --model NAME --base-url http://h1:8000/v1,http://h2:8000/v1 "Hi"
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from synth.llm.backends import OpenAIGenerator, TransformersGenerator, VLLMGenerator
@@ -24,6 +25,7 @@ from synth.llm.base import (
     TeacherUnavailable,
 )
 from synth.llm.cache import CachedGenerator
+from synth.llm.openai_backend import BASE_URL_HELP, CONCURRENCY_HELP
 from synth.llm.teacher import teacher_path
 
 # -------------------------------------------------------------------------------------------------------- factory
@@ -40,20 +42,24 @@ def make_generator(
     model: str | None = None,
     *,
     cache_dir: str | None = None,
-    base_url: str | None = None,
+    base_url: str | Sequence[str] | None = None,
     batch_size: int | None = None,
+    concurrency: int | None = None,
     **opts: Any,
 ) -> Generator:
     """A generator for ``backend`` ("transformers", "openai" or "vllm").
 
     ``model``: for transformers and vllm a checkpoint folder or a locally cached HF id (``None``: the default CPU
     teacher, set up on first use); for openai the model name the server knows (``None``: the teacher's id).
-    ``cache_dir`` wraps the generator in a ``CachedGenerator``. ``base_url`` applies to openai and ``batch_size``
-    to transformers (each ignored by the other backends, so callers pass their settings unconditionally). Other
-    options go to the backend's constructor.
+    ``cache_dir`` wraps the generator in a ``CachedGenerator``. ``base_url`` (one server URL, several separated by
+    commas, or a list: a fleet) and ``concurrency`` (requests in flight per server) apply to openai and
+    ``batch_size`` to transformers (each ignored by the other backends, so callers pass their settings
+    unconditionally). Other options go to the backend's constructor.
     """
     if backend == "openai" and base_url:
         opts["base_url"] = base_url
+    if backend == "openai" and concurrency:
+        opts["concurrency"] = concurrency
     if backend == "transformers" and batch_size:
         opts["batch_size"] = batch_size
     if backend not in _FACTORIES:
@@ -75,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("question", nargs="+", help="one user message per argument")
     parser.add_argument("--backend", default="transformers", choices=BACKENDS)
     parser.add_argument("--model", default=None, help="checkpoint folder, cached HF id or server model name")
-    parser.add_argument("--base-url", default=None, help="openai backend: server URL ending in /v1")
+    parser.add_argument("--base-url", default=None, help=BASE_URL_HELP)
+    parser.add_argument("--concurrency", type=int, default=8, help=CONCURRENCY_HELP)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--top-p", type=float, default=1.0)
@@ -84,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=None)
     args = parser.parse_args(argv)
     try:
-        generator = make_generator(args.backend, args.model, cache_dir=args.cache_dir, base_url=args.base_url)
+        generator = make_generator(
+            args.backend, args.model, cache_dir=args.cache_dir, base_url=args.base_url, concurrency=args.concurrency
+        )
         requests = [
             GenerationRequest(
                 [{"role": "user", "content": q}], args.max_new_tokens, args.temperature, args.top_p, args.seed, args.n

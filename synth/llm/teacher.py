@@ -182,20 +182,27 @@ def teacher_path(model: str | None = None) -> str:
 
 def describe_teacher(backend: str, model: str | None = None, base_url: str | None = None) -> dict:
     """What a teacher is (and that it is there): for a local model its id, folder, architecture, parameter count and
-    size; for an OpenAI-compatible server the models it serves (the configured one must be among them). Sets up the
-    default CPU teacher on first use."""
+    size; for OpenAI-compatible servers (one URL or several separated by commas) the models they serve (the
+    configured one must be among each server's). Sets up the default CPU teacher on first use."""
     if backend == "openai":
         import httpx
 
-        url = (base_url or os.environ.get("OPENAI_BASE_URL") or "http://127.0.0.1:8000/v1").rstrip("/")
-        try:
-            served = [m["id"] for m in httpx.get(f"{url}/models", timeout=30).json()["data"]]
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-            raise TeacherUnavailable(f"cannot list the models of the OpenAI-compatible server at {url}: {exc}") from exc
+        from synth.llm.openai_backend import split_base_urls
+
+        urls = split_base_urls(base_url)
         name = model or TEACHER_MODEL_ID
-        if name not in served:
-            raise TeacherUnavailable(f"{url} serves {served}, not {name!r}")
-        return {"backend": backend, "model_id": name, "base_url": url, "served_models": ", ".join(served)}
+        served: dict[str, None] = {}
+        for url in urls:
+            try:
+                models = [m["id"] for m in httpx.get(f"{url}/models", timeout=30).json()["data"]]
+            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                raise TeacherUnavailable(
+                    f"cannot list the models of the OpenAI-compatible server at {url}: {exc}"
+                ) from exc
+            if name not in models:
+                raise TeacherUnavailable(f"{url} serves {models}, not {name!r}")
+            served.update(dict.fromkeys(models))
+        return {"backend": backend, "model_id": name, "base_url": ",".join(urls), "served_models": ", ".join(served)}
     from safetensors import safe_open
 
     path = Path(teacher_path(model))

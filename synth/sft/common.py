@@ -16,6 +16,7 @@ from typing import Any
 from pipelines.shards import SUCCESS_FILE, input_fingerprint, iter_stage_rows, join, list_shards, read_json
 from synth.llm.base import GenerationRequest, Generator
 from synth.llm.chat import CONTROL_TOKENS, validate_chat
+from synth.llm.openai_backend import BASE_URL_HELP, CONCURRENCY_HELP
 from synth.records import chunk_counters, rejected
 
 # ------------------------------------------------------------------------------------------------ shared helpers
@@ -295,7 +296,8 @@ def ask_messages(
 def add_generator_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="transformers", choices=("transformers", "openai", "vllm"))
     parser.add_argument("--model", default=None, help="checkpoint folder / server model name (default: the teacher)")
-    parser.add_argument("--base-url", default=None, help="openai backend: server URL ending in /v1")
+    parser.add_argument("--base-url", default=None, help=BASE_URL_HELP)
+    parser.add_argument("--concurrency", type=int, default=8, help=CONCURRENCY_HELP)
     parser.add_argument("--batch-size", type=int, default=8, help="transformers backend: rows per batch")
     parser.add_argument("--cache-dir", default=None, help="request cache (default: <output>.gencache)")
     parser.add_argument("--no-cache", action="store_true", help="do not cache requests")
@@ -310,7 +312,12 @@ def make_cli_generator(args: argparse.Namespace, output: str | None = None) -> G
     cache = None if args.no_cache else (args.cache_dir or f"{output.rstrip('/')}.gencache")
     try:
         return make_generator(
-            args.backend, args.model, cache_dir=cache, base_url=args.base_url, batch_size=args.batch_size
+            args.backend,
+            args.model,
+            cache_dir=cache,
+            base_url=args.base_url,
+            batch_size=args.batch_size,
+            concurrency=args.concurrency,
         )
     except (GenerationError, TeacherUnavailable) as exc:
         raise SystemExit(f"error: {exc}") from exc
