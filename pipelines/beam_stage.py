@@ -18,6 +18,7 @@ or ``--runner=SparkRunner``; the pipeline code does not change.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -269,7 +270,16 @@ def parse_stage_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None
 
 
 def cli(main) -> None:
-    """Run a stage's ``main`` and turn a user mistake (bad path, format, config, offline source) into one line."""
+    """Run a stage's ``main`` and turn a user mistake (bad path, format, config, offline source) into one line.
+
+    Under ``python -m pipelines.<stage>`` the stage module is ``__main__``, and what its DoFns pickle by reference
+    (an ``lru_cache`` function, a class) would name ``__main__``, which a worker process (``--workers N``, a
+    worker pool, Flink/Spark) cannot import: ``main`` is taken from the module imported by its real name.
+    """
+    if getattr(main, "__module__", None) == "__main__":
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        if spec is not None and spec.name != "__main__":
+            main = getattr(importlib.import_module(spec.name), main.__name__)
     try:
         main(sys.argv[1:])
     except (FileNotFoundError, ValueError, RuntimeError) as e:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import posixpath
 import time
 import uuid
@@ -365,6 +366,8 @@ class ShardStage:
     """
 
     def __init__(self, output: str, config: Mapping, inputs: str | Iterable = ()):
+        # Workers write the shards: a relative folder would name one in each worker's directory (a worker pool's).
+        output = str(output) if "://" in str(output) else os.path.abspath(output)
         self.output, self.config, self.inputs = output, dict(config), inputs
         self.resumed = False
         self.removed: list[str] = []
