@@ -22,12 +22,13 @@ import sys
 from pathlib import Path
 
 import dagster as dg
-from pydantic import Field
 
 from assets.metadata import counts_table, rows_table
 from assets.post_training import (
-    CHECK_PROMPTS,
+    CHECK_FIELDS,
     GROUP,
+    LOADS_DESCRIPTION,
+    STOPS_DESCRIPTION,
     _checks,
     _generation_report,
     _has_parquet,
@@ -38,16 +39,7 @@ from dagster_project.resources import CurationResource
 from pipelines.settings import dagster_config, to_settings
 from training.online_dpo import OnlineDpoSettings
 
-OnlineDpoModelConfig = dagster_config(
-    OnlineDpoSettings,
-    "OnlineDpoModelConfig",
-    check_max_new_tokens=(
-        int,
-        Field(
-            64, ge=1, description="Token limit of the generation checks: a reply must end with <|im_end|> within it."
-        ),
-    ),
-)
+OnlineDpoModelConfig = dagster_config(OnlineDpoSettings, "OnlineDpoModelConfig", **CHECK_FIELDS)
 EPISODE_COLUMNS = [
     ("episode", "int"), ("mean_reward", "float"), ("reward_gap", "float", "mean best - worst score per prompt"),
     ("pairs_kept", "int"), ("pairs_dropped", "int"), ("loss", "float", "DPO loss over the kept pairs"),
@@ -76,14 +68,12 @@ def _prompt_sources(curation: CurationResource) -> dict[str, str]:
         dg.AssetCheckSpec(
             "loads_and_generates",
             asset="online_dpo_model",
-            description=f"final/ loads with transformers in a fresh process and answers {CHECK_PROMPTS} held-out "
-            "prompts through its own chat template.",
+            description=LOADS_DESCRIPTION,
         ),
         dg.AssetCheckSpec(
             "stops_at_im_end",
             asset="online_dpo_model",
-            description=f"Each of the {CHECK_PROMPTS} greedy replies ends with <|im_end|> before the token limit "
-            "(online DPO kept the end of turn the SFT model learned).",
+            description=STOPS_DESCRIPTION + " (online DPO kept the end of turn the SFT model learned).",
         ),
     ],
 )
@@ -128,7 +118,7 @@ def online_dpo_model(
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     per_episode = [{**r, "episode": r["step"]} for r in records if r.get("step", 0) > 0]
     first, final = summary.get("first") or {}, summary.get("final") or {}
-    report = _generation_report(summary["final_dir"], out / "heldout_prompts.jsonl", config.check_max_new_tokens)
+    report = _generation_report(summary["final_dir"], out / "heldout_prompts.jsonl", config)
     metadata = {
         "episodes": rows_table(per_episode, EPISODE_COLUMNS, limit=200),
         "reward_curve": dg.MetadataValue.md(
@@ -160,7 +150,7 @@ def online_dpo_model(
         "excluded_rows": dg.MetadataValue.path(summary["excluded_dir"]),
         "tensorboard": dg.MetadataValue.path(str(out / "tensorboard")),
     }
-    return dg.MaterializeResult(metadata=metadata, check_results=_checks(report, config.check_max_new_tokens))
+    return dg.MaterializeResult(metadata=metadata, check_results=_checks(report, config))
 
 
 online_dpo_assets = [online_dpo_model]

@@ -36,7 +36,38 @@ from training.reward_model import RewardModelSettings
 from training.sft import SftSettings
 
 GROUP = "post_training"
-CHECK_PROMPTS = 3
+
+CHECK_FIELDS = {
+    "check_prompts": (
+        int,
+        Field(8, ge=1, description="Held-out prompts the generation checks answer (greedy, in a fresh process)."),
+    ),
+    "check_max_new_tokens": (
+        int,
+        Field(
+            64, ge=1, description="Token limit of the generation checks: a reply must end with <|im_end|> within it."
+        ),
+    ),
+    "check_min_stop_share": (
+        float,
+        Field(
+            1.0,
+            ge=0.0,
+            le=1.0,
+            description="stops_at_im_end passes when at least this share of the check's replies say something and "
+            "end with <|im_end|> within the token limit (1: every reply).",
+        ),
+    ),
+}
+"""The generation checks' settings, the same on every chat-model asset."""
+LOADS_DESCRIPTION = (
+    "final/ loads with transformers in a fresh process and answers check_prompts held-out prompts through its own "
+    "chat template."
+)
+STOPS_DESCRIPTION = (
+    "At least check_min_stop_share of the greedy replies to the held-out prompts say something and end with "
+    "<|im_end|> before check_max_new_tokens"
+)
 
 SftModelConfig = dagster_config(
     SftSettings,
@@ -50,12 +81,7 @@ SftModelConfig = dagster_config(
             "'demonstrations' source beside the synthetic SFT data; 0: none.",
         ),
     ),
-    check_max_new_tokens=(
-        int,
-        Field(
-            64, ge=1, description="Token limit of the generation checks: a reply must end with <|im_end|> within it."
-        ),
-    ),
+    **CHECK_FIELDS,
 )
 
 
@@ -64,10 +90,10 @@ def _has_parquet(folder: str) -> bool:
     return any(path.glob("*.parquet")) or any((path / "data").glob("*.parquet"))
 
 
-def _generation_report(final_dir: str, prompts: Path, max_new_tokens: int) -> dict:
+def _generation_report(final_dir: str, prompts: Path, config) -> dict:
     """Greedy replies of the saved folder to held-out prompts, in a fresh process (as another user would load it)."""
     command = [sys.executable, "-m", "training.chat_data", "generate", final_dir, str(prompts)]
-    command += ["--count", str(CHECK_PROMPTS), "--max-new-tokens", str(max_new_tokens)]
+    command += ["--count", str(config.check_prompts), "--max-new-tokens", str(config.check_max_new_tokens)]
     proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if proc.returncode != 0:
         return {"error": (proc.stderr or proc.stdout).strip()[-2000:]}
@@ -127,7 +153,8 @@ def _content(reply: str) -> str:
     return reply.removesuffix("<|im_end|>").strip()
 
 
-def _checks(report: dict, max_new_tokens: int) -> list[dg.AssetCheckResult]:
+def _checks(report: dict, config) -> list[dg.AssetCheckResult]:
+    """``loads_and_generates`` and ``stops_at_im_end`` from a ``_generation_report`` (``config``: ``CHECK_FIELDS``)."""
     replies = report.get("replies", [])
     shown = {"replies": dg.MetadataValue.md(_replies_markdown(replies))} if replies else {}
     error = {"error": dg.MetadataValue.text(report["error"])} if "error" in report else {}
@@ -138,14 +165,17 @@ def _checks(report: dict, max_new_tokens: int) -> list[dg.AssetCheckResult]:
     )
     # a reply that is only <|im_end|> stops, but says nothing: it is not counted as a learned end of turn
     stopped = sum(r["stopped_at_im_end"] and bool(_content(r["reply"])) for r in replies)
+    share = stopped / len(replies) if replies else 0.0
     stops = dg.AssetCheckResult(
         check_name="stops_at_im_end",
-        passed="error" not in report and bool(replies) and stopped == len(replies),
+        passed="error" not in report and bool(replies) and share >= config.check_min_stop_share,
         metadata={
             **shown,
             "stopped": f"{stopped} of {len(replies)} (with text before <|im_end|>)",
+            "stop_share": round(share, 4),
+            "min_stop_share": config.check_min_stop_share,
             "empty_replies": sum(not _content(r["reply"]) for r in replies),
-            "max_new_tokens": max_new_tokens,
+            "max_new_tokens": config.check_max_new_tokens,
         },
     )
     return [loads, stops]
@@ -159,14 +189,12 @@ def _checks(report: dict, max_new_tokens: int) -> list[dg.AssetCheckResult]:
         dg.AssetCheckSpec(
             "loads_and_generates",
             asset="sft_model",
-            description=f"final/ loads with transformers in a fresh process and answers {CHECK_PROMPTS} held-out "
-            "prompts through its own chat template.",
+            description=LOADS_DESCRIPTION,
         ),
         dg.AssetCheckSpec(
             "stops_at_im_end",
             asset="sft_model",
-            description=f"Each of the {CHECK_PROMPTS} greedy replies ends with <|im_end|> before the token limit "
-            "(the model learned where a turn ends).",
+            description=STOPS_DESCRIPTION + " (the model learned where a turn ends).",
         ),
         dg.AssetCheckSpec(
             "heldout_not_in_pretraining",
@@ -215,7 +243,7 @@ def sft_model(
     pipes_subprocess_client.run(command=command, context=context, env={"PYTHONUNBUFFERED": "1"})
     summary = json.loads((out / "summary.json").read_text())
 
-    report = _generation_report(summary["final_dir"], out / "heldout_prompts.jsonl", config.check_max_new_tokens)
+    report = _generation_report(summary["final_dir"], out / "heldout_prompts.jsonl", config)
     (out / "generation_check.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))  # for the report
     examples = "\n\n---\n\n".join(f"```\n{text}\n```" for text in summary.get("examples", []))
     metadata = {
@@ -238,9 +266,7 @@ def sft_model(
         "excluded_rows": dg.MetadataValue.path(summary["excluded_dir"]),
         "tensorboard": dg.MetadataValue.path(str(out / "tensorboard")),
     }
-    checks = _checks(report, config.check_max_new_tokens) + [
-        _pretraining_leak_check(curation, settings.heldout_fraction)
-    ]
+    checks = _checks(report, config) + [_pretraining_leak_check(curation, settings.heldout_fraction)]
     return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
 

@@ -97,13 +97,15 @@ def verdicts(rows: list[dict], profile: str) -> tuple[list[tuple[str | None, dic
 
 
 def score_kept(rows: list[dict], new: list, classifier: str) -> dict[int, float]:
-    from synth.labels.classifier import METRICS_FILE, MODEL_FILE, _load_fasttext, predict_scores
+    from synth.labels.classifier import METRICS_FILE, MODEL_FILE, _load_fasttext, class_values, predict_scores
 
     with open(os.path.join(classifier, METRICS_FILE)) as f:
-        max_chars = int(json.load(f)["config"]["max_chars"])
+        metrics = json.load(f)
     model = _load_fasttext(os.path.join(classifier, MODEL_FILE))
     kept = [i for i, (reason, _) in enumerate(new) if reason is None]
-    scores = predict_scores(model, [rows[i]["text"] for i in kept], max_chars)
+    scores = predict_scores(
+        model, [rows[i]["text"] for i in kept], int(metrics["config"]["max_chars"]), class_values(metrics)
+    )
     return {i: score for i, (score, _) in zip(kept, scores)}
 
 

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers.utils import logging as hf_logging
 
     from pipelines.schema import DOCUMENT_SCHEMA
-    from synth.labels.classifier import _load_fasttext, predict_scores, train_classifier
+    from synth.labels.classifier import _load_fasttext, class_values, predict_scores, train_classifier
     from synth.labels.label import LABELS_SCHEMA, excerpts, expected_score, split_of
     from synth.labels.rubric import RUBRIC_VERSION, SCORE_CHOICES, rubric_messages
     from synth.labels.tiers import score_and_tier
@@ -219,18 +219,18 @@ def main(argv: list[str] | None = None) -> None:
         labels_dir = write_stage(tmp / "labels", labels, LABELS_SCHEMA, shards=1)
         metrics = train_classifier(labels_dir, str(tmp / "classifier"))
         model = _load_fasttext(str(tmp / "classifier" / "model.bin"))
-        max_chars = metrics["config"]["max_chars"]
-        predict_scores(model, [d["text"] for d in docs[:256]], max_chars)  # warm-up
+        max_chars, values = metrics["config"]["max_chars"], class_values(metrics)
+        predict_scores(model, [d["text"] for d in docs[:256]], max_chars, values)  # warm-up
 
         started = time.perf_counter()
         for start in range(0, len(docs), 256):
-            predict_scores(model, [d["text"] for d in docs[start : start + 256]], max_chars)
+            predict_scores(model, [d["text"] for d in docs[start : start + 256]], max_chars, values)
         fasttext_s = time.perf_counter() - started
         fasttext_rate = len(docs) / fasttext_s
 
         rounds, started = 0, time.perf_counter()
         while time.perf_counter() - started < 1.0:
-            predict_scores(model, [d["text"] for d in rated], max_chars)
+            predict_scores(model, [d["text"] for d in rated], max_chars, values)
             rounds += 1
         same_s = time.perf_counter() - started
         same_rate = rounds * len(rated) / same_s

@@ -338,12 +338,15 @@ def plan_mixture(config: MixtureConfig, index_summary: dict, split: str = "train
             targets[n] += excess * weights[n] / free_weight
 
     # Whole documents make each bucket land up to a document off its target; carrying that error into the
-    # next bucket's cut keeps the total on budget even when targets are only a few documents long.
+    # next buckets' cuts keeps the total on budget even when targets are only a few documents long. A bucket
+    # takes at most its own share of the carry (its tolerance, or one document), so a coarse cut in a big bucket
+    # cannot zero the small buckets after it.
     carry = 0.0
     for name in sorted(available):
         avail = available[name]
         target = targets.get(name, 0.0)
-        aim = min(max(target - carry, 0.0), caps.get(name, 0.0)) if target > 0 else 0.0
+        room = max(config.tolerance * target, buckets[name]["max_doc_tokens"])
+        aim = min(max(target - min(max(carry, -room), room), 0.0), caps.get(name, 0.0)) if target > 0 else 0.0
         full = int(math.floor(aim / avail + 1e-12))
         hist = _rotated(buckets[name][hist_key], offset)
         cut = _cut_bin(hist, aim - full * avail) if aim > full * avail else 0

@@ -357,6 +357,11 @@ def load_values(path: str | Path) -> dict:
     return values
 
 
+ASSET_OPTIONS = "asset"
+"""A profile table's sub-table (``[sft_model.asset]``) of options only the Dagster asset has (its checks, say):
+merged into the asset's run config, never seen by the stage's command line."""
+
+
 def profile_path(name: str) -> Path:
     """``name`` as a file path when it is one, else ``dagster_project/profiles/<name>.toml``."""
     if name.endswith(".toml") or "/" in name:
@@ -373,7 +378,7 @@ def profile_values(name: str, section: str) -> dict:
     values = load_values(path).get(section, {})
     if not isinstance(values, dict):
         raise ValueError(f"{path}: [{section}] must be a table of setting values")
-    return values
+    return {k: v for k, v in values.items() if k != ASSET_OPTIONS}
 
 
 def settings_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Settings:

@@ -146,11 +146,15 @@ class ClassifierSettings(TierThresholds):
     maxn: int = Field(0, ge=0, description="fastText: longest character n-gram (0: none).")
     seed: int = Field(0, description="fastText seed.")
     threads: int = Field(1, ge=1, description="fastText threads; 1 makes training reproducible bit for bit.")
-    target: Literal["label", "rounded_score"] = Field(
-        "label",
-        description="Training class: the teacher's label (most probable digit) or rounded_score (its rounded "
-        "expected score, steadier when the teacher's distribution is flat).",
+    target: Literal["score_bins", "label", "rounded_score"] = Field(
+        "score_bins",
+        description="Training class: score_bins (the teacher's expected score cut into `bins` classes of equal size "
+        "on the training labels; a class scores as its rows' mean teacher score), label (the teacher's most probable "
+        "digit) or rounded_score (its rounded expected score). A small teacher's digit distribution is flat, so its "
+        "most probable digit is noise; on the demo's 300 labels 5-fold Spearman's rho was 0.71-0.76 for score_bins "
+        "and 0.20-0.23 for label.",
     )
+    bins: int = Field(5, ge=2, le=20, description="Classes of target=score_bins.")
     confidence: float = Field(
         0.95,
         ge=0.5,

@@ -97,12 +97,25 @@ def test_stage_constants_agree_with_the_settings():
     assert dataclasses.asdict(DedupConfig()) == DedupSettings().model_dump(exclude={"max_doc_bytes"})
 
 
-@pytest.mark.parametrize("group", ["curation", "synthesis", "pretraining"])
+@pytest.mark.parametrize("group", ["curation", "synthesis", "pretraining", "post_training"])
 def test_demo_profile_is_valid_run_config(group):
     config = run_config("demo", f"group:{group}")
     assert config["ops"], group
     job = defs.resolve_implicit_global_asset_job_def()
     dg.validate_run_config(job, config)
+
+
+def test_asset_options_reach_the_asset_but_not_the_command_line(tmp_path):
+    from pipelines.settings import profile_values
+
+    profile = tmp_path / "p.toml"
+    profile.write_text("[sft_model]\nepochs = 3\n[sft_model.asset]\ncheck_min_stop_share = 0.5\n")
+    assert run_config(str(profile))["ops"]["sft_model"]["config"] == {"epochs": 3, "check_min_stop_share": 0.5}
+    assert profile_values(str(profile), "sft_model") == {"epochs": 3}
+    dg.validate_run_config(defs.resolve_implicit_global_asset_job_def(), run_config(str(profile)))
+    profile.write_text("[sft_model.asset]\nno_such_option = 1\n")  # Dagster checks the asset's options
+    with pytest.raises(dg.DagsterInvalidConfigError, match="no_such_option"):
+        dg.validate_run_config(defs.resolve_implicit_global_asset_job_def(), run_config(str(profile)))
 
 
 def test_a_stage_reads_its_profile_table(tmp_path, monkeypatch):

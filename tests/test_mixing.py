@@ -17,6 +17,7 @@ from pipelines.mixing import (
     copies_for,
     is_heldout,
     plan_mixture,
+    realised_report,
     run_index,
     run_select,
 )
@@ -199,3 +200,21 @@ def test_cli_reports_a_missing_index(tmp_path):
     )
     assert proc.returncode != 0
     assert "is not a finished mixture index" in proc.stderr
+
+
+def test_a_coarse_cut_in_a_big_bucket_does_not_starve_the_small_buckets_after_it():
+    # code's histogram cut lands 2,000 tokens over its target (its documents are 20k tokens each); before, that whole
+    # carried error went into the next bucket in name order, planning the one-document instruction buckets at zero
+    index = _index(code=200_000)
+    index["buckets"].update({f"instruction/{lang}": _bucket(300, docs=1) for lang in ("en", "fa", "id")})
+    config = MixtureConfig(token_budget=20_000, domain_weights={"code": 0.9, "instruction": 0.1})
+    plan = plan_mixture(config, index)
+    assert plan["buckets"]["code"]["planned_tokens"] == 20_000
+    small = {n: b for n, b in plan["buckets"].items() if n.startswith("instruction/")}
+    assert all(b["planned_tokens"] > 0 for b in small.values()), small
+    summary = {
+        "buckets": {n: b["planned_tokens"] for n, b in plan["buckets"].items()},
+        "tokens": plan["planned_tokens"],
+    }
+    report = realised_report(plan, summary, config.tolerance)
+    assert report["passed"], report["failed_buckets"]

@@ -383,11 +383,24 @@ def test_classifier_learns_hand_labels(classifier, hand_labels_dir, tmp_path):
     ci = agree["spearman_ci"]
     assert ci["n"] == len(heldout) and ci["rho"] == agree["spearman"] and ci["confidence"] == 0.95
     assert 0 < ci["low"] < ci["rho"] < ci["high"] <= 1 and ci["problem"] is None
-    assert metrics["classes"] == [0, 1, 4, 5]
+    # score_bins (the default): classes are quantile bins of the teacher's score (tied hand scores leave some bins
+    # empty), each standing for its training rows' mean score, so predicted scores stay on the teacher's scale
+    train = [r for r in labels if r["split"] == "train"]
+    edges = metrics["score_bin_edges"]
+    assert len(edges) == SMALL.bins - 1 and edges == sorted(edges)
+    by_bin: dict[int, list[float]] = {}
+    for r in train:
+        by_bin.setdefault(sum(r["score"] >= e for e in edges), []).append(r["score"])
+    assert metrics["classes"] == sorted(by_bin)
+    assert metrics["class_values"] == {str(k): pytest.approx(sum(v) / len(v), abs=1e-5) for k, v in by_bin.items()}
     assert classifier_fingerprint(out) == metrics["model_sha256"]
     # single-threaded training with a seed is reproducible bit for bit
     again = train_classifier(hand_labels_dir, str(tmp_path / "again"), SMALL)
     assert again["model_sha256"] == metrics["model_sha256"]
+    # target=label: one class per digit the teacher gave, scores are the digits
+    digits = train_classifier(hand_labels_dir, str(tmp_path / "digits"), SMALL.model_copy(update={"target": "label"}))
+    assert digits["classes"] == [0, 1, 4, 5] and digits["class_values"] == {} and digits["score_bin_edges"] == []
+    assert digits["heldout"]["exact_accuracy"] >= 0.8 and digits["heldout"]["spearman"] >= 0.7
 
 
 def test_spearman_interval_is_scipys_rho_with_a_calibrated_interval():

@@ -5,7 +5,8 @@ config for ``dagster asset materialize -c FILE``:
 
 ``demo`` holds the CPU demo's sizes where they differ from the recipe values (the settings' defaults). A table of
 a stage registered in ``pipelines.settings.STAGES`` is validated against its settings first, so a mistake in a
-profile is reported with the field's name before any run starts. Light: dagster is imported inside ``main``.
+profile is reported with the field's name before any run starts; its ``asset`` sub-table (``[sft_model.asset]``)
+holds options only the asset has (its checks), which Dagster validates. Light: dagster is imported inside ``main``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from pipelines.settings import PROFILES_DIR, STAGES, ArgumentParser, load_values, profile_path, stage_settings
+from pipelines.settings import (
+    ASSET_OPTIONS,
+    PROFILES_DIR,
+    STAGES,
+    ArgumentParser,
+    load_values,
+    profile_path,
+    stage_settings,
+)
 
 
 def profile_tables(name: str) -> dict[str, dict]:
@@ -26,9 +35,12 @@ def profile_tables(name: str) -> dict[str, dict]:
     for asset, values in tables.items():
         if not isinstance(values, dict):
             raise ValueError(f"{path}: [{asset}] must be a table of setting values")
+        own = values.get(ASSET_OPTIONS, {})
+        if not isinstance(own, dict):
+            raise ValueError(f"{path}: [{asset}.{ASSET_OPTIONS}] must be a table of asset options")
         if asset in STAGES:
             try:
-                stage_settings(asset)(**values)
+                stage_settings(asset)(**{k: v for k, v in values.items() if k != ASSET_OPTIONS})
             except ValueError as e:
                 raise ValueError(f"{path} [{asset}]: {e}") from None
     return tables
@@ -59,7 +71,12 @@ def run_config(name: str, select: str | None = None) -> dict:
     tables = profile_tables(name)
     wanted = selected_assets(select)
     assets = [a for a in tables if wanted is None or a in wanted]
-    return {"ops": {asset: {"config": dict(tables[asset])} for asset in assets}}
+    ops = {}
+    for asset in assets:
+        values = dict(tables[asset])
+        own = values.pop(ASSET_OPTIONS, {})
+        ops[asset] = {"config": {**values, **own}}
+    return {"ops": ops}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -8,6 +8,7 @@ installed here (fasttext-numpy2-wheel 0.9.2) leaves its input matrix uninitialis
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import ctypes
 import math
@@ -28,7 +29,7 @@ from pipelines.shards import (
     write_json_atomic,
 )
 from pipelines.wheels import sha256_file
-from synth.labels.label import expected_score, read_labels, unit_hash
+from synth.labels.label import read_labels, unit_hash
 from synth.settings import ClassifierSettings
 
 NORMALIZE_VERSION = "lower-punct-cjk-v1"
@@ -50,10 +51,25 @@ def normalize_text(text: str, max_chars: int) -> str:
     return _SPACES.sub(" ", text).strip()
 
 
-def _target(row: Mapping[str, Any], target: str) -> int:
+def score_bin_edges(scores: Sequence[float], bins: int) -> list[float]:
+    """The inner quantile edges that cut the teacher's expected scores into ``bins`` classes of about equal size."""
+    ordered = sorted(scores)
+    if not ordered:
+        return []
+    return [ordered[min(len(ordered) - 1, (len(ordered) * k) // bins)] for k in range(1, bins)]
+
+
+def _target(row: Mapping[str, Any], target: str, edges: Sequence[float] = ()) -> int:
     if target == "label":
         return int(row["label"])
+    if target == "score_bins":
+        return bisect.bisect_right(edges, float(row["score"]))
     return int(min(5, max(0, math.floor(float(row["score"]) + 0.5))))
+
+
+def class_values(metrics: Mapping[str, Any]) -> dict[int, float]:
+    """Score each class stands for (a ``score_bins`` class: its training rows' mean teacher score; a digit: itself)."""
+    return {int(k): float(v) for k, v in (metrics.get("class_values") or {}).items()}
 
 
 def _load_fasttext(path: str):
@@ -63,17 +79,22 @@ def _load_fasttext(path: str):
     return fasttext.load_model(path)
 
 
-def predict_scores(model, texts: Sequence[str], max_chars: int) -> list[tuple[float, int]]:
-    """(expected score over all classes, most probable class) of each text, one batched fastText call."""
+def predict_scores(
+    model, texts: Sequence[str], max_chars: int, values: Mapping[int, float] | None = None
+) -> list[tuple[float, int]]:
+    """(expected score over all classes, most probable class) of each text, one batched fastText call; class ``c``
+    stands for the score ``values[c]`` (``class_values``; the digit itself when absent)."""
     if not texts:
         return []
+    values = values or {}
     labels, probs = model.predict([normalize_text(t, max_chars) for t in texts], k=-1, threshold=0.0)
     out = []
-    for names, values in zip(labels, probs):
+    for names, p in zip(labels, probs):
         classes = [int(n.removeprefix("__label__")) for n in names]
-        values = [float(v) for v in values]
-        best = classes[max(range(len(values)), key=lambda k: values[k])] if values else 0
-        out.append((min(5.0, max(0.0, expected_score(values, classes))), best))
+        p = [float(v) for v in p]
+        best = classes[max(range(len(p)), key=lambda k: p[k])] if p else 0
+        score = sum(q * values.get(c, c) for q, c in zip(p, classes)) / sum(p) if sum(p) > 0 else 0.0
+        out.append((min(5.0, max(0.0, score)), best))
     return out
 
 
@@ -245,13 +266,20 @@ def train_classifier(labels_dir: str, out_dir: str, config: ClassifierSettings |
     for name in os.listdir(out_dir):  # a killed run's training text or half-saved model
         if name.startswith(".tmp-"):
             os.remove(os.path.join(out_dir, name))
+    edges = score_bin_edges([float(r["score"]) for r in train], config.bins) if config.target == "score_bins" else []
+
+    def target(row: Mapping[str, Any]) -> int:
+        return _target(row, config.target, edges)
+
+    by_class: dict[int, list[float]] = {}
+    for row in train:
+        by_class.setdefault(target(row), []).append(float(row["score"]))
+    values = {c: round(sum(v) / len(v), 6) for c, v in sorted(by_class.items())} if edges else {}
     tmp = os.path.join(out_dir, f".tmp-{uuid.uuid4().hex}")
     try:
         with open(f"{tmp}.txt", "w", encoding="utf-8") as f:
             for row in train:
-                f.write(
-                    f"__label__{_target(row, config.target)} {normalize_text(row['text'] or '', config.max_chars)}\n"
-                )
+                f.write(f"__label__{target(row)} {normalize_text(row['text'] or '', config.max_chars)}\n")
         model = _train_fasttext(
             input=f"{tmp}.txt",
             lr=config.lr,
@@ -278,10 +306,10 @@ def train_classifier(labels_dir: str, out_dir: str, config: ClassifierSettings |
     def evaluate(split_rows: list[dict]) -> dict | None:
         if not split_rows:
             return None
-        predicted = predict_scores(model, [r["text"] or "" for r in split_rows], config.max_chars)
+        predicted = predict_scores(model, [r["text"] or "" for r in split_rows], config.max_chars, values)
         return agreement(
             [float(r["score"]) for r in split_rows],
-            [_target(r, config.target) for r in split_rows],
+            [target(r) for r in split_rows],
             [p[0] for p in predicted],
             [p[1] for p in predicted],
             thresholds,
@@ -301,9 +329,11 @@ def train_classifier(labels_dir: str, out_dir: str, config: ClassifierSettings |
             "labels": len(rows),
             "train": len(train),
             "heldout": len(heldout),
-            "train_classes": dict(sorted(Counter(str(_target(r, config.target)) for r in train).items())),
-            "heldout_classes": dict(sorted(Counter(str(_target(r, config.target)) for r in heldout).items())),
+            "train_classes": dict(sorted(Counter(str(target(r)) for r in train).items())),
+            "heldout_classes": dict(sorted(Counter(str(target(r)) for r in heldout).items())),
         },
+        "score_bin_edges": edges,
+        "class_values": {str(c): v for c, v in values.items()},
         "classes": sorted(int(label.removeprefix("__label__")) for label in model.labels),
         "heldout": evaluate(heldout),
         "train": evaluate(train),

@@ -29,7 +29,14 @@ from pipelines.shards import (
     write_json_atomic,
 )
 from pipelines.wheels import sha256_file
-from synth.labels.classifier import METRICS_FILE, MODEL_FILE, _load_fasttext, classifier_fingerprint, predict_scores
+from synth.labels.classifier import (
+    METRICS_FILE,
+    MODEL_FILE,
+    _load_fasttext,
+    class_values,
+    classifier_fingerprint,
+    predict_scores,
+)
 from synth.settings import TierSettings
 
 HIST_BIN_WIDTH = 0.5
@@ -63,6 +70,7 @@ class QualityScorer(DocumentProcessor):
         metrics = read_json(os.path.join(classifier_dir, METRICS_FILE)) or {}
         self.max_chars = int(metrics["config"]["max_chars"])
         self.normalize = metrics.get("normalize")
+        self.values = class_values(metrics)
         self._model = None
 
     def config(self) -> dict:
@@ -70,6 +78,7 @@ class QualityScorer(DocumentProcessor):
             "classifier_sha256": self.fingerprint,
             "normalize": self.normalize,
             "max_chars": self.max_chars,
+            "class_values": {str(c): v for c, v in self.values.items()},
             "hist_bin_width": HIST_BIN_WIDTH,
         }
 
@@ -82,7 +91,9 @@ class QualityScorer(DocumentProcessor):
 
     def process_batch(self, docs: list[dict]) -> Iterator[tuple[dict, str | None]]:
         self.setup()
-        for doc, (score, _) in zip(docs, predict_scores(self._model, [d["text"] for d in docs], self.max_chars)):
+        for doc, (score, _) in zip(
+            docs, predict_scores(self._model, [d["text"] for d in docs], self.max_chars, self.values)
+        ):
             doc["quality_score"] = score
             yield doc, None
 
