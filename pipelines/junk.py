@@ -11,7 +11,10 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
 import regex
+
+from pipelines.word_order import model_for
 
 JUNK_RULES = (
     "min_letters",
@@ -37,6 +40,8 @@ JUNK_RULES = (
     "max_lower_after_period",
     "min_word_order_gain",
     "min_word_order_gain_ideographic",
+    "min_word_order_score",
+    "min_char_order_gain",
 )
 _CJK_CHARS = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}\p{Tibetan}"
 _CJK = regex.compile(f"[{_CJK_CHARS}]")
@@ -86,6 +91,7 @@ _CODE_BRACE = regex.compile(
     r"|\b(?:document|window)\.\w+).*$",
     regex.MULTILINE,
 )
+_WORD_BEFORE = "(?<![^\\W\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff])"
 _MOJIBAKE_SAMPLE = 5_000
 # C0 and C1 control characters other than tab, line breaks and form feed: terminal colour codes, binary data.
 _CONTROL_CHAR = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
@@ -107,6 +113,19 @@ def word_order_gain(text: str, max_chars: int = 6_000) -> float:
     return len(zlib.compress(" ".join(shuffled).encode(), 6)) / len(zlib.compress(as_written, 6)) - 1
 
 
+def char_order_gain(text: str, max_chars: int = 6_000) -> float:
+    """How much of the text's compressibility comes from the order of its characters: zlib size with every character
+    but line breaks shuffled (fixed seed) over the size as written, minus 1. Words of any script recur and are lost
+    when their letters are shuffled (real text > 0.1 past 600 characters); scrambled characters have nothing to lose
+    (~0). No language table is needed."""
+    sample = text[:max_chars]
+    codes = np.frombuffer(sample.encode("utf-32-le"), dtype=np.uint32).copy()
+    movable = codes != 10
+    codes[movable] = np.random.default_rng(len(sample)).permutation(codes[movable])
+    shuffled = codes.tobytes().decode("utf-32-le")
+    return len(zlib.compress(shuffled.encode(), 6)) / len(zlib.compress(sample.encode(), 6)) - 1
+
+
 _AFTER_PERIOD = regex.compile(r"(?<!\S)\S{3,}\.[ \t]+(\p{L})")
 
 
@@ -125,16 +144,18 @@ class JunkFilter:
 
     def __post_init__(self):
         self._phrases = sorted({p.lower() for p in self.rules["boilerplate_phrases"]}, key=len, reverse=True)
-        # a phrase that starts with a letter or digit must start a word: "cookie" is not in "syncookies"
-        patterns = [(r"(?<!\w)" if p[:1].isalnum() else "") + re.escape(p) for p in self._phrases]
+        # a phrase that starts with a letter or digit must start a word: "cookie" is not in "syncookies"; after an
+        # ideograph, kana or Hangul syllable it does ("这些Cookie用于": those scripts do not space their words)
+        patterns = [(_WORD_BEFORE if p[:1].isalnum() else "") + re.escape(p) for p in self._phrases]
         self._boilerplate = re.compile("|".join(patterns)) if patterns else None
 
     def letters(self, text: str) -> int:
         """Letters, an ideograph/kana/Hangul syllable counting 2 (it carries about what a short word does)."""
         return len(_LETTER.findall(text)) + len(_CJK.findall(text))
 
-    def filter(self, text: str) -> str | None:
-        """None if the document is not clear junk, else the rule it fails. Looks at the first ``MAX_JUNK_CHARS``."""
+    def filter(self, text: str, lang: str | None = None) -> str | None:
+        """None if the document is not clear junk, else the rule it fails. Looks at the first ``MAX_JUNK_CHARS``.
+        ``lang`` (language ID's label) chooses the word-order table; without one that rule is off."""
         r = self.rules
         if self.letters(text[: 4 * r["min_letters"] + 1000]) < r["min_letters"]:
             return "too_short"
@@ -208,6 +229,14 @@ class JunkFilter:
         bands = [(chars, gain) for chars, gain in r["min_word_order_gain" + suffix] if len(text) >= chars]
         if bands and word_order_gain(text) < bands[-1][1]:
             return "word_salad"
+        bands = [gain for chars, gain in r["min_char_order_gain"] if len(text) >= chars]
+        if bands and char_order_gain(text) < bands[-1]:
+            return "scrambled"
+        if r["min_word_order_score"] and lang and (model := model_for(lang)) is not None:
+            score, pairs = model.score(text)
+            bands = [low for min_pairs, low in r["min_word_order_score"] if pairs >= min_pairs]
+            if bands and score < bands[-1]:
+                return "word_order"
         return None
 
     def _units(self, item: str) -> float:

@@ -12,7 +12,8 @@ profile names its rules and thresholds, with the source of every value, in ``pip
 * ``docs`` (manuals, tutorials, reference pages, glossaries): ingest's markup hints (a documentation generator,
   code/command markup: ``metadata.markup``), the URL (``/doc/``, ``/manual/``, ``docs.`` hosts ...), the source
   name, or a cheap content test (share of command-like lines, ``--option``/path/key syntax). The clear-junk rules.
-* ``web``, everything else: today's chain, unchanged. datatrove's filters in FineWeb's order (Penedo et al. 2024):
+* ``web``, everything else: datatrove's filters in FineWeb's order (Penedo et al. 2024), then, on what they keep,
+  the clear-junk rules below (the profile named by ``web.toml``'s ``clear_junk``):
 
   1. ``GopherRepetitionFilter`` - Rae et al. 2021 (Gopher), Table A1: duplicate lines/paragraphs, top and
      duplicated n-grams.
@@ -28,8 +29,10 @@ profile names its rules and thresholds, with the source of every value, in ``pip
   as data in ``pipelines/thresholds/web_quality.toml`` (each value with its source; ``pipelines.lang_config``
   loads it); scripts without spaces are split into characters (``ScriptAwareTokenizer``).
 
-The clear-junk rules (``JunkFilter``, profiles ``docs`` and ``cjk``) drop boilerplate, cookie banners, menus,
-keyword lists, repeated lines, encoding garbage, scrambled text and very short fragments, with three measures of
+The clear-junk rules (``JunkFilter``: profiles ``docs`` and ``cjk``, and ``web`` on what its chain keeps) drop
+boilerplate, cookie banners, menus, keyword lists, repeated lines, encoding garbage, scrambled text (characters in
+no order, ``char_order_gain``), word salad and shuffled lines (word order that gains nothing under the language's
+class-bigram table, ``pipelines.word_order``) and very short fragments, with three measures of
 the web chain fixed: the alphabetic-word share counts word tokens only (not ``|``, ``--`` or ``(``), the
 curly-bracket rule counts only braces next to code, and the top-2-gram share counts word bigrams seen 4 or more
 times. They do not judge the middle: the model-based quality score does (``synth.labels`` tiers). A document
@@ -38,7 +41,8 @@ the tier pass counts how many of them the classifier rates highly. The flags com
 thresholds with the dependency-free word tokenizer, so only documents that take the web profile pay for spaCy
 (each language's pipeline is built on its first document, per worker).
 
-``--profile web`` puts every non-code document on the web profile: exactly the chain before profiles existed.
+``--profile web`` puts every non-code document on the web profile: the chain before profiles existed, plus the
+clear-junk rules on what it keeps (``benchmarks/bench_filters.py`` measures its agreement with datatrove's chain).
 The stage's config holds every value that changes its output (the threshold table's and the profiles' values, the
 filter libraries' versions, ``QUALITY_CODE_VERSION``), so editing a threshold starts the stage afresh.
 Every drop is counted by ``<filter>/<reason>`` (web) or ``<profile>/<rule>`` and the document is kept in
@@ -76,10 +80,11 @@ from pipelines.filters import (
 from pipelines.junk import JunkFilter
 from pipelines.lang_config import WEB_QUALITY_TABLE, load_threshold_table
 from pipelines.quality_profiles import PROFILE_MODES, ProfileDetector, load_profiles
+from pipelines.word_order import model_fingerprint
 
 # Part of the stage's config: raise it when a change to this module, pipelines/filters.py, pipelines/junk.py or
 # pipelines/quality_profiles.py changes which documents are kept or their text.
-QUALITY_CODE_VERSION = 1
+QUALITY_CODE_VERSION = 2
 # Libraries whose code decides verdicts (the web chain's filters and tokenizers, the mojibake measure): their
 # versions are part of the stage's config.
 FILTER_LIBRARIES = ("datatrove", "spacy", "ftfy")
@@ -142,6 +147,7 @@ class QualityFilter(DocumentProcessor):
             "character_script_languages": sorted(CHARACTER_SCRIPT_LANGUAGES),
             "code_filter": self.code_filter,
             "thresholds": self.thresholds.fingerprint(),
+            "word_order_tables": model_fingerprint(),
             "profile": self.profile,
             "profiles": {
                 name: {"heuristics": p.heuristics, "flags": p.flags, "rules": p.rules, "detect": p.detect}
@@ -213,9 +219,14 @@ class QualityFilter(DocumentProcessor):
                 keep, why = self._code.filter(doc["text"])
                 reason = None if keep else f"code/{why}"
         elif heuristics == "web_chain":
+            text = doc["text"]
             reason = self.web_verdict(doc)
+            clear_junk = self.profiles[profile].rules.get("clear_junk")
+            if reason is None and clear_junk:  # on the text as it came: C4 may have removed policy lines
+                rule = self._junk[clear_junk].filter(text, doc.get("lang"))
+                reason = None if rule is None else f"{profile}/{rule}"
         else:
-            rule = self._junk[profile].filter(doc["text"])
+            rule = self._junk[profile].filter(doc["text"], doc.get("lang"))
             reason = None if rule is None else f"{profile}/{rule}"
             if reason is None and self.profiles[profile].flags:
                 flags = self.web_flags(doc)

@@ -35,13 +35,16 @@ class Profile:
         return self.rules[rule]
 
 
-def _values(table: dict) -> tuple[dict, dict]:
+def _values(table: dict, where: str = "", need_source: bool = False) -> tuple[dict, dict]:
+    """``need_source``: every entry must be ``{value, source}`` with a source (the rules of a profile)."""
     values, sources = {}, {}
     for key, entry in table.items():
         if isinstance(entry, dict) and "value" in entry:
             values[key], sources[key] = entry["value"], entry.get("source", "")
         else:
             values[key] = entry
+        if need_source and not str(sources.get(key, "")).strip():
+            raise ValueError(f"{where}: rule {key!r} has no source (write it as {{ value = ..., source = ... }})")
     return values, sources
 
 
@@ -58,7 +61,7 @@ def load_profiles(folder: str | Path | None = None) -> dict[str, Profile]:
     profiles = {}
     for name, data in raw.items():
         rules, sources = _values(raw.get(data.get("extends"), {}).get("rules", {})) if data.get("extends") else ({}, {})
-        own_rules, own_sources = _values(data.get("rules", {}))
+        own_rules, own_sources = _values(data.get("rules", {}), f"{folder / name}.toml", need_source=True)
         rules.update(own_rules)
         sources.update(own_sources)
         detect, _ = _values(data.get("detect", {}))
@@ -68,6 +71,9 @@ def load_profiles(folder: str | Path | None = None) -> dict[str, Profile]:
         profiles[name] = Profile(name, data.get("description", ""), heuristics, bool(data.get("flags")), rules,
                                  sources, detect)  # fmt: skip
     for name, profile in profiles.items():
+        clear_junk = profile.rules.get("clear_junk")
+        if clear_junk and getattr(profiles.get(clear_junk), "heuristics", None) != "junk":
+            raise ValueError(f"{folder / name}.toml: clear_junk names {clear_junk!r}, not a clear-junk profile")
         if profile.heuristics == "junk" and (missing := [r for r in JUNK_RULES if r not in profile.rules]):
             raise ValueError(f"{folder / name}.toml lacks the clear-junk rules {missing}")
     return profiles
