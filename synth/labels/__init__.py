@@ -22,8 +22,9 @@ everything:
    mean teacher score (``class_values`` in ``metrics.json``): a small teacher's digit distribution is flat, so its
    most probable digit is mostly noise (on the demo's 300 labels, held-out Spearman's rho 0.69 with score bins
    against 0.12 with ``label``). ``target="label"`` (the teacher's digit) and ``"rounded_score"`` train one class per
-   score 0..5. Predicted score = expected value of the class scores over all class probabilities (``k=-1``). Text is normalised the same way for training and scoring (``normalize_text``:
-   truncated, lowercased, punctuation and CJK characters split off, newlines to spaces). ``model.bin`` and
+   score 0..5. Predicted score = expected value of the class scores over all class probabilities (``k=-1``).
+   Text is normalised the same way for training and scoring (``normalize_text``: truncated, lowercased,
+   punctuation and CJK characters split off, newlines to spaces). ``model.bin`` and
    ``metrics.json`` (agreement with the teacher on the held-out split: exact and within-1 accuracy, Pearson and
    Spearman correlation of the scores (``scipy.stats``) with a 95% Fisher-z confidence interval of Spearman's rho,
    binary precision/recall/F1/accuracy at the strict and relaxed thresholds, counts; the sha256 of ``model.bin``)
