@@ -8,8 +8,8 @@ source files the demo does not use, labelled keep; web-style junk and minified c
 through ``pipelines.readers`` (Trafilatura extraction and markup hints, as ingest does) and labelled with lid.176
 (``pipelines.langid``; source files are ``code``).
 
-Peer: the chain before profiles (``QualityFilter(profile="web")``: datatrove's Gopher, C4 and FineWeb filters on
-every non-code document), on the same documents in the same run.
+Peer: the chain before profiles (``QualityFilter(profile="web")`` with the web profile's ``clear_junk`` off:
+datatrove's Gopher, C4 and FineWeb filters alone on every non-code document), on the same documents in the same run.
 
 Tables: the set's make-up; per profile (the profile each document is routed to) real kept and junk dropped, new
 and old; the same per profile and language; per junk kind; each clear-junk profile forced onto every document of
@@ -79,9 +79,12 @@ def write_sample(rows: list[dict], path: str, max_chars: int = 2000) -> None:
     print(f"{len(chosen)} documents written to {path}")
 
 
-def verdicts(rows: list[dict], profile: str) -> tuple[list[tuple[str | None, dict]], float]:
-    """(reason or None, metadata) per row, and the seconds the quality checks took."""
+def verdicts(rows: list[dict], profile: str, chain_only: bool = False) -> tuple[list[tuple[str | None, dict]], float]:
+    """(reason or None, metadata) per row, and the seconds the quality checks took. ``chain_only``: the web profile
+    without the clear-junk rules on what its chain keeps (the chain before profiles)."""
     quality = QualityFilter(profile=profile)
+    if chain_only:
+        quality.profiles["web"].rules["clear_junk"] = ""
     for row in rows:  # build every language's chain first: spaCy start-up is not per-document cost
         name, _ = quality.profile_of(row)
         if quality.profiles[name].heuristics == "web_chain":
@@ -128,7 +131,7 @@ def main() -> None:
         write_sample(rows, args.write_sample)
         return
     new, new_seconds = verdicts(rows, "auto")
-    old, old_seconds = verdicts(rows, "web")
+    old, old_seconds = verdicts(rows, "web", chain_only=True)
     scores = score_kept(rows, new, args.classifier) if args.classifier else {}
     n = len(rows)
     print(f"\ndevelopment set: {n:,} documents from {args.devset}\n")
@@ -239,8 +242,8 @@ def main() -> None:
     clear_by = Counter((new[i][1]["quality_profile"], new[i][0] is not None) for i in clear)
     profiles = sorted({p for p, _ in clear_by})
     print(
-        f"\nclear junk (every junk kind but scrambled text and word salad, which the heuristics leave to the "
-        f"model-based score): {clear_dropped}/{len(clear)} dropped ({clear_dropped / len(clear):.3f}); per profile: "
+        f"\nclear junk (every junk kind but scrambled text and word salad, which the word-order and character-order "
+        f"rules drop): {clear_dropped}/{len(clear)} dropped ({clear_dropped / len(clear):.3f}); per profile: "
         + ", ".join(f"{p} {rate(clear_by[p, True], clear_by[p, True] + clear_by[p, False])}" for p in profiles)
     )
     print(f"quality checks, one process, chains built: new {n / new_seconds:.0f} docs/s, old {n / old_seconds:.0f}")
