@@ -5,6 +5,8 @@ functions so the code location loads fast), big data stays in Parquet shards und
 and each asset returns the shard folder with the counts a person wants to see.
 """
 
+import functools
+
 import dagster as dg
 from pydantic import Field
 
@@ -15,6 +17,28 @@ from pipelines.settings import dagster_config, to_settings
 
 GROUP = "curation"
 KINDS = {"beam", "parquet"}
+
+# The stages are resumable (finished shards are kept and skipped), so a retry after a transient failure (an object
+# store or network hiccup, a killed worker) continues where the failed attempt stopped: waits of about 30 s, 60 s,
+# 120 s. Only the I/O-heavy curation stages retry; training assets do not (a failed run is looked at first).
+CURATION_RETRY = dg.RetryPolicy(max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+# Errors that another attempt cannot fix: bad settings or input (ValueError, which includes pydantic's validation
+# errors and pipelines.stage_dir.StageOutputError), a missing crawl folder or file.
+NOT_RETRIED = (ValueError, TypeError, FileNotFoundError, NotADirectoryError)
+
+
+def retry_only_transient_errors(fn):
+    """The asset function ``fn``, raising an error that a retry cannot fix as a ``dg.Failure`` that skips
+    ``CURATION_RETRY`` (the cause is kept). Dagster reads ``fn``'s signature and docstring through the wrapper."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except NOT_RETRIED as error:
+            raise dg.Failure(description=f"{type(error).__name__}: {error}", allow_retries=False) from error
+
+    return wrapper
 
 
 # The Launchpad config of each asset is generated from the stage's settings (pipelines/curation_settings.py), the
@@ -101,7 +125,8 @@ def _specs(asset: str, **extra: str) -> list[dg.AssetCheckSpec]:
     return [dg.AssetCheckSpec(name, asset=asset, description=text) for name, text in checks.items()]
 
 
-@dg.asset(group_name=GROUP, kinds=KINDS, check_specs=_specs("raw_documents"))
+@dg.asset(group_name=GROUP, kinds=KINDS, check_specs=_specs("raw_documents"), retry_policy=CURATION_RETRY)
+@retry_only_transient_errors
 def raw_documents(config: IngestConfig, curation: CurationResource) -> dg.MaterializeResult:
     """Raw crawl files (WARC/WET/JSONL/Parquet/HF datasets) as Parquet shards of plain-text documents.
 
@@ -120,11 +145,13 @@ def raw_documents(config: IngestConfig, curation: CurationResource) -> dg.Materi
     group_name=GROUP,
     kinds=KINDS | {"fasttext"},
     deps=[raw_documents],
+    retry_policy=CURATION_RETRY,
     check_specs=_specs(
         "language_filtered_documents",
         below_threshold_share="Warn when over half the documents score under their language threshold.",
     ),
 )
+@retry_only_transient_errors
 def language_filtered_documents(config: LanguageIdConfig, curation: CurationResource) -> dg.MaterializeResult:
     """Documents labelled with fastText lid.176 (``lang``, ``lang_score``), kept when the language is wanted
     and its score passes that language's threshold (FineWeb-2's values by default)."""
@@ -151,8 +178,10 @@ def language_filtered_documents(config: LanguageIdConfig, curation: CurationReso
     group_name=GROUP,
     kinds=KINDS | {"datatrove"},
     deps=[language_filtered_documents],
+    retry_policy=CURATION_RETRY,
     check_specs=_specs("quality_filtered_documents"),
 )
+@retry_only_transient_errors
 def quality_filtered_documents(config: QualityConfig, curation: CurationResource) -> dg.MaterializeResult:
     """Documents that pass the quality filters of their domain profile (``pipelines/profiles/*.toml``): web prose
     gets datatrove's Gopher repetition, Gopher quality, C4 and FineWeb filters tuned per language; technical
@@ -178,11 +207,13 @@ def quality_filtered_documents(config: QualityConfig, curation: CurationResource
     group_name=GROUP,
     kinds=KINDS | {"datasketch"},
     deps=[quality_filtered_documents],
+    retry_policy=CURATION_RETRY,
     check_specs=_specs(
         "deduplicated_documents",
         duplicate_rate="Exact duplicates (normalized text) left after dedup stay under the limit.",
     ),
 )
+@retry_only_transient_errors
 def deduplicated_documents(config: DedupAssetConfig, curation: CurationResource) -> dg.MaterializeResult:
     """One document per duplicate cluster (exact hash + MinHash-LSH, banding as a Beam GroupByKey, clusters by
     union-find). Kept documents carry ``dup_cluster`` and ``dup_cluster_size``."""

@@ -4,6 +4,7 @@ import hashlib
 import json
 
 import dagster as dg
+from dagster._core.definitions.op_definition import OpDefinition
 
 from assets.curation import curation_assets
 from assets.evaluation import evaluation_assets
@@ -20,52 +21,117 @@ from dagster_project.resources import (
     env_or_default,
 )
 
+# Run monitoring (dagster_home/dagster.yaml: run_monitoring) fails a run that is still going after its job's
+# `dagster/max_runtime` (seconds): a hung Beam worker or a stuck teacher server does not hold the queue forever.
+# The limits are generous for the demo; change them per run in the Launchpad's tags.
+MAX_RUNTIME_TAG = "dagster/max_runtime"
+MAX_RUNTIME_SECONDS = {
+    "curation_job": 12 * 3600,
+    "synthesis_job": 48 * 3600,
+    "pretraining_job": 14 * 24 * 3600,
+}
+# The crawl a run covered: the top-level folders (or files) of <data_root>/crawl that were new or changed.
+CRAWL_TAG = "qwen2/crawl"
+CRAWL_REMOVED_TAG = "qwen2/crawl_removed"
+# Model-training assets: in the "training" pool, never retried, never started by the schedule or the sensor.
+TRAINING_MODELS = ("base_model", "long_context_model", "sft_model", "reward_model", "dpo_model", "online_dpo_model")
+TRAINING_POOL = "training"
+TEACHER_POOL = "teacher"
+
+
+def _max_runtime(job_name: str) -> dict[str, str]:
+    return {MAX_RUNTIME_TAG: str(MAX_RUNTIME_SECONDS[job_name])}
+
+
 curation_job = dg.define_asset_job(
     "curation_job",
     selection=dg.AssetSelection.groups("curation"),
     description="Ingest -> language ID -> quality filters -> dedup over everything under <data_root>/crawl.",
+    tags=_max_runtime("curation_job"),
 )
 
-data_refresh_schedule = dg.ScheduleDefinition(
+
+def _tag_value(names: list[str], limit: int = 200) -> str:
+    """``names`` joined by commas, cut to ``limit`` characters with how many were left out."""
+    text = ",".join(names)
+    if len(text) <= limit:
+        return text
+    shown = []
+    for name in names:
+        if len(",".join([*shown, name])) > limit - 16:
+            break
+        shown.append(name)
+    return ",".join(shown) + f",... (+{len(names) - len(shown)} more)"
+
+
+def crawl_dumps(curation: CurationResource) -> dict[str, str] | None:
+    """Each top-level entry of <data_root>/crawl (a crawl dump's folder, or a file put there directly) with a
+    fingerprint of the names, sizes and modification times of its files; None when the folder does not exist."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(curation.crawl_dir())
+    if not fs.exists(path):
+        return None
+    root = path.rstrip("/") + "/"
+    files: dict[str, list] = {}
+    for p, info in fs.find(path, detail=True).items():
+        relative = p[len(root) :] if p.startswith(root) else p
+        entry = (relative, str(info.get("size")), str(info.get("mtime") or info.get("LastModified")))
+        files.setdefault(relative.split("/", 1)[0], []).append(entry)
+    return {dump: hashlib.sha1(json.dumps(sorted(entries)).encode()).hexdigest() for dump, entries in files.items()}
+
+
+@dg.schedule(
     name="data_refresh_schedule",
     job=curation_job,
     # A schedule's cron and default status are part of the definition (no run config), so these two are read
     # when the code location loads, through dg.EnvVar like the resources' variables.
     cron_schedule=dg.EnvVar("QWEN2_REFRESH_CRON").get_value(default="0 3 * * *"),
     execution_timezone="UTC",
-    description="Re-runs curation daily. Unchanged shards are resumed, not redone. Turn it on in the UI "
-    "(Automation) or set QWEN2_REFRESH_SCHEDULE=on.",
+    description="Re-runs curation daily over every crawl dump (tag qwen2/crawl). Unchanged shards are resumed, not "
+    "redone. Turn it on in the UI (Automation) or set QWEN2_REFRESH_SCHEDULE=on.",
     default_status=(
         dg.DefaultScheduleStatus.RUNNING
         if dg.EnvVar("QWEN2_REFRESH_SCHEDULE").get_value() == "on"
         else dg.DefaultScheduleStatus.STOPPED
     ),
 )
+def data_refresh_schedule(context: dg.ScheduleEvaluationContext, curation: CurationResource):
+    dumps = crawl_dumps(curation)
+    if not dumps:
+        return dg.SkipReason(f"{curation.crawl_dir()} does not exist yet or is empty")
+    return dg.RunRequest(tags={CRAWL_TAG: _tag_value(sorted(dumps))})
 
 
 @dg.sensor(job=curation_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.STOPPED)
 def new_crawl_files_sensor(context: dg.SensorEvaluationContext, curation: CurationResource):
-    """Starts curation when files are added to, or change in, <data_root>/crawl."""
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(curation.crawl_dir())
-    if not fs.exists(path):
+    """Starts curation when files are added to, or change in, <data_root>/crawl. The run's tag qwen2/crawl names the
+    crawl dumps (top-level folders or files of crawl/) that are new or changed since the last run it started."""
+    dumps = crawl_dumps(curation)
+    if dumps is None:
         return dg.SkipReason(f"{curation.crawl_dir()} does not exist yet")
-    listing = sorted(
-        (p, str(info.get("size")), str(info.get("mtime") or info.get("LastModified")))
-        for p, info in fs.find(path, detail=True).items()
-    )
-    fingerprint = hashlib.sha1(json.dumps(listing).encode()).hexdigest()
-    if fingerprint == context.cursor:
+    try:  # the cursor: dump -> fingerprint (an older cursor, one hash of everything, counts as nothing seen)
+        seen = json.loads(context.cursor or "{}")
+        seen = seen if isinstance(seen, dict) else {}
+    except ValueError:
+        seen = {}
+    changed = sorted(d for d, fingerprint in dumps.items() if seen.get(d) != fingerprint)
+    removed = sorted(set(seen) - set(dumps))
+    if not changed and not removed:
         return dg.SkipReason("no new crawl files")
-    context.update_cursor(fingerprint)
-    return dg.RunRequest(run_key=fingerprint)
+    cursor = json.dumps(dumps, sort_keys=True)
+    context.update_cursor(cursor)
+    tags = {CRAWL_TAG: _tag_value(changed) if changed else "(files removed only)"}
+    if removed:
+        tags[CRAWL_REMOVED_TAG] = _tag_value(removed)
+    return dg.RunRequest(run_key=hashlib.sha1(cursor.encode()).hexdigest(), tags=tags)
 
 
 pretraining_job = dg.define_asset_job(
     "pretraining_job",
     selection=dg.AssetSelection.groups("pretraining"),
     description="Mixture index -> proxy mixture search -> mixes -> packed shards -> stage-1 and stage-2 models.",
+    tags=_max_runtime("pretraining_job"),
 )
 
 synthesis_job = dg.define_asset_job(
@@ -73,17 +139,58 @@ synthesis_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups("synthesis"),
     description="Teacher -> quality labels -> fastText classifier -> quality tiers; synthetic SFT, pretraining and "
     "preference data, each deduplicated and decontaminated against the evaluation sets.",
+    tags=_max_runtime("synthesis_job"),
 )
 
+
+def in_pool(assets_def: dg.AssetsDefinition, pool: str) -> dg.AssetsDefinition:
+    """``assets_def`` with its op in concurrency pool ``pool`` (what ``@dg.asset(pool=...)`` sets), so the pool is
+    given here, next to the instance's limits, for assets defined in other modules. The op is rebuilt the way
+    Dagster's ``OpDefinition.with_replaced_properties`` does (1.13), keeping everything else."""
+    op = assets_def.op
+    pooled = OpDefinition.dagster_internal_init(
+        name=op.name,
+        ins={d.name: dg.In.from_definition(d) for d in op.input_defs},
+        outs={d.name: dg.Out.from_definition(d) for d in op.output_defs},
+        compute_fn=op.compute_fn,
+        config_schema=op.config_schema,
+        description=op.description,
+        tags=op.tags,
+        required_resource_keys=op.required_resource_keys,
+        code_version=op.version,
+        retry_policy=op.retry_policy,
+        version=None,
+        pool=pool,
+    )
+    return dg.AssetsDefinition.dagster_internal_init(**{**assets_def.get_attributes_dict(), "node_def": pooled})
+
+
+def with_pools(assets: list) -> list:
+    """Training models in pool "training", teacher-loading assets in pool "teacher". dagster_home/dagster.yaml
+    limits every pool to one run at a time across runs (`concurrency: pools`), so one training run and one
+    teacher-heavy run go at once while curation runs are free to go alongside."""
+    out = []
+    for a in assets:
+        keys = {k.to_user_string() for k in a.keys}
+        if keys & set(TRAINING_MODELS):
+            a = in_pool(a, TRAINING_POOL)
+        elif all(a.op.tags.get(k) == v for k, v in TEACHER_TAG.items()):
+            a = in_pool(a, TEACHER_POOL)
+        out.append(a)
+    return out
+
+
 defs = dg.Definitions(
-    assets=[
-        *curation_assets,
-        *pretraining_assets,
-        *synthesis_assets,
-        *post_training_assets,
-        *evaluation_assets,
-        *online_dpo_assets,
-    ],
+    assets=with_pools(
+        [
+            *curation_assets,
+            *pretraining_assets,
+            *synthesis_assets,
+            *post_training_assets,
+            *evaluation_assets,
+            *online_dpo_assets,
+        ]
+    ),
     jobs=[curation_job, pretraining_job, synthesis_job],
     schedules=[data_refresh_schedule],
     sensors=[new_crawl_files_sensor],
