@@ -10,9 +10,11 @@ import functools
 import dagster as dg
 from pydantic import Field
 
+from assets import plots
 from assets.metadata import counts_table
 from dagster_project.resources import CurationResource
 from pipelines.curation_settings import DedupSettings, IngestSettings, LanguageIdSettings, QualitySettings
+from pipelines.progress import stage_heartbeat
 from pipelines.settings import dagster_config, to_settings
 
 GROUP = "curation"
@@ -115,6 +117,11 @@ def _schema_and_size_checks(stage_dir: str, summary: dict) -> list[dg.AssetCheck
     ]
 
 
+def _heartbeat(stage_dir: str, label: str):
+    """While the stage runs, a line in the run log at least every 30 s: shards committed, documents processed/kept."""
+    return stage_heartbeat(dg.get_dagster_logger().info, stage_dir, label)
+
+
 def _specs(asset: str, **extra: str) -> list[dg.AssetCheckSpec]:
     """The checks every curation stage has, plus ``extra`` (check name -> description)."""
     checks = {
@@ -137,7 +144,8 @@ def raw_documents(config: IngestConfig, curation: CurationResource) -> dg.Materi
 
     out = curation.stage_dir("ingested")
     settings = to_settings(IngestSettings, config)
-    summary = ingest.run(config.inputs or [curation.crawl_dir()], out, settings=settings, **curation.run_kwargs())
+    with _heartbeat(out, "ingest"):
+        summary = ingest.run(config.inputs or [curation.crawl_dir()], out, settings=settings, **curation.run_kwargs())
     return dg.MaterializeResult(metadata=stage_metadata(summary), check_results=_schema_and_size_checks(out, summary))
 
 
@@ -159,7 +167,8 @@ def language_filtered_documents(config: LanguageIdConfig, curation: CurationReso
 
     out = curation.stage_dir("langid")
     settings = to_settings(LanguageIdSettings, config)
-    summary = langid.run(curation.stage_dir("ingested"), out, settings=settings, **curation.run_kwargs())
+    with _heartbeat(out, "language ID"):
+        summary = langid.run(curation.stage_dir("ingested"), out, settings=settings, **curation.run_kwargs())
     below = summary.get("dropped", {}).get("lang_below_threshold", 0)
     share = below / summary["docs_in"] if summary.get("docs_in") else 0.0
     checks = _schema_and_size_checks(out, summary) + [
@@ -170,7 +179,10 @@ def language_filtered_documents(config: LanguageIdConfig, curation: CurationReso
             metadata={"share": round(share, 4), "documents": below},
         )
     ]
-    metadata = stage_metadata(summary) | {"below_threshold_share": round(share, 4)}
+    metadata = stage_metadata(summary) | {
+        "below_threshold_share": round(share, 4),
+        "language_distribution": plots.md(plots.language_markdown(summary.get("languages", {}))),
+    }
     return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
 
@@ -192,7 +204,8 @@ def quality_filtered_documents(config: QualityConfig, curation: CurationResource
 
     out = curation.stage_dir("quality")
     settings = to_settings(QualitySettings, config)
-    summary = quality.run(curation.stage_dir("langid"), out, settings=settings, **curation.run_kwargs())
+    with _heartbeat(out, "quality filters"):
+        summary = quality.run(curation.stage_dir("langid"), out, settings=settings, **curation.run_kwargs())
     flagged = summary.get("flagged_docs", {})
     metadata = stage_metadata(summary) | {
         "documents_by_profile": counts_table(summary.get("profiles", {}), "profile", "kept documents"),
@@ -222,7 +235,8 @@ def deduplicated_documents(config: DedupAssetConfig, curation: CurationResource)
 
     out = curation.stage_dir("dedup")
     settings = to_settings(DedupSettings, config)
-    summary = dedup.run(curation.stage_dir("quality"), out, settings=settings, **curation.run_kwargs())
+    with _heartbeat(out, "dedup"):
+        summary = dedup.run(curation.stage_dir("quality"), out, settings=settings, **curation.run_kwargs())
     rate, remaining = remaining_duplicate_rate(out)
     clusters = summary.get("clusters", {})
     metadata = stage_metadata(summary) | {
@@ -230,7 +244,11 @@ def deduplicated_documents(config: DedupAssetConfig, curation: CurationResource)
         "documents_in_clusters": clusters.get("documents_in_clusters", 0),
         "largest_cluster": clusters.get("largest_cluster", 0),
         "cluster_sizes": counts_table(clusters.get("cluster_size_histogram", {}), "cluster size", "clusters"),
+        "language_distribution": plots.md(plots.language_markdown(summary.get("languages", {}), "kept per language")),
     }
+    funnel = plots.read_funnel(curation.stage_dir)  # every stage's _SUCCESS.json: ingest -> ... -> dedup
+    metadata |= plots.funnel_metadata(funnel) | {"funnel": plots.md(plots.funnel_markdown(funnel))}
+    metadata["funnel_drops_by_reason"] = counts_table(funnel["drops"], "stage: reason", "documents")
     checks = _schema_and_size_checks(out, summary) + [
         dg.AssetCheckResult(
             check_name="duplicate_rate",

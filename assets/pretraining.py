@@ -16,6 +16,8 @@ from pydantic import Field
 
 from assets.curation import deduplicated_documents
 from assets.metadata import counts_table, rows_table
+from assets.mix_metadata import mix_checks as _mix_checks
+from assets.mix_metadata import mix_metadata as _mix_metadata
 from assets.synthesis import instruction_documents, synthetic_pretraining_data
 from dagster_project.resources import CurationResource, TrainingResource
 from pipelines.mixing_settings import (
@@ -26,6 +28,7 @@ from pipelines.mixing_settings import (
     SearchConfig,
     SearchSettings,
 )
+from pipelines.progress import stage_heartbeat
 from pipelines.settings import dagster_config, to_settings
 from training.pretrain_settings import PretrainConfig, PretrainSettings
 
@@ -84,72 +87,6 @@ def _mixture_from(config, name: str, long_only: bool, search_result: dict | None
     return MixtureConfig(**values, name=name, long_documents_only=long_only)
 
 
-_MIX_COLUMNS = [
-    ("bucket", "string", "<domain>/<language>"),
-    ("weight", "float", "share of the token budget"),
-    ("available tokens", "int"),
-    ("target tokens", "int"),
-    ("realised tokens", "int"),
-    ("deviation", "float", "realised / target - 1; empty without a target"),
-    ("epochs", "float", "times the bucket's documents are used"),
-    ("capped", "bool", "the repeat cap kept the bucket under its target"),
-]
-
-
-def _mix_metadata(summary: dict) -> dict:
-    check = summary["mix_check"]
-    rows = [
-        {
-            "bucket": b["bucket"],
-            "weight": b["weight"] or 0.0,
-            "available tokens": b["available_tokens"] or 0,
-            "target tokens": b["target_tokens"],
-            "realised tokens": b["realised_tokens"],
-            "deviation": b["deviation"],
-            "epochs": b["epochs"],
-            "capped": b["capped"],
-        }
-        for b in check["buckets"]
-    ]
-    plan = summary["plan"]
-    return {
-        "dagster/row_count": summary.get("docs_out", 0),
-        "mixture": dg.MetadataValue.json(plan["mixture"]),
-        "mixture_fingerprint": plan["mixture_fingerprint"],
-        "target_tokens": check["target_tokens"],
-        "realised_tokens": check["realised_tokens"],
-        "realised_mix": rows_table(rows, _MIX_COLUMNS),
-        "tokens_per_language": counts_table(summary.get("languages", {}), "language", "tokens"),
-        "missing_domains": ", ".join(plan.get("missing_domains", [])) or "none",
-        "document_copies": dg.MetadataValue.json(summary.get("copies", {})),
-        "path": dg.MetadataValue.path(summary["output"]),
-        "seconds": summary.get("seconds", 0.0),
-    }
-
-
-def _mix_checks(summary: dict) -> list[dg.AssetCheckResult]:
-    from pipelines.checks import schema_problems
-    from pipelines.schema import MIXED_SCHEMA
-
-    problems = schema_problems(summary["output"], MIXED_SCHEMA)
-    check = summary["mix_check"]
-    schema = dg.AssetCheckResult(
-        check_name="schema", passed=not problems, metadata={"problems": dg.MetadataValue.json(problems[:20])}
-    )
-    return [
-        schema,
-        dg.AssetCheckResult(
-            check_name="realised_mix_matches_target",
-            passed=check["passed"],
-            metadata={
-                "failed_buckets": ", ".join(check["failed_buckets"]) or "none",
-                "target_tokens": check["target_tokens"],
-                "realised_tokens": check["realised_tokens"],
-            },
-        ),
-    ]
-
-
 def _mix_specs(asset: str) -> list[dg.AssetCheckSpec]:
     return [
         dg.AssetCheckSpec("schema", asset=asset, description="Every shard has the mixture Parquet schema."),
@@ -171,13 +108,19 @@ def _shards_metadata(summary: dict) -> dict:
     }
 
 
+def _heartbeat(stage_dir: str, label: str):
+    """While a Beam stage runs, a line in the run log at least every 30 s: shards committed, documents processed."""
+    return stage_heartbeat(dg.get_dagster_logger().info, stage_dir, label)
+
+
 def _packed(curation: CurationResource, mix: str, out: str, seq_len: int) -> dg.MaterializeResult:
     """Tokenize and pack the mix ``mix`` into ``out`` at ``seq_len``; metadata and the packed_sequences check."""
     from pipelines.checks import packed_problems
     from pipelines.tokenize_shards import run_tokenize_stage
 
     out_dir = curation.mix_dir(out)
-    summary = run_tokenize_stage(curation.mix_dir(mix), out_dir, seq_len=seq_len, seed=0, **curation.run_kwargs())
+    with _heartbeat(out_dir, f"tokenize {mix}"):
+        summary = run_tokenize_stage(curation.mix_dir(mix), out_dir, seq_len=seq_len, seed=0, **curation.run_kwargs())
     problems = packed_problems(out_dir, seq_len)
     check = dg.AssetCheckResult(
         check_name="packed_sequences",
@@ -298,14 +241,15 @@ def mixture_index(config: MixtureIndexConfig, curation: CurationResource, traini
     for synthetic in (curation.synthetic_pretraining_dir(), curation.synthetic_dir("instruction")):
         if not config.inputs and read_json(f"{synthetic}/_SUCCESS.json") is not None:
             inputs.append(synthetic)  # domains "synthetic" and "instruction": buckets of their own
-    summary = run_index(
-        inputs,
-        curation.mix_dir("index"),
-        settings.heldout_fraction,
-        long_doc_tokens=training.stage1_seq_len,
-        max_doc_tokens=training.long_seq_len,
-        **curation.run_kwargs(),
-    )
+    with _heartbeat(curation.mix_dir("index"), "mixture index"):
+        summary = run_index(
+            inputs,
+            curation.mix_dir("index"),
+            settings.heldout_fraction,
+            long_doc_tokens=training.stage1_seq_len,
+            max_doc_tokens=training.long_seq_len,
+            **curation.run_kwargs(),
+        )
     buckets = summary["buckets"]
     rows = [
         {
@@ -352,9 +296,9 @@ def validation_shards(curation: CurationResource, training: TrainingResource):
     from pipelines.mixing import MixtureConfig, run_select
 
     mix = curation.mix_dir("validation")
-    run_select(
-        curation.mix_dir("index"), mix, MixtureConfig(name="validation"), split="validation", **curation.run_kwargs()
-    )
+    with _heartbeat(mix, "validation mix"):
+        natural = MixtureConfig(name="validation")
+        run_select(curation.mix_dir("index"), mix, natural, split="validation", **curation.run_kwargs())
     return _packed(curation, "validation", "validation_tokens", training.stage1_seq_len)
 
 
@@ -453,7 +397,8 @@ def pretraining_mixture(config: MixtureAssetConfig, curation: CurationResource):
     from pipelines.mixing import run_select
 
     mixture = _mixture_from(config, "stage1", False, _search_result(curation))
-    summary = run_select(curation.mix_dir("index"), curation.mix_dir("stage1"), mixture, **curation.run_kwargs())
+    with _heartbeat(curation.mix_dir("stage1"), "stage-1 mix"):
+        summary = run_select(curation.mix_dir("index"), curation.mix_dir("stage1"), mixture, **curation.run_kwargs())
     return dg.MaterializeResult(metadata=_mix_metadata(summary), check_results=_mix_checks(summary))
 
 
@@ -468,7 +413,8 @@ def long_context_mixture(config: MixtureAssetConfig, curation: CurationResource)
     from pipelines.mixing import run_select
 
     mixture = _mixture_from(config, "long", True, _search_result(curation))
-    summary = run_select(curation.mix_dir("index"), curation.mix_dir("long"), mixture, **curation.run_kwargs())
+    with _heartbeat(curation.mix_dir("long"), "long-context mix"):
+        summary = run_select(curation.mix_dir("index"), curation.mix_dir("long"), mixture, **curation.run_kwargs())
     return dg.MaterializeResult(metadata=_mix_metadata(summary), check_results=_mix_checks(summary))
 
 

@@ -453,7 +453,7 @@ def run(
             }
             log.record(record)
             episode = number
-            if episode % settings.log_every == 0 or episode == settings.episodes:
+            if log.line_due(episode % settings.log_every == 0 or episode == settings.episodes):
                 shown = f"reward {record['mean_reward']:.3f} gap {record['reward_gap']:.3f} pairs {n_pairs}"
                 if n_pairs:
                     shown += f" loss {record['loss']:.4f} acc {record['accuracy']:.2f}"

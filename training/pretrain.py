@@ -253,7 +253,7 @@ def run(config: PretrainConfig, progress: Callable[[dict], None] | None = None) 
             }
             if log is not None:
                 log.record(record)
-                if step % config.log_every == 0 or step == config.max_steps:
+                if log.line_due(step % config.log_every == 0 or step == config.max_steps):
                     log.info(
                         f"step {step}/{config.max_steps} loss {last_loss:.4f} lr {lr:.2e} "
                         f"grad_norm {record['grad_norm']:.3f} {record['tokens_per_s']:,.0f} tok/s",

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
+from pipelines.progress import ProgressTicker
+
 
 class RunLog:
     """Rank 0's outputs while training: metrics.jsonl, TensorBoard, progress lines (stdout or Dagster Pipes)."""
@@ -29,6 +31,7 @@ class RunLog:
         self.tb = SummaryWriter(str(output_dir / "tensorboard"), purge_step=resumed_step + 1)
         stack.callback(self.tb.close)
         self.progress = progress
+        self.ticker = ProgressTicker()  # a progress line at least every 30 s, whatever log_every says
         self.pipes = None
         try:
             from dagster_pipes import PipesContext, PipesEnvVarParamsLoader, open_dagster_pipes
@@ -61,6 +64,11 @@ class RunLog:
         for key, value in record.items():
             if key != "step" and isinstance(value, int | float):
                 self.tb.add_scalar(("val/" if key.startswith("val_") else "train/") + key, value, record["step"])
+
+    def line_due(self, scheduled: bool) -> bool:
+        """Whether to write a progress line now: ``scheduled`` (every ``log_every`` steps, the last step) or 30 s
+        since the last one; at most one line per 30 s besides the scheduled ones."""
+        return self.ticker.ready(scheduled)
 
     def info(self, message: str, record: dict | None = None) -> None:
         if self.pipes is not None:

@@ -407,7 +407,7 @@ def run(
             }
             if log is not None:
                 log.record(record)
-                if step % settings.log_every == 0 or step == max_steps:
+                if log.line_due(step % settings.log_every == 0 or step == max_steps):
                     log.info(
                         f"step {step}/{max_steps} loss {last_loss:.4f} lr {lr:.2e} "
                         f"grad_norm {record['grad_norm']:.3f} {record['tokens_per_s']:,.0f} tok/s",
