@@ -26,8 +26,13 @@ log = logging.getLogger(__name__)
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, path = fsspec.core.url_to_fs(uri)
-    return fs, path
+    """The filesystem and path of ``uri``. An object store's filesystem keeps no listings cache: a stage's folder is
+    written by other processes (Beam workers, an earlier or a concurrent run), so a listing kept from before they
+    wrote would hide their markers and shards (a resumed run would find "no commit marker" for a shard a worker
+    has just committed)."""
+    if fsspec.utils.get_protocol(str(uri)) in ("file", "local"):
+        return fsspec.core.url_to_fs(uri)
+    return fsspec.core.url_to_fs(uri, use_listings_cache=False)
 
 
 def _with_protocol(fs: fsspec.AbstractFileSystem, path: str) -> str:

@@ -2,6 +2,10 @@
 within-1 accuracy, MAE, Pearson and Spearman from ``scipy.stats`` with a Fisher-z interval of rho, keep/drop
 agreement at the tier thresholds), committed by ``metrics.json`` (``python -m synth.labels train``).
 
+The classifier folder may be an fsspec URI (``s3://bucket/...``): fastText reads and writes only local files, so
+training runs in a local temporary folder and uploads ``model.bin`` then ``metrics.json`` (the commit, last);
+scoring downloads ``model.bin`` once into a local cache named by its sha256 (``local_model``).
+
 Own code where a library would do: ``_zero_filled_mallocs`` sets glibc's ``M_PERTURB`` because the fastText build
 installed here (fasttext-numpy2-wheel 0.9.2) leaves its input matrix uninitialised, and no fastText option fixes it.
 """
@@ -11,8 +15,10 @@ from __future__ import annotations
 import bisect
 import contextlib
 import ctypes
+import hashlib
 import math
 import os
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -24,6 +30,7 @@ import regex
 from pipelines.settings import ArgumentParser, parse_settings, settings_parser
 from pipelines.shards import (
     SUCCESS_FILE,
+    filesystem,
     join,
     read_json,
     write_json_atomic,
@@ -249,9 +256,36 @@ def agreement(
     }
 
 
+def is_remote(uri: str) -> bool:
+    """Whether ``uri`` names an object store (or any fsspec filesystem other than the local disk)."""
+    return "://" in str(uri) and not str(uri).startswith("file://")
+
+
 def train_classifier(labels_dir: str, out_dir: str, config: ClassifierSettings | None = None) -> dict:
     """Train the fastText quality classifier on the ``train`` split of a label stage; write ``model.bin`` and
-    ``metrics.json`` (agreement with the teacher on the ``heldout`` split) into ``out_dir``; return the metrics."""
+    ``metrics.json`` (agreement with the teacher on the ``heldout`` split) into ``out_dir``; return the metrics.
+
+    An object-store ``out_dir`` is trained in a local temporary folder; its old ``metrics.json`` is removed first
+    (the old model is uncommitted), then ``model.bin`` is uploaded and ``metrics.json`` written last, as locally."""
+    if not is_remote(out_dir):
+        return _train_local(labels_dir, out_dir, config)
+    fs, path = filesystem(out_dir)
+    fs.makedirs(path, exist_ok=True)
+    if fs.exists(f"{path}/{METRICS_FILE}"):
+        fs.rm(f"{path}/{METRICS_FILE}")  # uncommit the old model before replacing it
+    for entry in fs.ls(path, detail=False) if fs.exists(path) else ():  # a killed upload's leftover
+        if os.path.basename(entry.rstrip("/")).startswith(".tmp-"):
+            fs.rm(entry)
+    with tempfile.TemporaryDirectory(prefix="classifier-") as local:
+        metrics = _train_local(labels_dir, local, config)
+        tmp = f"{path}/.tmp-{uuid.uuid4().hex}.bin"
+        fs.put_file(os.path.join(local, MODEL_FILE), tmp)
+        fs.mv(tmp, f"{path}/{MODEL_FILE}")
+    write_json_atomic(join(out_dir, METRICS_FILE), metrics)  # last: it commits model.bin
+    return metrics
+
+
+def _train_local(labels_dir: str, out_dir: str, config: ClassifierSettings | None = None) -> dict:
     config = config or ClassifierSettings()
     started = time.time()
     rows = read_labels(labels_dir)
@@ -343,16 +377,61 @@ def train_classifier(labels_dir: str, out_dir: str, config: ClassifierSettings |
     return metrics
 
 
+def _sha256_uri(uri: str) -> str:
+    if not is_remote(uri):
+        return sha256_file(uri)
+    fs, path = filesystem(uri)
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def classifier_fingerprint(classifier_dir: str) -> str:
     """sha256 of a committed classifier's ``model.bin`` (checked against its ``metrics.json``)."""
-    metrics = read_json(os.path.join(classifier_dir, METRICS_FILE))
-    model_path = os.path.join(classifier_dir, MODEL_FILE)
-    if metrics is None or not os.path.exists(model_path):
+    metrics = read_json(join(classifier_dir, METRICS_FILE))
+    model_path = join(classifier_dir, MODEL_FILE)
+    fs, path = filesystem(model_path)
+    if metrics is None or not fs.exists(path):
         raise ValueError(f"{classifier_dir} holds no trained classifier ({METRICS_FILE} + {MODEL_FILE}): run `train`")
-    sha = sha256_file(model_path)
+    sha = _sha256_uri(model_path)
     if sha != metrics.get("model_sha256"):
         raise ValueError(f"{model_path} does not match its {METRICS_FILE} (a training run was cut short): retrain")
     return sha
+
+
+def model_cache_dir() -> str:
+    """Where ``local_model`` keeps downloaded classifiers: ``$QWEN2_CACHE/classifiers`` (default
+    ``~/.cache/qwen2-recipe/classifiers``)."""
+    root = os.environ.get("QWEN2_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "qwen2-recipe")
+    return os.path.join(root, "classifiers")
+
+
+def local_model(classifier_dir: str, sha256: str) -> str:
+    """A local file holding the classifier's ``model.bin`` whose sha256 is ``sha256`` (fastText loads only local
+    files): the file itself in a local folder, else a copy downloaded once into ``model_cache_dir()`` under
+    ``<sha256>.bin``. Raises ``RuntimeError`` when the model no longer has that sha256 (it was retrained)."""
+    model_uri = join(classifier_dir, MODEL_FILE)
+    if not is_remote(classifier_dir):
+        if sha256_file(model_uri) != sha256:
+            raise RuntimeError(f"{model_uri} changed while the stage ran: rerun to score with the new classifier")
+        return model_uri
+    cached = os.path.join(model_cache_dir(), f"{sha256}.bin")
+    if os.path.exists(cached):
+        return cached  # named by its content: written only once verified (below)
+    os.makedirs(os.path.dirname(cached), exist_ok=True)
+    fs, path = filesystem(model_uri)
+    tmp = f"{cached}.tmp-{uuid.uuid4().hex}"
+    try:
+        fs.get_file(path, tmp)
+        if sha256_file(tmp) != sha256:
+            raise RuntimeError(f"{model_uri} changed while the stage ran: rerun to score with the new classifier")
+        os.replace(tmp, cached)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+    return cached
 
 
 def main(argv: list[str] | None = None) -> int:

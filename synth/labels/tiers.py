@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import posixpath
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -28,13 +27,12 @@ from pipelines.shards import (
     shard_key,
     write_json_atomic,
 )
-from pipelines.wheels import sha256_file
 from synth.labels.classifier import (
     METRICS_FILE,
-    MODEL_FILE,
     _load_fasttext,
     class_values,
     classifier_fingerprint,
+    local_model,
     predict_scores,
 )
 from synth.settings import TierSettings
@@ -67,7 +65,7 @@ class QualityScorer(DocumentProcessor):
     def __init__(self, classifier_dir: str):
         self.classifier_dir = classifier_dir
         self.fingerprint = classifier_fingerprint(classifier_dir)
-        metrics = read_json(os.path.join(classifier_dir, METRICS_FILE)) or {}
+        metrics = read_json(join(classifier_dir, METRICS_FILE)) or {}
         self.max_chars = int(metrics["config"]["max_chars"])
         self.normalize = metrics.get("normalize")
         self.values = class_values(metrics)
@@ -84,10 +82,7 @@ class QualityScorer(DocumentProcessor):
 
     def setup(self) -> None:
         if self._model is None:
-            path = os.path.join(self.classifier_dir, MODEL_FILE)
-            if sha256_file(path) != self.fingerprint:
-                raise RuntimeError(f"{path} changed while the stage ran: rerun to score with the new classifier")
-            self._model = _load_fasttext(path)
+            self._model = _load_fasttext(local_model(self.classifier_dir, self.fingerprint))
 
     def process_batch(self, docs: list[dict]) -> Iterator[tuple[dict, str | None]]:
         self.setup()

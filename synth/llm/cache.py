@@ -2,7 +2,8 @@
 
 Each request is keyed by content (model id, messages, sampling parameters with seed and n, template versions) and its
 result appended to JSONL shards, flushed and fsynced after every chunk, so a killed run resumes without asking the
-model again for what it already answered.
+model again for what it already answered. On an object store (``cache_dir`` an fsspec URI such as ``s3://bucket/...``)
+nothing can be appended to: every chunk is its own object, written whole, which loses at most the chunk in flight too.
 
 Own code, not a caching library: the key must not depend on the backend serving the model, and a run killed
 mid-write must lose at most one chunk (append-only JSONL, fsynced, torn lines skipped).
@@ -16,6 +17,8 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+import fsspec
 
 from synth.llm.base import GenerationRequest, GenerationResult, Generator
 
@@ -36,18 +39,24 @@ class CachedGenerator(Generator):
         self.inner = inner
         self.backend = inner.backend
         self.model_id = inner.model_id
-        self.cache_dir = Path(cache_dir)
+        remote = "://" in str(cache_dir) and not str(cache_dir).startswith("file://")
+        self.cache_dir: Path | str = str(cache_dir).rstrip("/") if remote else Path(cache_dir)
+        self._fs = fsspec.core.url_to_fs(self.cache_dir, use_listings_cache=False)[0] if remote else None
         self.chunk_size = chunk_size
         self.hits = 0
         self.misses = 0
         self._entries = dict(self._load())
-        self._shard: Path | None = None
+        self._shard: Path | str | None = None
+        self._chunks = 0
+
+    def _shards(self) -> list[str | Path]:
+        if self._fs is None:
+            return sorted(self.cache_dir.glob("*.jsonl")) if self.cache_dir.is_dir() else []
+        return sorted(self._fs.unstrip_protocol(p) for p in self._fs.glob(f"{self.cache_dir}/*.jsonl"))
 
     def _load(self) -> Iterator[tuple[str, dict]]:
-        if not self.cache_dir.is_dir():
-            return
-        for shard in sorted(self.cache_dir.glob("*.jsonl")):
-            with open(shard, encoding="utf-8") as f:
+        for shard in self._shards():
+            with fsspec.open(shard, "r", encoding="utf-8") if self._fs else open(shard, encoding="utf-8") as f:
                 for line in f:
                     try:
                         record = json.loads(line)
@@ -59,12 +68,19 @@ class CachedGenerator(Generator):
         return len(self._entries)
 
     def _append(self, records: list[tuple[str, GenerationResult]]) -> None:
-        if self._shard is None:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            self._shard = self.cache_dir / f"results-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.jsonl"
+        run = f"results-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
         lines = "".join(
             json.dumps({"key": key, "result": result.to_json()}, ensure_ascii=False) + "\n" for key, result in records
         )
+        if self._fs is not None:  # an object store: one object per chunk (objects are written whole, never appended)
+            self._shard = self._shard or f"{self.cache_dir}/{run}"
+            self._chunks += 1
+            with self._fs.open(f"{self._shard}-{self._chunks:06d}.jsonl", "w", encoding="utf-8") as f:
+                f.write(lines)
+            return
+        if self._shard is None:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            self._shard = self.cache_dir / f"{run}.jsonl"
         with open(self._shard, "a", encoding="utf-8") as f:
             f.write(lines)
             f.flush()
