@@ -100,7 +100,11 @@ def funnel_metadata(funnel: dict) -> dict:
 def funnel_markdown(funnel: dict, title: str = "curation funnel") -> str:
     """Two panels: documents at each step of the funnel, and documents dropped per stage and reason."""
     plt = _pyplot()
-    drops = top_counts(funnel["drops"])
+    from matplotlib.ticker import MaxNLocator
+
+    order = {folder: i for i, (folder, _) in enumerate(FUNNEL_STAGES)}
+    # the largest drops, grouped by stage in funnel order ("other" last), largest first within a stage
+    drops = sorted(top_counts(funnel["drops"]), key=lambda kv: (order.get(kv[0].split(":")[0], len(order)), -kv[1]))
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, max(3.6, 0.28 * len(drops) + 1.2)), dpi=100)
     labels = [label for label, _ in funnel["stages"]]
     values = [n for _, n in funnel["stages"]]
@@ -108,6 +112,7 @@ def funnel_markdown(funnel: dict, title: str = "curation funnel") -> str:
     left.bar_label(bars, labels=[f"{n:,}" for n in values], fontsize=8)
     left.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
     left.set_ylabel("documents")
+    left.yaxis.set_major_locator(MaxNLocator(integer=True))
     left.set_title(title)
     if drops:
         names = [name for name, _ in drops][::-1]
@@ -116,6 +121,7 @@ def funnel_markdown(funnel: dict, title: str = "curation funnel") -> str:
         right.bar_label(hbars, labels=[f"{n:,}" for n in counts], fontsize=8)
         right.tick_params(axis="y", labelsize=8)
         right.set_xlabel("documents dropped")
+        right.xaxis.set_major_locator(MaxNLocator(integer=True))
     else:
         _empty(right, "nothing dropped")
     right.set_title("drops by stage and reason")

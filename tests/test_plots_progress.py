@@ -333,6 +333,7 @@ def test_curation_charts_and_stable_keys_across_runs(two_runs):
     drops = {row["stage: reason"]: row["documents"] for row in table_rows(final["funnel_drops_by_reason"])}
     assert {"dedup: exact_duplicate", "dedup: near_duplicate"} <= drops.keys()
     assert any(reason.startswith("ingested: quarantined ") for reason in drops)
+    assert sum(drops.values()) + final["funnel_dedup_kept"].value == final["funnel_records_read"].value
     for key in ("funnel_records_read", "funnel_dedup_kept", "funnel_kept_share_of_read"):
         assert final[key].value == again[key].value  # a resumed run reports the same funnel
 
