@@ -7,8 +7,8 @@ generated from ``training.sft.SftSettings`` (the command line's settings, the sa
 demo's sizes are the ``[sft_model]`` table of ``dagster_project/profiles/demo.toml``.
 
 ``reward_model`` (``training.reward_model``) and ``dpo_model`` (``training.dpo``) start from the SFT model and train on
-two sources of preference pairs, each in one process through Pipes, configs generated from their settings
-(``[reward_model]`` and ``[dpo_model]`` demo tables): the synthesis group's teacher-judged pairs and
+two sources of preference pairs, each through Pipes (torchrun for several processes, as SFT), configs generated
+from their settings (``[reward_model]`` and ``[dpo_model]`` demo tables): the synthesis group's teacher-judged pairs and
 ``demo_preference_pairs`` (``synth.cheap_pairs``: a human answer preferred over the base model's sample and over
 another prompt's answer, a few hundred cheap pairs for the demo). ``make demo`` runs the whole group after
 pretraining and prints ``python -m training.post_training_report``.
@@ -386,11 +386,12 @@ def _train_on_pairs(
     settings: RewardModelSettings | DpoSettings,
     name: str,
     curation: CurationResource,
+    training: TrainingResource,
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> tuple[Path, dict]:
-    """Run ``python -m module`` from the SFT model on the preference pairs, through Pipes: two sources, the
-    synthesis group's teacher-judged pairs (``synthetic``) and the human-vs-cheap pairs (``cheap``), each where it
-    holds shards."""
+    """Run ``python -m module`` (torchrun for several processes) from the SFT model on the preference pairs, through
+    Pipes: two sources, the synthesis group's teacher-judged pairs (``synthetic``) and the human-vs-cheap pairs
+    (``cheap``), each where it holds shards."""
     found = {name: path for name, path in _pair_sources(curation).items() if _has_parquet(path)}
     if not found:
         raise dg.Failure(
@@ -405,9 +406,9 @@ def _train_on_pairs(
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "settings.json"
     config_path.write_text(json.dumps(settings.model_dump(), indent=1))
-    # one process: these recipes do not run under torchrun
-    command = [sys.executable, "-m", module, "--config", str(config_path), "--output", str(out), "--init", init]
-    command += [a for name, path in found.items() for a in ("--pairs", f"{name}={path}")]
+    args = ["--config", str(config_path), "--output", str(out), "--init", init]
+    args += [a for name, path in found.items() for a in ("--pairs", f"{name}={path}")]
+    command = training.launch_command(module, *args)
     context.log.info("launching: " + " ".join(command))
     pipes_subprocess_client.run(command=command, context=context, env={"PYTHONUNBUFFERED": "1"})
     return out, json.loads((out / "summary.json").read_text())
@@ -456,6 +457,7 @@ def reward_model(
     context: dg.AssetExecutionContext,
     config: RewardModelConfig,
     curation: CurationResource,
+    training: TrainingResource,
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ):
     """A reward model (Qwen2ForSequenceClassification, one score) initialised from the SFT model and trained on the
@@ -463,7 +465,7 @@ def reward_model(
     Writes a save_pretrained folder with the project's tokenizer and ChatML template."""
     settings = to_settings(RewardModelSettings, config)
     out, summary = _train_on_pairs(
-        context, "training.reward_model", settings, "reward", curation, pipes_subprocess_client
+        context, "training.reward_model", settings, "reward", curation, training, pipes_subprocess_client
     )
     metadata = _pair_metadata(out, summary, "Reward model (Bradley-Terry)")
     metadata["heldout_mean_score"] = (summary.get("validation") or {}).get("val_score")
@@ -487,13 +489,16 @@ def dpo_model(
     context: dg.AssetExecutionContext,
     config: DpoModelConfig,
     curation: CurationResource,
+    training: TrainingResource,
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ):
     """Offline DPO of the SFT model on the preference pairs against the frozen SFT weights (their log-probabilities
     computed once and stored beside the run); sigmoid or IPO loss; reward accuracy and margin on held-out pairs.
     Writes a chat save_pretrained folder (ChatML template, stops at <|im_end|>)."""
     settings = to_settings(DpoSettings, config)
-    out, summary = _train_on_pairs(context, "training.dpo", settings, "dpo", curation, pipes_subprocess_client)
+    out, summary = _train_on_pairs(
+        context, "training.dpo", settings, "dpo", curation, training, pipes_subprocess_client
+    )
     metadata = _pair_metadata(out, summary, f"DPO ({settings.loss_type}, beta {settings.beta:g})")
     val = summary.get("validation") or {}
     metadata["heldout_chosen_reward"] = val.get("val_chosen_reward")

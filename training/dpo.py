@@ -21,7 +21,9 @@ The reference is not held in memory while training: before the first step the re
 pair are computed in one pass with the initial weights and stored beside the run, ``reference_logps.json`` (keyed
 by the init folder and the pairs; a resumed run reads them back). ``final/`` is a chat ``save_pretrained`` folder
 (ChatML template, generation stops at ``<|im_end|>``). Loop, checkpoints and exact resume: the shared loop of
-``training.preference_data`` (pretraining's optimizer, schedule and checkpoints). One process (one GPU or the CPU).
+``training.preference_loop`` (pretraining's optimizer, schedule and checkpoints). One process (one GPU or the CPU)
+or data-parallel under ``torchrun --nproc_per_node N -m training.dpo ...`` (each process computes a share of the
+reference log-probabilities; ``batch_size`` is the pairs of a step over all processes).
 
 Light at import (pydantic only): the Dagster code location imports ``DpoSettings``.
 """
@@ -38,8 +40,9 @@ from typing import Any, Literal
 from pydantic import Field
 
 from pipelines.settings import parse_settings
-from training.preference_data import PairTrainingSettings, Recipe, run_main
+from training.preference_data import PairTrainingSettings, run_main
 from training.preference_data import build_parser as _pair_parser
+from training.preference_loop import Recipe
 
 REFERENCE_FILE = "reference_logps.json"
 LOGP_CHUNK_TOKENS = 1024
@@ -130,37 +133,54 @@ def reference_key(init: str, fingerprint: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def reference_logps(model: Any, data: dict, out: Path, init: str, micro_batch_size: int) -> dict[str, list[float]]:
+def reference_logps(
+    model: Any, data: dict, out: Path, init: str, micro_batch_size: int, rank: int = 0, world: int = 1
+) -> dict[str, list[float]]:
     """pair id -> [chosen logp, rejected logp, chosen tokens, rejected tokens] of the initial weights, read from
-    ``out/reference_logps.json`` when it was computed for the same init and pairs, else computed in one pass."""
+    ``out/reference_logps.json`` when it was computed for the same init and pairs, else computed in one pass. Under
+    torchrun each of the ``world`` processes computes a share of the pairs, the shares are gathered on every
+    process, and rank 0 stores them."""
     import torch
 
     from pipelines.tokenizer import ENDOFTEXT_ID
     from training.preference_data import pair_tensors, pairs_fingerprint
+    from training.preference_loop import rank_share
 
     pairs = data["train"] + data["heldout"]
     key = reference_key(init, pairs_fingerprint(pairs))
     path = out / REFERENCE_FILE
-    if path.exists():
-        stored = json.loads(path.read_text())
-        if stored.get("key") == key:
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    if world > 1:  # every process must agree on whether to compute (it is a collective)
+        import torch.distributed as dist
+
+        found = [None] * world
+        dist.all_gather_object(found, stored.get("key") == key)
+        if all(found):
             return stored["logps"]
+    elif stored.get("key") == key:
+        return stored["logps"]
     device = next(model.parameters()).device
     logps: dict[str, list[float]] = {}
     was_training = model.training
     model.eval()
+    mine = rank_share(pairs, rank, world)
     with torch.no_grad():
-        for i in range(0, len(pairs), micro_batch_size):
-            chunk = pairs[i : i + micro_batch_size]
+        for i in range(0, len(mine), micro_batch_size):
+            chunk = mine[i : i + micro_batch_size]
             batch = {k: v.to(device) for k, v in pair_tensors(chunk, ENDOFTEXT_ID).items()}
             lp, n = reply_logps(model, batch)
             b = len(chunk)
             for j, p in enumerate(chunk):
                 logps[p.id] = [float(lp[j]), float(lp[b + j]), int(n[j]), int(n[b + j])]
     model.train(was_training)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"key": key, "init": init, "pairs": len(pairs), "logps": logps}))
-    os.replace(tmp, path)
+    if world > 1:
+        shares: list = [None] * world
+        dist.all_gather_object(shares, logps)
+        logps = {pid: values for share in shares for pid, values in share.items()}
+    if rank == 0:
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"key": key, "init": init, "pairs": len(pairs), "logps": logps}))
+        os.replace(tmp, path)
     return logps
 
 
@@ -186,7 +206,9 @@ def recipe(settings: DpoSettings, init: str) -> Recipe:
     return Recipe(
         name="dpo",
         build_model=lambda device: load_policy(init, device),
-        prepare=lambda model, data, out: reference_logps(model, data, out, init, settings.micro_batch_size),
+        prepare=lambda model, data, out, rank, world: reference_logps(
+            model, data, out, init, settings.micro_batch_size, rank, world
+        ),
         pair_loss=pair_loss,
     )
 
@@ -199,7 +221,7 @@ def run(
     progress: Callable[[dict], None] | None = None,
 ) -> dict:
     """DPO from ``init`` on ``pairs`` into ``output_dir`` (resuming there); returns the summary."""
-    from training.preference_data import train_pairs
+    from training.preference_loop import train_pairs
 
     return train_pairs(recipe(settings, init), settings, pairs, output_dir, init, progress)
 

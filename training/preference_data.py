@@ -1,6 +1,5 @@
-"""Preference pairs for the reward model and offline DPO: read, check, tokenize, batch, and the training loop both
-recipes share (pretraining's optimizer, schedule, checkpoints, resume and RunLog, imported from ``training.resume``,
-``training.setup``, ``training.runlog`` and ``training.checkpoint``).
+"""Preference pairs for the reward model and offline DPO: read, check, tokenize, batch, and the command line both
+recipes share (their shared training loop is ``training.preference_loop``).
 
 A source is a Parquet file or folder of ``PREFERENCE_SCHEMA`` rows (the synthesis group's ``preference_pairs``:
 ``id``, ``prompt`` (messages ending with a user turn), ``chosen`` and ``rejected`` (each one assistant message)) or a
@@ -20,20 +19,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from pydantic import Field
 
-from training.loop_settings import RESUMABLE_CHANGES, LoopSettings
+from training.loop_settings import LoopSettings
 
 EXCLUDE_REASONS = (
     "missing_field",  # prompt, chosen or rejected absent or empty
@@ -53,8 +47,12 @@ class PairTrainingSettings(LoopSettings):
         description="Tokens of prompt + reply; a pair with a longer side is excluded (too_long).",
         json_schema_extra={"unit": "tokens"},
     )
-    batch_size: int = Field(64, ge=1, description="Pairs per optimizer step.")
-    micro_batch_size: int = Field(4, ge=1, description="Pairs per forward/backward pass (both replies of each).")
+    batch_size: int = Field(
+        64, ge=1, description="Pairs per optimizer step, over all processes (a multiple of their number)."
+    )
+    micro_batch_size: int = Field(
+        4, ge=1, description="Pairs per forward/backward pass of each process (both replies of each)."
+    )
     heldout_fraction: float = Field(
         0.05, ge=0, lt=1, description="Share of pairs held out for validation, chosen by a hash of the pair id."
     )
@@ -257,239 +255,6 @@ def sequence_logps(logits: Any, input_ids: Any, response_mask: Any) -> tuple[Any
     picked = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
     mask = response_mask[:, 1:]
     return (picked * mask).sum(-1), mask.sum(-1)
-
-
-# ---- the shared training loop ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Recipe:
-    """What a pairwise recipe plugs into ``train_pairs``.
-
-    ``build_model(device)``: the model to train (weights from the init folder). ``prepare(model, data, out)``: run
-    once before a checkpoint is loaded (DPO computes its reference log-probabilities here); returns what
-    ``pair_loss`` gets as ``extra``. ``pair_loss(model, batch, pairs, extra)``: per-pair losses [B] and per-pair
-    statistics {name: [B]} (accuracy, margin, ...). ``kind``: the final folder's checkpoint kind.
-    """
-
-    name: str
-    build_model: Callable[[Any], Any]
-    prepare: Callable[[Any, dict, Path], Any]
-    pair_loss: Callable[[Any, dict, list[Pair], Any], tuple[Any, dict]]
-    kind: str = "chat"
-
-
-def run_key(settings: PairTrainingSettings, init: str, fingerprint: str, recipe: str) -> str:
-    from training.sft import _init_fingerprint
-
-    values = settings.model_dump(exclude=RESUMABLE_CHANGES | {"micro_batch_size"})
-    payload = json.dumps([recipe, values, _init_fingerprint(init), fingerprint], sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def train_pairs(
-    recipe: Recipe,
-    settings: PairTrainingSettings,
-    sources: Mapping[str, str],
-    output_dir: str,
-    init: str,
-    progress: Callable[[dict], None] | None = None,
-) -> dict:
-    """Train ``recipe`` on the pairs of ``sources`` from ``init`` into ``output_dir`` (resuming there when a
-    checkpoint of the same run key is there); returns the summary also written to summary.json."""
-    import torch
-
-    from pipelines.tokenizer import ENDOFTEXT_ID
-    from training.chat_data import write_excluded
-    from training.checkpoint import (
-        checkpoint_tokenizer,
-        latest_checkpoint,
-        load_checkpoint,
-        remove_partial_checkpoints,
-        save_checkpoint,
-        save_pretrained_folder,
-    )
-    from training.resume import first_segment, lr_at, supersede_stale_run
-    from training.runlog import RunLog
-    from training.setup import make_optimizer, setup_distributed
-    from training.signals import KILL_AFTER_STEP_ENV, StopOnSignal, TrainingInterrupted
-
-    started = time.perf_counter()
-    if not (Path(init) / "config.json").exists():
-        raise ValueError(f"init={init}: no config.json there; give a save_pretrained folder (e.g. the SFT model's)")
-    if not sources:
-        raise ValueError("no pairs: give at least one --pairs NAME=PATH")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError(f"training.{recipe.name} runs in one process (one GPU or the CPU); launch it without torchrun")
-    if settings.num_threads:
-        torch.set_num_threads(settings.num_threads)
-    out = Path(output_dir)
-    ckpt_root = out / "checkpoints"
-    kill_after = int(os.environ.get(KILL_AFTER_STEP_ENV, "0"))
-
-    data = prepare_pairs(settings, sources, checkpoint_tokenizer("chat"))
-    train, heldout = data["train"], data["heldout"]
-    steps_plan = step_batches(len(train), settings)
-    max_steps = min(len(steps_plan), settings.max_steps) if settings.max_steps else len(steps_plan)
-    key = run_key(settings, init, pairs_fingerprint(train + heldout), recipe.name)
-
-    with ExitStack() as stack, StopOnSignal() as stop:
-        device = setup_distributed(SimpleNamespace(device=settings.device)).device
-        out.mkdir(parents=True, exist_ok=True)
-        remove_partial_checkpoints(ckpt_root)
-        superseded = supersede_stale_run(out, key)
-        write_excluded(data["excluded"], out / "excluded")
-        (out / "run_config.json").write_text(
-            json.dumps({"settings": settings.model_dump(), "pairs": dict(sources), "init": init}, indent=1)
-        )
-        use_bf16 = settings.precision == "bf16" or (
-            settings.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
-        )
-        autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
-
-        torch.manual_seed(settings.seed)
-        model = recipe.build_model(device)
-        n_params = sum(p.numel() for p in model.parameters())
-        with autocast():  # DPO's reference pass runs as the policy's first step would
-            extra = recipe.prepare(model, data, out)
-        cfg = SimpleNamespace(**settings.model_dump(exclude={"max_steps"}), max_steps=max_steps)
-        optimizer = make_optimizer(model, cfg, fused=device.type in ("cpu", "cuda"))
-        schedule = [first_segment(cfg)]
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_at(i + 1, cfg, schedule) / cfg.lr)
-
-        step, elapsed_before, initial_val = 0, 0.0, None
-        resume_dir = latest_checkpoint(ckpt_root)
-        if resume_dir is not None:
-            state = load_checkpoint(resume_dir, model, optimizer)
-            scheduler.load_state_dict(state["scheduler"])
-            step, elapsed_before, initial_val = state["step"], state["elapsed_s"], state.get("initial_val")
-        log = RunLog(out, step, stack, progress)
-        c = data["counts"]
-        where = f"resuming from {resume_dir.name}" if resume_dir else "starting"
-        if superseded is not None:
-            where += f" (checkpoints of other data or settings moved to {superseded})"
-        log.info(
-            f"{where}: {recipe.name}, {n_params:,} parameters, {c['train_pairs']:,} pairs ({c['heldout_pairs']} held "
-            f"out, {c['excluded']} excluded: {c['excluded_by_reason']}), {max_steps} steps of up to "
-            f"{settings.batch_size} pairs on {device.type}, {'bf16' if use_bf16 else 'fp32'}"
-        )
-
-        def micro_batches(pair_list: list[Pair]) -> Iterable[tuple[list[Pair], dict]]:
-            for i in range(0, len(pair_list), settings.micro_batch_size):
-                chunk = pair_list[i : i + settings.micro_batch_size]
-                yield chunk, {k: v.to(device) for k, v in pair_tensors(chunk, ENDOFTEXT_ID).items()}
-
-        def evaluate() -> dict | None:
-            """Mean loss and statistics over the held-out pairs."""
-            if not heldout:
-                return None
-            model.eval()
-            sums: Counter = Counter()
-            with torch.no_grad():
-                for chunk, batch in micro_batches(heldout):
-                    with autocast():
-                        losses, stats = recipe.pair_loss(model, batch, chunk, extra)
-                    sums["loss"] += float(losses.sum())
-                    for name, values in stats.items():
-                        sums[name] += float(values.float().sum())
-            model.train()
-            return {f"val_{name}": value / len(heldout) for name, value in sums.items()}
-
-        if initial_val is None:
-            initial_val = evaluate()
-            if initial_val is not None and step == 0:
-                log.record({"step": 0, **initial_val})
-
-        def checkpoint() -> None:
-            trainer_state = {
-                "elapsed_s": elapsed_before + time.perf_counter() - started,
-                "scheduler": scheduler.state_dict(),
-                "settings": settings.model_dump(),
-                "run_key": key,
-                "initial_val": initial_val,
-            }
-            save_checkpoint(ckpt_root, step, model, optimizer, trainer_state, keep=settings.keep_checkpoints)
-
-        model.train()
-        last, val = None, None
-        while step < max_steps:
-            if stop.signum:
-                raise TrainingInterrupted(stop.signum or signal.SIGTERM)
-            t0 = time.perf_counter()
-            batch_pairs = [train[i] for i in steps_plan[step]]
-            sums: Counter = Counter()
-            for chunk, batch in micro_batches(batch_pairs):
-                with autocast():
-                    losses, stats = recipe.pair_loss(model, batch, chunk, extra)
-                (losses.sum() / len(batch_pairs)).backward()  # the step's loss: the mean over its pairs
-                sums["loss"] += float(losses.detach().sum())
-                for name, values in stats.items():
-                    sums[name] += float(values.detach().float().sum())
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                model.parameters(), settings.grad_clip if settings.grad_clip > 0 else float("inf")
-            )
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            last = {name: value / len(batch_pairs) for name, value in sums.items()}
-            record = {
-                "step": step,
-                **last,
-                "lr": lr,
-                "grad_norm": float(grad_norm),
-                "pairs": len(batch_pairs),
-                "seconds": time.perf_counter() - t0,
-                "elapsed": elapsed_before + time.perf_counter() - started,
-            }
-            log.record(record)
-            if step % settings.log_every == 0 or step == max_steps:
-                shown = " ".join(f"{k} {v:.4f}" for k, v in last.items())
-                log.info(f"step {step}/{max_steps} {shown} lr {lr:.2e} grad_norm {record['grad_norm']:.3f}", record)
-            if (settings.eval_every and step % settings.eval_every == 0) or step == max_steps:
-                val = evaluate()
-                if val is not None:
-                    log.record({"step": step, **val})
-                    log.info(f"step {step} " + " ".join(f"{k} {v:.4f}" for k, v in val.items()))
-            if step % settings.checkpoint_every == 0 or step == max_steps:
-                checkpoint()
-            if kill_after and step == kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-        if val is None:  # resumed a finished run: report its validation again
-            val = evaluate()
-        final_dir = save_pretrained_folder(model, None, out / "final", kind=recipe.kind)
-        summary: dict[str, Any] = {
-            "recipe": recipe.name,
-            "steps": step,
-            "final": last if last is not None else _last_logged(out),
-            "initial_validation": initial_val,
-            "validation": val,
-            **c,
-            "parameters": n_params,
-            "init": init,
-            "pairs": dict(sources),
-            "precision": "bf16" if use_bf16 else "fp32",
-            "resumed_from_step": int(resume_dir.name.split("_")[1]) if resume_dir else None,
-            "wall_seconds": time.perf_counter() - started,
-            "output_dir": str(out),
-            "final_dir": str(final_dir),
-            "excluded_dir": str(out / "excluded"),
-        }
-        tmp = out / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=1, ensure_ascii=False))
-        os.replace(tmp, out / "summary.json")
-        log.info(f"done: {step} steps, validation {val}, model in {final_dir}")
-        log.finish(summary)
-        return summary
-
-
-def _last_logged(out: Path) -> dict | None:
-    path = out / "metrics.jsonl"
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    train = [r for r in records if "loss" in r and r.get("step", 0) > 0]
-    return {k: v for k, v in train[-1].items() if k not in ("step",)} if train else None
 
 
 def recipe_metrics(metrics: Path) -> list[dict]:

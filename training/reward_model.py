@@ -11,10 +11,12 @@ token, the reply's closing ``<|im_end|>``):
 
 The second term (as TRL's ``center_rewards_coefficient``) keeps the scores centred on zero, so a score means the
 same across the online-DPO episodes that read it. Logged per step and on the held-out pairs (a hash of the pair id):
-loss, pairwise ``accuracy`` (r_c > r_r), ``margin`` (r_c - r_r) and the mean ``score``. The data side, the loop,
-checkpoints and resume are ``training.preference_data``'s (pretraining's optimizer, schedule and checkpoints);
-``final/`` is a ``save_pretrained`` folder with the project's tokenizer and ChatML template, loadable with
-``AutoModelForSequenceClassification``. One process (one GPU or the CPU).
+loss, pairwise ``accuracy`` (r_c > r_r), ``margin`` (r_c - r_r) and the mean ``score``. The data side is
+``training.preference_data``'s, the loop, checkpoints and resume ``training.preference_loop``'s (pretraining's
+optimizer, schedule and checkpoints); ``final/`` is a ``save_pretrained`` folder with the project's tokenizer and
+ChatML template, loadable with ``AutoModelForSequenceClassification``. One process (one GPU or the CPU) or
+data-parallel under ``torchrun --nproc_per_node N -m training.reward_model ...`` (``batch_size`` is the pairs of a
+step over all processes).
 
 Light at import (pydantic only): the Dagster code location imports ``RewardModelSettings``.
 """
@@ -27,8 +29,9 @@ from typing import Any
 from pydantic import Field
 
 from pipelines.settings import parse_settings
-from training.preference_data import PairTrainingSettings, Recipe, run_main
+from training.preference_data import PairTrainingSettings, run_main
 from training.preference_data import build_parser as _pair_parser
+from training.preference_loop import Recipe
 
 
 class RewardModelSettings(PairTrainingSettings):
@@ -90,7 +93,7 @@ def recipe(settings: RewardModelSettings, init: str) -> Recipe:
     return Recipe(
         name="reward_model",
         build_model=lambda device: load_reward_model(init, device),
-        prepare=lambda model, data, out: None,
+        prepare=lambda model, data, out, rank, world: None,
         pair_loss=pair_loss,
     )
 
@@ -103,7 +106,7 @@ def run(
     progress: Callable[[dict], None] | None = None,
 ) -> dict:
     """Train a reward model from ``init`` on ``pairs`` into ``output_dir`` (resuming there); returns the summary."""
-    from training.preference_data import train_pairs
+    from training.preference_loop import train_pairs
 
     return train_pairs(recipe(settings, init), settings, pairs, output_dir, init, progress)
 
