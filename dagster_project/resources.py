@@ -149,9 +149,10 @@ class SynthesisResource(dg.ConfigurableResource):
     def generator(self, data_root: str, use_cache: bool = True):
         """The configured generator, wrapped in the request cache (when ``cache`` and ``use_cache``)."""
         from synth.llm.generate import make_generator
+        from synth.llm.progress import with_progress
 
         cache_dir = f"{data_root.rstrip('/')}/synthetic/request_cache" if self.cache and use_cache else None
-        return make_generator(
+        generator = make_generator(
             self.backend,
             self.model or None,
             cache_dir=cache_dir,
@@ -159,3 +160,5 @@ class SynthesisResource(dg.ConfigurableResource):
             batch_size=self.batch_size,
             concurrency=self.concurrency,
         )
+        # Requests answered and tokens generated, at least every 30 s, in the run log (a Python logger outside one).
+        return with_progress(generator, dg.get_dagster_logger().info)
