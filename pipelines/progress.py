@@ -111,27 +111,32 @@ class StageProgress:
         self.stage_dir, self.label, self.clock = stage_dir.rstrip("/"), label, clock
         self.started = clock()
         self._stats: dict[str, dict] = {}
-        self._first: int | None = None
+        self._before = self._committed()  # shards an earlier run left: not counted in the rate
+
+    def _committed(self) -> set[str]:
+        from pipelines.shards import committed_keys
+
+        return set(committed_keys(self.stage_dir))
 
     def read(self) -> dict[str, dict]:
-        from pipelines.shards import committed_keys, done_marker, read_json
+        from pipelines.shards import done_marker, read_json
 
-        for key in committed_keys(self.stage_dir):
+        for key in self._committed():
             if key not in self._stats:
                 marker = read_json(done_marker(self.stage_dir, key)) or {}
                 self._stats[key] = marker.get("stats") or {}
         return self._stats
 
     def __call__(self) -> str:
-        stats = list(self.read().values())
+        by_key = self.read()
+        stats = list(by_key.values())
         docs_in = sum(int(s.get("docs_in", 0) or 0) for s in stats)
         docs_out = sum(int(s.get("docs_out", 0) or 0) for s in stats)
-        if self._first is None:
-            self._first = docs_in
+        new = sum(int(s.get("docs_in", 0) or 0) for k, s in by_key.items() if k not in self._before)
         elapsed = self.clock() - self.started
         return (
             f"{self.label}: {len(stats)} shards committed, {docs_in:,} documents processed, {docs_out:,} kept "
-            f"({_rate(docs_in - self._first, elapsed):,.1f} documents/s), {elapsed:,.0f} s"
+            f"({_rate(new, elapsed):,.1f} documents/s), {elapsed:,.0f} s"
         )
 
 

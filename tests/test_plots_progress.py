@@ -234,6 +234,12 @@ def test_stage_progress_sums_committed_shards(tmp_path):
     (stage / "_done" / "c.json.tmp-1").write_text("{")  # a marker being written: not committed yet
     clock.now += 30
     assert progress() == "language ID: 2 shards committed, 150 documents processed, 130 kept (5.0 documents/s), 30 s"
+    # first looked at after 30 s (as the heartbeat does), with a shard left by an earlier run: that one is counted
+    # as processed, not in the rate
+    later = StageProgress(str(stage), "language ID", clock=clock)
+    (stage / "_done" / "d.json").write_text(json.dumps({"stats": {"docs_in": 60, "docs_out": 60}}))
+    clock.now += 30
+    assert later() == "language ID: 3 shards committed, 210 documents processed, 190 kept (2.0 documents/s), 30 s"
 
 
 class Echo(Generator):
