@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -237,6 +237,106 @@ def form_pair(scores: Sequence[float], texts: Sequence[str], margin: float) -> d
         reason = "kept"
     return {"chosen_index": best, "rejected_index": worst, "gap": gap, "pair_kept": reason == "kept",
             "pair_reason": reason}  # fmt: skip
+
+
+def episode_pairs(
+    number: int, batch: Sequence[Prompt], samples: Sequence, rows: Sequence, values: Mapping, K: int, margin: float
+) -> tuple[list, dict, list[dict], list[float]]:
+    """An episode's DPO pairs, their reference values {pair id: [ref chosen, ref rejected, chosen tokens, rejected
+    tokens]}, its shard rows and per-prompt score gaps, from the samples of ``batch`` (K per prompt), their reply
+    ``rows`` and ``values`` (lists over all samples in order: ``score``, ``rm_score``, ``policy_lp``, ``ref_lp``,
+    ``n_tokens``)."""
+    from training.preference_data import Pair
+
+    scores, ref_lp, n_tokens = values["score"], values["ref_lp"], values["n_tokens"]
+    pairs, ref, shard, gaps = [], {}, [], []
+    for i, (prompt, ss) in enumerate(zip(batch, samples)):
+        formed = form_pair(scores[i * K : (i + 1) * K], [s[0] for s in ss], margin)
+        c, r = i * K + formed["chosen_index"], i * K + formed["rejected_index"]
+        gaps.append(formed["gap"])
+        if formed["pair_kept"]:
+            chosen, rejected = rows[c], rows[r]  # reply rows: their "chosen" side is the reply
+            pair = Pair(f"{number}/{i}", prompt.source, prompt.messages, chosen.chosen, rejected.chosen)
+            pair.chosen_ids, pair.chosen_mask = chosen.chosen_ids, chosen.chosen_mask
+            pair.rejected_ids, pair.rejected_mask = rejected.chosen_ids, rejected.chosen_mask
+            pairs.append(pair)
+            ref[pair.id] = [ref_lp[c], ref_lp[r], n_tokens[c], n_tokens[r]]
+        for j, (text, tokens, finish) in enumerate(ss):
+            role = {formed["rejected_index"]: "rejected", formed["chosen_index"]: "chosen"}.get(j, "")
+            x = i * K + j
+            shard.append({
+                "episode": number, "prompt_index": i, "prompt_id": prompt.id, "prompt": prompt.messages,
+                "sample_index": j, "response": text, "completion_tokens": tokens, "finish_reason": finish,
+                "score": scores[x], "reward_model_score": values["rm_score"][x], "policy_logp": values["policy_lp"][x],
+                "reference_logp": ref_lp[x], "reply_tokens": n_tokens[x], **formed, "role": role,
+            })  # fmt: skip
+    return pairs, ref, shard, gaps
+
+
+class Generators:
+    """The generation backend of ``training.online_dpo``: the policy (and, once, the SFT model) as a ``synth.llm``
+    Generator; under torchrun the vllm backend writes each rank's policy to its own folder."""
+
+    def __init__(self, settings: Any, model: Any, reference: Any, sft_dir: str, out: Path, device, rank: int = 0):
+        from training.checkpoint import checkpoint_tokenizer
+
+        self.settings, self.model, self.out = settings, model, out
+        self.sft_dir, self.rank = sft_dir, rank
+        tokenizer = checkpoint_tokenizer("chat")
+        size = settings.generation_batch_size
+        self.live = LiveModelGenerator(model, tokenizer, "policy", size, device)
+        self.frozen = LiveModelGenerator(reference, tokenizer, "sft", size, device)
+
+    def call(self, which: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(generator, *args, **kwargs)`` with the generator of ``which`` ("policy" or "sft")."""
+        if self.settings.generation_backend == "transformers":
+            return fn(self.live if which == "policy" else self.frozen, *args, **kwargs)
+        import gc
+
+        import torch
+
+        from synth.llm.generate import make_generator
+        from training.checkpoint import save_pretrained_folder
+
+        folder = self.sft_dir
+        if which == "policy":  # vLLM reads weights from a folder: the policy as it is now
+            name = f"rollout_policy-rank{self.rank}" if self.rank else "rollout_policy"  # each rank its own
+            folder = str(save_pretrained_folder(self.model, None, self.out / name, kind="chat"))
+        generator = make_generator(
+            "vllm", folder, gpu_memory_utilization=self.settings.vllm_gpu_memory_utilization, seed=0
+        )
+        try:
+            return fn(generator, *args, **kwargs)
+        finally:
+            generator.close()
+            del generator
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+class QuietLog:
+    """The run log of a rank other than 0: rank 0 alone writes metrics and progress lines."""
+
+    def record(self, record: dict) -> None: ...
+    def info(self, message: str, record: dict | None = None) -> None: ...
+    def finish(self, summary: dict) -> None: ...
+    def line_due(self, scheduled: bool) -> bool:
+        return False
+
+
+def rank_passes(step_pairs: list, micro: int, rank: int, world: int):
+    """(pairs, weight, sync) of this rank's micro-batch passes over its contiguous share of a step's pairs: every rank
+    runs as many (DDP all-reduces in the last, ``sync``); a rank the share leaves nothing runs one pair with weight 0.
+    One process: the step's pairs in passes of ``micro``, weight 1."""
+    from training.preference_loop import rank_share
+
+    mine = rank_share(step_pairs, rank, world)
+    share = -(-len(step_pairs) // world)
+    passes = -(-share // micro)
+    for m in range(passes):
+        chunk = mine[m * micro : (m + 1) * micro]
+        yield chunk or step_pairs[:1], 1.0 if chunk else 0.0, m == passes - 1
 
 
 # ---- outputs ---------------------------------------------------------------------------------------------------

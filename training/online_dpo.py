@@ -39,7 +39,19 @@ generation stops at ``<|im_end|>``), written as ``training.dpo`` writes it.
 
 Prompts: messages sources (Parquet ``SFT_SCHEMA`` or JSONL of ``{"messages": [...]}``), each conversation cut before
 its last assistant turn; duplicates are one prompt. The ``heldout_prompts`` first by a hash of their id are held out
-for the win rate and never trained on. One process (one GPU or the CPU).
+for the win rate and never trained on.
+
+One process (one GPU or the CPU) or data-parallel under torchrun (``torchrun --nproc_per_node N -m
+training.online_dpo ...``; gloo on CPU, nccl on GPUs): each rank samples, scores and computes the log-probabilities
+of a contiguous share of the episode's prompts (and of the held-out prompts); a sample's seed depends on the
+episode, its index and its prompt only, so the samples are a one-process run's (up to the rounding another batch
+composition can bring into logits and scores; equal in the test, where each rank's share fills whole batches). The
+samples are gathered on every rank (``all_gather_object``): rank 0 writes the episode shard, every rank forms the
+same pairs, and the DPO steps run as ``training.preference_loop``'s (DDP around the pair loss, each rank a
+contiguous share of a step's pairs, no_sync until the last pass, a weight-0 pair for a rank left nothing; the logged
+sums all-reduced). Merging runs after the all-reduced gradient with the same seeded masks on every rank. Rank 0
+alone writes metrics, ``final/`` and ``summary.json``; every rank its checkpoint part and RNG state. One process is
+bitwise the code before torchrun.
 
 Light at import (pydantic only): the Dagster code location imports ``OnlineDpoSettings``.
 """
@@ -166,47 +178,6 @@ def _episode_seed(seed: int, episode: int) -> int:
     return int.from_bytes(hashlib.sha256(f"online-dpo/{seed}/{episode}".encode()).digest()[:8], "big") >> 2
 
 
-class _Generators:
-    """The generation backend: the policy (and, once, the SFT model) as a ``synth.llm`` Generator."""
-
-    def __init__(self, settings: OnlineDpoSettings, model: Any, reference: Any, sft_dir: str, out: Path, device):
-        from training.checkpoint import checkpoint_tokenizer
-        from training.episodes import LiveModelGenerator
-
-        self.settings, self.model, self.out = settings, model, out
-        self.sft_dir = sft_dir
-        tokenizer = checkpoint_tokenizer("chat")
-        size = settings.generation_batch_size
-        self.live = LiveModelGenerator(model, tokenizer, "policy", size, device)
-        self.frozen = LiveModelGenerator(reference, tokenizer, "sft", size, device)
-
-    def call(self, which: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """``fn(generator, *args, **kwargs)`` with the generator of ``which`` ("policy" or "sft")."""
-        if self.settings.generation_backend == "transformers":
-            return fn(self.live if which == "policy" else self.frozen, *args, **kwargs)
-        import gc
-
-        import torch
-
-        from synth.llm.generate import make_generator
-        from training.checkpoint import save_pretrained_folder
-
-        folder = self.sft_dir
-        if which == "policy":  # vLLM reads weights from a folder: the policy as it is now
-            folder = str(save_pretrained_folder(self.model, None, self.out / "rollout_policy", kind="chat"))
-        generator = make_generator(
-            "vllm", folder, gpu_memory_utilization=self.settings.vllm_gpu_memory_utilization, seed=0
-        )
-        try:
-            return fn(generator, *args, **kwargs)
-        finally:
-            generator.close()
-            del generator
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-
-
 def run(
     settings: OnlineDpoSettings,
     prompts: Mapping[str, str],
@@ -221,6 +192,7 @@ def run(
     SFT model was trained from (for merging). Returns the summary also written to summary.json."""
     import numpy as np
     import torch
+    import torch.distributed as dist
 
     from pipelines.tokenizer import ENDOFTEXT_ID
     from training import episodes as ep
@@ -235,7 +207,8 @@ def run(
     )
     from training.dpo import load_policy, recipe
     from training.merging import OnlineMerging, named_weights
-    from training.preference_data import Pair, pair_tensors, recipe_metrics
+    from training.preference_data import pair_tensors, recipe_metrics
+    from training.preference_loop import loss_module, rank_share
     from training.resume import lr_at, supersede_stale_run
     from training.reward_model import load_reward_model
     from training.runlog import RunLog
@@ -251,8 +224,6 @@ def run(
         raise ValueError(f"merging={settings.merging} needs the base model the SFT model was trained from (--base)")
     if not prompts:
         raise ValueError("no prompts: give at least one --prompts NAME=PATH")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError("training.online_dpo runs in one process (one GPU or the CPU); launch it without torchrun")
     if settings.max_new_tokens >= settings.max_len:
         raise ValueError(f"max_new_tokens={settings.max_new_tokens} leaves no room for a prompt in max_len")
     if settings.num_threads:
@@ -273,17 +244,26 @@ def run(
                   ep.prompts_fingerprint(train + heldout))  # fmt: skip
 
     with ExitStack() as stack, StopOnSignal() as stop:
-        device = setup_distributed(SimpleNamespace(device=settings.device)).device
-        out.mkdir(parents=True, exist_ok=True)
-        remove_partial_checkpoints(ckpt_root)
-        superseded = supersede_stale_run(out, key)
-        if superseded is not None and shards.exists():
-            os.replace(shards, superseded / "episodes")
-        write_excluded(excluded, out / "excluded")
-        with open(out / "heldout_prompts.jsonl", "w", encoding="utf-8") as f:  # for generation checks
-            f.writelines(json.dumps({"messages": p.messages}, ensure_ascii=False) + "\n" for p in heldout or train[:8])
-        run_config = {"settings": settings.model_dump(), "prompts": dict(prompts), **folders}
-        (out / "run_config.json").write_text(json.dumps(run_config, indent=1))
+        dist_info = setup_distributed(SimpleNamespace(device=settings.device))
+        if dist_info.owns_group:
+            stack.callback(dist.destroy_process_group)
+        rank, world, device, main = dist_info.rank, dist_info.world_size, dist_info.device, dist_info.is_main
+        superseded = None
+        if main:  # rank 0 alone writes the output folder (each rank its checkpoint part)
+            out.mkdir(parents=True, exist_ok=True)
+            remove_partial_checkpoints(ckpt_root)
+            superseded = supersede_stale_run(out, key)
+            if superseded is not None and shards.exists():
+                os.replace(shards, superseded / "episodes")
+            write_excluded(excluded, out / "excluded")
+            with open(out / "heldout_prompts.jsonl", "w", encoding="utf-8") as f:  # for generation checks
+                f.writelines(
+                    json.dumps({"messages": p.messages}, ensure_ascii=False) + "\n" for p in heldout or train[:8]
+                )
+            run_config = {"settings": settings.model_dump(), "prompts": dict(prompts), **folders}
+            (out / "run_config.json").write_text(json.dumps(run_config, indent=1))
+        if world > 1:
+            dist.barrier()
         use_bf16 = settings.precision == "bf16" or (
             settings.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
         )
@@ -306,10 +286,37 @@ def run(
         episode, elapsed_before, initial = 0, 0.0, None
         resume_dir = latest_checkpoint(ckpt_root)
         if resume_dir is not None:
-            state = load_checkpoint(resume_dir, model, optimizer)
+            state = load_checkpoint(resume_dir, model, optimizer, rank=rank)
             episode, elapsed_before, initial = state["step"], state["elapsed_s"], state.get("initial")
-        ep.remove_episodes_after(shards, episode)
-        log = RunLog(out, episode, stack, progress)
+        if main:
+            ep.remove_episodes_after(shards, episode)
+        log = RunLog(out, episode, stack, progress) if main else ep.QuietLog()
+        ddp = None
+        if world > 1:  # the DPO update: data-parallel over the episode's pairs, the gradients all-reduced
+            from torch.nn.parallel import DistributedDataParallel
+
+            current: dict = {}  # the episode's reference values, read by the loss module
+            ddp = DistributedDataParallel(
+                loss_module(model, lambda m, b, p, _: pair_loss(m, b, p, current["ref"]), None),
+                device_ids=[dist_info.local_rank] if device.type == "cuda" else None,
+                forward_sync_buffers=False,  # RoPE frequencies only: the same on every rank
+            )
+
+        def gather(values: list) -> list:
+            """Every rank's list, concatenated in rank order, on every rank (its shares were contiguous)."""
+            if world == 1:
+                return values
+            parts: list = [None] * world
+            dist.all_gather_object(parts, values)
+            return [v for part in parts for v in part]
+
+        def any_rank(flag: bool) -> bool:
+            if world == 1:
+                return flag
+            t = torch.tensor([float(flag)], dtype=torch.float64, device=device)
+            dist.all_reduce(t)
+            return bool(t.item())
+
         where = f"resuming after episode {episode}" if resume_dir else "starting"
         if superseded is not None:
             where += f" (checkpoints of other prompts, models or settings moved to {superseded})"
@@ -317,26 +324,30 @@ def run(
             f"{where}: online DPO ({settings.loss_type}, beta {settings.beta:g}, merging {settings.merging}), "
             f"{len(train):,} training prompts ({len(heldout)} held out, {len(excluded)} excluded), "
             f"{settings.episodes} episodes of {settings.prompts_per_episode} prompts x {settings.samples_per_prompt} "
-            f"samples on {device.type} ({settings.generation_backend}), {'bf16' if use_bf16 else 'fp32'}"
+            f"samples on {world} x {device.type} ({settings.generation_backend}), {'bf16' if use_bf16 else 'fp32'}"
         )
-        generators = _Generators(settings, model, reference, policy, out, device)
+        generators = ep.Generators(settings, model, reference, policy, out, device, rank)
         rows_per_pass = 2 * settings.micro_batch_size
 
         def score(prompt_list: list, replies: list) -> tuple[list, list[float]]:
             rows = ep.reply_rows(prompt_list, replies, tokenizer)
             return rows, ep.reward_scores(scorer, rows, rows_per_pass, device, autocast)
 
+        def greedy_scores(which: str) -> list[float]:
+            """Reward-model scores of ``which``'s greedy replies to the held-out prompts (each rank a share)."""
+            mine = rank_share(heldout, rank, world)
+            replies = generators.call(which, ep.sample, mine, settings, 0, 1, greedy=True) if mine else []
+            return gather(score(mine, [[s[0][0]] for s in replies])[1] if mine else [])
+
         sft_scores: list[float] = []
         if heldout:  # the SFT model's greedy replies: computed once, deterministic
-            sft_replies = generators.call("sft", ep.sample, heldout, settings, 0, 1, greedy=True)
-            sft_scores = score(heldout, [[s[0][0]] for s in sft_replies])[1]
+            sft_scores = greedy_scores("sft")
 
         def evaluate() -> dict:
             if not heldout:
                 return {}
             t = time.perf_counter()
-            replies = generators.call("policy", ep.sample, heldout, settings, 0, 1, greedy=True)
-            scores = score(heldout, [[s[0][0]] for s in replies])[1]
+            scores = greedy_scores("policy")
             return {"win_rate": ep.win_rate(scores, sft_scores), "heldout_reward": float(np.mean(scores)),
                     "sft_heldout_reward": float(np.mean(sft_scores)), "eval_s": time.perf_counter() - t}  # fmt: skip
 
@@ -349,8 +360,8 @@ def run(
         model.train()
         record: dict = {}
         while episode < settings.episodes:
-            if stop.signum:
-                raise TrainingInterrupted(stop.signum)
+            if any_rank(bool(stop.signum)):
+                raise TrainingInterrupted(stop.signum or signal.SIGTERM)
             t_episode = time.perf_counter()
             number = episode + 1
             lr = lr_at(number, cfg)
@@ -361,67 +372,65 @@ def run(
             seed = _episode_seed(settings.seed, number)
             K = settings.samples_per_prompt
 
+            # each rank samples, scores and computes log-probabilities for a contiguous share of the prompts; every
+            # sample's seed comes from (episode seed, sample index, prompt), so the samples do not depend on the share
+            mine = rank_share(batch, rank, world)
             t = time.perf_counter()
-            samples = generators.call("policy", ep.sample, batch, settings, seed, K)
+            samples = generators.call("policy", ep.sample, mine, settings, seed, K) if mine else []
             gen_s = time.perf_counter() - t
 
             t = time.perf_counter()
-            rows, rm_scores = score(batch, [[s[0] for s in ss] for ss in samples])
-            cut = [finish == "length" for ss in samples for _, _, finish in ss]
-            scores = [r - settings.missing_eos_penalty * c for r, c in zip(rm_scores, cut)]
+            rows, rm_scores = score(mine, [[s[0] for s in ss] for ss in samples])
             score_s = time.perf_counter() - t
 
             t = time.perf_counter()
             policy_lp, n_tokens = ep.logps(model, rows, rows_per_pass, device, autocast)
             ref_lp, _ = ep.logps(reference, rows, rows_per_pass, device, autocast)
-            pairs, ref, shard, gaps = [], {}, [], []
-            for i, (prompt, ss) in enumerate(zip(batch, samples)):
-                k = slice(i * K, (i + 1) * K)
-                formed = ep.form_pair(scores[k], [s[0] for s in ss], settings.margin)
-                c, r = i * K + formed["chosen_index"], i * K + formed["rejected_index"]
-                gaps.append(formed["gap"])
-                if formed["pair_kept"]:
-                    chosen, rejected = rows[c], rows[r]  # reply rows: their "chosen" side is the reply
-                    pair = Pair(f"{number}/{i}", prompt.source, prompt.messages, chosen.chosen, rejected.chosen)
-                    pair.chosen_ids, pair.chosen_mask = chosen.chosen_ids, chosen.chosen_mask
-                    pair.rejected_ids, pair.rejected_mask = rejected.chosen_ids, rejected.chosen_mask
-                    pairs.append(pair)
-                    ref[pair.id] = [ref_lp[c], ref_lp[r], n_tokens[c], n_tokens[r]]
-                for j, (text, tokens, finish) in enumerate(ss):
-                    role = {formed["rejected_index"]: "rejected", formed["chosen_index"]: "chosen"}.get(j, "")
-                    shard.append({
-                        "episode": number, "prompt_index": i, "prompt_id": prompt.id, "prompt": prompt.messages,
-                        "sample_index": j, "response": text, "completion_tokens": tokens, "finish_reason": finish,
-                        "score": scores[i * K + j], "reward_model_score": rm_scores[i * K + j],
-                        "policy_logp": policy_lp[i * K + j], "reference_logp": ref_lp[i * K + j],
-                        "reply_tokens": n_tokens[i * K + j], **formed, "role": role,
-                    })  # fmt: skip
+            if world > 1:  # all of the episode's samples on every rank, in prompt order: the same pairs everywhere
+                samples, rm_scores, policy_lp, ref_lp, n_tokens = (
+                    gather(v) for v in (samples, rm_scores, policy_lp, ref_lp, n_tokens)
+                )
+                rows = ep.reply_rows(batch, [[s[0] for s in ss] for ss in samples], tokenizer)
+            cut = [finish == "length" for ss in samples for _, _, finish in ss]
+            scores = [r - settings.missing_eos_penalty * c for r, c in zip(rm_scores, cut)]
+            values = {"score": scores, "rm_score": rm_scores, "policy_lp": policy_lp, "ref_lp": ref_lp,
+                      "n_tokens": n_tokens}  # fmt: skip
+            pairs, ref, shard, gaps = ep.episode_pairs(number, batch, samples, rows, values, K, settings.margin)
 
             order = np.random.default_rng([settings.seed, episode, 17]).permutation(len(pairs)).tolist()
             steps = [order[s : s + settings.batch_size] for s in range(0, len(order), settings.batch_size)]
             sums = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0, "chosen_reward": 0.0, "rejected_reward": 0.0}
             grad_norm, merge_stats = None, {}
+            if ddp is not None:
+                current["ref"] = ref
             for s, step_indices in enumerate(steps):
                 step_pairs = [pairs[i] for i in step_indices]
-                for m in range(0, len(step_pairs), settings.micro_batch_size):
-                    chunk = step_pairs[m : m + settings.micro_batch_size]
+                for chunk, weight, sync in ep.rank_passes(step_pairs, settings.micro_batch_size, rank, world):
                     tensors = {k: v.to(device) for k, v in pair_tensors(chunk, ENDOFTEXT_ID).items()}
-                    with autocast():
-                        losses, stats = pair_loss(model, tensors, chunk, ref)
-                    (losses.sum() / len(step_pairs)).backward()  # the step's loss: the mean over its pairs
-                    sums["loss"] += float(losses.detach().sum())
-                    for name, values in stats.items():
-                        sums[name] += float(values.detach().float().sum())
+                    with nullcontext() if sync or ddp is None else ddp.no_sync():
+                        with autocast():
+                            losses, stats = ddp(tensors, chunk) if ddp else pair_loss(model, tensors, chunk, ref)
+                        if ddp is None:
+                            (losses.sum() / len(step_pairs)).backward()  # the step's loss: the mean over its pairs
+                        else:  # DDP averages the ranks' gradients: scaled back up to the mean over all pairs
+                            (losses.sum() * (weight * world / len(step_pairs))).backward()
+                    sums["loss"] += float(losses.detach().sum()) * weight
+                    for name, v in stats.items():
+                        sums[name] += float(v.detach().float().sum()) * weight
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(
                     model.parameters(), settings.grad_clip if settings.grad_clip > 0 else float("inf")
                 ))  # fmt: skip
                 before = merging.before_step() if merging else None
                 optimizer.step()
-                if merging:
+                if merging:  # the same masks on every rank (seeded by the step), after the all-reduced gradient
                     merge_stats = merging.after_step(before, (number, s))
                 optimizer.zero_grad(set_to_none=True)
+            if world > 1:  # the logged DPO numbers: sums over all ranks' pairs
+                t_sums = torch.tensor(list(sums.values()), dtype=torch.float64, device=device)
+                dist.all_reduce(t_sums)
+                sums = dict(zip(sums, t_sums.tolist()))
             update_s = time.perf_counter() - t
-            path = ep.write_episode(shards, shard)
+            path = ep.write_episode(shards, shard) if main else ep.episode_path(shards, number)
             if kill_in and number == kill_in:
                 os.kill(os.getpid(), signal.SIGKILL)
 
@@ -464,13 +473,19 @@ def run(
                 log.info(f"episode {episode}/{settings.episodes} {shown} lr {lr:.2e} ({timing}) -> {path.name}", record)
             trainer_state = {"elapsed_s": elapsed_before + time.perf_counter() - started, "run_key": key,
                              "settings": settings.model_dump(), "initial": initial}  # fmt: skip
-            save_checkpoint(ckpt_root, episode, model, optimizer, trainer_state, keep=settings.keep_checkpoints)
+            save_checkpoint(
+                ckpt_root, episode, model, optimizer, trainer_state, rank=rank, keep=settings.keep_checkpoints
+            )
 
-        records = [r for r in recipe_metrics(out / "metrics.jsonl") if r.get("step", 0) > 0]
+        records = [r for r in recipe_metrics(out / "metrics.jsonl") if r.get("step", 0) > 0] if main else []
+        if world > 1:  # rank 0's records on every rank: the final evaluation below is collective
+            shared = [records]
+            dist.broadcast_object_list(shared, src=0)
+            records = shared[0]
         final_eval = next((r for r in reversed(records) if "win_rate" in r), None)
         if final_eval is None and heldout:
             final_eval = evaluate()
-        final_dir = save_pretrained_folder(model, None, out / "final", kind="chat")
+        final_dir = save_pretrained_folder(model, None, out / "final", kind="chat") if main else out / "final"
         totals = {f"total_{k}": sum(r.get(k, 0.0) for r in records) for k in ("gen_s", "score_s", "update_s", "eval_s")}
         summary: dict[str, Any] = {
             "recipe": "online_dpo",
@@ -500,11 +515,14 @@ def run(
             "checkpoints_dir": str(ckpt_root),
             "excluded_dir": str(out / "excluded"),
         }
-        tmp = out / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=1, ensure_ascii=False))
-        os.replace(tmp, out / "summary.json")
+        if main:
+            tmp = out / "summary.json.tmp"
+            tmp.write_text(json.dumps(summary, indent=1, ensure_ascii=False))
+            os.replace(tmp, out / "summary.json")
         log.info(f"done: {episode} episodes, win rate {summary['win_rate']}, model in {final_dir}")
         log.finish(summary)
+        if world > 1:
+            dist.barrier()
         return summary
 
 
