@@ -18,7 +18,6 @@ Launched by hand (or by a job the user defines): no schedule or sensor starts it
 """
 
 import json
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -35,7 +34,7 @@ from assets.post_training import (
     reward_model,
     sft_model,
 )
-from dagster_project.resources import CurationResource
+from dagster_project.resources import CurationResource, TrainingResource
 from pipelines.settings import dagster_config, to_settings
 from training.online_dpo import OnlineDpoSettings
 
@@ -81,6 +80,7 @@ def online_dpo_model(
     context: dg.AssetExecutionContext,
     config: OnlineDpoModelConfig,
     curation: CurationResource,
+    training: TrainingResource,
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ):
     """Online DPO of the SFT model: per episode the policy samples K replies per prompt, the reward model scores
@@ -103,14 +103,14 @@ def online_dpo_model(
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "settings.json"
     config_path.write_text(json.dumps(settings.model_dump(), indent=1))
-    command = [sys.executable, "-m", "training.online_dpo", "--config", str(config_path), "--output", str(out)]
-    command += ["--policy", policy, "--reward-model", scorer]
-    command += [a for name, path in sources.items() for a in ("--prompts", f"{name}={path}")]
+    args = ["--config", str(config_path), "--output", str(out), "--policy", policy, "--reward-model", scorer]
+    args += [a for name, path in sources.items() for a in ("--prompts", f"{name}={path}")]
     if settings.merging != "none":
         base = f"{curation.model_dir('long_context')}/final"
         if not Path(base, "config.json").exists():
             raise dg.Failure(f"merging={settings.merging} needs the SFT model's base, {base}: materialize it first")
-        command += ["--base", base]
+        args += ["--base", base]
+    command = training.launch_command("training.online_dpo", *args)
     context.log.info("launching: " + " ".join(command))
     pipes_subprocess_client.run(command=command, context=context, env={"PYTHONUNBUFFERED": "1"})
     summary = json.loads((out / "summary.json").read_text())

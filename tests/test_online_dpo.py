@@ -295,7 +295,7 @@ def test_online_dpo_asset_trains_through_pipes_and_reports(models, tmp_path):
 
     from assets.metadata import table_rows
     from assets.online_dpo import online_dpo_model
-    from dagster_project.resources import CurationResource
+    from dagster_project.resources import CurationResource, TrainingResource
     from pipelines.schema import MESSAGE_TYPE
 
     root = tmp_path / "data"
@@ -315,6 +315,7 @@ def test_online_dpo_asset_trains_through_pipes_and_reports(models, tmp_path):
         [online_dpo_model],
         resources={
             "curation": CurationResource(data_root=str(root)),
+            "training": TrainingResource(),
             "pipes_subprocess_client": dg.PipesSubprocessClient(),
         },
         run_config={"ops": {"online_dpo_model": {"config": config}}},
