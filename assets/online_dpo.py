@@ -23,6 +23,7 @@ from pathlib import Path
 import dagster as dg
 
 from assets.metadata import counts_table, rows_table
+from assets.pools import TRAINING_POOL
 from assets.post_training import (
     CHECK_FIELDS,
     GROUP,
@@ -62,6 +63,7 @@ def _prompt_sources(curation: CurationResource) -> dict[str, str]:
 @dg.asset(
     group_name=GROUP,
     kinds={"pytorch", "transformers"},
+    pool=TRAINING_POOL,
     deps=[sft_model, reward_model],
     check_specs=[
         dg.AssetCheckSpec(

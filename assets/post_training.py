@@ -26,6 +26,7 @@ import dagster as dg
 from pydantic import Field
 
 from assets.metadata import counts_table, rows_table
+from assets.pools import TRAINING_POOL
 from assets.pretraining import long_context_model
 from assets.synthesis import preference_pairs, sft_data
 from dagster_project.resources import CurationResource, SynthesisResource, TrainingResource
@@ -184,6 +185,7 @@ def _checks(report: dict, config) -> list[dg.AssetCheckResult]:
 @dg.asset(
     group_name=GROUP,
     kinds={"pytorch", "transformers"},
+    pool=TRAINING_POOL,
     deps=[long_context_model, sft_data],
     check_specs=[
         dg.AssetCheckSpec(
@@ -443,6 +445,7 @@ def _pair_metadata(out: Path, summary: dict, title: str) -> dict:
 @dg.asset(
     group_name=GROUP,
     kinds={"pytorch", "transformers"},
+    pool=TRAINING_POOL,
     deps=[sft_model, preference_pairs, demo_preference_pairs],
     check_specs=[
         dg.AssetCheckSpec(
@@ -483,7 +486,10 @@ def reward_model(
 
 
 @dg.asset(
-    group_name=GROUP, kinds={"pytorch", "transformers"}, deps=[sft_model, preference_pairs, demo_preference_pairs]
+    group_name=GROUP,
+    kinds={"pytorch", "transformers"},
+    pool=TRAINING_POOL,
+    deps=[sft_model, preference_pairs, demo_preference_pairs],
 )
 def dpo_model(
     context: dg.AssetExecutionContext,

@@ -18,6 +18,7 @@ from assets.curation import deduplicated_documents
 from assets.metadata import counts_table, rows_table
 from assets.mix_metadata import mix_checks as _mix_checks
 from assets.mix_metadata import mix_metadata as _mix_metadata
+from assets.pools import TRAINING_POOL
 from assets.synthesis import instruction_documents, synthetic_pretraining_data
 from dagster_project.resources import CurationResource, TrainingResource
 from pipelines.mixing_settings import (
@@ -447,6 +448,7 @@ def long_context_shards(curation: CurationResource, training: TrainingResource):
 @dg.asset(
     group_name=GROUP,
     kinds={"pytorch", "transformers"},
+    pool=TRAINING_POOL,
     deps=[pretraining_shards, validation_shards],
     check_specs=[_loads_spec("base_model")],
 )
@@ -478,6 +480,7 @@ def base_model(
 @dg.asset(
     group_name=GROUP,
     kinds={"pytorch", "transformers"},
+    pool=TRAINING_POOL,
     deps=[long_context_shards, base_model],
     check_specs=[
         _loads_spec("long_context_model"),

@@ -11,6 +11,7 @@ import dagster as dg
 
 from assets.curation import deduplicated_documents
 from assets.metadata import counts_table, rows_table
+from assets.pools import TEACHER_POOL
 from dagster_project.resources import CurationResource, SynthesisResource
 from pipelines.settings import dagster_config, to_settings
 from synth.instruction_docs import InstructionDocsSettings
@@ -104,6 +105,7 @@ _CHAT = (
 @dg.asset(
     group_name=GROUP,
     op_tags=TEACHER_TAG,
+    pool=TEACHER_POOL,
     kinds={"pytorch"},
     check_specs=[dg.AssetCheckSpec("answers", asset="teacher_model", description="The teacher answers a question.")],
 )
@@ -143,7 +145,9 @@ def teacher_model(context: dg.AssetExecutionContext, synthesis: SynthesisResourc
     )
 
 
-@dg.asset(group_name=GROUP, op_tags=TEACHER_TAG, kinds=KINDS, deps=[teacher_model, deduplicated_documents])
+@dg.asset(
+    group_name=GROUP, op_tags=TEACHER_TAG, pool=TEACHER_POOL, kinds=KINDS, deps=[teacher_model, deduplicated_documents]
+)
 def quality_labels(
     context: dg.AssetExecutionContext,
     config: QualityLabelsConfig,
@@ -397,6 +401,7 @@ def _clean(synthesis: SynthesisResource, curation: CurationResource, in_dirs: li
 @dg.asset(
     group_name=GROUP,
     op_tags=TEACHER_TAG,
+    pool=TEACHER_POOL,
     kinds=KINDS,
     deps=[teacher_model, deduplicated_documents],
     check_specs=[
@@ -454,6 +459,7 @@ def sft_data(
 @dg.asset(
     group_name=GROUP,
     op_tags=TEACHER_TAG,
+    pool=TEACHER_POOL,
     kinds=KINDS,
     deps=[teacher_model, deduplicated_documents],
     check_specs=[dg.AssetCheckSpec("schema", asset="synthetic_pretraining_data", description=_SCHEMA)],
@@ -503,6 +509,7 @@ def synthetic_pretraining_data(
 @dg.asset(
     group_name=GROUP,
     op_tags=TEACHER_TAG,
+    pool=TEACHER_POOL,
     kinds=KINDS,
     deps=[teacher_model],
     check_specs=[

@@ -4,7 +4,6 @@ import hashlib
 import json
 
 import dagster as dg
-from dagster._core.definitions.op_definition import OpDefinition
 
 from assets.curation import curation_assets
 from assets.evaluation import evaluation_assets
@@ -33,10 +32,9 @@ MAX_RUNTIME_SECONDS = {
 # The crawl a run covered: the top-level folders (or files) of <data_root>/crawl that were new or changed.
 CRAWL_TAG = "qwen2/crawl"
 CRAWL_REMOVED_TAG = "qwen2/crawl_removed"
-# Model-training assets: in the "training" pool, never retried, never started by the schedule or the sensor.
+# Model-training assets: in the "training" pool (assets.pools), never retried, never started by the schedule or the
+# sensor.
 TRAINING_MODELS = ("base_model", "long_context_model", "sft_model", "reward_model", "dpo_model", "online_dpo_model")
-TRAINING_POOL = "training"
-TEACHER_POOL = "teacher"
 
 
 def _max_runtime(job_name: str) -> dict[str, str]:
@@ -143,54 +141,15 @@ synthesis_job = dg.define_asset_job(
 )
 
 
-def in_pool(assets_def: dg.AssetsDefinition, pool: str) -> dg.AssetsDefinition:
-    """``assets_def`` with its op in concurrency pool ``pool`` (what ``@dg.asset(pool=...)`` sets), so the pool is
-    given here, next to the instance's limits, for assets defined in other modules. The op is rebuilt the way
-    Dagster's ``OpDefinition.with_replaced_properties`` does (1.13), keeping everything else."""
-    op = assets_def.op
-    pooled = OpDefinition.dagster_internal_init(
-        name=op.name,
-        ins={d.name: dg.In.from_definition(d) for d in op.input_defs},
-        outs={d.name: dg.Out.from_definition(d) for d in op.output_defs},
-        compute_fn=op.compute_fn,
-        config_schema=op.config_schema,
-        description=op.description,
-        tags=op.tags,
-        required_resource_keys=op.required_resource_keys,
-        code_version=op.version,
-        retry_policy=op.retry_policy,
-        version=None,
-        pool=pool,
-    )
-    return dg.AssetsDefinition.dagster_internal_init(**{**assets_def.get_attributes_dict(), "node_def": pooled})
-
-
-def with_pools(assets: list) -> list:
-    """Training models in pool "training", teacher-loading assets in pool "teacher". dagster_home/dagster.yaml
-    limits every pool to one run at a time across runs (`concurrency: pools`), so one training run and one
-    teacher-heavy run go at once while curation runs are free to go alongside."""
-    out = []
-    for a in assets:
-        keys = {k.to_user_string() for k in a.keys}
-        if keys & set(TRAINING_MODELS):
-            a = in_pool(a, TRAINING_POOL)
-        elif all(a.op.tags.get(k) == v for k, v in TEACHER_TAG.items()):
-            a = in_pool(a, TEACHER_POOL)
-        out.append(a)
-    return out
-
-
 defs = dg.Definitions(
-    assets=with_pools(
-        [
-            *curation_assets,
-            *pretraining_assets,
-            *synthesis_assets,
-            *post_training_assets,
-            *evaluation_assets,
-            *online_dpo_assets,
-        ]
-    ),
+    assets=[
+        *curation_assets,
+        *pretraining_assets,
+        *synthesis_assets,
+        *post_training_assets,
+        *evaluation_assets,
+        *online_dpo_assets,
+    ],
     jobs=[curation_job, pretraining_job, synthesis_job],
     schedules=[data_refresh_schedule],
     sensors=[new_crawl_files_sensor],

@@ -10,16 +10,14 @@ import pytest
 from dagster import DagsterInstance
 
 from assets.curation import CURATION_RETRY, curation_assets, raw_documents
+from assets.pools import TEACHER_POOL, TRAINING_POOL
 from dagster_project.definitions import (
     CRAWL_REMOVED_TAG,
     CRAWL_TAG,
     MAX_RUNTIME_TAG,
-    TEACHER_POOL,
     TRAINING_MODELS,
-    TRAINING_POOL,
     data_refresh_schedule,
     defs,
-    in_pool,
     new_crawl_files_sensor,
 )
 from dagster_project.resources import PROJECT_ROOT, CurationResource
@@ -60,30 +58,6 @@ def test_training_models_and_teacher_assets_are_in_their_pools():
     assert pools["pretraining_shards"] is None
     pools = {step.key: step.pool for step in create_execution_plan(defs.resolve_job_def("synthesis_job")).steps}
     assert {key for key, pool in pools.items() if pool == TEACHER_POOL} == TEACHER
-
-
-def test_a_pooled_asset_keeps_its_config_resources_and_checks():
-    class Config(dg.Config):
-        n: int = 1
-
-    @dg.asset(check_specs=[dg.AssetCheckSpec("positive", asset="counted")], op_tags={"k": "v"})
-    def counted(config: Config, curation: CurationResource) -> dg.MaterializeResult:
-        """Counts."""
-        return dg.MaterializeResult(
-            metadata={"n": config.n, "root": curation.data_root},
-            check_results=[dg.AssetCheckResult(check_name="positive", passed=config.n > 0)],
-        )
-
-    pooled = in_pool(counted, "training")
-    assert pooled.op.pool == "training" and pooled.op.tags == {"k": "v"} and pooled.descriptions_by_key
-    result = dg.materialize(
-        [pooled],
-        resources={"curation": CurationResource(data_root="/somewhere")},
-        run_config={"ops": {"counted": {"config": {"n": 3}}}},
-    )
-    (event,) = result.asset_materializations_for_node("counted")
-    assert event.metadata["n"].value == 3 and event.metadata["root"].value == "/somewhere"
-    assert [e.passed for e in result.get_asset_check_evaluations()] == [True]
 
 
 def test_the_project_instance_limits_pools_and_monitors_runs(tmp_path, monkeypatch):

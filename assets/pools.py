@@ -1,0 +1,5 @@
+"""Concurrency pools (``@dg.asset(pool=...)``): dagster_home/dagster.yaml limits each to one run at a time across
+runs, so one training run and one teacher-heavy run go at once while curation runs alongside."""
+
+TRAINING_POOL = "training"
+TEACHER_POOL = "teacher"
