@@ -29,6 +29,7 @@ KINDS = {"pytorch", "parquet"}
 # Assets that load the teacher carry this op tag; the code location's executor runs one of them at a time, so a CPU
 # machine is not split between several copies of the model (see dagster_project/definitions.py).
 TEACHER_TAG = {"qwen2/teacher": "load"}
+TEACHER = {"op_tags": TEACHER_TAG, "pool": TEACHER_POOL}  # and across runs, one teacher-heavy run at a time
 
 # Launchpad config generated from the stages' settings (synth.settings): the same names, defaults (the recipe's),
 # bounds and descriptions as each stage's --help. The CPU demo's sizes are in dagster_project/profiles/demo.toml.
@@ -104,8 +105,7 @@ _CHAT = (
 
 @dg.asset(
     group_name=GROUP,
-    op_tags=TEACHER_TAG,
-    pool=TEACHER_POOL,
+    **TEACHER,
     kinds={"pytorch"},
     check_specs=[dg.AssetCheckSpec("answers", asset="teacher_model", description="The teacher answers a question.")],
 )
@@ -145,9 +145,7 @@ def teacher_model(context: dg.AssetExecutionContext, synthesis: SynthesisResourc
     )
 
 
-@dg.asset(
-    group_name=GROUP, op_tags=TEACHER_TAG, pool=TEACHER_POOL, kinds=KINDS, deps=[teacher_model, deduplicated_documents]
-)
+@dg.asset(group_name=GROUP, **TEACHER, kinds=KINDS, deps=[teacher_model, deduplicated_documents])
 def quality_labels(
     context: dg.AssetExecutionContext,
     config: QualityLabelsConfig,
@@ -400,8 +398,7 @@ def _clean(synthesis: SynthesisResource, curation: CurationResource, in_dirs: li
 
 @dg.asset(
     group_name=GROUP,
-    op_tags=TEACHER_TAG,
-    pool=TEACHER_POOL,
+    **TEACHER,
     kinds=KINDS,
     deps=[teacher_model, deduplicated_documents],
     check_specs=[
@@ -458,8 +455,7 @@ def sft_data(
 
 @dg.asset(
     group_name=GROUP,
-    op_tags=TEACHER_TAG,
-    pool=TEACHER_POOL,
+    **TEACHER,
     kinds=KINDS,
     deps=[teacher_model, deduplicated_documents],
     check_specs=[dg.AssetCheckSpec("schema", asset="synthetic_pretraining_data", description=_SCHEMA)],
@@ -508,8 +504,7 @@ def synthetic_pretraining_data(
 
 @dg.asset(
     group_name=GROUP,
-    op_tags=TEACHER_TAG,
-    pool=TEACHER_POOL,
+    **TEACHER,
     kinds=KINDS,
     deps=[teacher_model],
     check_specs=[
