@@ -50,9 +50,12 @@ def _image_markdown(path: str) -> str:
 
 
 def training_sources(curation: CurationResource) -> dict[str, str]:
-    """Every post-training data source on disk: the synthesis group's SFT rows and preference pairs, each folder
-    of ``<data_root>/post_training`` (the demonstrations) and the online-DPO run's episodes."""
+    """Every training data source on disk: the two pretraining mixes, the synthesis group's SFT rows and preference
+    pairs, each folder of ``<data_root>/post_training`` (the demonstrations) and the online-DPO run's episodes."""
     sources = {}
+    for name, mix in (("pretraining_mix", "stage1"), ("long_context_mix", "long")):
+        if any(Path(curation.mix_dir(mix), "data").glob("*.parquet")):
+            sources[name] = curation.mix_dir(mix)
     for name, folder in (("sft_data", "sft/final"), ("preference_pairs", "preference/final")):
         path = Path(curation.synthetic_dir(folder))
         if any(path.glob("*.parquet")) or any((path / "data").glob("*.parquet")):

@@ -260,6 +260,29 @@ def test_decontamination_drops_items_copied_into_training_data(tmp_path):
     assert decontaminate({"math": math}, {"held": held_copy}, FRACTION)[1]["tasks"]["math"]["overlapping"] == 0
 
 
+def test_pretraining_mix_documents_are_training_data(tmp_path):
+    from pipelines.schema import MIXED_SCHEMA
+
+    math = et.math_items(3)
+    doc = {f.name: None for f in MIXED_SCHEMA}
+    rows = [
+        {**doc, "id": "d1", "text": f"A page that quotes a problem. {math[0].texts[0]} The end.", "copy": 0},
+        {**doc, "id": "d1", "text": f"A page that quotes a problem. {math[0].texts[0]} The end.", "copy": 1},
+        {**doc, "id": "v1", "text": f"Validation only: {math[1].texts[0]}", "copy": 0, "heldout": True},
+        {**doc, "id": "d2", "text": "Nothing from the evaluation sets here at all, just prose.", "copy": 0},
+    ]
+    rows = [{**r, "bucket": "web/en", "n_tokens": 10, "heldout": bool(r["heldout"])} for r in rows]
+    (tmp_path / "mix" / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=MIXED_SCHEMA), tmp_path / "mix" / "data" / "part-0.parquet")
+    read = list(training_rows("pretraining_mix", str(tmp_path / "mix"), FRACTION))
+    assert [(r.id, r.trained) for r in read] == [("d1", True), ("v1", False), ("d2", True)]  # copies read once
+    kept, report = decontaminate({"math": math}, {"pretraining_mix": str(tmp_path / "mix")}, FRACTION)
+    assert [i.id for i in kept["math"]] == [math[1].id, math[2].id]  # a validation-mix row is not trained on
+    assert (
+        report["overlaps"][f"math/{math[0].id}"]["source"] == "pretraining_mix" and report["training_rows_scanned"] == 2
+    )
+
+
 def test_online_dpo_episodes_count_only_the_trained_samples(tmp_path):
     from training.episodes import write_episode
 

@@ -7,9 +7,10 @@ document no copy in any training mix (``copies_for``: 0 unless the split is ``va
 stage saw them. The perplexity documents are those rows of the mixture index, per language the first ones in a
 seeded hash order of their ids: the same documents for every model and every run.
 
-**Training sources.** Every row a post-training run may have trained on: SFT conversations (``messages``),
-preference pairs (``prompt``/``chosen``/``rejected``), demonstrations, online-DPO episodes (``training.episodes``:
-the chosen and rejected samples of the kept pairs are trained on). SFT rows and pairs are read with the trainers' own
+**Training sources.** Every row a run may have trained on: the pretraining mixes' documents (``text``, ``bucket``;
+``pipelines.mixing``: every row is a trained copy), SFT conversations (``messages``), preference pairs
+(``prompt``/``chosen``/``rejected``), demonstrations, online-DPO episodes (``training.episodes``: the chosen and
+rejected samples of the kept pairs are trained on). SFT rows and pairs are read with the trainers' own
 loaders (``training.chat_data.load_sources``, ``training.preference_data.load_pairs``), so a row has the id its
 trainer gave it, and rows a trainer excluded are not counted as trained on. A row whose id is held out
 (``chat_data.is_heldout``, the rule SFT, the reward model and DPO all use) under ``heldout_fraction`` -- the smallest
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SOURCE_KINDS = ("sft", "pairs", "episodes")
+SOURCE_KINDS = ("sft", "pairs", "episodes", "documents")
 
 
 def _order(seed: int, key: str) -> int:
@@ -99,7 +100,11 @@ def source_kind(path: str) -> str:
         return "pairs"
     if {"prompt", "response", "pair_kept", "role"} <= names:
         return "episodes"
-    raise ValueError(f"training source {path}: neither messages nor prompt/chosen/rejected columns ({sorted(names)})")
+    if {"id", "text", "bucket"} <= names:
+        return "documents"
+    raise ValueError(
+        f"training source {path}: neither messages, prompt/chosen/rejected nor mixture documents ({sorted(names)})"
+    )
 
 
 @dataclass
@@ -129,6 +134,21 @@ def _episode_rows(name: str, path: str) -> Iterator[TrainingRow]:
             yield TrainingRow(name, rid, turns, prompt, heldout=False, trained=trained)
 
 
+def _document_rows(name: str, path: str) -> Iterator[TrainingRow]:
+    """A pretraining mix: every row is a document copy some pretraining step trained on (a validation mix's rows are
+    not trained on); a repeated copy is the same text, read once."""
+    import pyarrow.parquet as pq
+
+    from training.chat_data import parquet_files
+
+    for f in parquet_files(path):
+        for batch in pq.ParquetFile(f).iter_batches(columns=["id", "text", "heldout", "copy"], batch_size=1024):
+            for row in batch.to_pylist():
+                if not row["copy"]:
+                    trained = not row["heldout"]
+                    yield TrainingRow(name, row["id"], [row["text"] or ""], [], heldout=False, trained=trained)
+
+
 def training_rows(name: str, path: str, heldout_fraction: float) -> Iterator[TrainingRow]:
     """The rows of one source as its trainer reads them (rows it excludes are left out)."""
     from training.chat_data import is_heldout, load_sources
@@ -137,6 +157,9 @@ def training_rows(name: str, path: str, heldout_fraction: float) -> Iterator[Tra
     kind = source_kind(path)
     if kind == "episodes":
         yield from _episode_rows(name, path)
+        return
+    if kind == "documents":
+        yield from _document_rows(name, path)
         return
     if kind == "sft":
         examples, _ = load_sources({name: path})
