@@ -190,8 +190,19 @@ def _walk_through(page, steps: Steps, expect, base: str, port: int, groups: list
 
     # 2. Select the curation group, narrow the graph to it and materialize it.
     def select_curation():
-        page.get_by_text("curation", exact=True).first.click(button="right")
-        page.get_by_text("Filter to this group").click()
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+        # The sign-up dialog may show while the context menu is open, and skipping it closes the menu: open it again.
+        menu = page.get_by_text("Filter to this group")
+        for attempt in range(5):
+            page.get_by_text("curation", exact=True).first.click(button="right")
+            try:
+                menu.wait_for(state="visible", timeout=15_000)
+                break
+            except PlaywrightTimeout:
+                if attempt == 4:
+                    raise
+        menu.click()
         for asset in ("raw_documents", "language_filtered_documents", "quality_filtered_documents"):
             expect(page.get_by_text(asset, exact=True).first).to_be_visible()
         expect(page.get_by_text("synthesis", exact=True)).to_have_count(0)
