@@ -7,6 +7,13 @@ does not install; this server speaks the same wire protocol (``POST /v1/chat/com
 counts the completions asked (``completions``, 503s included) and records the most requests in flight at once
 (``max_in_flight``: received and not yet answered, counted in the event loop, so exact).
 
+``POST /update_weights_from_disk`` with ``{"model_path": FOLDER}`` (SGLang's native endpoint, at the server root,
+not under /v1) reloads the generator from FOLDER (a save_pretrained folder) and answers ``{"success": true}``
+(``{"success": false}`` with HTTP 400 when it cannot load it, as SGLang). ``counters["reloads"]`` counts them,
+``counters["reloaded"]`` lists the folders and ``counters["reloaded_weights"]`` the sum of every loaded weight (to
+tell which weights a reload brought). ``reload_failure``: "http500" answers HTTP 500, "success_false" HTTP 200 with
+``{"success": false}``, without loading anything.
+
     python tests/synth_openai_server.py MODEL_DIR --port 8000     # serve a local model folder by hand
 """
 
@@ -22,7 +29,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def build_app(generator, served_name: str, fail_first: int = 0):
+def weights_sum(model) -> float:
+    """The sum of every weight of ``model`` in float64: which weights a model holds, in one number."""
+    return float(sum(p.detach().double().sum() for p in model.parameters()))
+
+
+def build_app(generator, served_name: str, fail_first: int = 0, reload_failure: str | None = None):
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse
@@ -31,7 +43,8 @@ def build_app(generator, served_name: str, fail_first: int = 0):
     from synth.llm.base import GenerationRequest
 
     lock = threading.Lock()  # one generate at a time on the shared model
-    state = {"completions": 0, "failures_left": fail_first, "authorization": None, "in_flight": 0, "max_in_flight": 0}
+    state = {"completions": 0, "failures_left": fail_first, "authorization": None, "in_flight": 0, "max_in_flight": 0,
+             "reloads": 0, "reloaded": [], "reloaded_weights": []}  # fmt: skip
 
     async def models(request: Request) -> JSONResponse:
         return JSONResponse({"object": "list", "data": [{"id": served_name, "object": "model"}]})
@@ -102,6 +115,31 @@ def build_app(generator, served_name: str, fail_first: int = 0):
             }
         )
 
+    def reload(body: dict) -> JSONResponse:
+        nonlocal generator
+        from synth.llm.backends import TransformersGenerator
+
+        with lock:  # no completion runs while the weights change
+            if reload_failure == "http500":
+                return JSONResponse({"success": False, "message": "out of memory (test)"}, status_code=500)
+            if reload_failure == "success_false":
+                return JSONResponse({"success": False, "message": "cannot load (test)"})
+            folder = str(body.get("model_path") or "")
+            try:
+                loaded = TransformersGenerator(folder, model_id=generator.model_id, batch_size=generator.batch_size)
+            except Exception as exc:  # noqa: BLE001 - the answer says why, as SGLang's does
+                return JSONResponse({"success": False, "message": f"{type(exc).__name__}: {exc}"}, status_code=400)
+            generator = loaded
+            state["reloads"] += 1
+            state["reloaded"].append(folder)
+            state["reloaded_weights"].append(weights_sum(generator.model))
+        return JSONResponse({"success": True, "message": f"loaded {folder}", "num_paused_requests": 0})
+
+    async def update_weights_from_disk(request: Request) -> JSONResponse:
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(reload, await request.json())
+
     async def chat_completions(request: Request) -> JSONResponse:
         from starlette.concurrency import run_in_threadpool
 
@@ -116,6 +154,7 @@ def build_app(generator, served_name: str, fail_first: int = 0):
         Route("/v1/models", models),
         Route("/health", health),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/update_weights_from_disk", update_weights_from_disk, methods=["POST"]),
     ]
     app = Starlette(routes=routes)
     app.state.counters = state

@@ -275,7 +275,8 @@ def episode_pairs(
 
 class Generators:
     """The generation backend of ``training.online_dpo``: the policy (and, once, the SFT model) as a ``synth.llm``
-    Generator; under torchrun the vllm backend writes each rank's policy to its own folder."""
+    Generator; under torchrun the vllm backend writes each rank's policy to its own folder; the openai backend's
+    servers load the weights ``sync`` names (``training.rollout_servers``; a no-op for the other backends)."""
 
     def __init__(self, settings: Any, model: Any, reference: Any, sft_dir: str, out: Path, device, rank: int = 0):
         from training.checkpoint import checkpoint_tokenizer
@@ -286,11 +287,29 @@ class Generators:
         size = settings.generation_batch_size
         self.live = LiveModelGenerator(model, tokenizer, "policy", size, device)
         self.frozen = LiveModelGenerator(reference, tokenizer, "sft", size, device)
+        self.servers = None
+        if settings.generation_backend == "openai":
+            from training.rollout_servers import ServerRollouts
+
+            self.servers = ServerRollouts(settings, model, sft_dir, out, rank)
+
+    def sync(self, which: str) -> None:
+        """Before sampling from ``which`` ("policy" or "sft"), on every rank: the openai servers load its weights
+        when they do not hold them."""
+        if self.servers is not None:
+            self.servers.sync(which)
+
+    def updated(self) -> None:
+        """The policy's weights changed (a DPO update): the openai servers reload them at the next ``sync``."""
+        if self.servers is not None:
+            self.servers.updated()
 
     def call(self, which: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``fn(generator, *args, **kwargs)`` with the generator of ``which`` ("policy" or "sft")."""
         if self.settings.generation_backend == "transformers":
             return fn(self.live if which == "policy" else self.frozen, *args, **kwargs)
+        if self.servers is not None:
+            return self.servers.call(which, fn, *args, **kwargs)
         import gc
 
         import torch

@@ -11,9 +11,11 @@ An episode (``training.episodes`` has its parts):
    from the current policy through ``synth.llm`` (``generation_backend``): ``transformers`` samples from the policy
    in memory, batched (``LiveModelGenerator``: the weights the last update left, nothing reloaded); ``vllm`` writes
    the policy to ``<output>/rollout_policy/`` and starts vLLM on it for the episode (the weights reloaded between
-   episodes; a GPU and the ``gpu`` extra; not exercised by the tests, which run on CPU). An OpenAI-compatible server
-   is not offered: its API cannot be told to load the new weights. Each sample has its own seed (run seed, episode,
-   prompt, sample index), so an episode's samples depend only on the weights.
+   episodes; a GPU and the ``gpu`` extra; not exercised by the tests, which run on CPU); ``openai`` samples through
+   OpenAI-compatible servers (``generation_base_url``: one or a fleet, comma-separated) that reload the policy from
+   ``<output>/rollout_policy/`` before each episode (``weight_sync``: SGLang's ``/update_weights_from_disk``;
+   ``training.rollout_servers``). Each sample has its own seed (run seed, episode, prompt, sample index), so an
+   episode's samples depend only on the weights (on a server: where it honours seeds).
 2. The reward model (``training.reward_model``) scores all K (a sample cut off at ``max_new_tokens`` before it
    ended its turn loses ``missing_eos_penalty``, as TRL's option of that name); the highest and lowest scoring become
    chosen and rejected (the first of equal scores); a pair whose gap is not above ``margin``, or whose two replies
@@ -80,7 +82,7 @@ KILL_IN_EPISODE_ENV = "ONLINE_DPO_SIGKILL_IN_EPISODE"
 # Settings that may change between a run and its resume: they do not change the trajectory.
 RESUMABLE_CHANGES = frozenset(
     {"keep_checkpoints", "log_every", "num_threads", "winrate_every", "micro_batch_size", "generation_batch_size",
-     "vllm_gpu_memory_utilization"}
+     "vllm_gpu_memory_utilization", "generation_base_url", "weight_sync"}
 )  # fmt: skip
 
 
@@ -129,12 +131,22 @@ class OnlineDpoSettings(Settings):
     winrate_every: int = Field(
         1, ge=0, description="Win rate on the held-out prompts every this many episodes (0: before and at the end)."
     )
-    generation_backend: Literal["transformers", "vllm"] = Field(
+    generation_backend: Literal["transformers", "vllm", "openai"] = Field(
         "transformers",
         description="transformers: the policy in memory, batched; vllm: the policy saved and loaded into vLLM "
-        "every episode (GPU).",
+        "every episode (GPU); openai: OpenAI-compatible servers (generation_base_url) reload the saved policy.",
     )
-    generation_batch_size: int = Field(16, ge=1, description="Sequences per generate call (transformers backend).")
+    generation_base_url: str = Field(
+        "", description="openai backend: server URL ending in /v1, or several separated by commas (a fleet); "
+        "empty: $OPENAI_BASE_URL, else http://127.0.0.1:8000/v1.",
+    )  # fmt: skip
+    weight_sync: Literal["reload_from_disk"] = Field(
+        "reload_from_disk", description="openai backend: how the servers get the policy's weights between "
+        "episodes: <output>/rollout_policy, then POST /update_weights_from_disk to each (SGLang; not vllm serve).",
+    )  # fmt: skip
+    generation_batch_size: int = Field(
+        16, ge=1, description="Sequences per generate call (transformers); requests in flight per server (openai)."
+    )
     vllm_gpu_memory_utilization: float = Field(
         0.3, gt=0, lt=1, description="vllm backend: share of GPU memory vLLM may take beside the training models."
     )
@@ -336,6 +348,7 @@ def run(
         def greedy_scores(which: str) -> list[float]:
             """Reward-model scores of ``which``'s greedy replies to the held-out prompts (each rank a share)."""
             mine = rank_share(heldout, rank, world)
+            generators.sync(which)  # the openai servers load its weights (every rank)
             replies = generators.call(which, ep.sample, mine, settings, 0, 1, greedy=True) if mine else []
             return gather(score(mine, [[s[0][0]] for s in replies])[1] if mine else [])
 
@@ -376,6 +389,7 @@ def run(
             # sample's seed comes from (episode seed, sample index, prompt), so the samples do not depend on the share
             mine = rank_share(batch, rank, world)
             t = time.perf_counter()
+            generators.sync("policy")
             samples = generators.call("policy", ep.sample, mine, settings, seed, K) if mine else []
             gen_s = time.perf_counter() - t
 
@@ -425,6 +439,7 @@ def run(
                 if merging:  # the same masks on every rank (seeded by the step), after the all-reduced gradient
                     merge_stats = merging.after_step(before, (number, s))
                 optimizer.zero_grad(set_to_none=True)
+            generators.updated()
             if world > 1:  # the logged DPO numbers: sums over all ranks' pairs
                 t_sums = torch.tensor(list(sums.values()), dtype=torch.float64, device=device)
                 dist.all_reduce(t_sums)
@@ -555,6 +570,7 @@ def build_parser() -> Any:
 def main(argv: list[str] | None = None) -> None:
     import sys
 
+    from synth.llm.base import GenerationError
     from training.signals import TrainingInterrupted
 
     parser = build_parser()
@@ -569,7 +585,7 @@ def main(argv: list[str] | None = None) -> None:
     except TrainingInterrupted as e:
         print(f"training {e}; the last checkpoint is intact, rerun the same command to resume", file=sys.stderr)
         sys.exit(128 + e.signum)
-    except ValueError as e:
+    except (ValueError, GenerationError) as e:  # bad input, or generation servers that failed (named)
         raise SystemExit(f"error: {e}") from None
 
 
