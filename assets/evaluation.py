@@ -9,7 +9,6 @@ sizes are the ``[post_training_evaluation]`` table of ``dagster_project/profiles
 Launched by hand (or by a job the user defines): no schedule or sensor starts it.
 """
 
-import base64
 import json
 import sys
 from pathlib import Path
@@ -45,8 +44,9 @@ def _parquet_folders(root: Path) -> dict[str, str]:
 
 
 def _image_markdown(path: str) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode()
-    return f"![Post-training evaluation](data:image/png;base64,{data})"
+    from training.plots import png_markdown
+
+    return png_markdown(Path(path).read_bytes(), "Post-training evaluation")
 
 
 def training_sources(curation: CurationResource) -> dict[str, str]:

@@ -11,8 +11,6 @@ materializations work from run to run.
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Mapping, Sequence
 
 import dagster as dg
@@ -37,11 +35,10 @@ def _pyplot():
 
 
 def _markdown(fig, title: str) -> str:
-    buf = io.BytesIO()
+    from training.plots import figure_png, png_markdown
+
     fig.tight_layout()
-    fig.savefig(buf, format="png")
-    _pyplot().close(fig)
-    return f"![{title}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
+    return png_markdown(figure_png(fig), title)
 
 
 def _empty(ax, text: str) -> None:

@@ -413,13 +413,12 @@ def win_rate(policy_scores: Sequence[float], sft_scores: Sequence[float]) -> flo
 
 def reward_curve_markdown(metrics_path: str | Path, title: str) -> str:
     """Mean reward and the win rate against the SFT model per episode, as a PNG in Markdown (for the Dagster UI)."""
-    import base64
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from training.plots import figure_png, png_markdown
 
     records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
     train = [r for r in records if r.get("mean_reward") is not None]
@@ -439,7 +438,4 @@ def reward_curve_markdown(metrics_path: str | Path, title: str) -> str:
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return f"![{title}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
+    return png_markdown(figure_png(fig), title)

@@ -37,6 +37,18 @@ def loss_curve_png(metrics_path: str | Path, title: str) -> bytes:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    return figure_png(fig)
+
+
+def png_markdown(png: bytes, title: str) -> str:
+    """A PNG as a Markdown image with a data URI: how the Dagster UI shows a chart in an asset's metadata."""
+    return f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def figure_png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes; the figure is closed."""
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
@@ -44,5 +56,4 @@ def loss_curve_png(metrics_path: str | Path, title: str) -> bytes:
 
 
 def loss_curve_markdown(metrics_path: str | Path, title: str) -> str:
-    data = base64.b64encode(loss_curve_png(metrics_path, title)).decode()
-    return f"![{title}](data:image/png;base64,{data})"
+    return png_markdown(loss_curve_png(metrics_path, title), title)
