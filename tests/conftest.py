@@ -9,12 +9,35 @@ import io
 import json
 import os
 import random
+import shutil
 import uuid
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the Hub is never reachable from tests
+
+SESSION_DIR_PREFIX = "session-"  # folders of session-scoped fixtures: they live until the session ends
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_module_folders(request, tmp_path_factory):
+    """Delete the folders a test module's own fixtures made, once its tests have passed.
+
+    The training fixtures write checkpoints of ~150 MB (the tiny models carry the real 151k-token vocabulary), and
+    kept to the end of the session they added up to 18 GB, which filled CI's disk. Each test's own ``tmp_path`` goes
+    when it passes (``tmp_path_retention_policy = "failed"`` in pyproject.toml); this does the same for the module's
+    folders. A module with a failure keeps everything for inspection."""
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    failures = request.session.testsfailed
+    yield
+    if request.session.testsfailed != failures:
+        return
+    for path in set(base.iterdir()) - before:
+        if not path.name.startswith(SESSION_DIR_PREFIX):
+            shutil.rmtree(path, ignore_errors=True)
+
 
 EN = [
     "The package manager keeps track of every file that belongs to an installed program.",
@@ -168,7 +191,7 @@ def make_crawl(root: Path) -> dict:
 
 @pytest.fixture(scope="session")
 def crawl_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("crawl")
+    root = tmp_path_factory.mktemp(SESSION_DIR_PREFIX + "crawl")
     make_crawl(root)
     return root
 
@@ -207,7 +230,7 @@ def tiny_qwen_dir(tmp_path_factory) -> str:
     from pipelines.tokenizer import load_hf_tokenizer
     from training.model_configs import qwen2_config
 
-    path = tmp_path_factory.mktemp("tiny-qwen2")
+    path = tmp_path_factory.mktemp(SESSION_DIR_PREFIX + "tiny-qwen2")
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(qwen2_config("tiny")).save_pretrained(path)
     load_hf_tokenizer().save_pretrained(path)
