@@ -269,7 +269,12 @@ def test_reward_model_learns_a_rule_above_90_percent_heldout(init_dir, tmp_path)
     assert chosen > rejected
 
 
-def test_dpo_raises_the_heldout_margin_and_sets_bad_pairs_aside(init_dir, tmp_path):
+def test_dpo_raises_the_heldout_margin_and_sets_bad_pairs_aside(init_dir, tmp_path, monkeypatch, capsys):
+    from pipelines.progress import ProgressTicker
+    from training import runlog
+
+    # the "at least every 30 s" progress line, with 0 s: a line every step although log_every is past the end
+    monkeypatch.setattr(runlog, "ProgressTicker", lambda: ProgressTicker(interval_s=0))
     pairs = write_jsonl(tmp_path / "pairs.jsonl", marker_pairs() + BAD_PAIRS)
     settings = dpo.DpoSettings(
         batch_size=8, micro_batch_size=8, epochs=2, lr=1e-3, min_lr=1e-4, heldout_fraction=0.25, max_len=128,
@@ -287,7 +292,10 @@ def test_dpo_raises_the_heldout_margin_and_sets_bad_pairs_aside(init_dir, tmp_pa
     gen = json.loads((Path(summary["final_dir"]) / "generation_config.json").read_text())
     assert IM_END_ID in gen["eos_token_id"]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert all({"loss", "accuracy", "margin"} <= set(r) for r in records if r["step"] > 0 and "loss" in r)
+    steps = [r for r in records if r["step"] > 0 and "loss" in r]
+    assert all({"loss", "accuracy", "margin"} <= set(r) and r["tokens_per_s"] > 0 for r in steps)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.endswith(" tok/s")]
+    assert [line.split()[1] for line in lines] == [f"{r['step']}/{len(steps)}" for r in steps]
 
 
 def run_cli(module, args, env_extra=None):

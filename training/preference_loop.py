@@ -310,19 +310,28 @@ def train_pairs(
             step += 1
             totals = all_reduce_sum(list(sums.values()))
             last = {name: value / len(batch_pairs) for name, value in zip(sums, totals)}
+            seconds = time.perf_counter() - t0
+            tokens = sum(len(p.chosen_ids) + len(p.rejected_ids) for p in batch_pairs)  # both replies, every rank
             values = {
                 "step": step,
                 **last,
                 "lr": lr,
                 "grad_norm": float(grad_norm),
                 "pairs": len(batch_pairs),
-                "seconds": time.perf_counter() - t0,
+                "tokens": tokens,
+                "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
+                "seconds": seconds,
                 "elapsed": elapsed_before + time.perf_counter() - started,
             }
             record(values)
-            if step % settings.log_every == 0 or step == max_steps:
+            # every log_every steps and the last, and at least every 30 s between them
+            if log is not None and log.line_due(step % settings.log_every == 0 or step == max_steps):
                 shown = " ".join(f"{k} {v:.4f}" for k, v in last.items())
-                info(f"step {step}/{max_steps} {shown} lr {lr:.2e} grad_norm {values['grad_norm']:.3f}", values)
+                info(
+                    f"step {step}/{max_steps} {shown} lr {lr:.2e} grad_norm {values['grad_norm']:.3f} "
+                    f"{values['tokens_per_s']:,.0f} tok/s",
+                    values,
+                )
             if (settings.eval_every and step % settings.eval_every == 0) or step == max_steps:
                 val = evaluate()
                 if val is not None:
