@@ -6,6 +6,7 @@ export DAGSTER_HOME := $(CURDIR)/dagster_home
 export QWEN2_DATA_ROOT ?= $(CURDIR)/data
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 DEB_CACHE ?= $(HOME)/.cache/qwen2-recipe/debs
+DEMO_DUMP ?= debian-docs
 
 .PHONY: setup demo test ui lint bench
 
@@ -30,12 +31,15 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 # The demo's sizes are the `demo` settings profile (dagster_project/profiles/demo.toml), passed as run config.
 demo: setup
-	$(BIN)/python -m pipelines.demo_corpus --output $(QWEN2_DATA_ROOT)/crawl --cache $(DEB_CACHE)
+	$(BIN)/python -m pipelines.demo_corpus --output $(QWEN2_DATA_ROOT)/crawl/$(DEMO_DUMP) --cache $(DEB_CACHE)
 	mkdir -p $(DAGSTER_HOME)
 	for group in curation synthesis pretraining post_training; do \
 	  $(BIN)/python -m dagster_project.profiles demo --select group:$$group > $(DAGSTER_HOME)/demo_$$group.yaml || exit 1; \
 	done
-	$(BIN)/dagster asset materialize -m dagster_project.definitions --select 'group:curation' -c $(DAGSTER_HOME)/demo_curation.yaml
+	@# one partition per crawl dump (each folder of crawl/): add them, then curate them all in one run
+	dumps=$$($(BIN)/python -m dagster_project.crawl_partitions) && \
+	  $(BIN)/dagster asset materialize -m dagster_project.definitions --select 'group:curation' \
+	  --partition-range "$$dumps" -c $(DAGSTER_HOME)/demo_curation.yaml
 	$(BIN)/python -m pipelines.report --data-root $(QWEN2_DATA_ROOT)
 	$(BIN)/dagster asset materialize -m dagster_project.definitions --select 'group:synthesis' -c $(DAGSTER_HOME)/demo_synthesis.yaml
 	$(BIN)/python -m synth.report --data-root $(QWEN2_DATA_ROOT)

@@ -1,17 +1,23 @@
 """Curation assets: ingest -> language ID -> quality filters -> dedup, each a Beam pipeline.
 
+Ingest, language ID and quality filtering are partitioned by crawl dump (``dagster_project.crawl_partitions``):
+each dump has its own folders (``curated/<stage>/<dump>``), and a run over several dumps (a backfill) runs each
+stage as one Beam job over all of them. Dedup is global: it reads the quality folders of every dump.
+
 The assets only describe, configure and launch: the work is in ``pipelines/`` (imported inside the
 functions so the code location loads fast), big data stays in Parquet shards under the data root,
 and each asset returns the shard folder with the counts a person wants to see.
 """
 
 import functools
+import warnings
 
 import dagster as dg
 from pydantic import Field
 
 from assets import plots
 from assets.metadata import counts_table
+from dagster_project.crawl_partitions import CRAWL_DUMPS
 from dagster_project.resources import CurationResource
 from pipelines.curation_settings import DedupSettings, IngestSettings, LanguageIdSettings, QualitySettings
 from pipelines.progress import stage_heartbeat
@@ -53,7 +59,8 @@ IngestConfig = dagster_config(
         Field(
             default=[],
             description="Globs or fsspec URIs of .warc[.gz], .wet[.gz], .jsonl[.gz] or .parquet files, or "
-            "hf:<dataset>:<split>. Empty: every file under <data_root>/crawl.",
+            "hf:<dataset>:<split>, read as the one crawl dump this run materializes. Empty: every file under the "
+            "dump's folder, <data_root>/crawl/<dump>.",
         ),
     ),
 )
@@ -85,6 +92,7 @@ def stage_metadata(summary: dict) -> dict:
         "resumed_from_earlier_run": bool(summary.get("resumed")),
         "seconds": summary.get("seconds", 0.0),
         "path": dg.MetadataValue.path(summary["output"]),
+        "crawl_dumps": len(summary.get("dumps", [])) or 1,
         "beam_counters": dg.MetadataValue.json(summary.get("beam_counters", {})),
         "skipped_input_files": len(summary.get("skipped_inputs", [])),  # in a folder or glob, but no document format
         "removed_shards": len(summary.get("removed_shards", [])),  # their input is gone
@@ -101,10 +109,10 @@ def stage_metadata(summary: dict) -> dict:
     }
 
 
-def _schema_and_size_checks(stage_dir: str, summary: dict) -> list[dg.AssetCheckResult]:
+def _schema_and_size_checks(stage_dirs: list[str], summary: dict) -> list[dg.AssetCheckResult]:
     from pipelines.checks import schema_problems
 
-    problems = schema_problems(stage_dir)
+    problems = [problem for stage_dir in stage_dirs for problem in schema_problems(stage_dir)]
     return [
         dg.AssetCheckResult(
             check_name="schema", passed=not problems, metadata={"problems": dg.MetadataValue.json(problems[:20])}
@@ -117,9 +125,59 @@ def _schema_and_size_checks(stage_dir: str, summary: dict) -> list[dg.AssetCheck
     ]
 
 
-def _heartbeat(stage_dir: str, label: str):
+# Partitioned by crawl dump; a backfill of several dumps is one run (and so one Beam job per stage). Dagster marks
+# the asset decorator's backfill_policy parameter beta and warns each time the code location loads: said once here.
+PER_DUMP = {"partitions_def": CRAWL_DUMPS, "backfill_policy": dg.BackfillPolicy.single_run()}
+warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
+
+
+def run_per_dump(
+    context: dg.AssetExecutionContext,
+    curation: CurationResource,
+    stage: str,
+    label: str,
+    run_many,
+    inputs,
+    settings,
+) -> tuple[dict, list[str]]:
+    """Run one stage for every crawl dump of this run, as one Beam job: ``run_many({output -> inputs(dump)})``.
+    Returns the dumps' summaries combined (with a per-dump table in ``by_dump``) and the output folders."""
+    from pipelines.report import combine_summaries
+
+    dumps = list(context.partition_keys)
+    jobs = {curation.stage_dir(stage, dump): inputs(dump) for dump in dumps}
+    with _heartbeat(list(jobs), label):
+        by_output = run_many(jobs, settings=settings, **curation.run_kwargs())
+    summaries = {dump: by_output[curation.stage_dir(stage, dump)] for dump in dumps}
+    summary = combine_summaries(summaries) | {"output": curation.stage_dir(stage)}
+    summary["by_dump"] = {
+        dump: {k: s.get(k, 0) for k in ("docs_in", "docs_out", "errors")} for dump, s in summaries.items()
+    }
+    return summary, list(jobs)
+
+
+def dump_metadata(summary: dict) -> dict:
+    """The per-dump table of a partitioned stage's run."""
+    rows = [
+        dg.TableRecord(
+            {
+                "dump": dump,
+                "documents_in": row["docs_in"],
+                "documents_out": row["docs_out"],
+                "quarantined": row["errors"],
+            }
+        )  # fmt: skip
+        for dump, row in sorted(summary.get("by_dump", {}).items())
+    ]
+    columns = [dg.TableColumn("dump", "string")] + [
+        dg.TableColumn(name, "int") for name in ("documents_in", "documents_out", "quarantined")
+    ]
+    return {"documents_by_dump": dg.MetadataValue.table(rows, dg.TableSchema(columns=columns))}
+
+
+def _heartbeat(stage_dirs: str | list[str], label: str):
     """While the stage runs, a line in the run log at least every 30 s: shards committed, documents processed/kept."""
-    return stage_heartbeat(dg.get_dagster_logger().info, stage_dir, label)
+    return stage_heartbeat(dg.get_dagster_logger().info, stage_dirs, label)
 
 
 def _specs(asset: str, **extra: str) -> list[dg.AssetCheckSpec]:
@@ -132,21 +190,33 @@ def _specs(asset: str, **extra: str) -> list[dg.AssetCheckSpec]:
     return [dg.AssetCheckSpec(name, asset=asset, description=text) for name, text in checks.items()]
 
 
-@dg.asset(group_name=GROUP, kinds=KINDS, check_specs=_specs("raw_documents"), retry_policy=CURATION_RETRY)
+@dg.asset(group_name=GROUP, kinds=KINDS, check_specs=_specs("raw_documents"), retry_policy=CURATION_RETRY, **PER_DUMP)
 @retry_only_transient_errors
-def raw_documents(config: IngestConfig, curation: CurationResource) -> dg.MaterializeResult:
-    """Raw crawl files (WARC/WET/JSONL/Parquet/HF datasets) as Parquet shards of plain-text documents.
+def raw_documents(
+    context: dg.AssetExecutionContext, config: IngestConfig, curation: CurationResource
+) -> dg.MaterializeResult:
+    """Raw crawl files (WARC/WET/JSONL/Parquet/HF datasets) of each crawl dump as Parquet shards of plain-text
+    documents, in ``curated/ingested/<dump>``.
 
     HTML is turned into text with datatrove's Trafilatura extractor; unreadable records are quarantined to
     ``errors/`` with a reason and the run goes on. One shard per input file; a killed run resumes.
     """
     from pipelines import ingest
 
-    out = curation.stage_dir("ingested")
+    if config.inputs and len(context.partition_keys) > 1:
+        raise ValueError("inputs names the files of one crawl dump: materialize one partition with it, not a range")
     settings = to_settings(IngestSettings, config)
-    with _heartbeat(out, "ingest"):
-        summary = ingest.run(config.inputs or [curation.crawl_dir()], out, settings=settings, **curation.run_kwargs())
-    return dg.MaterializeResult(metadata=stage_metadata(summary), check_results=_schema_and_size_checks(out, summary))
+    summary, outs = run_per_dump(
+        context,
+        curation,
+        "ingested",
+        "ingest",
+        ingest.run_many,
+        lambda dump: config.inputs or [curation.crawl_dir(dump)],
+        settings,
+    )
+    metadata = stage_metadata(summary) | dump_metadata(summary)
+    return dg.MaterializeResult(metadata=metadata, check_results=_schema_and_size_checks(outs, summary))
 
 
 @dg.asset(
@@ -154,24 +224,33 @@ def raw_documents(config: IngestConfig, curation: CurationResource) -> dg.Materi
     kinds=KINDS | {"fasttext"},
     deps=[raw_documents],
     retry_policy=CURATION_RETRY,
+    **PER_DUMP,
     check_specs=_specs(
         "language_filtered_documents",
         below_threshold_share="Warn when over half the documents score under their language threshold.",
     ),
 )
 @retry_only_transient_errors
-def language_filtered_documents(config: LanguageIdConfig, curation: CurationResource) -> dg.MaterializeResult:
+def language_filtered_documents(
+    context: dg.AssetExecutionContext, config: LanguageIdConfig, curation: CurationResource
+) -> dg.MaterializeResult:
     """Documents labelled with fastText lid.176 (``lang``, ``lang_score``), kept when the language is wanted
-    and its score passes that language's threshold (FineWeb-2's values by default)."""
+    and its score passes that language's threshold (FineWeb-2's values by default); per crawl dump."""
     from pipelines import langid
 
-    out = curation.stage_dir("langid")
     settings = to_settings(LanguageIdSettings, config)
-    with _heartbeat(out, "language ID"):
-        summary = langid.run(curation.stage_dir("ingested"), out, settings=settings, **curation.run_kwargs())
+    summary, outs = run_per_dump(
+        context,
+        curation,
+        "langid",
+        "language ID",
+        langid.run_many,
+        lambda dump: curation.stage_dir("ingested", dump),
+        settings,
+    )
     below = summary.get("dropped", {}).get("lang_below_threshold", 0)
     share = below / summary["docs_in"] if summary.get("docs_in") else 0.0
-    checks = _schema_and_size_checks(out, summary) + [
+    checks = _schema_and_size_checks(outs, summary) + [
         dg.AssetCheckResult(
             check_name="below_threshold_share",
             passed=share <= 0.5,
@@ -179,10 +258,14 @@ def language_filtered_documents(config: LanguageIdConfig, curation: CurationReso
             metadata={"share": round(share, 4), "documents": below},
         )
     ]
-    metadata = stage_metadata(summary) | {
-        "below_threshold_share": round(share, 4),
-        "language_distribution": plots.md(plots.language_markdown(summary.get("languages", {}))),
-    }
+    metadata = (
+        stage_metadata(summary)
+        | dump_metadata(summary)
+        | {
+            "below_threshold_share": round(share, 4),
+            "language_distribution": plots.md(plots.language_markdown(summary.get("languages", {}))),
+        }
+    )
     return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
 
@@ -191,29 +274,44 @@ def language_filtered_documents(config: LanguageIdConfig, curation: CurationReso
     kinds=KINDS | {"datatrove"},
     deps=[language_filtered_documents],
     retry_policy=CURATION_RETRY,
+    **PER_DUMP,
     check_specs=_specs("quality_filtered_documents"),
 )
 @retry_only_transient_errors
-def quality_filtered_documents(config: QualityConfig, curation: CurationResource) -> dg.MaterializeResult:
+def quality_filtered_documents(
+    context: dg.AssetExecutionContext, config: QualityConfig, curation: CurationResource
+) -> dg.MaterializeResult:
     """Documents that pass the quality filters of their domain profile (``pipelines/profiles/*.toml``): web prose
     gets datatrove's Gopher repetition, Gopher quality, C4 and FineWeb filters tuned per language; technical
     documentation and CJK text lose only clear junk (the model-based score decides the rest); source code gets
     StarCoder's rules. Kept documents the web chain would have dropped carry its rules in ``metadata``; dropped
-    documents are kept in ``excluded/`` for audit."""
+    documents are kept in ``excluded/`` for audit. Per crawl dump."""
     from pipelines import quality
 
-    out = curation.stage_dir("quality")
     settings = to_settings(QualitySettings, config)
-    with _heartbeat(out, "quality filters"):
-        summary = quality.run(curation.stage_dir("langid"), out, settings=settings, **curation.run_kwargs())
+    summary, outs = run_per_dump(
+        context,
+        curation,
+        "quality",
+        "quality filters",
+        quality.run_many,
+        lambda dump: curation.stage_dir("langid", dump),
+        settings,
+    )
     flagged = summary.get("flagged_docs", {})
-    metadata = stage_metadata(summary) | {
-        "documents_by_profile": counts_table(summary.get("profiles", {}), "profile", "kept documents"),
-        "profile_chosen_by": counts_table(summary.get("profile_evidence", {}), "profile:signal", "kept documents"),
-        "kept_but_web_chain_would_drop": sum(flagged.values()),
-        "web_chain_rules_failed_by_kept": counts_table(summary.get("flags", {}), "web-chain rule", "kept documents"),
-    }
-    return dg.MaterializeResult(metadata=metadata, check_results=_schema_and_size_checks(out, summary))
+    metadata = (
+        stage_metadata(summary)
+        | dump_metadata(summary)
+        | {
+            "documents_by_profile": counts_table(summary.get("profiles", {}), "profile", "kept documents"),
+            "profile_chosen_by": counts_table(summary.get("profile_evidence", {}), "profile:signal", "kept documents"),
+            "kept_but_web_chain_would_drop": sum(flagged.values()),
+            "web_chain_rules_failed_by_kept": counts_table(
+                summary.get("flags", {}), "web-chain rule", "kept documents"
+            ),
+        }
+    )
+    return dg.MaterializeResult(metadata=metadata, check_results=_schema_and_size_checks(outs, summary))
 
 
 @dg.asset(
@@ -221,35 +319,48 @@ def quality_filtered_documents(config: QualityConfig, curation: CurationResource
     kinds=KINDS | {"datasketch"},
     deps=[quality_filtered_documents],
     retry_policy=CURATION_RETRY,
+    # not partitioned; single-run so that `dagster asset materialize --partition-range` can include it
+    backfill_policy=dg.BackfillPolicy.single_run(),
     check_specs=_specs(
         "deduplicated_documents",
         duplicate_rate="Exact duplicates (normalized text) left after dedup stay under the limit.",
     ),
 )
 @retry_only_transient_errors
-def deduplicated_documents(config: DedupAssetConfig, curation: CurationResource) -> dg.MaterializeResult:
-    """One document per duplicate cluster (exact hash + MinHash-LSH, banding as a Beam GroupByKey, clusters by
-    union-find). Kept documents carry ``dup_cluster`` and ``dup_cluster_size``."""
+def deduplicated_documents(
+    context: dg.AssetExecutionContext, config: DedupAssetConfig, curation: CurationResource
+) -> dg.MaterializeResult:
+    """One document per duplicate cluster over every crawl dump (exact hash + MinHash-LSH, banding as a Beam
+    GroupByKey, clusters by union-find). Kept documents carry ``dup_cluster`` and ``dup_cluster_size``."""
     from pipelines import dedup
     from pipelines.checks import remaining_duplicate_rate
+    from pipelines.report import dump_folders
 
     out = curation.stage_dir("dedup")
+    partitions = context.instance.get_dynamic_partitions(CRAWL_DUMPS.name)
+    finished = set(dump_folders(curation.stage_dir("quality")))
+    dumps = [dump for dump in partitions if dump in finished]
+    if not dumps:
+        raise ValueError(f"no crawl dump has finished the quality stage ({curation.stage_dir('quality')}/<dump>)")
     settings = to_settings(DedupSettings, config)
     with _heartbeat(out, "dedup"):
-        summary = dedup.run(curation.stage_dir("quality"), out, settings=settings, **curation.run_kwargs())
+        inputs = [curation.stage_dir("quality", dump) for dump in dumps]
+        summary = dedup.run(inputs, out, settings=settings, **curation.run_kwargs())
     rate, remaining = remaining_duplicate_rate(out)
     clusters = summary.get("clusters", {})
     metadata = stage_metadata(summary) | {
+        "crawl_dumps": len(dumps),
+        "crawl_dumps_not_curated_yet": dg.MetadataValue.json(sorted(set(partitions) - finished)),
         "duplicate_clusters": clusters.get("clusters", 0),
         "documents_in_clusters": clusters.get("documents_in_clusters", 0),
         "largest_cluster": clusters.get("largest_cluster", 0),
         "cluster_sizes": counts_table(clusters.get("cluster_size_histogram", {}), "cluster size", "clusters"),
         "language_distribution": plots.md(plots.language_markdown(summary.get("languages", {}), "kept per language")),
     }
-    funnel = plots.read_funnel(curation.stage_dir)  # every stage's _SUCCESS.json: ingest -> ... -> dedup
+    funnel = plots.read_funnel(curation.stage_dir, dumps)  # every stage's _SUCCESS.json: ingest -> ... -> dedup
     metadata |= plots.funnel_metadata(funnel) | {"funnel": plots.md(plots.funnel_markdown(funnel))}
     metadata["funnel_drops_by_reason"] = counts_table(funnel["drops"], "stage: reason", "documents")
-    checks = _schema_and_size_checks(out, summary) + [
+    checks = _schema_and_size_checks([out], summary) + [
         dg.AssetCheckResult(
             check_name="duplicate_rate",
             passed=rate <= config.max_duplicate_rate,

@@ -79,11 +79,12 @@ def funnel_data(summaries: Mapping[str, dict | None]) -> dict:
     return {"stages": stages, "drops": drops}
 
 
-def read_funnel(stage_dir) -> dict:
-    """``funnel_data`` of the curation stages under ``stage_dir(folder)`` (a stage not run yet counts 0)."""
-    from pipelines.shards import read_json
+def read_funnel(stage_dir, dumps: Sequence[str] | None = None) -> dict:
+    """``funnel_data`` of the curation stages under ``stage_dir(folder)``; the stages run per crawl dump count the
+    ``dumps`` given (default: every finished one). A stage not run yet counts 0."""
+    from pipelines.report import stage_summary
 
-    return funnel_data({folder: read_json(f"{stage_dir(folder)}/_SUCCESS.json") for folder, _ in FUNNEL_STAGES})
+    return funnel_data({folder: stage_summary(stage_dir(folder), dumps) for folder, _ in FUNNEL_STAGES})
 
 
 def funnel_metadata(funnel: dict) -> dict:

@@ -5,12 +5,13 @@ import json
 
 import dagster as dg
 
-from assets.curation import curation_assets
+from assets.curation import curation_assets, deduplicated_documents
 from assets.evaluation import evaluation_assets
 from assets.online_dpo import online_dpo_assets
 from assets.post_training import post_training_assets
 from assets.pretraining import pretraining_assets
 from assets.synthesis import TEACHER_TAG, synthesis_assets
+from dagster_project.crawl_partitions import CRAWL_DUMPS, crawl_dumps, partition_range, sync_partitions
 from dagster_project.resources import (
     DATA_ROOT_ENV,
     DEFAULT_DATA_ROOT,
@@ -44,7 +45,7 @@ def _max_runtime(job_name: str) -> dict[str, str]:
 curation_job = dg.define_asset_job(
     "curation_job",
     selection=dg.AssetSelection.groups("curation"),
-    description="Ingest -> language ID -> quality filters -> dedup over everything under <data_root>/crawl.",
+    description="Ingest -> language ID -> quality filters per crawl dump (partitions), then dedup over every dump.",
     tags=_max_runtime("curation_job"),
 )
 
@@ -62,23 +63,6 @@ def _tag_value(names: list[str], limit: int = 200) -> str:
     return ",".join(shown) + f",... (+{len(names) - len(shown)} more)"
 
 
-def crawl_dumps(curation: CurationResource) -> dict[str, str] | None:
-    """Each top-level entry of <data_root>/crawl (a crawl dump's folder, or a file put there directly) with a
-    fingerprint of the names, sizes and modification times of its files; None when the folder does not exist."""
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(curation.crawl_dir())
-    if not fs.exists(path):
-        return None
-    root = path.rstrip("/") + "/"
-    files: dict[str, list] = {}
-    for p, info in fs.find(path, detail=True).items():
-        relative = p[len(root) :] if p.startswith(root) else p
-        entry = (relative, str(info.get("size")), str(info.get("mtime") or info.get("LastModified")))
-        files.setdefault(relative.split("/", 1)[0], []).append(entry)
-    return {dump: hashlib.sha1(json.dumps(sorted(entries)).encode()).hexdigest() for dump, entries in files.items()}
-
-
 @dg.schedule(
     name="data_refresh_schedule",
     job=curation_job,
@@ -86,8 +70,9 @@ def crawl_dumps(curation: CurationResource) -> dict[str, str] | None:
     # when the code location loads, through dg.EnvVar like the resources' variables.
     cron_schedule=dg.EnvVar("QWEN2_REFRESH_CRON").get_value(default="0 3 * * *"),
     execution_timezone="UTC",
-    description="Re-runs curation daily over every crawl dump (tag qwen2/crawl). Unchanged shards are resumed, not "
-    "redone. Turn it on in the UI (Automation) or set QWEN2_REFRESH_SCHEDULE=on.",
+    description="Re-runs curation daily over every crawl dump as one run (tag qwen2/crawl): partitions are added "
+    "for dumps the sensor has not seen and removed for dumps whose folder is gone; unchanged shards are resumed, "
+    "not redone. Turn it on in the UI (Automation) or set QWEN2_REFRESH_SCHEDULE=on.",
     default_status=(
         dg.DefaultScheduleStatus.RUNNING
         if dg.EnvVar("QWEN2_REFRESH_SCHEDULE").get_value() == "on"
@@ -98,13 +83,23 @@ def data_refresh_schedule(context: dg.ScheduleEvaluationContext, curation: Curat
     dumps = crawl_dumps(curation)
     if not dumps:
         return dg.SkipReason(f"{curation.crawl_dir()} does not exist yet or is empty")
-    return dg.RunRequest(tags={CRAWL_TAG: _tag_value(sorted(dumps))})
+    sync_partitions(context.instance, dumps)
+    first, last = partition_range(context.instance).split("...")
+    return dg.RunRequest(
+        tags={
+            CRAWL_TAG: _tag_value(sorted(dumps)),
+            "dagster/asset_partition_range_start": first,
+            "dagster/asset_partition_range_end": last,
+        }
+    )
 
 
 @dg.sensor(job=curation_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.STOPPED)
 def new_crawl_files_sensor(context: dg.SensorEvaluationContext, curation: CurationResource):
-    """Starts curation when files are added to, or change in, <data_root>/crawl. The run's tag qwen2/crawl names the
-    crawl dumps (top-level folders or files of crawl/) that are new or changed since the last run it started."""
+    """Curates each crawl dump (a top-level folder or file of <data_root>/crawl) that is new or changed since the
+    sensor last looked: a ``crawl_dump`` partition is added for a new dump, and one run per dump curates that
+    partition (then dedup over every dump); tag qwen2/crawl names it. When dumps are removed, their partitions are
+    deleted and dedup runs again over the rest (tag qwen2/crawl_removed)."""
     dumps = crawl_dumps(curation)
     if dumps is None:
         return dg.SkipReason(f"{curation.crawl_dir()} does not exist yet")
@@ -114,15 +109,29 @@ def new_crawl_files_sensor(context: dg.SensorEvaluationContext, curation: Curati
     except ValueError:
         seen = {}
     changed = sorted(d for d, fingerprint in dumps.items() if seen.get(d) != fingerprint)
-    removed = sorted(set(seen) - set(dumps))
+    known = set(context.instance.get_dynamic_partitions(CRAWL_DUMPS.name))
+    removed = sorted(known - set(dumps))
     if not changed and not removed:
         return dg.SkipReason("no new crawl files")
-    cursor = json.dumps(dumps, sort_keys=True)
-    context.update_cursor(cursor)
-    tags = {CRAWL_TAG: _tag_value(changed) if changed else "(files removed only)"}
+    context.update_cursor(json.dumps(dumps, sort_keys=True))
+    requests = [
+        dg.RunRequest(run_key=f"{dump}:{dumps[dump]}", partition_key=dump, tags={CRAWL_TAG: dump}) for dump in changed
+    ]
+    partition_changes = []
+    if new := sorted(set(changed) - known):
+        partition_changes.append(CRAWL_DUMPS.build_add_request(new))
     if removed:
-        tags[CRAWL_REMOVED_TAG] = _tag_value(removed)
-    return dg.RunRequest(run_key=hashlib.sha1(cursor.encode()).hexdigest(), tags=tags)
+        partition_changes.append(CRAWL_DUMPS.build_delete_request(removed))
+        if not changed:  # the remaining dumps' dedup no longer holds the removed ones' documents
+            key = json.dumps(sorted(dumps))
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"removed:{hashlib.sha1(key.encode()).hexdigest()}",
+                    asset_selection=[deduplicated_documents.key],
+                    tags={CRAWL_TAG: "(files removed only)", CRAWL_REMOVED_TAG: _tag_value(removed)},
+                )
+            )
+    return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=partition_changes)
 
 
 pretraining_job = dg.define_asset_job(

@@ -38,12 +38,16 @@ class CurationResource(dg.ConfigurableResource):
     )
     workers: int = Field(default=0, description="Local Beam worker processes; 0 uses every core.")
 
-    def stage_dir(self, stage: str) -> str:
-        base = self.data_root.rstrip("/")
-        return f"{base}/curated/{stage}"
+    def stage_dir(self, stage: str, dump: str | None = None) -> str:
+        """A curation stage's folder; ``dump``: the folder of one crawl dump's partition (ingest, language ID and
+        quality run per dump, dedup over all of them)."""
+        base = f"{self.data_root.rstrip('/')}/curated/{stage}"
+        return f"{base}/{dump}" if dump is not None else base
 
-    def crawl_dir(self) -> str:
-        return f"{self.data_root.rstrip('/')}/crawl"
+    def crawl_dir(self, dump: str | None = None) -> str:
+        """<data_root>/crawl, where crawl dumps arrive (a folder each), or one dump's folder or file in it."""
+        base = f"{self.data_root.rstrip('/')}/crawl"
+        return f"{base}/{dump}" if dump is not None else base
 
     def run_kwargs(self) -> dict:
         return {"beam_args": list(self.beam_args), "workers": self.workers or None}

@@ -24,7 +24,9 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 
 from pipelines.readers import DEFAULT_MAX_DOC_BYTES, read_documents
 from pipelines.schema import excluded_row
@@ -172,24 +174,41 @@ def run_shard_stage(
     beam_args: Sequence[str] | None = None,
     workers: int | None = None,
     max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
-    after_shards: Callable[[], dict] | None = None,
+    after_shards: Callable[[str], dict] | None = None,
 ) -> dict:
     """Run one stage over ``inputs`` into ``output_dir`` (resuming committed shards); returns the summary.
 
     Files a folder or glob holds but no reader takes are named in the summary (``skipped_inputs``).
-    ``after_shards()``, called once every shard is committed and before the stage is, adds stage-wide counters.
+    ``after_shards(output_dir)``, called once every shard is committed and before the stage is, adds stage-wide
+    counters.
     """
-    files, skipped = resolve_inputs(inputs)
-    # Inputs are not part of the identity: shards of unchanged inputs are reused when inputs are added.
+    jobs = {output_dir: inputs}
+    return run_shard_stages(processor, jobs, beam_args, workers, max_doc_bytes, after_shards)[output_dir]
+
+
+def run_shard_stages(
+    processor: DocumentProcessor,
+    jobs: Mapping[str, str | Sequence[str]],
+    beam_args: Sequence[str] | None = None,
+    workers: int | None = None,
+    max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
+    after_shards: Callable[[str], dict] | None = None,
+) -> dict[str, dict]:
+    """``run_shard_stage`` for several (output folder -> inputs) at once, as one Beam job (e.g. one folder per crawl
+    dump in a backfill): each folder is a stage of its own (config, lock, resume, summary). Returns the summaries by
+    output folder."""
     config = {"stage": processor.stage, "processor": processor.config(), "max_doc_bytes": max_doc_bytes}
-    extra = {"skipped_inputs": skipped} if skipped else None
-    if skipped:
-        log.warning("%s: %d input files are no document format and are skipped: %s", processor.stage, len(skipped),
-                    ", ".join(skipped[:10]))  # fmt: skip
+    parts = []
+    for output_dir, inputs in jobs.items():
+        files, skipped = resolve_inputs(inputs)
+        if skipped:
+            log.warning("%s: %d input files are no document format and are skipped: %s", processor.stage,
+                        len(skipped), ", ".join(skipped[:10]))  # fmt: skip
+        parts.append(StagePart(files, output_dir, inputs, {"skipped_inputs": skipped} if skipped else {}))
+    # Inputs are not part of the identity: shards of unchanged inputs are reused when inputs are added.
     make_dofn = _shard_dofn(processor, max_doc_bytes)
-    return run_file_stage(
-        files, output_dir, processor.stage, config, make_dofn, beam_args, workers, extra, inputs, after_shards
-    )
+    summaries = run_file_stages(parts, processor.stage, config, make_dofn, beam_args, workers, after_shards)
+    return dict(zip(jobs, summaries))
 
 
 def run_file_stage(
@@ -202,31 +221,72 @@ def run_file_stage(
     workers: int | None = None,
     extra: dict | None = None,
     patterns: str | Sequence[str] = (),
-    after_shards: Callable[[], dict] | None = None,
 ) -> dict:
     """``Create(files) | Reshuffle | ParDo(make_dofn(stage))``: one output shard per input file, committed shards
     resumed, in a ``ShardStage`` of ``output_dir``.
 
     The DoFn writes and commits each file's shard (``ShardStage.file_shard``); ``config`` is the stage's identity;
-    ``patterns`` (the globs/folders the files came from) are checked, with the files, against the output;
-    ``after_shards()`` adds to the summary once every shard is committed (the stage lock is still held).
+    ``patterns`` (the globs/folders the files came from) are checked, with the files, against the output.
     """
+    part = StagePart(files, output_dir, patterns, dict(extra or {}))
+    return run_file_stages([part], stage, config, make_dofn, beam_args, workers)[0]
+
+
+@dataclass
+class StagePart:
+    """One output folder of a (possibly multi-folder) file stage: its input files, the globs/folders they came
+    from (checked against the output) and extra summary fields."""
+
+    files: list[str]
+    output_dir: str
+    patterns: str | Sequence[str] = ()
+    extra: dict = field(default_factory=dict)
+
+
+def run_file_stages(
+    parts: Sequence[StagePart],
+    stage: str,
+    config: dict,
+    make_dofn: Callable[[ShardStage], object],
+    beam_args: Sequence[str] | None = None,
+    workers: int | None = None,
+    after_shards: Callable[[str], dict] | None = None,
+) -> list[dict]:
+    """``run_file_stage`` for several output folders in one Beam job: ``Create((part, file)) | Reshuffle |
+    Partition`` and one ``ParDo(make_dofn(stage of that part))`` per part. Every folder is locked, resumed and
+    finished on its own; ``after_shards(output_dir)`` adds to a folder's summary once its shards are committed.
+    Returns the summaries in the order of ``parts``."""
     import apache_beam as beam
 
-    with ShardStage(output_dir, config, [patterns, *files]) as shard_stage:
-        keys = sorted({shard_key(f) for f in files})
-        shard_stage.keep_only(keys)
-        dofn = make_dofn(shard_stage)
-        beam_counters = run_pipeline(
-            lambda p: p | "Shards" >> beam.Create(files) | "Spread" >> beam.Reshuffle() | "Process" >> beam.ParDo(dofn),
-            beam_args,
-            workers,
-        )
-        extra = dict(extra or {})
-        if after_shards is not None:
-            extra.update(after_shards())
-        fields = {"stage": stage, "output": output_dir, "shards": len(keys), "beam_counters": beam_counters, **extra}
-        return shard_stage.finish(keys, **fields)
+    with ExitStack() as stack:
+        stages, keys = [], []
+        for part in parts:
+            shard_stage = stack.enter_context(ShardStage(part.output_dir, config, [part.patterns, *part.files]))
+            keys.append(sorted({shard_key(f) for f in part.files}))
+            shard_stage.keep_only(keys[-1])
+            stages.append(shard_stage)
+        elements = [(i, f) for i, part in enumerate(parts) for f in part.files]
+
+        def build(p):
+            spread = p | "Shards" >> beam.Create(elements) | "Spread" >> beam.Reshuffle()
+            branches = spread | "ByFolder" >> beam.Partition(lambda element, n: element[0], len(parts))
+            for i, (branch, shard_stage) in enumerate(zip(branches, stages)):
+                label = "Process" if len(parts) == 1 else f"Process{i}"
+                (
+                    branch
+                    | f"{label}Files" >> beam.Map(lambda element: element[1])
+                    | label >> beam.ParDo(make_dofn(shard_stage))
+                )
+
+        beam_counters = run_pipeline(build, beam_args, workers)
+        summaries = []
+        for part, shard_stage, part_keys in zip(parts, stages, keys):
+            extra = dict(part.extra)
+            if after_shards is not None:
+                extra.update(after_shards(part.output_dir))
+            fields = {"stage": stage, "output": part.output_dir, "shards": len(part_keys), **extra}
+            summaries.append(shard_stage.finish(part_keys, beam_counters=beam_counters, **fields))
+        return summaries
 
 
 def stage_arg_parser(description: str, settings: type[Settings] | None = None) -> argparse.ArgumentParser:

@@ -28,7 +28,7 @@ from pipelines.beam_stage import (
     parse_stage_args,
     print_summary,
     run_pipeline,
-    run_shard_stage,
+    run_shard_stages,
     stage_arg_parser,
 )
 from pipelines.curation_settings import IngestSettings
@@ -130,28 +130,34 @@ def _count_repeats_on_beam(shards: list[str], beam_args, workers: int | None) ->
     return {name: counters.get(f"ingest/{name}", 0) for name in names}
 
 
-def run(
-    inputs,
-    output_dir: str,
+def run(inputs, output_dir: str, beam_args=None, workers: int | None = None, settings=None, **kwargs) -> dict:
+    """Ingest ``inputs`` into ``output_dir``; ``run_many`` with one folder."""
+    return run_many({output_dir: inputs}, beam_args, workers, settings, **kwargs)[output_dir]
+
+
+def run_many(
+    jobs: dict,
     beam_args=None,
     workers: int | None = None,
     settings: IngestSettings | None = None,
     **kwargs,
-) -> dict:
-    """``settings``: the stage's settings (``max_doc_bytes``); a keyword of the same name overrides it."""
+) -> dict[str, dict]:
+    """Ingest each ``output folder -> inputs`` of ``jobs`` in one Beam job (one folder per crawl dump); the
+    summaries by output folder. ``settings``: the stage's settings (``max_doc_bytes``); a keyword of the same
+    name overrides it."""
     if settings is not None:
         kwargs = {"max_doc_bytes": settings.max_doc_bytes, **kwargs}
-    for spec in [inputs] if isinstance(inputs, str) else inputs:
-        for part in spec.split(","):
-            if part.strip().startswith("hf:"):
-                next(read_hf(part.strip()), None)  # fail here, with the readable error, before Beam starts
-    return run_shard_stage(
+    for inputs in jobs.values():
+        for spec in [inputs] if isinstance(inputs, str) else inputs:
+            for part in spec.split(","):
+                if part.strip().startswith("hf:"):
+                    next(read_hf(part.strip()), None)  # fail here, with the readable error, before Beam starts
+    return run_shard_stages(
         IngestProcessor(),
-        inputs,
-        output_dir,
+        jobs,
         beam_args,
         workers,
-        after_shards=lambda: count_cross_file_duplicate_ids(output_dir, beam_args, workers),
+        after_shards=lambda output_dir: count_cross_file_duplicate_ids(output_dir, beam_args, workers),
         **kwargs,
     )
 

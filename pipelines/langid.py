@@ -28,7 +28,7 @@ from pipelines.beam_stage import (
     cli,
     parse_stage_args,
     print_summary,
-    run_shard_stage,
+    run_shard_stages,
     stage_arg_parser,
 )
 from pipelines.curation_settings import LanguageIdSettings
@@ -171,15 +171,21 @@ class LanguageIdentifier(DocumentProcessor):
                 yield doc, None
 
 
-def run(
-    inputs,
-    output_dir: str,
+def run(inputs, output_dir: str, beam_args=None, workers: int | None = None, settings=None, **kwargs) -> dict:
+    """Label ``inputs`` into ``output_dir``; ``run_many`` with one folder."""
+    return run_many({output_dir: inputs}, beam_args, workers, settings, **kwargs)[output_dir]
+
+
+def run_many(
+    jobs: dict,
     beam_args=None,
     workers: int | None = None,
     settings: LanguageIdSettings | None = None,
     **kwargs,
-) -> dict:
-    """``settings``: the stage's settings; keywords of the same names (and ``thresholds_dir``) override them."""
+) -> dict[str, dict]:
+    """Each ``output folder -> inputs`` of ``jobs`` in one Beam job (one folder per crawl dump); the summaries by
+    output folder. ``settings``: the stage's settings; keywords of the same names (and ``thresholds_dir``) override
+    them."""
     if settings is not None:
         kwargs = {
             "languages": settings.kept_languages(),
@@ -190,7 +196,7 @@ def run(
         }
     names = ("languages", "thresholds", "default_threshold", "thresholds_dir")
     processor_args = {k: kwargs.pop(k) for k in names if k in kwargs}
-    return run_shard_stage(LanguageIdentifier(**processor_args), inputs, output_dir, beam_args, workers, **kwargs)
+    return run_shard_stages(LanguageIdentifier(**processor_args), jobs, beam_args, workers, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 INTERVAL_S = 30.0
 
@@ -104,27 +104,29 @@ def _rate(count: float, seconds: float) -> float:
 class StageProgress:
     """Describes a shard stage from its committed shard markers: shards done, documents processed and kept, rate.
 
-    Markers never change once written, so each is read once; the rate counts only documents committed since the
-    first look (shards resumed from an earlier run do not inflate it)."""
+    ``stage_dirs``: the stage's folder, or several (one per crawl dump when a run covers several). Markers never
+    change once written, so each is read once; the rate counts only documents committed since the first look
+    (shards resumed from an earlier run do not inflate it)."""
 
-    def __init__(self, stage_dir: str, label: str, clock: Callable[[], float] = time.monotonic):
-        self.stage_dir, self.label, self.clock = stage_dir.rstrip("/"), label, clock
+    def __init__(self, stage_dirs: str | Sequence[str], label: str, clock: Callable[[], float] = time.monotonic):
+        folders = [stage_dirs] if isinstance(stage_dirs, str) else stage_dirs
+        self.stage_dirs, self.label, self.clock = [d.rstrip("/") for d in folders], label, clock
         self.started = clock()
-        self._stats: dict[str, dict] = {}
+        self._stats: dict[tuple[str, str], dict] = {}
         self._before = self._committed()  # shards an earlier run left: not counted in the rate
 
-    def _committed(self) -> set[str]:
+    def _committed(self) -> set[tuple[str, str]]:
         from pipelines.shards import committed_keys
 
-        return set(committed_keys(self.stage_dir))
+        return {(folder, key) for folder in self.stage_dirs for key in committed_keys(folder)}
 
-    def read(self) -> dict[str, dict]:
+    def read(self) -> dict[tuple[str, str], dict]:
         from pipelines.shards import done_marker, read_json
 
-        for key in self._committed():
-            if key not in self._stats:
-                marker = read_json(done_marker(self.stage_dir, key)) or {}
-                self._stats[key] = marker.get("stats") or {}
+        for folder, key in self._committed():
+            if (folder, key) not in self._stats:
+                marker = read_json(done_marker(folder, key)) or {}
+                self._stats[folder, key] = marker.get("stats") or {}
         return self._stats
 
     def __call__(self) -> str:
@@ -140,6 +142,9 @@ class StageProgress:
         )
 
 
-def stage_heartbeat(log: Callable[[str], None], stage_dir: str, label: str, interval_s: float | None = None):
-    """A ``Heartbeat`` reporting a shard stage's committed shards while its pipeline runs (every ``INTERVAL_S``)."""
-    return Heartbeat(log, StageProgress(stage_dir, label), INTERVAL_S if interval_s is None else interval_s)
+def stage_heartbeat(
+    log: Callable[[str], None], stage_dirs: str | Sequence[str], label: str, interval_s: float | None = None
+):
+    """A ``Heartbeat`` reporting a shard stage's committed shards (in one folder or several) while its pipeline
+    runs (every ``INTERVAL_S``)."""
+    return Heartbeat(log, StageProgress(stage_dirs, label), INTERVAL_S if interval_s is None else interval_s)

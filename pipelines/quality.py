@@ -66,7 +66,7 @@ from pipelines.beam_stage import (
     cli,
     parse_stage_args,
     print_summary,
-    run_shard_stage,
+    run_shard_stages,
     stage_arg_parser,
 )
 from pipelines.curation_settings import QualitySettings
@@ -254,15 +254,21 @@ class QualityFilter(DocumentProcessor):
                 summary["flags"][flag] = summary["flags"].get(flag, 0) + 1
 
 
-def run(
-    inputs,
-    output_dir: str,
+def run(inputs, output_dir: str, beam_args=None, workers: int | None = None, settings=None, **kwargs) -> dict:
+    """Filter ``inputs`` into ``output_dir``; ``run_many`` with one folder."""
+    return run_many({output_dir: inputs}, beam_args, workers, settings, **kwargs)[output_dir]
+
+
+def run_many(
+    jobs: dict,
     beam_args=None,
     workers: int | None = None,
     settings: QualitySettings | None = None,
     **kwargs,
-) -> dict:
-    """``settings``: the stage's settings; keywords of the same names (and ``thresholds_dir``) override them."""
+) -> dict[str, dict]:
+    """Each ``output folder -> inputs`` of ``jobs`` in one Beam job (one folder per crawl dump); the summaries by
+    output folder. ``settings``: the stage's settings; keywords of the same names (and ``thresholds_dir``) override
+    them."""
     if settings is not None:
         kwargs = {
             "code_filter": settings.code_filter,
@@ -275,7 +281,7 @@ def run(
         profile=kwargs.pop("profile", "auto"),
         thresholds_dir=kwargs.pop("thresholds_dir", None),
     )
-    return run_shard_stage(processor, inputs, output_dir, beam_args, workers, **kwargs)
+    return run_shard_stages(processor, jobs, beam_args, workers, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -235,3 +235,18 @@ def tiny_qwen_dir(tmp_path_factory) -> str:
     AutoModelForCausalLM.from_config(qwen2_config("tiny")).save_pretrained(path)
     load_hf_tokenizer().save_pretrained(path)
     return str(path)
+
+
+def materialize_curation(assets, resource, instance=None, dumps=None, **kwargs):
+    """``dg.materialize`` of curation assets as ``make demo`` runs them: a ``crawl_dump`` partition for each dump
+    (default: every entry of the resource's crawl folder; the tests' crawl has three files, so three dumps), all
+    of them in one run (a single-run partition range)."""
+    import dagster as dg
+
+    from dagster_project.crawl_partitions import crawl_dumps, partition_range, sync_partitions
+
+    instance = instance or dg.DagsterInstance.ephemeral()
+    sync_partitions(instance, crawl_dumps(resource) if dumps is None else dumps)
+    first, last = partition_range(instance).split("...")
+    tags = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
+    return dg.materialize(assets, resources={"curation": resource}, instance=instance, tags=tags, **kwargs)

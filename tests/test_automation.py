@@ -7,6 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from conftest import materialize_curation
 from dagster import DagsterInstance
 
 from assets.curation import CURATION_RETRY, curation_assets, raw_documents
@@ -103,7 +104,26 @@ def _evaluate(resource: CurationResource, instance: DagsterInstance, cursor: str
     return new_crawl_files_sensor(context), context.cursor
 
 
-def test_the_sensor_tags_each_run_with_the_crawl_dumps_it_covers(tmp_path):
+def _requests(result) -> dict[str, dg.RunRequest]:
+    """The sensor's run requests by partition (the dedup-only request after a removal under None)."""
+    return {r.partition_key: r for r in result.run_requests}
+
+
+def _partition_changes(result) -> list[tuple[str, list[str]]]:
+    return [(type(r).__name__, sorted(r.partition_keys)) for r in result.dynamic_partitions_requests]
+
+
+def _apply(instance: DagsterInstance, result) -> None:
+    """What the sensor daemon does with the partition requests."""
+    for request in result.dynamic_partitions_requests:
+        if isinstance(request, dg.AddDynamicPartitionsRequest):
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        else:
+            for key in request.partition_keys:
+                instance.delete_dynamic_partition(request.partitions_def_name, key)
+
+
+def test_the_sensor_adds_a_partition_and_a_run_per_new_or_changed_crawl_dump(tmp_path):
     crawl = tmp_path / "crawl"
     resource = CurationResource(data_root=str(tmp_path))
     instance = DagsterInstance.ephemeral()
@@ -113,50 +133,71 @@ def test_the_sensor_tags_each_run_with_the_crawl_dumps_it_covers(tmp_path):
     _write(crawl / "CC-MAIN-2024-10" / "a.jsonl")
     _write(crawl / "CC-MAIN-2024-10" / "sub" / "b.jsonl")
     _write(crawl / "CC-MAIN-2024-18" / "a.jsonl")
+    _write(crawl / ".DS_Store")  # hidden entries are no dump
     first, cursor = _evaluate(resource, instance, cursor)
-    assert isinstance(first, dg.RunRequest) and first.run_key
-    assert first.tags == {CRAWL_TAG: "CC-MAIN-2024-10,CC-MAIN-2024-18"}
+    assert _partition_changes(first) == [("AddDynamicPartitionsRequest", ["CC-MAIN-2024-10", "CC-MAIN-2024-18"])]
+    runs = _requests(first)
+    assert sorted(runs) == ["CC-MAIN-2024-10", "CC-MAIN-2024-18"]  # each dump curated alone
+    assert runs["CC-MAIN-2024-10"].tags == {CRAWL_TAG: "CC-MAIN-2024-10"} and runs["CC-MAIN-2024-10"].run_key
+    _apply(instance, first)
 
     again, cursor = _evaluate(resource, instance, cursor)
     assert isinstance(again, dg.SkipReason)
 
-    _write(crawl / "CC-MAIN-2024-22" / "a.jsonl")  # a new dump: the run names it alone
+    _write(crawl / "CC-MAIN-2024-22" / "a.jsonl")  # a new dump: a new partition, a run for it alone
     new, cursor = _evaluate(resource, instance, cursor)
-    assert new.tags == {CRAWL_TAG: "CC-MAIN-2024-22"} and new.run_key != first.run_key
+    assert _partition_changes(new) == [("AddDynamicPartitionsRequest", ["CC-MAIN-2024-22"])]
+    assert sorted(_requests(new)) == ["CC-MAIN-2024-22"]
+    assert _requests(new)["CC-MAIN-2024-22"].run_key != runs["CC-MAIN-2024-10"].run_key
+    _apply(instance, new)
 
     _write(crawl / "CC-MAIN-2024-10" / "sub" / "b.jsonl", "{}\n{}\n")  # a changed file in an older dump
     changed, cursor = _evaluate(resource, instance, cursor)
-    assert changed.tags == {CRAWL_TAG: "CC-MAIN-2024-10"}
+    assert _partition_changes(changed) == [] and sorted(_requests(changed)) == ["CC-MAIN-2024-10"]
+    assert _requests(changed)["CC-MAIN-2024-10"].run_key != runs["CC-MAIN-2024-10"].run_key
 
-    shutil.rmtree(crawl / "CC-MAIN-2024-18")
+    shutil.rmtree(crawl / "CC-MAIN-2024-18")  # a removed dump: its partition goes, dedup runs over the rest
     removed, cursor = _evaluate(resource, instance, cursor)
-    assert removed.tags[CRAWL_REMOVED_TAG] == "CC-MAIN-2024-18"
+    assert _partition_changes(removed) == [("DeleteDynamicPartitionsRequest", ["CC-MAIN-2024-18"])]
+    (dedup,) = removed.run_requests
+    assert dedup.partition_key is None and dedup.asset_selection == [dg.AssetKey("deduplicated_documents")]
+    assert dedup.tags[CRAWL_REMOVED_TAG] == "CC-MAIN-2024-18"
+    _apply(instance, removed)
+    assert instance.get_dynamic_partitions("crawl_dump") == ["CC-MAIN-2024-10", "CC-MAIN-2024-22"]
 
     # a cursor written before the per-dump cursor (one hash of everything) counts as nothing seen
     legacy, _ = _evaluate(resource, instance, "0" * 40)
-    assert legacy.tags == {CRAWL_TAG: "CC-MAIN-2024-10,CC-MAIN-2024-22"}
+    assert sorted(_requests(legacy)) == ["CC-MAIN-2024-10", "CC-MAIN-2024-22"] and _partition_changes(legacy) == []
 
 
-def test_the_sensor_cuts_a_long_tag(tmp_path):
-    for i in range(60):
-        _write(tmp_path / "crawl" / f"CC-MAIN-2024-{i:02d}" / "a.jsonl")
-    request, _ = _evaluate(CurationResource(data_root=str(tmp_path)), DagsterInstance.ephemeral(), None)
-    value = request.tags[CRAWL_TAG]
-    assert len(value) <= 200 and value.startswith("CC-MAIN-2024-00,") and value.endswith("more)")
-
-
-def test_the_schedule_tags_its_run_with_every_crawl_dump(tmp_path):
+def test_the_schedule_adds_missing_partitions_and_curates_every_dump_in_one_run(tmp_path):
     resource = CurationResource(data_root=str(tmp_path))
-    with dg.build_schedule_context(instance=DagsterInstance.ephemeral(), resources={"curation": resource}) as context:
-        assert isinstance(data_refresh_schedule(context), dg.SkipReason)
-        _write(tmp_path / "crawl" / "dump-b" / "x.warc.gz")
-        _write(tmp_path / "crawl" / "loose.jsonl")
-        request = data_refresh_schedule(context)
+    with dg.instance_for_test() as instance:  # a schedule needs an instance it can reach by reference
+        instance.add_dynamic_partitions("crawl_dump", ["gone"])  # its folder was removed while the sensor was off
+        with dg.build_schedule_context(instance=instance, resources={"curation": resource}) as context:
+            assert isinstance(data_refresh_schedule(context), dg.SkipReason)
+            _write(tmp_path / "crawl" / "dump-b" / "x.warc.gz")
+            _write(tmp_path / "crawl" / "loose.jsonl")
+            request = data_refresh_schedule(context)
+        assert instance.get_dynamic_partitions("crawl_dump") == ["dump-b", "loose.jsonl"]
     assert isinstance(request, dg.RunRequest)
-    assert request.tags == {CRAWL_TAG: "dump-b,loose.jsonl"}
+    assert request.tags == {
+        CRAWL_TAG: "dump-b,loose.jsonl",
+        "dagster/asset_partition_range_start": "dump-b",
+        "dagster/asset_partition_range_end": "loose.jsonl",
+    }
     schedule = defs.resolve_schedule_def("data_refresh_schedule")
     assert schedule.cron_schedule == "0 3 * * *" and schedule.execution_timezone == "UTC"
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+
+
+def test_the_schedule_cuts_a_long_tag(tmp_path):
+    for i in range(60):
+        _write(tmp_path / "crawl" / f"CC-MAIN-2024-{i:02d}" / "a.jsonl")
+    resource = CurationResource(data_root=str(tmp_path))
+    with dg.instance_for_test() as instance, dg.build_schedule_context(instance, resources={"curation": resource}) as c:
+        value = data_refresh_schedule(c).tags[CRAWL_TAG]
+    assert len(value) <= 200 and value.startswith("CC-MAIN-2024-00,") and value.endswith("more)")
 
 
 def _events(result, kind: str) -> list:
@@ -168,32 +209,32 @@ def test_raw_documents_is_retried_and_the_retry_resumes(crawl_dir, tmp_path, mon
     from pipelines import ingest
 
     shutil.copytree(crawl_dir, tmp_path / "crawl")
-    real_run, calls = ingest.run, []
+    real_run, calls = ingest.run_many, []
 
     def flaky_run(*args, **kwargs):
-        summary = real_run(*args, **kwargs)
-        calls.append(summary)
+        summaries = real_run(*args, **kwargs)
+        calls.append(summaries)
         if len(calls) == 1:
             raise ConnectionError("object store connection reset (injected)")
-        return summary
+        return summaries
 
-    monkeypatch.setattr(ingest, "run", flaky_run)
+    monkeypatch.setattr(ingest, "run_many", flaky_run)
     # the real policy with no wait, so the test is quick
     monkeypatch.setattr(raw_documents.op, "_retry_policy", CURATION_RETRY._replace(delay=0))
     resource = CurationResource(data_root=str(tmp_path), workers=1)
-    result = dg.materialize([raw_documents], resources={"curation": resource})
+    result = materialize_curation([raw_documents], resource)
     assert result.success and len(calls) == 2
     assert len(_events(result, "STEP_UP_FOR_RETRY")) == 1 and len(_events(result, "STEP_RESTARTED")) == 1
-    (event,) = result.asset_materializations_for_node("raw_documents")
+    event = result.asset_materializations_for_node("raw_documents")[0]
     assert event.metadata["resumed_from_earlier_run"].value is True
-    assert event.metadata["documents_out"].value == calls[0]["docs_out"] > 0
+    assert event.metadata["documents_out"].value == sum(s["docs_out"] for s in calls[0].values()) > 0
 
 
 def test_an_input_error_fails_at_once_without_retries(tmp_path):
     resource = CurationResource(data_root=str(tmp_path), workers=1)
     run_config = {"ops": {"raw_documents": {"config": {"inputs": [str(tmp_path / "missing.jsonl")]}}}}
-    result = dg.materialize(
-        [raw_documents], resources={"curation": resource}, run_config=run_config, raise_on_error=False
+    result = materialize_curation(
+        [raw_documents], resource, dumps=["manual"], run_config=run_config, raise_on_error=False
     )
     assert not result.success
     assert not _events(result, "STEP_UP_FOR_RETRY")

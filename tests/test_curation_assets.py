@@ -5,6 +5,7 @@ import shutil
 import dagster as dg
 import pyarrow.parquet as pq
 import pytest
+from conftest import materialize_curation
 
 from assets.curation import curation_assets
 from assets.metadata import column, table_rows
@@ -18,12 +19,12 @@ def materialized(crawl_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("data_root")
     shutil.copytree(crawl_dir, root / "crawl")
     resource = CurationResource(data_root=str(root), workers=2)
-    result = dg.materialize(curation_assets, resources={"curation": resource})
+    result = materialize_curation(curation_assets, resource)
     return result, resource
 
 
 def _metadata(result, asset):
-    (event,) = result.asset_materializations_for_node(asset)
+    event = result.asset_materializations_for_node(asset)[0]  # one per crawl dump, the same metadata
     return {k: getattr(v, "value", v) for k, v in event.metadata.items()}
 
 
@@ -60,7 +61,7 @@ def test_metadata_shows_counts_drops_languages_and_clusters(materialized):
 
 def test_rematerializing_resumes_every_shard(materialized):
     _, resource = materialized
-    result = dg.materialize(curation_assets[:2], resources={"curation": resource})
+    result = materialize_curation(curation_assets[:2], resource)
     meta = _metadata(result, "raw_documents")
     assert meta["resumed_from_earlier_run"] is True
     assert meta["beam_counters"].get("ingest/shards_resumed") == 3
@@ -68,8 +69,40 @@ def test_rematerializing_resumes_every_shard(materialized):
 
 def test_sensor_requests_a_run_when_crawl_changes(materialized):
     _, resource = materialized
-    context = dg.build_sensor_context(resources={"curation": resource})
+    instance = dg.DagsterInstance.ephemeral()
+    context = dg.build_sensor_context(instance=instance, resources={"curation": resource})
     first = new_crawl_files_sensor(context)
-    assert isinstance(first, dg.RunRequest)
-    context = dg.build_sensor_context(cursor=context.cursor, resources={"curation": resource})
+    dumps = ["cut.warc.gz", "extra.jsonl.gz", "site.warc.gz"]  # each file put directly in crawl/ is a dump
+    assert isinstance(first, dg.SensorResult)
+    assert sorted(r.partition_key for r in first.run_requests) == dumps
+    (added,) = first.dynamic_partitions_requests
+    assert isinstance(added, dg.AddDynamicPartitionsRequest) and sorted(added.partition_keys) == dumps
+    context = dg.build_sensor_context(instance=instance, cursor=context.cursor, resources={"curation": resource})
     assert isinstance(new_crawl_files_sensor(context), dg.SkipReason)
+
+
+def test_one_run_curates_each_dump_in_its_folder_and_dedups_across_them(materialized):
+    result, resource = materialized
+    dumps = ["cut.warc.gz", "extra.jsonl.gz", "site.warc.gz"]
+    raw = result.asset_materializations_for_node("raw_documents")
+    assert sorted(event.partition for event in raw) == dumps  # one run, one Beam job, three partitions
+    for stage in ("ingested", "langid", "quality"):
+        assert all(list_shards(resource.stage_dir(stage, dump)) for dump in ["extra.jsonl.gz", "site.warc.gz"])
+    table = _metadata(result, "raw_documents")["documents_by_dump"]
+    by_dump = {row.data["dump"]: row.data["documents_out"] for row in table.records}
+    assert set(by_dump) == set(dumps) and sum(by_dump.values()) == _metadata(result, "raw_documents")["documents_out"]
+    final = _metadata(result, "deduplicated_documents")
+    assert final["crawl_dumps"] == 3 and final["crawl_dumps_not_curated_yet"] == []
+
+
+def test_the_report_sums_each_stage_over_the_dumps(materialized):
+    from pipelines.report import report, stage_summary
+
+    result, resource = materialized
+    raw = _metadata(result, "raw_documents")
+    summary = stage_summary(resource.stage_dir("ingested"))
+    assert summary["dumps"] == ["cut.warc.gz", "extra.jsonl.gz", "site.warc.gz"]
+    assert summary["docs_out"] == raw["documents_out"] and summary["errors"] == raw["quarantined_records"]
+    assert sum(summary["dropped"].values(), 0) == summary["docs_in"] - summary["docs_out"]
+    text = report(resource.data_root)
+    assert "not run yet" not in text and f"{raw['documents_out']:>9,}" in text

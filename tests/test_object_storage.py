@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import materialize_curation
 
 pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
@@ -316,8 +317,6 @@ def test_quality_classifier_on_s3(s3, tmp_path, monkeypatch):
 
 
 def test_dagster_curation_with_data_root_on_s3(both_runs, s3, crawl_dir):
-    import dagster as dg
-
     from assets.curation import curation_assets
     from dagster_project.resources import CurationResource
 
@@ -325,10 +324,14 @@ def test_dagster_curation_with_data_root_on_s3(both_runs, s3, crawl_dir):
     data_root = f"s3://{BUCKET}/dagster"
     s3.put(f"{crawl_dir}/", f"{BUCKET}/dagster/crawl/", recursive=True)
     resource = CurationResource(data_root=data_root, workers=1)
-    result = dg.materialize(curation_assets, resources={"curation": resource})
+    result = materialize_curation(curation_assets, resource)  # a partition per file of crawl/, one run
     assert result.success
     evaluations = result.get_asset_check_evaluations()
     assert evaluations and all(e.passed for e in evaluations), [e.check_name for e in evaluations if not e.passed]
+    dumps = sorted(e.partition for e in result.asset_materializations_for_node("raw_documents"))
+    assert dumps == ["cut.warc.gz", "extra.jsonl.gz", "site.warc.gz"]
     for stage in STAGES:  # the assets run the stages' own defaults: what the command lines wrote locally
-        files = _stage_files(resource.stage_dir({"ingest": "ingested"}.get(stage, stage)), data_root, local_root)
+        folder = {"ingest": "ingested"}.get(stage, stage)
+        folders = [resource.stage_dir(folder)] if stage == "dedup" else [resource.stage_dir(folder, d) for d in dumps]
+        files = {k: v for f in folders for k, v in _stage_files(f, data_root, local_root).items()}
         assert _content(files) == _content(_stage_files(f"{local_root}/curated/{stage}")), stage

@@ -18,6 +18,7 @@ import struct
 
 import dagster as dg
 import pytest
+from conftest import materialize_curation
 
 from assets import plots
 from assets.metadata import table_rows
@@ -306,14 +307,14 @@ def two_runs(crawl_dir, tmp_path_factory):
         patch.setattr(progress, "INTERVAL_S", 0.05)
         for _ in range(2):
             instance = dg.DagsterInstance.ephemeral()
-            result = dg.materialize(curation_assets, resources={"curation": resource}, instance=instance)
+            result = materialize_curation(curation_assets, resource, instance=instance)
             runs.append((result, [record.user_message for record in instance.all_logs(result.run_id)]))
             patch.setattr(progress, "INTERVAL_S", 30.0)
     return runs
 
 
 def _metadata(result, asset):
-    (event,) = result.asset_materializations_for_node(asset)
+    event = result.asset_materializations_for_node(asset)[0]  # one per crawl dump, the same metadata
     return dict(event.metadata)
 
 

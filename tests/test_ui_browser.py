@@ -28,6 +28,7 @@ from conftest import make_crawl
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).parent / "artifacts" / "ui"
 STARTUP_S = 180  # `dagster dev` loading the code location on two busy cores
+CRAWL_DUMP = "dump-2026-11"  # the one crawl dump (a partition of the curation assets) the tests' crawl is put in
 RUN_S = 300  # the curation run on the tiny crawl (about 40 s on an idle machine)
 UI_MS = 60_000  # one UI element appearing
 
@@ -99,11 +100,16 @@ def dagster_dev(tmp_path):
     """`dagster dev` serving the project on a free port, with the tests' crawl as the data root's crawl/."""
     home, data = tmp_path / "dagster_home", tmp_path / "data"
     home.mkdir()
-    make_crawl(data / "crawl")
+    make_crawl(data / "crawl" / CRAWL_DUMP)
     port = _free_port()
     env = {**os.environ, "DAGSTER_HOME": str(home), "QWEN2_DATA_ROOT": str(data)}
     for name in ("QWEN2_REFRESH_SCHEDULE", "QWEN2_REFRESH_CRON"):  # the schedule as defined: stopped, 03:00 UTC
         env.pop(name, None)
+    # the dump's partition, added as `make demo` adds it (the sensor would, once switched on)
+    added = subprocess.run(
+        [sys.executable, "-m", "dagster_project.crawl_partitions"], env=env, capture_output=True, text=True, check=True
+    )
+    assert added.stdout.strip() == f"{CRAWL_DUMP}...{CRAWL_DUMP}", added
     log = open(tmp_path / "dagster_dev.log", "wb")
     # Its own process group: `dagster dev` started from a script otherwise ignores SIGTERM/SIGINT, and the group
     # takes the webserver, the daemon, the code server and any run worker down together.
@@ -211,13 +217,14 @@ def _walk_through(page, steps: Steps, expect, base: str, port: int, groups: list
 
     def launch():
         page.get_by_role("button", name="Materialize all").click()
-        launched = page.get_by_text(re.compile(r"Launched run [0-9a-f]{8}"))
-        launchpad = page.get_by_role("dialog").filter(has_text="Launchpad")
-        expect(launched.or_(launchpad).first).to_be_visible()
-        if launchpad.count():  # the assets' config opened the Launchpad: keep the defaults and launch
-            steps.shot("launchpad")
-            launchpad.get_by_role("button", name=re.compile("^Materialize")).last.click()
-            expect(launched).to_be_visible()
+        # The curation assets are partitioned by crawl dump: the dialog chooses the dumps. All of them (here the
+        # one) are launched as a backfill, which the daemon turns into one run (single-run backfill policy).
+        dialog = page.get_by_role("dialog").filter(has_text="Partition selection")
+        dialog.get_by_role("button", name="All", exact=True).click()
+        expect(dialog.get_by_text("1 partition", exact=True)).to_be_visible()
+        steps.shot("choose_partitions")
+        dialog.get_by_role("button", name=re.compile(r"^Launch")).last.click()
+        expect(dialog).to_have_count(0)
 
     steps.run("run_launched", launch)
 
@@ -225,6 +232,11 @@ def _walk_through(page, steps: Steps, expect, base: str, port: int, groups: list
     def open_run():
         nav("/runs")  # Runs
         run_link = page.locator('a[href^="/runs/"]').filter(has_text=re.compile(r"^[0-9a-f]{8}$")).first
+        deadline = time.time() + UI_MS / 1000
+        while not run_link.count():  # the daemon starts the backfill's run on its next tick
+            assert time.time() < deadline, "the backfill started no run"
+            page.wait_for_timeout(2000)
+            page.reload()
         run_link.click()
         expect(page).to_have_url(re.compile(r"/runs/[0-9a-f-]{36}"))
 
