@@ -17,6 +17,7 @@ from pydantic import Field
 
 from assets import plots
 from assets.metadata import counts_table
+from assets.pools import DEDUP_POOL
 from dagster_project.crawl_partitions import CRAWL_DUMPS
 from dagster_project.resources import CurationResource
 from pipelines.curation_settings import DedupSettings, IngestSettings, LanguageIdSettings, QualitySettings
@@ -321,6 +322,7 @@ def quality_filtered_documents(
     retry_policy=CURATION_RETRY,
     # not partitioned; single-run so that `dagster asset materialize --partition-range` can include it
     backfill_policy=dg.BackfillPolicy.single_run(),
+    pool=DEDUP_POOL,  # every dump's run ends here: one at a time (the folder is global)
     check_specs=_specs(
         "deduplicated_documents",
         duplicate_rate="Exact duplicates (normalized text) left after dedup stay under the limit.",

@@ -11,7 +11,7 @@ from conftest import materialize_curation
 from dagster import DagsterInstance
 
 from assets.curation import CURATION_RETRY, curation_assets, raw_documents
-from assets.pools import TEACHER_POOL, TRAINING_POOL
+from assets.pools import DEDUP_POOL, TEACHER_POOL, TRAINING_POOL
 from dagster_project.definitions import (
     CRAWL_REMOVED_TAG,
     CRAWL_TAG,
@@ -50,7 +50,8 @@ def test_training_models_and_teacher_assets_are_in_their_pools():
     ops = _ops()
     assert {name for name, op in ops.items() if op.pool == TRAINING_POOL} == set(TRAINING_MODELS)
     assert {name for name, op in ops.items() if op.pool == TEACHER_POOL} == TEACHER
-    assert all(op.pool in (None, TRAINING_POOL, TEACHER_POOL) for op in ops.values())
+    assert {name for name, op in ops.items() if op.pool == DEDUP_POOL} == {"deduplicated_documents"}
+    assert all(op.pool in (None, TRAINING_POOL, TEACHER_POOL, DEDUP_POOL) for op in ops.values())
     # the pool reaches the steps of a run, which is what the run queue counts
     from dagster._core.execution.api import create_execution_plan
 
