@@ -167,7 +167,7 @@ def dump_metadata(summary: dict) -> dict:
                 "documents_out": row["docs_out"],
                 "quarantined": row["errors"],
             }
-        )  # fmt: skip
+        )
         for dump, row in sorted(summary.get("by_dump", {}).items())
     ]
     columns = [dg.TableColumn("dump", "string")] + [
