@@ -24,13 +24,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from synth.llm.base import GenerationError
-from synth.llm.openai_backend import split_base_urls
+from synth.llm.openai_backend import auth_headers, served_models, split_base_urls
 
 RELOAD_TIMEOUT_S = 1800.0  # loading a large model from disk can take minutes
 ROLLOUT_FOLDER = "rollout_policy"
@@ -42,11 +41,6 @@ def server_root(url: str) -> str:
     return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
-def _headers(api_key_env: str = "OPENAI_API_KEY") -> dict[str, str]:
-    key = os.environ.get(api_key_env)
-    return {"Authorization": f"Bearer {key}"} if key else {}
-
-
 def _reload_one(url: str, folder: str, timeout_s: float) -> str | None:
     """None when the server at ``url`` loaded ``folder``, else why not."""
     import httpx
@@ -56,7 +50,7 @@ def _reload_one(url: str, folder: str, timeout_s: float) -> str | None:
         response = httpx.post(
             endpoint,
             json={"model_path": folder},
-            headers=_headers(),
+            headers=auth_headers(),
             timeout=httpx.Timeout(timeout_s, connect=10.0),
         )
     except httpx.HTTPError as exc:
@@ -83,17 +77,6 @@ def reload_from_disk(urls: Sequence[str], folder: str, timeout_s: float = RELOAD
             f"({'; '.join(errors)}). generation_backend=openai needs servers with SGLang's "
             "POST /update_weights_from_disk (vllm serve has no such endpoint: use generation_backend=vllm)"
         )
-
-
-def served_model(url: str) -> str:
-    """The first model id the server at ``url`` (ending in ``/v1``) lists at ``GET /models``."""
-    import httpx
-
-    try:
-        response = httpx.get(f"{url}/models", headers=_headers(), timeout=30.0)
-        return str(response.json()["data"][0]["id"])
-    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
-        raise GenerationError(f"{url}/models did not name a served model ({type(exc).__name__}: {exc})") from exc
 
 
 def request_seed(seed: int, messages: Any) -> int:
@@ -150,7 +133,7 @@ class ServerRollouts:
                     folder = str(save_pretrained_folder(self.model, None, self.out / ROLLOUT_FOLDER, kind="chat"))
                 reload_from_disk(self.urls, folder)
                 self.reloads.append(folder)
-                self.name = served_model(self.urls[0])
+                self.name = served_models(self.urls[0])[0]
             except Exception as exc:  # noqa: BLE001 - every rank must learn of it before it is raised
                 if world == 1:
                     raise

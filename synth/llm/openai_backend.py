@@ -47,6 +47,27 @@ def split_base_urls(base_url: str | Sequence[str] | None = None) -> list[str]:
     return urls
 
 
+def auth_headers(api_key_env: str = "OPENAI_API_KEY") -> dict[str, str]:
+    """``Authorization: Bearer <key>`` when ``$api_key_env`` is set (servers started with an API key want it)."""
+    key = os.environ.get(api_key_env)
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def served_models(url: str, api_key_env: str = "OPENAI_API_KEY") -> list[str]:
+    """The model ids the server at ``url`` (ending in ``/v1``) lists at ``GET /models``; GenerationError when it
+    does not answer with a list."""
+    import httpx
+
+    try:
+        response = httpx.get(f"{url}/models", headers=auth_headers(api_key_env), timeout=30.0)
+        models = [str(m["id"]) for m in response.json()["data"]]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        raise GenerationError(f"{url}/models did not list the served models ({type(exc).__name__}: {exc})") from exc
+    if not models:
+        raise GenerationError(f"{url}/models lists no model")
+    return models
+
+
 @dataclass(eq=False)
 class _Server:
     url: str
@@ -124,10 +145,7 @@ class OpenAIGenerator(Generator):
         self.concurrency = max(1, concurrency)
         self.max_retries = max(0, max_retries)
         self.backoff_s = backoff_s
-        headers = {}
-        api_key = os.environ.get(api_key_env)
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
+        headers = auth_headers(api_key_env)
         servers = [
             _Server(
                 url,

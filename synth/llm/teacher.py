@@ -31,7 +31,7 @@ import numpy as np
 
 from pipelines.tokenizer import DEFAULT_CACHE, ENDOFTEXT_ID, IM_END_ID
 from pipelines.wheels import pip_download, sha256_file
-from synth.llm.base import TEACHER_MODEL_ID, GenerationRequest, TeacherUnavailable, local_model_id
+from synth.llm.base import TEACHER_MODEL_ID, GenerationError, GenerationRequest, TeacherUnavailable, local_model_id
 from synth.llm.chat import QWEN2_CHAT_TEMPLATE
 
 TEACHER_NAME = "qwen2.5-coder-0.5b-instruct"
@@ -185,17 +185,15 @@ def describe_teacher(backend: str, model: str | None = None, base_url: str | Non
     size; for OpenAI-compatible servers (one URL or several separated by commas) the models they serve (the
     configured one must be among each server's). Sets up the default CPU teacher on first use."""
     if backend == "openai":
-        import httpx
-
-        from synth.llm.openai_backend import split_base_urls
+        from synth.llm.openai_backend import served_models, split_base_urls
 
         urls = split_base_urls(base_url)
         name = model or TEACHER_MODEL_ID
         served: dict[str, None] = {}
         for url in urls:
             try:
-                models = [m["id"] for m in httpx.get(f"{url}/models", timeout=30).json()["data"]]
-            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                models = served_models(url)
+            except GenerationError as exc:
                 raise TeacherUnavailable(
                     f"cannot list the models of the OpenAI-compatible server at {url}: {exc}"
                 ) from exc
