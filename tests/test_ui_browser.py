@@ -160,9 +160,11 @@ def test_a_person_runs_curation_from_the_ui(sync_api, dagster_dev, tmp_path):
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             page.set_default_timeout(UI_MS)
             # A fresh instance greets its first visitor with a community sign-up dialog: skip it whenever it shows.
+            # It can open behind another dialog (the partition chooser), which takes the pointer: dispatch the click
+            # to the button itself.
             page.add_locator_handler(
                 page.get_by_text("Join the Dagster community"),
-                lambda: page.get_by_role("button", name="Skip").click(),
+                lambda: page.get_by_role("button", name="Skip").dispatch_event("click"),
             )
             steps = Steps(page, folder)
             try:
