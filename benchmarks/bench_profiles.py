@@ -4,7 +4,7 @@
 
 Data: the development set of ``pipelines/quality_dev_set.py`` (real Debian documentation, manuals, help pages and
 source files the demo does not use, labelled keep; web-style junk and minified code, labelled drop), built into
---devset on the first run (~21 MB of .deb files into --cache, shared with the demo corpus). The WARCs are read
+--devset on the first run (~37 MB of .deb files into --cache, shared with the demo corpus). The WARCs are read
 through ``pipelines.readers`` (Trafilatura extraction and markup hints, as ingest does) and labelled with lid.176
 (``pipelines.langid``; source files are ``code``).
 
@@ -12,8 +12,10 @@ Peer: the chain before profiles (``QualityFilter(profile="web")`` with the web p
 datatrove's Gopher, C4 and FineWeb filters alone on every non-code document), on the same documents in the same run.
 
 Tables: the set's make-up; per profile (the profile each document is routed to) real kept and junk dropped, new
-and old; the same per profile and language; per junk kind; each clear-junk profile forced onto every document of
-its script (a misrouted page still meets the junk rules); documents the old chain dropped and the new one keeps.
+and old; the same per profile and language, per source and per junk kind; what chose each profile, and the content
+test alone per source (how much would reach docs with no URL, markup or source-name hint); each clear-junk profile
+forced onto every document of its script (a misrouted page still meets the junk rules); documents the old chain
+dropped and the new one keeps.
 With --classifier (a ``python -m synth.labels train`` folder), kept documents scoring under the relaxed tier (2.0) also
 count as dropped in an extra column: the model-based score decides the middle. Targets: junk dropped >= 0.95 and
 real kept >= 0.85, per profile and overall.
@@ -181,6 +183,8 @@ def main() -> None:
     profile_groups = table(lambda i, r: new[i][1]["quality_profile"], "profile")
     print("\nper profile and language (lid.176)")
     table(lambda i, r: f"{new[i][1]['quality_profile']}/{r['lang']}", "profile/lang")
+    print("\nper source (junk: per kind)")
+    table(lambda i, r: r["package"] if r["label"] == "keep" else f"junk/{r['kind']}", "source")
     print("\nper kind of text")
     table(lambda i, r: f"{r['kind']}", "kind")
     evidence = Counter(
@@ -188,6 +192,22 @@ def main() -> None:
     )
     print(
         "\nwhat chose the profile: " + ", ".join(f"{p}:{e} ({lab}) {k}" for (p, e, lab), k in sorted(evidence.items()))
+    )
+
+    print(
+        "\nthe content test alone (URL, markup, source name ignored): share of the non-code, non-CJK documents it "
+        "routes to docs, per source"
+    )
+    detector = QualityFilter(profile="auto").detector
+    content = defaultdict(Counter)
+    for i, row in enumerate(rows):
+        if new[i][1]["quality_profile"] in ("docs", "web"):
+            group = content[row["package"] if row["label"] == "keep" else f"junk/{row['kind']}"]
+            group["docs"] += 1
+            group["content"] += detector.content_says_docs(row["text"])
+    print_table(
+        ["source", "docs", "content test: docs"],
+        [[name, c["docs"], rate(c["content"], c["docs"])] for name, c in sorted(content.items())],
     )
 
     print("\neach clear-junk profile forced onto every non-code document of its script (as if misrouted)")

@@ -4,7 +4,7 @@
 
 The set measures whether the quality stage's profiles (``pipelines.quality``) keep real documentation and drop junk.
 It is built from Debian packages the demo crawl does not use, fetched like the demo (``apt-get download`` +
-``dpkg -x`` into the cache, ~21 MB of .deb files on the first run, nothing afterwards), and written like the demo:
+``dpkg -x`` into the cache, ~37 MB of .deb files on the first run, nothing afterwards), and written like the demo:
 one ``<package>.warc.gz`` per package (HTML pages as ``text/html`` responses, so they go through the same
 Trafilatura extraction and markup hints as a crawl; source files with their MIME type; junk as ``text/plain``, the
 way WET records carry a page's text) plus ``labels.jsonl`` (one line per record: ``url``, ``label``, ``kind``,
@@ -26,6 +26,9 @@ Real sources (label ``keep``, kind ``real``):
 * ``lilypond-doc-html-zh``: LilyPond's Chinese web pages and learning manual (partly untranslated upstream).
 * ``doc-debian``: the Debian social contract, constitution, manifesto and bug-tracker texts (web prose, English).
 * ``base-files``: the licence texts of ``/usr/share/common-licenses`` (web prose, English).
+* Tutorials and glossaries as plain text: ``emacs-common`` (Emacs's tutorial in its 22 languages), ``git-doc`` (git's
+  guides in AsciiDoc: glossary, tutorials, workflows, FAQ, user manual, how-tos) and ``dict-vera`` (the V.E.R.A.
+  glossary of computing acronyms, 40 pages of 40 entries).
 * Source code: ``bash-completion`` (shell, 120 completion scripts), ``python3-docutils`` (Python),
   ``libjs-jquery-ui`` (JavaScript, the unminified modules).
 

@@ -166,6 +166,57 @@ def _licenses(package: str, root: Path) -> list[Labelled]:
     ]
 
 
+# Emacs's tutorials: the suffix of TUTORIAL.<suffix> -> language (no suffix: English).
+EMACS_TUTORIAL_LANGS = {"cn": "zh-cn", "zh": "zh-tw", "pt_BR": "pt-br"}
+
+
+def _emacs_tutorials(package: str, root: Path) -> list[Labelled]:
+    """Emacs's built-in tutorial in every language it ships (plain text, key notation like C-x and M-v)."""
+    docs = []
+    for p in sorted(next((root / "usr/share/emacs").glob("*/etc/tutorials")).glob("TUTORIAL*")):
+        suffix = p.name.partition(".")[2]
+        if suffix == "translators":  # notes for translators, not the tutorial
+            continue
+        raw = p.read_bytes()
+        coding = re.search(rb"coding: *([-\w]+)", raw[:300])  # TUTORIAL.ja is iso-2022-jp; the file says so
+        text = raw.decode(coding.group(1).decode() if coding else "utf-8")
+        url = f"https://git.savannah.gnu.org/cgit/emacs.git/tree/etc/tutorials/{p.name}?h=emacs-28.2"
+        lang = EMACS_TUTORIAL_LANGS.get(suffix, suffix or "en")
+        docs.append(Labelled(Document(url, TEXT, text.encode()), "keep", "real", lang))
+    return docs
+
+
+def _git_doc(package: str, root: Path) -> list[Labelled]:
+    """git's guides as their AsciiDoc text: the glossary, the tutorials, workflows, FAQ, user manual, how-tos (the
+    command pages, git-*.txt, and the fragments they include are left out)."""
+    base = root / "usr/share/doc/git/html"
+    pages = sorted(base.glob("git[a-z]*.txt")) + sorted(base.glob("[A-Z]*.txt")) + sorted(base.glob("howto/*.txt"))
+    pages = [base / "glossary-content.txt" if p.name == "gitglossary.txt" else p for p in pages]  # a stub including it
+    url = "https://github.com/git/git/blob/v2.39.5/Documentation/"
+    return [
+        Labelled(Document(url + p.relative_to(base).as_posix(), TEXT, p.read_bytes()), "keep", "real", "en")
+        for p in pages
+    ]
+
+
+def _vera(package: str, root: Path) -> list[Labelled]:
+    """The V.E.R.A. glossary of computing acronyms (a dictd database): pages of 40 consecutive entries, a seeded
+    sample of 40 pages, each at the dict:// address of its first entry."""
+    body = gzip.decompress((root / "usr/share/dictd/vera.dict.dz").read_bytes()).decode("utf-8")
+    entries = [e.strip("\n") for e in body.split("\n       \n")[1:] if e.strip()]
+    pages = [entries[i : i + 40] for i in range(0, len(entries), 40)]
+    picked = sorted(random.Random(package).sample(range(len(pages)), 40))
+    return [
+        Labelled(
+            Document(f"dict://dict.org/d:{pages[i][0].split()[0]}:vera", TEXT, "\n\n".join(pages[i]).encode()),
+            "keep",
+            "real",
+            "en",
+        )
+        for i in picked
+    ]
+
+
 def _source_files(
     base: Path, pattern: str, limit: int | None, seed: str, mime: str, url_for: Callable[[Path], str]
 ) -> list[Path]:
@@ -228,6 +279,9 @@ REAL_SOURCES: dict[str, Callable[[str, Path], list[Labelled]]] = {
     "lilypond-doc-html-zh": _lilypond_zh,
     "doc-debian": _doc_debian,
     "base-files": _licenses,
+    "emacs-common": _emacs_tutorials,
+    "git-doc": _git_doc,
+    "dict-vera": _vera,
     "bash-completion": _bash_completion,
     "python3-docutils": _docutils,
     "libjs-jquery-ui": _jquery_ui,

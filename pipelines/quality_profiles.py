@@ -89,18 +89,33 @@ _COMMAND_LINE = regex.compile(
 _TECHNICAL_TOKEN = regex.compile(
     r"(?<!\S)--?[a-zA-Z][\w-]*|(?<![\w/])(?:/(?:etc|usr|var|home|dev|proc|sys|tmp|opt|boot|lib|bin|sbin|srv)"
     r"(?:/[\w.+-]+)*|~/[\w.+-]+)|\b(?:Ctrl|Alt|Shift|Meta|Esc|Super)[-+]\w+|\b[A-Z]-[a-z]\b|\b\w+\(\)"
+    # key names as tutorials write them (<Esc>, <Enter>, CTRL-G, control-x)
+    r"|(?i:<(?:esc|escape|enter|return|cr|tab|space|spc|backspace|bs|del|delete|ins|insert|home|end|pageup|pagedown"
+    r"|pgup|pgdn|up|down|left|right|f\d{1,2})>|\b(?:ctrl|control)[-+][\w\[\]\\^])"
+    # cross-reference markup of reference texts read as plain text ({term}, AsciiDoc <<anchor,label>>, [[term]])
+    r"|\{[^{}\n]{1,40}\}|<<[\w.-]+(?:,[^<>\n]{0,60})?>>|\[\[[^\[\]\n]{1,60}\]\]"
+)
+# A line that opens a definition-list entry: "term::" (AsciiDoc), ":term:" (reST field lists and the like), or a
+# short unindented headword line followed by an indented body (glossaries and dictionaries in plain text).
+_DEFINITION_LINE = regex.compile(
+    r"^(?:[^\s:][^\n]{0,60}?::[ \t]*$|:[^:\n]{1,60}:(?=\s)|\S[^\n]{0,40}\n[ \t]{2,}\S)", regex.MULTILINE
 )
 _WORDLIKE = regex.compile(r"\S+")
 
 
-def content_signals(text: str) -> tuple[float, float]:
-    """(share of command-like lines, technical tokens per 100 words): the docs profile's content test."""
+def content_signals(text: str) -> tuple[float, float, float]:
+    """(share of command-like lines, technical tokens per 100 words, share of definition-list lines): the docs
+    profile's content test. Technical tokens are options, system paths, key names, calls and cross-references."""
     sample = text[:20_000]
     lines = sum(1 for line in sample.splitlines() if line.strip())
     words = len(_WORDLIKE.findall(sample))
     if not lines or not words:
-        return 0.0, 0.0
-    return len(_COMMAND_LINE.findall(sample)) / lines, 100 * len(_TECHNICAL_TOKEN.findall(sample)) / words
+        return 0.0, 0.0, 0.0
+    return (
+        len(_COMMAND_LINE.findall(sample)) / lines,
+        100 * len(_TECHNICAL_TOKEN.findall(sample)) / words,
+        len(_DEFINITION_LINE.findall(sample)) / lines,
+    )
 
 
 def _markup(metadata: str | None) -> dict:
@@ -127,6 +142,7 @@ class ProfileDetector:
         self.source = regex.compile(docs["source"])
         self.min_command_lines = docs["min_command_line_share"]
         self.min_technical = docs["min_technical_tokens_per_100_words"]
+        self.min_definition_lines = docs["min_definition_line_share"]
 
     def detect(self, doc: dict) -> tuple[str, str]:
         """``(profile, evidence)``; evidence names the signal (``url``, ``markup:generator`` ...)."""
@@ -145,7 +161,15 @@ class ProfileDetector:
             return "docs", "url"
         if doc.get("source") and self.source.search(doc["source"]):
             return "docs", "source"
-        command_lines, technical = content_signals(doc.get("text") or "")
-        if command_lines >= self.min_command_lines or technical >= self.min_technical:
+        if self.content_says_docs(doc.get("text") or ""):
             return "docs", "content"
         return "web", "default"
+
+    def content_says_docs(self, text: str) -> bool:
+        """The cheap content test alone: command lines, technical tokens or definition-list structure."""
+        command_lines, technical, definitions = content_signals(text)
+        return (
+            command_lines >= self.min_command_lines
+            or technical >= self.min_technical
+            or definitions >= self.min_definition_lines
+        )

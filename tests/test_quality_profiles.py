@@ -109,6 +109,34 @@ A full upgrade may remove packages when that is the only way to resolve new depe
 """
 
 
+# Plain-text tutorials and glossaries: no command lines, but key names, cross-references or definition lists.
+KEYS_TUTORIAL = """Lesson 2: leaving the editor without saving
+Press <Esc> to be sure you are in normal mode, then type the two keys and press <Enter>.
+If the screen fills with odd characters, press CTRL-L and the text is drawn again from the top.
+When you are lost, <Esc> always brings you back; CTRL-G tells you where you are in the file.
+Now move to the next lesson with the cursor keys and read it slowly before you try anything."""
+XREF_GLOSSARY = """checkpoint: a copy of the model's weights and the optimiser's state, written every few hundred steps
+so that a {killed run} can go on where it stopped. See also {resume}, {optimiser state} and {warm start}. Old hands
+say a run without one is a {one-shot}; compare {snapshot} and the {rollback} drill the operators practise."""
+DEFINITION_LIST = """shard
+        One Parquet file of a stage's output, written whole or not at all.
+manifest
+        The list of a stage's finished shards and their row counts.
+lineage
+        Which input documents a shard was made from.
+cursor
+        How far a reader has got through its shard."""
+
+
+@pytest.mark.parametrize("text", [KEYS_TUTORIAL, XREF_GLOSSARY, DEFINITION_LIST], ids=["keys", "xrefs", "definitions"])
+def test_tutorials_and_glossaries_are_documentation_by_content(quality, text):
+    doc = _doc(text)
+    assert quality.profile_of(doc) == ("docs", "content")
+    assert quality.detector.content_says_docs(text)
+    prose = _doc(paragraph_doc(EN, 3))["text"]  # prose with no such markers stays on the web profile
+    assert not quality.detector.content_says_docs(prose)
+
+
 OPTIONS = """| --max-depth | ( 10 ) | how far the resolver searches before it gives up on a solution |
 | --min-score | ( -300 ) | solutions scoring below this are never shown to the user |
 | --step-limit | ( 5000 ) | the number of search steps taken before the first answer is printed |
