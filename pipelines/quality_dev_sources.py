@@ -178,7 +178,7 @@ def _emacs_tutorials(package: str, root: Path) -> list[Labelled]:
         if suffix == "translators":  # notes for translators, not the tutorial
             continue
         raw = p.read_bytes()
-        coding = re.search(rb"coding: *([-\w]+)", raw[:300])  # TUTORIAL.ja is iso-2022-jp; the file says so
+        coding = re.search(rb"coding: *([-\w]+)", raw)  # TUTORIAL.ja is iso-2022-jp: its Local Variables say so
         text = raw.decode(coding.group(1).decode() if coding else "utf-8")
         url = f"https://git.savannah.gnu.org/cgit/emacs.git/tree/etc/tutorials/{p.name}?h=emacs-28.2"
         lang = EMACS_TUTORIAL_LANGS.get(suffix, suffix or "en")
