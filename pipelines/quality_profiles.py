@@ -9,6 +9,7 @@ import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import regex
 
@@ -95,26 +96,40 @@ _TECHNICAL_TOKEN = regex.compile(
     # cross-reference markup of reference texts read as plain text ({term}, AsciiDoc <<anchor,label>>, [[term]])
     r"|\{[^{}\n]{1,40}\}|<<[\w.-]+(?:,[^<>\n]{0,60})?>>|\[\[[^\[\]\n]{1,60}\]\]"
 )
-# A line that opens a definition-list entry: "term::" (AsciiDoc), ":term:" (reST field lists and the like), or a
-# short unindented headword line followed by an indented body (glossaries and dictionaries in plain text).
-_DEFINITION_LINE = regex.compile(
-    r"^(?:[^\s:][^\n]{0,60}?::[ \t]*$|:[^:\n]{1,60}:(?=\s)|\S[^\n]{0,40}\n[ \t]{2,}\S)", regex.MULTILINE
-)
+# Lines that open a definition-list entry. Marked: "term::" (AsciiDoc) or ":term:" (reST field lists, lexicons).
+# Laid out: a short unindented headword line over an indented body that starts with a letter or digit (glossaries
+# and dictionaries in plain text); layout alone is weaker evidence (a quotation over its indented author line).
+_MARKED_DEFINITION = regex.compile(r"^(?:[^\s:][^\n]{0,60}?::[ \t]*$|:[^:\n]{1,60}:(?=\s))", regex.MULTILINE)
+_LAID_OUT_DEFINITION = regex.compile(r"^\S[^\n]{0,40}\n[ \t]{2,}[\p{L}\p{N}]", regex.MULTILINE)
 _WORDLIKE = regex.compile(r"\S+")
 
 
-def content_signals(text: str) -> tuple[float, float, float]:
-    """(share of command-like lines, technical tokens per 100 words, share of definition-list lines): the docs
-    profile's content test. Technical tokens are options, system paths, key names, calls and cross-references."""
+class ContentSignals(NamedTuple):
+    command_lines: float  # share of non-empty lines that are a shell prompt or start with a command name
+    technical: float  # options, system paths, key names, calls and cross-references per 100 words
+    marked_definitions: int  # lines that open a definition-list entry by markup (term::, :term:)
+    laid_out_definitions: int  # ... by layout (a headword over an indented body)
+    lines: int  # non-empty lines
+
+    @property
+    def definition_lines(self) -> float:
+        """Share of non-empty lines that open a definition-list entry."""
+        return (self.marked_definitions + self.laid_out_definitions) / self.lines if self.lines else 0.0
+
+
+def content_signals(text: str) -> ContentSignals:
+    """The docs profile's cheap content test, measured on the first 20,000 characters."""
     sample = text[:20_000]
     lines = sum(1 for line in sample.splitlines() if line.strip())
     words = len(_WORDLIKE.findall(sample))
     if not lines or not words:
-        return 0.0, 0.0, 0.0
-    return (
+        return ContentSignals(0.0, 0.0, 0, 0, lines)
+    return ContentSignals(
         len(_COMMAND_LINE.findall(sample)) / lines,
         100 * len(_TECHNICAL_TOKEN.findall(sample)) / words,
-        len(_DEFINITION_LINE.findall(sample)) / lines,
+        len(_MARKED_DEFINITION.findall(sample)),
+        len(_LAID_OUT_DEFINITION.findall(sample)),
+        lines,
     )
 
 
@@ -143,6 +158,7 @@ class ProfileDetector:
         self.min_command_lines = docs["min_command_line_share"]
         self.min_technical = docs["min_technical_tokens_per_100_words"]
         self.min_definition_lines = docs["min_definition_line_share"]
+        self.min_laid_out = docs["min_laid_out_definitions"]
 
     def detect(self, doc: dict) -> tuple[str, str]:
         """``(profile, evidence)``; evidence names the signal (``url``, ``markup:generator`` ...)."""
@@ -166,10 +182,12 @@ class ProfileDetector:
         return "web", "default"
 
     def content_says_docs(self, text: str) -> bool:
-        """The cheap content test alone: command lines, technical tokens or definition-list structure."""
-        command_lines, technical, definitions = content_signals(text)
+        """The cheap content test alone: command lines, technical tokens or a definition list (one marked entry, or
+        ``min_laid_out_definitions`` laid out)."""
+        signals = content_signals(text)
+        is_list = signals.marked_definitions > 0 or signals.laid_out_definitions >= self.min_laid_out
         return (
-            command_lines >= self.min_command_lines
-            or technical >= self.min_technical
-            or definitions >= self.min_definition_lines
+            signals.command_lines >= self.min_command_lines
+            or signals.technical >= self.min_technical
+            or (is_list and signals.definition_lines >= self.min_definition_lines)
         )

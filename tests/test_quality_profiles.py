@@ -135,6 +135,8 @@ def test_tutorials_and_glossaries_are_documentation_by_content(quality, text):
     assert quality.detector.content_says_docs(text)
     prose = _doc(paragraph_doc(EN, 3))["text"]  # prose with no such markers stays on the web profile
     assert not quality.detector.content_says_docs(prose)
+    quotation = "A short saying that fits on one line.\n\t\t-- Its Author\nAnd a second line of it.\n  and a third."
+    assert not quality.detector.content_says_docs(quotation)  # one headword-like line is not a definition list
 
 
 OPTIONS = """| --max-depth | ( 10 ) | how far the resolver searches before it gives up on a solution |
