@@ -32,6 +32,7 @@ from assets.synthesis import preference_pairs, sft_data
 from dagster_project.resources import CurationResource, SynthesisResource, TrainingResource
 from pipelines.settings import dagster_config, to_settings
 from synth.cheap_pairs import CheapPairSettings
+from training.chat_data import said_something
 from training.dpo import DpoSettings
 from training.reward_model import RewardModelSettings
 from training.sft import SftSettings
@@ -150,10 +151,6 @@ def _stage_rows(stage_dir: str, columns: list[str]):
     return iter_stage_rows(stage_dir, columns) if read_json(f"{stage_dir}/_SUCCESS.json") is not None else []
 
 
-def _content(reply: str) -> str:
-    return reply.removesuffix("<|im_end|>").strip()
-
-
 def _checks(report: dict, config) -> list[dg.AssetCheckResult]:
     """``loads_and_generates`` and ``stops_at_im_end`` from a ``_generation_report`` (``config``: ``CHECK_FIELDS``)."""
     replies = report.get("replies", [])
@@ -165,7 +162,7 @@ def _checks(report: dict, config) -> list[dg.AssetCheckResult]:
         metadata={**error, **shown},
     )
     # a reply that is only <|im_end|> stops, but says nothing: it is not counted as a learned end of turn
-    stopped = sum(r["stopped_at_im_end"] and bool(_content(r["reply"])) for r in replies)
+    stopped = sum(r["stopped_at_im_end"] and said_something(r) for r in replies)
     share = stopped / len(replies) if replies else 0.0
     stops = dg.AssetCheckResult(
         check_name="stops_at_im_end",
@@ -175,7 +172,7 @@ def _checks(report: dict, config) -> list[dg.AssetCheckResult]:
             "stopped": f"{stopped} of {len(replies)} (with text before <|im_end|>)",
             "stop_share": round(share, 4),
             "min_stop_share": config.check_min_stop_share,
-            "empty_replies": sum(not _content(r["reply"]) for r in replies),
+            "empty_replies": sum(not said_something(r) for r in replies),
             "max_new_tokens": config.check_max_new_tokens,
         },
     )

@@ -484,3 +484,20 @@ def test_packing_keeps_every_conversation_whole_and_rows_within_seq_len():
     assert sum(lengths) / (len(rows) * 128) > 0.9  # first fit fills the rows
     with pytest.raises(ValueError, match="seq_len"):
         cd.pack_rows([129], [0], 128)
+
+
+def test_post_training_report_counts_every_checked_reply_and_shows_eight(tmp_path):
+    """make demo's report: how many of the check's replies end with <|im_end|> and how many of those say something,
+    over all of them; the first eight are printed."""
+    from training.post_training_report import SHOWN_REPLIES, sft_lines
+
+    sft = tmp_path / "sft"
+    sft.mkdir()
+    (sft / "summary.json").write_text(json.dumps({"steps": 3, "final_dir": str(sft / "final")}))
+    replies = [{"prompt": f"q{i}", "reply": "<|im_end|>", "tokens": 1, "stopped_at_im_end": True} for i in range(5)]
+    replies += [{"prompt": f"r{i}", "reply": "yes<|im_end|>", "tokens": 2, "stopped_at_im_end": True} for i in range(6)]
+    replies += [{"prompt": "s", "reply": "no end", "tokens": 64, "stopped_at_im_end": False}]
+    (sft / "generation_check.json").write_text(json.dumps({"replies": replies}))
+    lines = sft_lines(tmp_path)
+    assert lines[1] == "  held-out replies: 11 of 12 end with <|im_end|>, 6 after some text"
+    assert len([line for line in lines if line.startswith("  user:")]) == SHOWN_REPLIES == 8

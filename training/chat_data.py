@@ -370,6 +370,11 @@ def write_chatterbot_source(path: str | Path, max_conversations: int | None = No
 # ---- generating from a saved chat model ------------------------------------------------------------------------
 
 
+def said_something(reply: dict) -> bool:
+    """Whether a ``generate_replies`` reply has text before its closing ``<|im_end|>`` (a bare one says nothing)."""
+    return bool(reply["reply"].removesuffix("<|im_end|>").strip())
+
+
 def generate_replies(final_dir: str, prompts: Sequence[Sequence[Mapping]], max_new_tokens: int = 64) -> list[dict]:
     """Greedy replies of a ``save_pretrained`` chat folder to ``prompts`` (message lists ending with a user turn),
     through transformers and the folder's own chat template and generation config: whether each stopped at

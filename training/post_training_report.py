@@ -16,6 +16,9 @@ import os
 from pathlib import Path
 
 from pipelines.shards import SUCCESS_FILE, join, read_json
+from training.chat_data import said_something
+
+SHOWN_REPLIES = 8  # the generation check may read more
 
 
 def _load(path: Path) -> dict | None:
@@ -46,7 +49,12 @@ def sft_lines(models: Path) -> list[str]:
     check = _load(models / "sft" / "generation_check.json") or {}
     if "error" in check:
         lines.append(f"  held-out replies: the model did not load: {check['error'][:300]}")
-    for r in check.get("replies", []):
+    replies = check.get("replies", [])
+    if replies:
+        said = sum(r["stopped_at_im_end"] and said_something(r) for r in replies)
+        ended = sum(r["stopped_at_im_end"] for r in replies)
+        lines.append(f"  held-out replies: {ended} of {len(replies)} end with <|im_end|>, {said} after some text")
+    for r in replies[:SHOWN_REPLIES]:
         end = "ends with <|im_end|>" if r["stopped_at_im_end"] else "no <|im_end|>"
         reply = r["reply"].replace("\n", " ")[:100]
         lines.append(f"  user: {r['prompt'][:60]!r} -> {reply!r} ({r['tokens']} tokens, {end})")

@@ -201,10 +201,10 @@ def prepare_data(settings: SftSettings, sources: Mapping[str, str], tokenizer: A
     }
 
 
-def write_heldout_prompts(path: Path, heldout: list, train: list, count: int = 8) -> None:
-    """Prompts for the generation checks: held-out conversations up to their last user turn (training ones when
-    nothing is held out)."""
-    picked = (heldout or train)[:count]
+def write_heldout_prompts(path: Path, heldout: list, train: list, count: int = 1000) -> None:
+    """Prompts for the generation checks (they answer the first ``check_prompts``): held-out conversations up to
+    their last user turn, at most ``count`` (8 training ones when nothing is held out)."""
+    picked = heldout[:count] or train[:8]
     lines = []
     for e in picked:
         last_user = max(i for i, m in enumerate(e.messages) if m["role"] == "user")
