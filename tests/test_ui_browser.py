@@ -232,13 +232,20 @@ def _walk_through(page, steps: Steps, expect, base: str, port: int, groups: list
 
     # 3. Open the run from the Runs page and watch it reach Success.
     def open_run():
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
         nav("/runs")  # Runs
         run_link = page.locator('a[href^="/runs/"]').filter(has_text=re.compile(r"^[0-9a-f]{8}$")).first
-        deadline = time.time() + UI_MS / 1000
-        while not run_link.count():  # the daemon starts the backfill's run on its next tick
-            assert time.time() < deadline, "the backfill started no run"
-            page.wait_for_timeout(2000)
-            page.reload()
+        # The daemon starts the backfill's run on one of its next ticks (later on a busy machine), and the runs table
+        # fills in after the page has loaded: wait for the link after each reload, not just look.
+        deadline = time.time() + 3 * UI_MS / 1000
+        while True:
+            try:
+                run_link.wait_for(state="visible", timeout=10_000)
+                break
+            except PlaywrightTimeout:
+                assert time.time() < deadline, "the backfill started no run"
+                page.reload()
         run_link.click()
         expect(page).to_have_url(re.compile(r"/runs/[0-9a-f-]{36}"))
 
