@@ -323,6 +323,10 @@ def _walk_through(page, steps: Steps, expect, base: str, port: int, groups: list
             time.sleep(0.5)
 
     def schedule_on():
+        # both rows' switches first: while the schedule's is still loading, the nearest ancestor with a switch is the
+        # whole list and the sensor's switch is the one found (a fresh-clone .ci/run turned the sensor on)
+        expect(page.locator("xpath=//label[contains(@class,'Switch')]")).to_have_count(2)
+        expect(switch).to_have_count(1)
         expect(switch.locator("input")).not_to_be_checked()
         switch.click()
         expect(switch.locator("input")).to_be_checked()
