@@ -114,6 +114,11 @@ def score_kept(rows: list[dict], new: list, classifier: str) -> dict[int, float]
     return {i: score for i, (score, _) in zip(kept, scores)}
 
 
+def source_of(row: dict) -> str:
+    """A real document's package, or ``junk/<kind>``."""
+    return row["package"] if row["label"] == "keep" else f"junk/{row['kind']}"
+
+
 def rate(part: int, whole: int) -> str:
     return f"{part / whole:.3f}" if whole else "-"
 
@@ -184,7 +189,7 @@ def main() -> None:
     print("\nper profile and language (lid.176)")
     table(lambda i, r: f"{new[i][1]['quality_profile']}/{r['lang']}", "profile/lang")
     print("\nper source (junk: per kind)")
-    table(lambda i, r: r["package"] if r["label"] == "keep" else f"junk/{r['kind']}", "source")
+    table(lambda i, r: source_of(r), "source")
     print("\nper kind of text")
     table(lambda i, r: f"{r['kind']}", "kind")
     evidence = Counter(
@@ -202,7 +207,7 @@ def main() -> None:
     content = defaultdict(Counter)
     for i, row in enumerate(rows):
         if new[i][1]["quality_profile"] in ("docs", "web"):
-            group = content[row["package"] if row["label"] == "keep" else f"junk/{row['kind']}"]
+            group = content[source_of(row)]
             group["docs"] += 1
             group["content"] += detector.content_says_docs(row["text"])
     print_table(
