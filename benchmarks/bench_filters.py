@@ -49,7 +49,7 @@ from datatrove.pipeline.filters import LanguageFilter
 from datatrove.pipeline.filters.base_filter import get_filter_result
 from datatrove.utils.word_tokenizers import load_word_tokenizer
 
-from pipelines.filters import ScriptAwareTokenizer, build_filter_chain
+from pipelines.filters import CachedTokenizer, ScriptAwareTokenizer, build_filter_chain
 from pipelines.lang_config import QWEN2_LANGUAGES, config_for
 from pipelines.langid import load_lid_model
 
@@ -90,15 +90,16 @@ def datatrove_chain(lang: str) -> list[tuple[str, object]]:
     """``build_filter_chain(lang)`` in stock datatrove: the same settings, datatrove's own code.
 
     pipelines.quality may subclass datatrove's filters or wrap its tokenizers for speed (FastC4QualityFilter,
-    FastSpacyTokenizer); the peer runs the datatrove filter class each one derives from, with the same attributes,
-    and datatrove's tokenizer for the language. ScriptAwareTokenizer (scripts without spaces, or no datatrove
-    tokenizer here) is a setting, not a speed-up, and is kept.
+    FastGopherRepetitionFilter, FastSpacyTokenizer, CachedTokenizer); the peer runs the datatrove filter class each
+    one derives from, with the same attributes, and datatrove's tokenizer for the language. ScriptAwareTokenizer
+    (scripts without spaces, or no datatrove tokenizer here) is a setting, not a speed-up, and is kept.
     """
     chain = []
     for name, ours in build_filter_chain(lang):
         step = copy.copy(ours)
         step.__class__ = next(c for c in type(ours).__mro__ if c.__module__.startswith("datatrove."))
-        tokenizer = ours.language
+        tokenizer = ours.language.inner if isinstance(ours.language, CachedTokenizer) else ours.language
+        step.language = tokenizer
         if not (isinstance(tokenizer, ScriptAwareTokenizer) or type(tokenizer).__module__.startswith("datatrove.")):
             step.language = load_word_tokenizer(lang)
         chain.append((name, step))

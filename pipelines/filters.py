@@ -1,13 +1,14 @@
 """The quality stage's web chain: datatrove's filters in FineWeb's order with their per-language thresholds
 (``build_filter_chain``), word tokenizers for every script (``ScriptAwareTokenizer``, ``word_tokenizer_for``), and
 faster versions of datatrove's pieces that decide exactly as datatrove does (``FastSpacyTokenizer``,
-``FastC4QualityFilter``, ``FastGopherRepetitionFilter``, ``CachedScriptAwareTokenizer``); StarCoder's rules for code
+``FastC4QualityFilter``, ``FastGopherRepetitionFilter``, ``CachedTokenizer``); StarCoder's rules for code
 (``CodeQualityFilter``). Used by ``pipelines.quality``.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from itertools import accumulate
 
 import regex
 from datatrove.data import Document
@@ -18,6 +19,7 @@ from datatrove.pipeline.filters import (
     GopherRepetitionFilter,
 )
 from datatrove.pipeline.filters.c4_filters import CITATION_REGEX, ELLIPSIS, END_PUNCTUATION, POLICY_SUBSTRINGS
+from datatrove.pipeline.filters.gopher_repetition_filter import find_duplicates
 from datatrove.utils.text import split_into_sentences, split_into_words
 from datatrove.utils.word_tokenizers import SpaCyTokenizer, WordTokenizer, load_word_tokenizer
 
@@ -179,77 +181,80 @@ class CodeQualityFilter:
         return True, None
 
 
-class CachedScriptAwareTokenizer(ScriptAwareTokenizer):
-    """ScriptAwareTokenizer that remembers the last text's words: the four filters of a chain split the same text."""
+class CachedTokenizer(WordTokenizer):
+    """A WordTokenizer that remembers the words of the last text it split: three filters of a chain split the same
+    text (Gopher repetition, Gopher quality, and FineWeb on C4's output, which is mostly the text unchanged), and
+    splitting is most of the chain's time. Sentences are not remembered."""
 
-    def __init__(self, language: str):
-        super().__init__(language)
+    def __init__(self, inner: WordTokenizer):
+        super().__init__(inner.language)
+        self.inner = inner
         self._last: tuple[str, list[str]] | None = None
 
     def word_tokenize(self, text: str) -> list[str]:
-        if self._last is None or self._last[0] is not text:
-            self._last = (text, super().word_tokenize(text))
-        return list(self._last[1])
+        last = self._last
+        if last is None or not (last[0] is text or last[0] == text):
+            last = self._last = (text, self.inner.word_tokenize(text))
+        return list(last[1])
+
+    def sent_tokenize(self, text: str) -> list[str]:
+        return self.inner.sent_tokenize(text)
+
+    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+        return self.inner.span_tokenize(text)
 
 
-def _repeats(parts: list[str]) -> tuple[int, int]:
-    """How many of ``parts`` repeat an earlier one, and their characters (Gopher's duplicate line/paragraph counts)."""
-    seen: set[str] = set()
-    dup = dup_chars = 0
-    for part in parts:
-        if part in seen:
-            dup += 1
-            dup_chars += len(part)
-        else:
-            seen.add(part)
-    return dup, dup_chars
+def _ngrams(words: list[str], sep: str):
+    """``n -> [sep.join(words[i : i + n]) for every i]``, the strings as slices of the words joined once."""
+    joined = sep.join(words)
+    lengths = map(len(sep).__add__, map(len, words))
+    starts = [0, *accumulate(lengths)]  # where word i starts in ``joined``
+    ends = list(map((-len(sep)).__add__, starts)) if sep else starts  # ends[i + 1]: where word i ends
+    return lambda n: list(map(joined.__getitem__, map(slice, starts, ends[n:])))
 
 
 class FastGopherRepetitionFilter(GopherRepetitionFilter):
-    """GopherRepetitionFilter, faster: n-grams as tuples (no string joins) and a stop as soon as a share is over
-    its limit. Words never contain spaces, so the top n-grams are the same; the duplicated n-grams are compared as
-    tuples where datatrove compares them joined without a separator, so they can differ when two different n-grams
-    join to the same string. Used for flags only; the web profile runs datatrove's own filter."""
+    """datatrove's GopherRepetitionFilter with the same decisions, faster: n-grams are slices of the words joined
+    once (datatrove joins every n-gram's words anew, with " " for the top n-grams and "" for the duplicated ones;
+    the slices are those same strings), the scan for duplicated n-grams runs only when all repeats together would
+    pass its limit, and it stops once the limit is passed (the count only grows)."""
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         text = doc.text
         if not text:
             return False, "empty"
         paragraphs = self.paragraph_exp.split(text.strip())
-        dup, dup_chars = _repeats(paragraphs)
+        dup, dup_chars = find_duplicates(paragraphs)
         if self.dup_para_frac and dup / len(paragraphs) > self.dup_para_frac:
             return False, "dup_para_frac"
         if self.dup_para_char_frac and dup_chars / len(text) > self.dup_para_char_frac:
             return False, "dup_para_char_frac"
         lines = self._line_splitter.split(text)
-        dup, dup_chars = _repeats(lines)
+        dup, dup_chars = find_duplicates(lines)
         if self.dup_line_frac and dup / len(lines) > self.dup_line_frac:
             return False, "dup_line_frac"
         if self.dup_line_char_frac and dup_chars / len(text) > self.dup_line_char_frac:
             return False, "dup_line_char_frac"
         words = split_into_words(text, self.language)
-        prefix = [0]
-        for w in words:
-            prefix.append(prefix[-1] + len(w))
+        spaced, unspaced = _ngrams(words, " "), _ngrams(words, "")
         for n, n_frac in self.top_n_grams:
             if len(words) < n:
                 continue
-            (gram, count), *_ = Counter(zip(*(words[i:] for i in range(n)))).most_common(1)
-            if (sum(map(len, gram)) + n - 1) * count / len(text) > n_frac:
+            (gram, count), *_ = Counter(spaced(n)).most_common(1)
+            if len(gram) * count / len(text) > n_frac:
                 return False, f"top_{n}_gram"
         for n, n_frac in self.dup_n_grams:
-            grams = list(zip(*(words[i:] for i in range(n))))
-            limit = n_frac * len(text)
-            # every repeat counted at most once: if even that stays under the limit, the greedy scan does too
-            repeats = [(gram, count) for gram, count in Counter(grams).items() if count > 1]
-            if sum((count - 1) * sum(map(len, gram)) for gram, count in repeats) <= limit:
+            grams = unspaced(n)
+            # an upper bound: the characters of every repeat (the scan counts fewer, as it skips past repeats)
+            bound = sum(map(len, grams)) - sum(map(len, set(grams)))
+            if not bound / len(text) > n_frac:
                 continue
             seen, repeated, idx = set(), 0, 0
             while idx < len(grams):
                 gram = grams[idx]
                 if gram in seen:
-                    repeated += prefix[idx + n] - prefix[idx]
-                    if repeated > limit:
+                    repeated += len(gram)
+                    if repeated / len(text) > n_frac:
                         return False, f"duplicated_{n}_n_grams"
                     idx += n
                 else:
@@ -272,12 +277,12 @@ def build_filter_chain(
 
     cfg = (thresholds or load_threshold_table(WEB_QUALITY_TABLE)).section(lang)
     rules = rules if rules is not None else load_profiles()["web"].rules
-    tokenizer = tokenizer or word_tokenizer_for(lang)
+    tokenizer = CachedTokenizer(tokenizer or word_tokenizer_for(lang))
     char_words = lang in CHARACTER_SCRIPT_LANGUAGES
     return [
         (
             "gopher_repetition",
-            GopherRepetitionFilter(
+            FastGopherRepetitionFilter(
                 dup_line_frac=cfg["dup_line_frac"],
                 top_n_grams=cfg["top_n_grams"],
                 dup_n_grams=cfg["dup_n_grams"],

@@ -72,9 +72,8 @@ from pipelines.beam_stage import (
 from pipelines.curation_settings import QualitySettings
 from pipelines.filters import (
     CHARACTER_SCRIPT_LANGUAGES,
-    CachedScriptAwareTokenizer,
     CodeQualityFilter,
-    FastGopherRepetitionFilter,
+    ScriptAwareTokenizer,
     build_filter_chain,
 )
 from pipelines.junk import JunkFilter
@@ -84,7 +83,7 @@ from pipelines.word_order import model_fingerprint
 
 # Part of the stage's config: raise it when a change to this module, pipelines/filters.py, pipelines/junk.py or
 # pipelines/quality_profiles.py changes which documents are kept or their text.
-QUALITY_CODE_VERSION = 3  # 3: the docs content test counts key names, cross-references and definition lists
+QUALITY_CODE_VERSION = 4  # 4: the flags' repetition filter decides exactly as datatrove's
 # Libraries whose code decides verdicts (the web chain's filters and tokenizers, the mojibake measure): their
 # versions are part of the stage's config.
 FILTER_LIBRARIES = ("datatrove", "spacy", "ftfy")
@@ -162,18 +161,10 @@ class QualityFilter(DocumentProcessor):
         return self._chains[lang]
 
     def flag_chain(self, lang: str) -> list[tuple[str, object]]:
-        """The web chain with the dependency-free tokenizer and the faster repetition filter: for flags."""
+        """The web chain with the dependency-free tokenizer: for flags."""
         if lang not in self._flag_chains:
-            tokenizer = CachedScriptAwareTokenizer(lang)
-            chain = build_filter_chain(lang, tokenizer, self.thresholds, self.profiles["web"].rules)
-            repetition = chain[0][1]
-            fast = FastGopherRepetitionFilter(
-                dup_line_frac=repetition.dup_line_frac,
-                top_n_grams=repetition.top_n_grams,
-                dup_n_grams=repetition.dup_n_grams,
-                language=repetition.language,
-            )
-            self._flag_chains[lang] = [("gopher_repetition", fast), *chain[1:]]
+            tokenizer = ScriptAwareTokenizer(lang)
+            self._flag_chains[lang] = build_filter_chain(lang, tokenizer, self.thresholds, self.profiles["web"].rules)
         return self._flag_chains[lang]
 
     def profile_of(self, doc: dict) -> tuple[str, str]:

@@ -38,6 +38,7 @@ MIN_PAIR_COUNT = 3  # pairs seen fewer times take the unseen score
 LAMBDA = 0.5
 MAX_TOKENS = 800  # a document's first 800 tokens are scored
 MIN_TRAIN_CHARS = 150_000
+MEMO_SIZE = 200_000  # tokens whose class a model remembers
 
 _TOKEN = regex.compile(
     r"[\p{Han}\p{Hiragana}\p{Katakana}]|[\p{L}\p{M}]+(?:['’][\p{L}\p{M}]+)*|\p{N}+(?:[.,]\p{N}+)*|[^\s\p{L}\p{M}\p{N}]"
@@ -57,8 +58,27 @@ def _shape(tok: str) -> str:
     return "<kata>" if _KATAKANA.match(tok) else "<c>"
 
 
-def classes(text: str, words: dict, suffixes: dict, max_tokens: int = MAX_TOKENS) -> list[str]:
-    """The class sequence of a text's first ``max_tokens`` tokens, ``<s>`` at each line start."""
+def token_class(tok: str, words: dict, suffixes: dict) -> str:
+    """A token's class: the word itself if it is one of the language's top words, else its ending or its shape;
+    ``^`` marks a capital first letter."""
+    low = tok.lower()
+    first = tok[0]
+    if low in words:
+        c = low
+    elif first.isalpha():
+        suffix = low[-1:] if _SYLLABIC.match(first) or len(low) < 4 else low[-2:]
+        c = "-" + suffix if "-" + suffix in suffixes else _shape(tok)
+    elif first.isdigit():
+        c = "<n>"
+    else:
+        c = tok if tok in _PUNCTUATION else "<p>"
+    return c + "^" if first.isupper() else c
+
+
+def classes(text: str, words: dict, suffixes: dict, max_tokens: int = MAX_TOKENS, memo: dict | None = None) -> list[str]:
+    """The class sequence of a text's first ``max_tokens`` tokens, ``<s>`` at each line start. ``memo``: token ->
+    class of earlier calls with the same tables (filled here)."""
+    memo = {} if memo is None else memo
     out: list[str] = []
     n = 0
     for line in text.splitlines():
@@ -67,19 +87,11 @@ def classes(text: str, words: dict, suffixes: dict, max_tokens: int = MAX_TOKENS
             continue
         out.append("<s>")
         for tok in tokens:
-            low = tok.lower()
-            first = tok[0]
-            if low in words:
-                c = low
-            elif first.isalpha():
-                suffix = low[-1:] if _SYLLABIC.match(first) or len(low) < 4 else low[-2:]
-                c = "-" + suffix if "-" + suffix in suffixes else _shape(tok)
-            elif first.isdigit():
-                c = "<n>"
-            else:
-                c = tok if tok in _PUNCTUATION else "<p>"
-            out.append(c + "^" if first.isupper() else c)
-            n += 1
+            c = memo.get(tok)
+            if c is None:
+                c = memo[tok] = token_class(tok, words, suffixes)
+            out.append(c)
+        n += len(tokens)
         if n >= max_tokens:
             break
     return out
@@ -93,10 +105,13 @@ class WordOrderModel:
         self.suffixes = dict.fromkeys("-" + s for s in entry["suffixes"])
         self.pairs = {tuple(k.split(" ")): v for k, v in entry["pairs"].items()}
         self.unseen = entry["unseen"]
+        self._memo: dict[str, str] = {}  # token -> class, emptied when it grows past MEMO_SIZE
 
     def score(self, text: str) -> tuple[float, int]:
         """(mean pair score, pairs scored)."""
-        seq = classes(text, self.words, self.suffixes)
+        if len(self._memo) > MEMO_SIZE:
+            self._memo.clear()
+        seq = classes(text, self.words, self.suffixes, memo=self._memo)
         pairs = self.pairs
         unseen = self.unseen
         total, n = 0.0, 0

@@ -18,7 +18,7 @@ import pytest
 from datatrove.data import Document
 from datatrove.pipeline.filters import GopherRepetitionFilter
 
-from pipelines.filters import CachedScriptAwareTokenizer, FastGopherRepetitionFilter
+from pipelines.filters import CachedTokenizer, FastGopherRepetitionFilter, ScriptAwareTokenizer, word_tokenizer_for
 from pipelines.junk import char_order_gain
 from pipelines.quality import QualityFilter
 from pipelines.quality_profiles import PROFILE_DIR, PROFILE_NAMES, load_profiles
@@ -339,12 +339,35 @@ def test_a_broken_profile_file_is_refused(tmp_path):
 
 
 def test_fast_repetition_filter_decides_like_datatrove():
+    # n-grams that differ as words but join to the same string ("ab c" and "a bc") are repeats to datatrove
+    joined_alike = " ".join(["ab c", "a bc"][i % 2] + " x y z w" for i in range(40))
     texts = [paragraph_doc(EN, 3), "buy now buy now cheap\n" * 20, ("the quick brown fox jumps " * 30 + "\n") * 2,
-             "\n".join(EN) + "\n" + "\n".join(EN[:3]), "one two three four five six seven " * 12]  # fmt: skip
-    tokenizer = CachedScriptAwareTokenizer("en")
-    fast, reference = FastGopherRepetitionFilter(language=tokenizer), GopherRepetitionFilter(language=tokenizer)
-    for text in texts:
-        assert fast.filter(Document(text=text, id="a")) == reference.filter(Document(text=text, id="b"))
+             "\n".join(EN) + "\n" + "\n".join(EN[:3]), "one two three four five six seven " * 12, joined_alike,
+             " ".join(EN) * 2, "word " * 3, ""]  # fmt: skip
+    for tokenizer in (ScriptAwareTokenizer("en"), word_tokenizer_for("en")):
+        fast = FastGopherRepetitionFilter(language=CachedTokenizer(tokenizer))
+        reference = GopherRepetitionFilter(language=tokenizer)
+        verdicts = [reference.filter(Document(text=text, id="b")) for text in texts]
+        assert [fast.filter(Document(text=text, id="a")) for text in texts] == verdicts
+        assert len(set(map(str, verdicts))) >= 3  # passes and more than one kind of drop
+
+
+def test_cached_tokenizer_splits_each_text_once_and_returns_copies():
+    calls = []
+
+    class Counting(ScriptAwareTokenizer):
+        def word_tokenize(self, text):
+            calls.append(text)
+            return super().word_tokenize(text)
+
+    tokenizer = CachedTokenizer(Counting("en"))
+    text = "One two three. Four five."
+    words = tokenizer.word_tokenize(text)
+    words.append("changed")
+    assert tokenizer.word_tokenize("".join(text)) == ["One", "two", "three", ".", "Four", "five", "."]
+    assert tokenizer.word_tokenize("Other text") == ["Other", "text"]
+    assert calls == [text, "Other text"]
+    assert tokenizer.span_tokenize(text) == Counting("en").span_tokenize(text)
 
 
 def test_ingest_records_markup_hints(tmp_path):
