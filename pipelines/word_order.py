@@ -75,7 +75,9 @@ def token_class(tok: str, words: dict, suffixes: dict) -> str:
     return c + "^" if first.isupper() else c
 
 
-def classes(text: str, words: dict, suffixes: dict, max_tokens: int = MAX_TOKENS, memo: dict | None = None) -> list[str]:
+def classes(
+    text: str, words: dict, suffixes: dict, max_tokens: int = MAX_TOKENS, memo: dict | None = None
+) -> list[str]:
     """The class sequence of a text's first ``max_tokens`` tokens, ``<s>`` at each line start. ``memo``: token ->
     class of earlier calls with the same tables (filled here)."""
     memo = {} if memo is None else memo
