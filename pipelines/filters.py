@@ -184,7 +184,7 @@ class CodeQualityFilter:
 class CachedTokenizer(WordTokenizer):
     """A WordTokenizer that remembers the words of the last text it split: three filters of a chain split the same
     text (Gopher repetition, Gopher quality, and FineWeb on C4's output, which is mostly the text unchanged), and
-    splitting is most of the chain's time. Sentences are not remembered."""
+    splitting is a third of the chain's time. Sentences are not remembered."""
 
     def __init__(self, inner: WordTokenizer):
         super().__init__(inner.language)

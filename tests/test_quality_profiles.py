@@ -339,8 +339,14 @@ def test_a_broken_profile_file_is_refused(tmp_path):
 
 
 def test_fast_repetition_filter_decides_like_datatrove():
-    # n-grams that differ as words but join to the same string ("ab c" and "a bc") are repeats to datatrove
-    joined_alike = " ".join(["ab c", "a bc"][i % 2] + " x y z w" for i in range(40))
+    # one stretch of letters cut into 5 words at different places: different 5-grams that join (without spaces) to the
+    # same string, which datatrove counts as duplicated (comparing the words as tuples would keep this text)
+    base = "packagesarefetchedfromthemirrorlisted"
+    cuts = [(3, 9, 15, 22), (4, 10, 17, 25), (5, 12, 18, 27), (6, 13, 20, 28), (7, 14, 21, 30), (8, 16, 23, 31)]
+    joined_alike = "\n".join(
+        " ".join(base[a:b] for a, b in zip((0, *cut), (*cut, len(base)))) + f" then step{i} follows here"
+        for i, cut in enumerate(cuts)
+    )
     texts = [paragraph_doc(EN, 3), "buy now buy now cheap\n" * 20, ("the quick brown fox jumps " * 30 + "\n") * 2,
              "\n".join(EN) + "\n" + "\n".join(EN[:3]), "one two three four five six seven " * 12, joined_alike,
              " ".join(EN) * 2, "word " * 3, ""]  # fmt: skip
@@ -349,6 +355,7 @@ def test_fast_repetition_filter_decides_like_datatrove():
         reference = GopherRepetitionFilter(language=tokenizer)
         verdicts = [reference.filter(Document(text=text, id="b")) for text in texts]
         assert [fast.filter(Document(text=text, id="a")) for text in texts] == verdicts
+        assert verdicts[texts.index(joined_alike)] == (False, "duplicated_5_n_grams")
         assert len(set(map(str, verdicts))) >= 3  # passes and more than one kind of drop
 
 
