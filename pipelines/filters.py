@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from itertools import accumulate
 
+import numpy as np
 import regex
 from datatrove.data import Document
 from datatrove.pipeline.filters import (
@@ -58,6 +59,18 @@ class ScriptAwareTokenizer(WordTokenizer):
         return [s for s in (text[a:b].strip() for a, b in self.span_tokenize(text)) if s]
 
 
+class _StrippedStrings(dict):
+    """ORTH id -> the string stripped, filled from a spaCy string store on first use."""
+
+    def __init__(self, strings):
+        super().__init__()
+        self.strings = strings
+
+    def __missing__(self, orth: int) -> str:
+        word = self[orth] = self.strings[orth].strip()
+        return word
+
+
 class FastSpacyTokenizer(WordTokenizer):
     """datatrove's ``SpaCyTokenizer`` with the same tokens and sentences, several times faster.
 
@@ -73,6 +86,7 @@ class FastSpacyTokenizer(WordTokenizer):
         self.inner = inner
         self.max_lexemes = max_lexemes
         self._nlp = None
+        self._words = None
 
     @property
     def nlp(self):
@@ -80,6 +94,10 @@ class FastSpacyTokenizer(WordTokenizer):
             self.inner._tokenizer = None  # a fresh pipeline, exactly as datatrove builds it
             self._nlp = self.inner.tokenizer
             self._nlp.vocab.lex_attr_getters = {}
+            self._words = _StrippedStrings(self._nlp.vocab.strings)
+            from spacy.attrs import ORTH
+
+            self._orth = ORTH
         return self._nlp
 
     def _doc(self, text: str, sentences: bool = False):
@@ -91,7 +109,9 @@ class FastSpacyTokenizer(WordTokenizer):
         return nlp.get_pipe("sentencizer")(doc) if sentences else doc
 
     def word_tokenize(self, text: str) -> list[str]:
-        return [t for t in (token.text.strip() for token in self._doc(text)) if t]
+        # each token's text by its ORTH id (one array, no Token objects), stripped once per distinct string
+        orths = self._doc(text).to_array(self._orth).tolist()
+        return list(filter(None, map(self._words.__getitem__, orths)))
 
     def sent_tokenize(self, text: str) -> list[str]:
         return [s for s in (sent.text.strip() for sent in self._doc(text, sentences=True).sents) if s]
@@ -213,11 +233,81 @@ def _ngrams(words: list[str], sep: str):
     return lambda n: list(map(joined.__getitem__, map(slice, starts, ends[n:])))
 
 
+_HASH_BASE = 0x9E3779B97F4A7C15  # odd, so invertible modulo 2**64
+_hash_powers = (np.ones(1, np.uint64), np.ones(1, np.uint64))  # B**j and B**-j modulo 2**64, grown on demand
+
+
+_HASH_POWERS_KEPT = 1 << 20  # powers for texts up to 1M characters are kept (16 MB); longer texts compute their own
+
+
+def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    global _hash_powers
+    if len(_hash_powers[0]) < n:
+        size = max(n, min(2 * len(_hash_powers[0]), _HASH_POWERS_KEPT))
+        powers = tuple(
+            np.cumprod(np.r_[1, np.full(size - 1, base, np.uint64)].astype(np.uint64), dtype=np.uint64)
+            for base in (_HASH_BASE, pow(_HASH_BASE, -1, 1 << 64))
+        )
+        if size > _HASH_POWERS_KEPT:
+            return powers
+        _hash_powers = powers
+    return _hash_powers[0][:n], _hash_powers[1][:n]
+
+
+class NGramBounds:
+    """Upper bounds of GopherRepetitionFilter's two n-gram measures for one text's words, from 64-bit polynomial
+    hashes of the n-gram strings (numpy, no string built). Equal strings have equal hashes, so a hash class holds
+    one or more distinct strings: grouping by hash can only merge strings, and each bound below is at least the
+    exact value. A bound under the limit proves the exact value is under it; only above it are the strings built."""
+
+    def __init__(self, words: list[str]):
+        self.words = words
+        self.lengths = np.fromiter(map(len, words), np.int64, len(words))
+        self._hashes = {}
+
+    def _prefix(self, sep: str) -> tuple[np.ndarray, np.ndarray]:
+        """Prefix hashes of the words joined with ``sep``, and where each word starts in that string."""
+        if sep not in self._hashes:
+            codes = np.frombuffer(sep.join(self.words).encode("utf-32-le", "surrogatepass"), np.uint32)
+            powers, _ = _powers(len(codes))
+            prefix = np.zeros(len(codes) + 1, np.uint64)
+            np.cumsum(codes.astype(np.uint64) * powers, dtype=np.uint64, out=prefix[1:])
+            starts = np.zeros(len(self.words) + 1, np.int64)
+            np.cumsum(self.lengths + len(sep), out=starts[1:])
+            self._hashes[sep] = prefix, starts
+        return self._hashes[sep]
+
+    def _groups(self, n: int, sep: str) -> tuple[np.ndarray, np.ndarray]:
+        """The n-grams' lengths sorted by hash, and where each run of equal hashes starts."""
+        prefix, starts = self._prefix(sep)
+        first, ends = starts[: len(starts) - n], starts[n:] - len(sep)
+        _, inverse_powers = _powers(int(first[-1]) + 1)
+        hashes = (prefix[ends] - prefix[first]) * inverse_powers[first]
+        order = np.argsort(hashes, kind="stable")
+        hashes = hashes[order]
+        runs = np.flatnonzero(np.r_[True, hashes[1:] != hashes[:-1]])
+        return (ends - first)[order], runs
+
+    def top(self, n: int) -> int:
+        """At least ``len(g) * count(g)`` for the most common space-joined n-gram ``g`` (n <= len(words))."""
+        lengths, runs = self._groups(n, " ")
+        counts = np.diff(np.r_[runs, len(lengths)])
+        return int((counts * np.maximum.reduceat(lengths, runs)).max())
+
+    def repeated(self, n: int) -> int:
+        """At least the characters of every repeat of an n-gram joined without spaces (all occurrences but one)."""
+        if len(self.words) < n:
+            return 0
+        lengths, runs = self._groups(n, "")
+        return int(lengths.sum() - lengths[runs].sum())
+
+
 class FastGopherRepetitionFilter(GopherRepetitionFilter):
-    """datatrove's GopherRepetitionFilter with the same decisions, faster: n-grams are slices of the words joined
-    once (datatrove joins every n-gram's words anew, with " " for the top n-grams and "" for the duplicated ones;
-    the slices are those same strings), the scan for duplicated n-grams runs only when all repeats together would
-    pass its limit, and it stops once the limit is passed (the count only grows)."""
+    """datatrove's GopherRepetitionFilter with the same decisions, faster: an n-gram rule builds the n-gram strings
+    only when ``NGramBounds`` cannot prove the text passes it; then n-grams are slices of the words joined once
+    (datatrove joins every n-gram's words anew, with " " for the top n-grams and "" for the duplicated ones; the
+    slices are those same strings), and the scan for duplicated n-grams stops once its limit is passed (the count
+    only grows)."""
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         text = doc.text
@@ -236,19 +326,17 @@ class FastGopherRepetitionFilter(GopherRepetitionFilter):
         if self.dup_line_char_frac and dup_chars / len(text) > self.dup_line_char_frac:
             return False, "dup_line_char_frac"
         words = split_into_words(text, self.language)
-        spaced, unspaced = _ngrams(words, " "), _ngrams(words, "")
+        bounds = NGramBounds(words)
         for n, n_frac in self.top_n_grams:
-            if len(words) < n:
+            if len(words) < n or not bounds.top(n) / len(text) > n_frac:
                 continue
-            (gram, count), *_ = Counter(spaced(n)).most_common(1)
+            (gram, count), *_ = Counter(_ngrams(words, " ")(n)).most_common(1)
             if len(gram) * count / len(text) > n_frac:
                 return False, f"top_{n}_gram"
         for n, n_frac in self.dup_n_grams:
-            grams = unspaced(n)
-            # an upper bound: the characters of every repeat (the scan counts fewer, as it skips past repeats)
-            bound = sum(map(len, grams)) - sum(map(len, set(grams)))
-            if not bound / len(text) > n_frac:
+            if not bounds.repeated(n) / len(text) > n_frac:
                 continue
+            grams = _ngrams(words, "")(n)
             seen, repeated, idx = set(), 0, 0
             while idx < len(grams):
                 gram = grams[idx]

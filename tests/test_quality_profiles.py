@@ -12,13 +12,21 @@ import gzip
 import io
 import json
 import random
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from datatrove.data import Document
 from datatrove.pipeline.filters import GopherRepetitionFilter
 
-from pipelines.filters import CachedTokenizer, FastGopherRepetitionFilter, ScriptAwareTokenizer, word_tokenizer_for
+from pipelines.filters import (
+    CachedTokenizer,
+    FastGopherRepetitionFilter,
+    NGramBounds,
+    ScriptAwareTokenizer,
+    _ngrams,
+    word_tokenizer_for,
+)
 from pipelines.junk import char_order_gain
 from pipelines.quality import QualityFilter
 from pipelines.quality_profiles import PROFILE_DIR, PROFILE_NAMES, load_profiles
@@ -357,6 +365,38 @@ def test_fast_repetition_filter_decides_like_datatrove():
         assert [fast.filter(Document(text=text, id="a")) for text in texts] == verdicts
         assert verdicts[texts.index(joined_alike)] == (False, "duplicated_5_n_grams")
         assert len(set(map(str, verdicts))) >= 3  # passes and more than one kind of drop
+
+
+def test_ngram_bounds_are_never_below_the_exact_measures_and_the_fast_filter_agrees_on_random_texts():
+    # texts from a few short pieces (so n-grams repeat, and pieces like "a"+"ab" and "ab"+"a"... join alike without
+    # spaces), a lone surrogate and non-BMP characters; limits drawn at random (the top-n-gram ones off for half the
+    # texts, so the duplicated-n-gram rules are reached) so the n-gram rules both pass and drop texts
+    rng = random.Random(7)
+    pieces = ["a", "b", "ab", "ba", "abc", "the", "cat", "é", "日本", "x-y", ".", "\ud800", "😀", "aa"]
+    tokenizer = ScriptAwareTokenizer("en")
+    verdicts = set()
+    for _ in range(400):
+        vocab = rng.sample(pieces, rng.randint(2, len(pieces)))
+        words = [rng.choice(vocab) for _ in range(rng.randint(1, rng.choice([6, 30, 150])))]
+        text = "".join(w + rng.choice([" "] * 8 + ["\n", "\n\n"]) for w in words)
+        words = tokenizer.word_tokenize(text)
+        bounds = NGramBounds(words)
+        for n in range(2, 11):
+            if len(words) < n:
+                continue
+            (gram, count), *_ = Counter(_ngrams(words, " ")(n)).most_common(1)
+            assert bounds.top(n) >= len(gram) * count
+            grams = _ngrams(words, "")(n)
+            assert bounds.repeated(n) >= sum(map(len, grams)) - sum(map(len, set(grams)))
+        limits = {
+            "top_n_grams": tuple((n, rng.choice([rng.random() * 0.3, 1.0])) for n in (2, 3, 4)),
+            "dup_n_grams": tuple((n, rng.random() * 0.3) for n in range(5, 11)),
+        }
+        fast = FastGopherRepetitionFilter(language=CachedTokenizer(tokenizer), **limits)
+        expected = GopherRepetitionFilter(language=tokenizer, **limits).filter(Document(text=text, id="b"))
+        assert fast.filter(Document(text=text, id="a")) == expected
+        verdicts.add(str(expected))
+    assert {"True", "(False, 'top_2_gram')", "(False, 'duplicated_5_n_grams')"} <= verdicts
 
 
 def test_cached_tokenizer_splits_each_text_once_and_returns_copies():
