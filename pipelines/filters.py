@@ -1,8 +1,8 @@
 """The quality stage's web chain: datatrove's filters in FineWeb's order with their per-language thresholds
 (``build_filter_chain``), word tokenizers for every script (``ScriptAwareTokenizer``, ``word_tokenizer_for``), and
 faster versions of datatrove's pieces that decide exactly as datatrove does (``FastSpacyTokenizer``,
-``FastC4QualityFilter``, ``FastGopherRepetitionFilter``, ``CachedTokenizer``); StarCoder's rules for code
-(``CodeQualityFilter``). Used by ``pipelines.quality``.
+``FastC4QualityFilter``, ``FastGopherQualityFilter``, ``FastGopherRepetitionFilter``, ``CachedTokenizer``);
+StarCoder's rules for code (``CodeQualityFilter``). Used by ``pipelines.quality``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from datatrove.pipeline.filters import (
 )
 from datatrove.pipeline.filters.c4_filters import CITATION_REGEX, ELLIPSIS, END_PUNCTUATION, POLICY_SUBSTRINGS
 from datatrove.pipeline.filters.gopher_repetition_filter import find_duplicates
-from datatrove.utils.text import split_into_sentences, split_into_words
+from datatrove.utils.text import PUNCTUATION_SET, split_into_sentences, split_into_words
 from datatrove.utils.word_tokenizers import SpaCyTokenizer, WordTokenizer, load_word_tokenizer
 
 from pipelines.lang_config import WEB_QUALITY_TABLE, ThresholdTable, load_threshold_table
@@ -171,6 +171,72 @@ class FastC4QualityFilter(C4QualityFilter):
         if num_sentences < self.min_num_sentences:
             return False, "too_few_sentences"
         doc.text = ("\n" if self.split_paragraph else " ").join(kept_lines).strip()
+        return True
+
+
+class FastGopherQualityFilter(GopherQualityFilter):
+    """datatrove's GopherQualityFilter with identical decisions: its two per-word tests (a character outside
+    punctuation; an alphabetic character) run once per distinct word, remembered across documents (emptied past
+    ``MEMO_SIZE`` words), instead of once per character of every word."""
+
+    MEMO_SIZE = 200_000
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._kinds: dict[str, tuple[bool, bool]] = {}
+
+    def _kind(self, word: str) -> tuple[bool, bool]:
+        if len(self._kinds) >= self.MEMO_SIZE:
+            self._kinds.clear()
+        kind = self._kinds[word] = (not PUNCTUATION_SET.issuperset(word), any(c.isalpha() for c in word))
+        return kind
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        text = doc.text
+        words = split_into_words(text, self.language)
+        n_words = len(words)
+        n_non_symbol = n_alpha = non_symbol_chars = 0
+        kinds = self._kinds
+        counts = Counter(words)
+        for word, count in counts.items():
+            non_symbol, alpha = kinds.get(word) or self._kind(word)
+            if non_symbol:
+                n_non_symbol += count
+                non_symbol_chars += count * len(word)
+            if alpha:
+                n_alpha += count
+
+        if self.min_doc_words and n_non_symbol < self.min_doc_words:
+            return False, "gopher_short_doc"
+        if self.max_doc_words and n_non_symbol > self.max_doc_words:
+            return False, "gopher_long_doc"
+        # np.mean of the word lengths: their exact sum divided by their number (nan for none, as np.mean)
+        avg_n_words = non_symbol_chars / n_non_symbol if n_non_symbol else float("nan")
+        if self.min_avg_word_length and avg_n_words < self.min_avg_word_length:
+            return False, "gopher_below_avg_threshold"
+        if self.max_avg_word_length and avg_n_words > self.max_avg_word_length:
+            return False, "gopher_above_avg_threshold"
+        if self.max_symbol_word_ratio and text.count("#") / n_words > self.max_symbol_word_ratio:
+            return False, "gopher_too_many_hashes"
+        if self.max_symbol_word_ratio and (text.count("...") + text.count("…")) / n_words > self.max_symbol_word_ratio:
+            return False, "gopher_too_many_ellipsis"
+        lines = text.splitlines()
+        if (
+            self.max_bullet_lines_ratio
+            and sum(s.lstrip().startswith("•") or s.lstrip().startswith("-") for s in lines) / len(lines)
+            > self.max_bullet_lines_ratio
+        ):
+            return False, "gopher_too_many_bullets"
+        if (
+            self.max_ellipsis_lines_ratio
+            and sum(s.rstrip().endswith("...") or s.rstrip().endswith("…") for s in lines) / len(lines)
+            > self.max_ellipsis_lines_ratio
+        ):
+            return False, "gopher_too_many_end_ellipsis"
+        if self.max_non_alpha_words_ratio and n_alpha / n_words < self.max_non_alpha_words_ratio:
+            return False, "gopher_below_alpha_threshold"
+        if self.min_stop_words and len(self.stop_words.intersection(counts)) < self.min_stop_words:
+            return False, "gopher_enough_stop_words"
         return True
 
 
@@ -379,7 +445,7 @@ def build_filter_chain(
         ),
         (
             "gopher_quality",
-            GopherQualityFilter(
+            FastGopherQualityFilter(
                 # words of one character each: a mean above 1 cannot be asked of them
                 min_avg_word_length=min(cfg["min_avg_word_length"], 1) if char_words else cfg["min_avg_word_length"],
                 max_avg_word_length=cfg["max_avg_word_length"],

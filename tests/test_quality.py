@@ -1,11 +1,19 @@
 """Quality filters: datatrove's filters per language; our faster pieces must decide exactly as datatrove does."""
 
+import random
+
 import pytest
 from datatrove.data import Document
-from datatrove.pipeline.filters import C4QualityFilter
+from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter
 from datatrove.utils.word_tokenizers import SpaCyTokenizer
 
-from pipelines.filters import FastC4QualityFilter, FastSpacyTokenizer, ScriptAwareTokenizer, word_tokenizer_for
+from pipelines.filters import (
+    FastC4QualityFilter,
+    FastGopherQualityFilter,
+    FastSpacyTokenizer,
+    ScriptAwareTokenizer,
+    word_tokenizer_for,
+)
 from pipelines.quality import QualityFilter
 from tests.conftest import DE, EN, PYTHON_CODE, ZH, paragraph_doc
 
@@ -50,6 +58,39 @@ def test_fast_c4_filter_decides_and_rewrites_like_datatrove():
         a, b = Document(text=text, id="a"), Document(text=text, id="b")
         assert fast.filter(a) == reference.filter(b)
         assert a.text == b.text
+
+
+def test_fast_gopher_quality_filter_decides_like_datatrove():
+    # real sentences and random texts of words, punctuation-only tokens, digits, "#", "..." and bullets, under limits
+    # drawn at random, so that every rule both passes and drops texts; one filter per tokenizer, so its memo of words
+    # is kept across texts (and emptied past its size)
+    rng = random.Random(3)
+    pieces = [*" ".join(EN + DE).split(), "--", "|", "...", "…", "#", "•", "-", "42", "3.14", "the", "and", "of", "é"]
+    texts = [*SAMPLES, paragraph_doc(DE, 3)]
+    for _ in range(300):
+        words = rng.choices(pieces, k=rng.randint(1, 120))
+        texts.append("".join(w + rng.choice(" " * 6 + "\n") for w in words))
+    verdicts = set()
+    for tokenizer in (word_tokenizer_for("en"), ScriptAwareTokenizer("en")):
+        fast = FastGopherQualityFilter(language=tokenizer)
+        fast.MEMO_SIZE = 50
+        for i, text in enumerate(texts):
+            r = random.Random(i)
+            limits = {
+                "min_doc_words": r.choice([None, 5, 50]),
+                "min_avg_word_length": r.choice([None, 2, 3, 4]),
+                "max_avg_word_length": r.choice([None, 5, 10]),
+                "max_symbol_word_ratio": r.choice([None, 0.02, 0.1]),
+                "max_bullet_lines_ratio": r.choice([None, 0.3, 0.9]),
+                "max_ellipsis_lines_ratio": r.choice([None, 0.1, 0.3]),
+                "max_non_alpha_words_ratio": r.choice([None, 0.6, 0.8, 0.95]),
+                "min_stop_words": r.choice([None, 1, 2, 4]),
+            }
+            vars(fast).update(limits)
+            expected = GopherQualityFilter(language=tokenizer, **limits).filter(Document(text=text, id="b"))
+            assert fast.filter(Document(text=text, id="a")) == expected
+            verdicts.add(str(expected))
+    assert len(verdicts) >= 8  # kept, and drops by most of the rules
 
 
 def test_cjk_words_are_characters():
