@@ -300,23 +300,23 @@ def _ngrams(words: list[str], sep: str):
 
 
 _HASH_BASE = 0x9E3779B97F4A7C15  # odd, so invertible modulo 2**64
-_hash_powers = (np.ones(1, np.uint64), np.ones(1, np.uint64))  # B**j and B**-j modulo 2**64, grown on demand
-
-
 _HASH_POWERS_KEPT = 1 << 20  # powers for texts up to 1M characters are kept (16 MB); longer texts compute their own
+_hash_powers = (np.ones(1, np.uint64), np.ones(1, np.uint64))
 
 
 def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``B**j`` and ``B**-j`` modulo 2**64 for ``j < n`` (uint64 arithmetic wraps modulo 2**64)."""
     global _hash_powers
     if len(_hash_powers[0]) < n:
         size = max(n, min(2 * len(_hash_powers[0]), _HASH_POWERS_KEPT))
-        powers = tuple(
-            np.cumprod(np.r_[1, np.full(size - 1, base, np.uint64)].astype(np.uint64), dtype=np.uint64)
-            for base in (_HASH_BASE, pow(_HASH_BASE, -1, 1 << 64))
-        )
+        powers = []
+        for base in (_HASH_BASE, pow(_HASH_BASE, -1, 1 << 64)):
+            factors = np.full(size, base, np.uint64)
+            factors[0] = 1
+            powers.append(np.cumprod(factors, dtype=np.uint64))
         if size > _HASH_POWERS_KEPT:
-            return powers
-        _hash_powers = powers
+            return powers[0][:n], powers[1][:n]
+        _hash_powers = tuple(powers)
     return _hash_powers[0][:n], _hash_powers[1][:n]
 
 
@@ -392,17 +392,19 @@ class FastGopherRepetitionFilter(GopherRepetitionFilter):
         if self.dup_line_char_frac and dup_chars / len(text) > self.dup_line_char_frac:
             return False, "dup_line_char_frac"
         words = split_into_words(text, self.language)
-        bounds = NGramBounds(words)
+        bounds, spaced, unspaced = NGramBounds(words), None, None
         for n, n_frac in self.top_n_grams:
             if len(words) < n or not bounds.top(n) / len(text) > n_frac:
                 continue
-            (gram, count), *_ = Counter(_ngrams(words, " ")(n)).most_common(1)
+            spaced = spaced or _ngrams(words, " ")
+            (gram, count), *_ = Counter(spaced(n)).most_common(1)
             if len(gram) * count / len(text) > n_frac:
                 return False, f"top_{n}_gram"
         for n, n_frac in self.dup_n_grams:
             if not bounds.repeated(n) / len(text) > n_frac:
                 continue
-            grams = _ngrams(words, "")(n)
+            unspaced = unspaced or _ngrams(words, "")
+            grams = unspaced(n)
             seen, repeated, idx = set(), 0, 0
             while idx < len(grams):
                 gram = grams[idx]

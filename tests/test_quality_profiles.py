@@ -19,6 +19,7 @@ import pytest
 from datatrove.data import Document
 from datatrove.pipeline.filters import GopherRepetitionFilter
 
+from pipelines import filters
 from pipelines.filters import (
     CachedTokenizer,
     FastGopherRepetitionFilter,
@@ -371,6 +372,8 @@ def test_ngram_bounds_are_never_below_the_exact_measures_and_the_fast_filter_agr
     # texts from a few short pieces (so n-grams repeat, and pieces like "a"+"ab" and "ab"+"a"... join alike without
     # spaces), a lone surrogate and non-BMP characters; limits drawn at random (the top-n-gram ones off for half the
     # texts, so the duplicated-n-gram rules are reached) so the n-gram rules both pass and drop texts
+    powers, inverses = filters._powers(5000)
+    assert (powers * inverses == 1).all() and powers[1] == filters._HASH_BASE  # B**j * B**-j = 1 modulo 2**64
     rng = random.Random(7)
     pieces = ["a", "b", "ab", "ba", "abc", "the", "cat", "é", "日本", "x-y", ".", "\ud800", "😀", "aa"]
     tokenizer = ScriptAwareTokenizer("en")
